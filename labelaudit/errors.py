@@ -1,0 +1,39 @@
+"""One small family of errors. Each carries what its transport needs: an HTTP status, a DLQ reason."""
+
+from __future__ import annotations
+
+
+class LabelAuditError(Exception):
+    """Base of every error labelaudit raises on purpose.
+
+    ``status_code`` is what the HTTP layer answers; ``reason`` is a short machine-readable cause
+    (the DLQ record carries it); the message is for people.
+    """
+
+    status_code: int = 400
+    reason: str = "invalid_input"
+
+    def __init__(self, message: str, *, reason: str | None = None, status_code: int | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class ImageError(LabelAuditError):
+    """An image that cannot be decoded or converted to the model's input."""
+
+    reason = "bad_image"
+
+
+class ManifestError(LabelAuditError):
+    """A training manifest that cannot be used; the message names the line."""
+
+    reason = "bad_manifest"
+
+
+class ExportRefused(LabelAuditError):
+    """The export was stopped: a failed gate, a failed parity check, or an invalid Triton config."""
+
+    reason = "export_refused"

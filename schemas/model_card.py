@@ -1,0 +1,140 @@
+"""The model card: everything serving and the audit need to use an exported model correctly."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ResizeRule = Literal["stretch", "shorter_side_center_crop"]
+
+
+class PreprocessSpec(BaseModel):
+    """The exact input pipeline: decode, convert, resize, scale to [0, 1], normalise, lay out NCHW.
+
+    ``labelaudit.serving.core.preprocess`` implements it once; training and serving both import it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3] = Field(description="1 = Pillow mode 'L', 3 = mode 'RGB'.")
+    mean: tuple[float, ...] = Field(description="Per channel, applied after scaling pixels to [0, 1].")
+    std: tuple[float, ...]
+    resize: ResizeRule = Field(
+        default="stretch",
+        description="'stretch': resize straight to height x width; 'shorter_side_center_crop': scale the "
+        "shorter side to fit, then crop the centre.",
+    )
+    resample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_stat_per_channel(self) -> PreprocessSpec:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean and std need {self.channels} value(s) each")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class EpochMetrics(BaseModel):
+    """What every training run reports after each epoch."""
+
+    epoch: int
+    train_loss: float
+    val_acc: float | None = Field(description="Accuracy on the clean held-out split, if the manifest has one.")
+    trusted_acc: float = Field(description="Accuracy on the trusted set (eval mode, no augmentation).")
+    lr: float
+    seconds: float
+    images_per_s: float
+    corrected_fraction: float | None = Field(
+        default=None, description="FasTEN: share of untrusted labels replaced by the model's correction."
+    )
+    transition_matrix: list[list[float]] | None = Field(
+        default=None, description="The current estimate of T[i][j] = P(noisy label j | true class i)."
+    )
+
+
+class GateResult(BaseModel):
+    """Whether the trained model may be exported: never worse than its starting point unless forced."""
+
+    passed: bool
+    metric: str
+    initial: float | None = Field(description="Classifier A (the starting weights) on that metric.")
+    final: float
+    reason: str
+
+
+class ParityResult(BaseModel):
+    """ONNX against torch on the same preprocessed images."""
+
+    images: int
+    argmax_agreement: float
+    max_abs_prob_diff: float
+    tolerance: float
+
+
+class ModelMetrics(BaseModel):
+    val_acc: float | None = None
+    test_acc: float | None = None
+    trusted_acc: float
+    initial_trusted_acc: float | None = None
+    initial_val_acc: float | None = None
+    history: list[EpochMetrics] = Field(default_factory=list)
+
+
+class ModelCard(BaseModel):
+    """Written beside every exported model and served at ``GET /v1/models``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: Literal[1] = 1
+    name: str
+    version: str
+    created_at: datetime
+    classes: list[str] = Field(min_length=2)
+    preprocess: PreprocessSpec
+    architecture: str
+    method: str
+    init: str = Field(description="Where training started: a checkpoint path's name, or 'scratch'.")
+    onnx_input: str = "images"
+    onnx_outputs: list[str] = Field(default_factory=lambda: ["probabilities", "logits"])
+    metrics: ModelMetrics
+    gate: GateResult
+    transition_matrix: list[list[float]] | None = Field(
+        default=None, description="Final estimate of T[i][j] = P(noisy label j | true class i), K x K."
+    )
+    labeler_transition_matrices: dict[str, list[list[float]]] = Field(
+        default_factory=dict,
+        description="Per labeler_id: T_l[i][j] = P(labeler gives j | true class i), the truth being the "
+        "model's posterior (so it works with one label per item).",
+    )
+    labeler_counts: dict[str, int] = Field(default_factory=dict)
+    disagreement_thresholds: list[float] = Field(
+        description="Per class k: the mean predicted probability of k over held-out images labeled k "
+        "(confident learning's per-class threshold). A human label k whose probability falls below it is "
+        "a candidate error."
+    )
+    thresholds_source: str = Field(description="Which images the thresholds were computed on.")
+    parity: ParityResult | None = None
+    data_version: str = Field(description="sha256 of the training manifest.")
+    code_version: str = Field(description="labelaudit version and git commit, if known.")
+    training_config: dict = Field(default_factory=dict)
+    onnx_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _shapes_match_classes(self) -> ModelCard:
+        k = len(self.classes)
+        if len(self.disagreement_thresholds) != k:
+            raise ValueError(f"disagreement_thresholds needs {k} values, one per class")
+        matrices = list(self.labeler_transition_matrices.values())
+        if self.transition_matrix is not None:
+            matrices.append(self.transition_matrix)
+        for m in matrices:
+            if len(m) != k or any(len(row) != k for row in m):
+                raise ValueError(f"transition matrices must be {k} x {k}")
+        return self

@@ -1,0 +1,1 @@
+"""The core every transport calls: preprocessing, inference backends, policy and store."""

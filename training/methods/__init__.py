@@ -1,0 +1,14 @@
+"""Training methods. Each turns one batch into a loss; ``training.train`` runs the loop around them."""
+
+from labelaudit.training.methods.base import Method
+from labelaudit.training.methods.ce import CrossEntropy
+from labelaudit.training.methods.fasten import FasTEN
+from labelaudit.training.methods.glc import GoldLossCorrection
+
+METHODS: dict[str, type[Method]] = {
+    "ce": CrossEntropy,
+    "glc": GoldLossCorrection,
+    "fasten": FasTEN,
+}
+
+__all__ = ["METHODS", "Method", "CrossEntropy", "GoldLossCorrection", "FasTEN"]

@@ -1,0 +1,70 @@
+"""What a method is: a batch plan and a loss, over data the trainer has already put on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from labelaudit.training.transition import estimate_transition
+
+if TYPE_CHECKING:
+    from labelaudit.training.train import TaskData, Trainer
+
+
+@dataclass
+class Batch:
+    """Row indices into ``TaskData.x``: the untrusted rows and the trusted rows of one iteration."""
+
+    untrusted: np.ndarray
+    trusted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+@dataclass
+class StepStats:
+    loss: float
+    corrected: int = 0  # untrusted labels replaced by a correction in this step
+    seen: int = 0
+
+
+class Method:
+    """Base: plain shuffled batches over the given rows. Subclasses define ``loss``."""
+
+    name = "base"
+    needs_trusted = False
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.data: TaskData = trainer.data
+        self.cfg = trainer.cfg
+
+    def prepare(self) -> None:
+        """Work before the main epochs (GLC's first training run)."""
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+        rows = rng.permutation(self.data.train_rows)
+        for start in range(0, len(rows), self.cfg.batch_size):
+            yield Batch(untrusted=rows[start : start + self.cfg.batch_size])
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.data.train_rows) // self.cfg.batch_size)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
+        raise NotImplementedError
+
+    def end_epoch(self) -> float | None:
+        """Called after each epoch; returns the share of corrected labels, where the method corrects."""
+        return None
+
+    @torch.no_grad()
+    def transition(self) -> np.ndarray | None:
+        """The current estimate of T. Default: GLC's estimator with the clean head on the trusted set,
+        which for a model fitted to noisy labels shows the noise it has learned."""
+        if len(self.data.trusted_rows) == 0:
+            return None
+        probs = self.trainer.predict(self.data.trusted_rows)
+        labels = self.data.labels[self.data.trusted_rows]
+        return estimate_transition(probs, labels, self.data.k).cpu().numpy()

@@ -1,0 +1,82 @@
+"""Label transition matrices: estimation, forward correction and safe label correction.
+
+Glossary: ``K`` classes; ``probs`` (N, K) softmax outputs; ``labels`` (N,) int class indices;
+``T`` (K, K) with ``T[i, j] = P(noisy label j | true class i)``, rows summing to 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EPS = 1e-8
+
+
+def estimate_transition(probs: torch.Tensor, true_labels: torch.Tensor, k: int, fallback: torch.Tensor | None = None):
+    """GLC / FasTEN estimator: ``T[i, :]`` = mean of ``probs`` over samples whose true label is ``i``.
+
+    ``probs`` (N, K) come from a model of the *noisy* labels, evaluated on trusted samples. A class with
+    no trusted sample keeps its row from ``fallback`` (the previous estimate), or the identity row.
+    Returns (K, K), no gradient.
+    """
+    probs = probs.detach().float()
+    sums = torch.zeros(k, k, device=probs.device).index_add_(0, true_labels, probs)
+    counts = torch.bincount(true_labels, minlength=k).float()
+    base = fallback if fallback is not None else torch.eye(k, device=probs.device)
+    present = counts > 0
+    t = base.clone().to(probs.device)
+    t[present] = sums[present] / counts[present, None]
+    return t
+
+
+def forward_corrected_nll(clean_probs: torch.Tensor, t: torch.Tensor, noisy_labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``-log((Tᵀ p)[y])``: the clean prediction pushed through the noise. (B, K) -> (B,).
+
+    ``(Tᵀ p)[j] = Σ_i p[i] T[i, j]``, i.e. ``p @ T`` row-wise: the model's probability that a labeler
+    would write ``j``.
+    """
+    noisy_probs = clean_probs @ t  # (B, K)
+    picked = noisy_probs.gather(1, noisy_labels[:, None]).squeeze(1)
+    return -torch.log(picked.clamp_min(EPS))
+
+
+def correct_labels(clean_probs: torch.Tensor, original_labels: torch.Tensor, rho: float) -> torch.Tensor:
+    """FasTEN's safe correction: the clean head's argmax where its confidence is at least ``rho``,
+    else the ORIGINAL label. Always computed from the original label, so a correction never sticks
+    and corrections cannot build on each other. (B, K), (B,) -> (B,)."""
+    confidence, predicted = clean_probs.max(dim=1)
+    return torch.where(confidence >= rho, predicted, original_labels)
+
+
+def labeler_transition_matrices(
+    posterior: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, k: int
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Per labeler: ``T_l[i, j] = Σ_n post[n, i] [label_n = j] / Σ_n post[n, i]`` over that labeler's items.
+
+    ``posterior`` (N, K) is the best estimate of each item's true class (the model's probabilities, or
+    a one-hot of the checked label for trusted items), so this works with a single label per item.
+    A true class the labeler never (softly) saw gets a uniform row. Returns matrices and item counts.
+    """
+    matrices: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    onehot = np.eye(k)[labels]  # (N, K)
+    for labeler in np.unique(labeler_ids):
+        mine = labeler_ids == labeler
+        joint = posterior[mine].T @ onehot[mine]  # (K true, K given)
+        mass = joint.sum(1, keepdims=True)
+        matrices[str(labeler)] = np.where(mass > EPS, joint / np.maximum(mass, EPS), 1.0 / k)
+        counts[str(labeler)] = int(mine.sum())
+    return matrices, counts
+
+
+def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Confident learning's per-class threshold: mean ``probs[:, c]`` over items labeled ``c``. (K,)
+
+    A class with no held-out item falls back to ``1/K``.
+    """
+    out = np.full(k, 1.0 / k)
+    for c in range(k):
+        mine = labels == c
+        if mine.any():
+            out[c] = float(probs[mine, c].mean())
+    return out
