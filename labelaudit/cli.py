@@ -1,0 +1,256 @@
+"""The one entry point: ``labelaudit data | train | export | demo``. The top floor; nothing imports it."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from labelaudit.errors import LabelAuditError
+
+app = typer.Typer(
+    help="Serve an image classifier and audit the noisy labels that stream in with it.", no_args_is_help=True
+)
+console = Console()
+
+SIZES = {  # per_task, val_size, test_size
+    "tiny": (1_500, 300, 1_000),
+    "small": (6_000, 1_000, 2_000),
+    "full": (30_000, 2_000, 10_000),
+}
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+class RichReporter:
+    """Draws one bar per epoch and a line of metrics after it."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def phase(self, name: str, total_steps: int) -> None:
+        self.task = self.progress.add_task(name, total=total_steps, info="")
+
+    def advance(self, loss: float) -> None:
+        self.progress.update(self.task, advance=1, info=f"loss {loss:.3f}")
+
+    def epoch(self, m) -> None:
+        val = "-" if m.val_acc is None else f"{m.val_acc:.4f}"
+        extra = "" if m.corrected_fraction is None else f"  corrected {m.corrected_fraction:.3f}"
+        diag = ""
+        if m.transition_matrix is not None:
+            t = m.transition_matrix
+            diag = f"  mean diag(T) {sum(t[i][i] for i in range(len(t))) / len(t):.3f}"
+        self.progress.update(
+            self.task, info=f"val {val}  trusted {m.trusted_acc:.4f}  {m.images_per_s:.0f} img/s{extra}{diag}"
+        )
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def data(
+    out: Annotated[Path, typer.Option(help="Folder to write images, manifests and the labelers' truth to.")] = Path(
+        "data"
+    ),
+    noise: Annotated[float, typer.Option(help="Fraction of wrong labels in task B's training labels.")] = 0.4,
+    seed: Annotated[int, typer.Option(help="Data seed (the recipe is deterministic for a seed).")] = 0,
+    size: Annotated[str, typer.Option(help="tiny | small | full (30,000 images per task).")] = "small",
+    trusted_fraction: Annotated[float, typer.Option(help="Share of task B's training images checked by hand.")] = 0.01,
+) -> None:
+    """Build task A and task B from Debian's Fashion-MNIST, with simulated noisy labelers."""
+    from labelaudit.training.datasets import fashion_mnist
+
+    if size not in SIZES:
+        raise _fail(ValueError(f"--size must be one of {sorted(SIZES)}"))
+    per_task, val_size, test_size = SIZES[size]
+    with _progress() as progress:
+        task = progress.add_task("writing images", total=2 * per_task + test_size, info="")
+        try:
+            report = fashion_mnist.build(
+                out,
+                noise=noise,
+                seed=seed,
+                per_task=per_task,
+                val_size=val_size,
+                test_size=test_size,
+                trusted_fraction=trusted_fraction,
+                progress=lambda n: progress.update(task, advance=n),
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(exc) from exc
+    console.print(
+        f"task A: {report.task_a_manifest}\ntask B: {report.task_b_manifest}  "
+        f"(noise requested {report.noise_requested:.2f}, actual {report.noise_actual:.3f}; {report.counts})"
+    )
+
+
+def _train_config(**overrides):
+    from labelaudit.training.train import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in overrides.items() if k in known and v is not None})
+
+
+def run_training(manifest: Path, init: str, out: Path, **config):
+    """Train with progress bars and print the outcome; shared by ``train`` and ``demo``."""
+    from labelaudit.training.train import train as train_model
+
+    cfg = _train_config(**config)
+    with _progress() as progress:
+        reporter = RichReporter(progress)
+        decode = progress.add_task("decoding images", total=None, info="")
+        result = train_model(
+            manifest,
+            init=None if init == "scratch" else init,
+            out=out,
+            cfg=cfg,
+            reporter=reporter,
+            pixel_progress=lambda n: progress.update(decode, advance=n),
+        )
+    m, gate = result.meta.metrics, result.meta.gate
+    console.print(
+        f"[bold]{cfg.method}[/bold] -> {result.checkpoint}: val {m.val_acc}, test {m.test_acc}, "
+        f"trusted {m.trusted_acc:.4f}; gate {'passed' if gate.passed else '[red]FAILED[/red]'}: {gate.reason}"
+    )
+    return result
+
+
+@app.command()
+def train(
+    manifest: Annotated[Path, typer.Option(help="JSONL manifest: item_id, image, label, labeler_id, trusted, split.")],
+    init: Annotated[str, typer.Option(help="Classifier A's checkpoint, or 'scratch'.")] = "scratch",
+    method: Annotated[str, typer.Option(help="ce | glc | fasten")] = "fasten",
+    out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    arch: Annotated[str | None, typer.Option(help="cnn_small | resnet_small (from scratch only).")] = None,
+    trusted_per_class: Annotated[int | None, typer.Option(help="FasTEN: trusted per class per step; 0 = all.")] = None,
+    rho: Annotated[float | None, typer.Option(help="FasTEN: confidence needed to correct a label.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+) -> None:
+    """Fine-tune classifier A (or train from scratch) with a noise-robust method."""
+    try:
+        run_training(manifest, init, out, method=method, epochs=epochs, batch_size=batch_size, lr=lr, arch=arch,
+                     trusted_per_class=trusted_per_class, rho=rho, seed=seed, device=device)  # fmt: skip
+    except (LabelAuditError, ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+
+
+def run_export(checkpoint: Path, manifest: Path | None, repo: Path, name: str, version: str, force: bool):
+    from labelaudit.training.checkpoint import load_checkpoint
+    from labelaudit.training.export import export_model
+
+    if manifest is None:
+        manifest = Path(load_checkpoint(checkpoint)[1].manifest)
+    with _progress() as progress:
+        task = progress.add_task("decoding parity images", total=None, info="")
+        result = export_model(
+            checkpoint,
+            manifest=manifest,
+            repo=repo,
+            name=name,
+            version=version,
+            force=force,
+            progress=lambda n: progress.update(task, advance=n),
+        )
+    p = result.parity
+    console.print(
+        f"exported {result.onnx_path}\n  parity on {p.images} images: argmax agreement {p.argmax_agreement:.4f}, "
+        f"max |Δp| {p.max_abs_prob_diff:.2e} (bound {p.tolerance:.0e})\n  Triton config {result.config_path}\n"
+        f"  model card {result.card_path}"
+    )
+    return result
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint.pt written by `labelaudit train`.")],
+    repo: Annotated[Path, typer.Option(help="Triton model repository to write into.")] = Path("model_repository"),
+    manifest: Annotated[Path | None, typer.Option(help="Images for the parity check (default: training's).")] = None,
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "labelaudit",
+    version: Annotated[str, typer.Option(help="Model version (a positive integer).")] = "1",
+    force: Annotated[bool, typer.Option(help="Export even if the model is worse than classifier A.")] = False,
+) -> None:
+    """Write model.onnx (parity-checked), config.pbtxt, labels.txt and the model card."""
+    try:
+        run_export(checkpoint, manifest, repo, name, version, force)
+    except (LabelAuditError, ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path("labelaudit-demo"),
+    full: Annotated[bool, typer.Option(help="Full size (30,000 images per task, more epochs; wants a GPU).")] = False,
+    method: Annotated[str, typer.Option(help="Noise-robust method for task B.")] = "fasten",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The whole offline job on real data: build task A/B, train classifier A, fine-tune on noisy
+    task B, export to ONNX and a Triton repository, and print where everything is."""
+    import shutil
+
+    size, epochs_a, epochs_b = ("full", 15, 30) if full else ("small", 6, 8)
+    data_dir, repo = out / "data", out / "model_repository"
+    if repo.exists():
+        shutil.rmtree(repo)  # the demo owns its folder; a re-run replaces its model
+    try:
+        data(out=data_dir, noise=0.4, seed=seed, size=size, trusted_fraction=0.01)
+        console.rule("classifier A on task A (clean labels)")
+        a = run_training(data_dir / "task_a.jsonl", "scratch", out / "runs/classifier_a", method="ce",
+                         epochs=epochs_a, seed=seed)  # fmt: skip
+        console.rule(f"task B with noisy labels: {method} from classifier A")
+        b = run_training(data_dir / "task_b.jsonl", str(a.checkpoint), out / f"runs/{method}", method=method,
+                         epochs=epochs_b, seed=seed)  # fmt: skip
+        console.rule("export")
+        exported = run_export(b.checkpoint, data_dir / "task_b.jsonl", repo, "labelaudit", "1", False)
+    except (LabelAuditError, ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    _print_summary(b.meta, exported)
+
+
+def _print_summary(meta, exported) -> None:
+    m = meta.metrics
+    table = Table(title="labelaudit demo: task B")
+    for col in ("model", "clean val acc", "clean test acc", "trusted acc"):
+        table.add_column(col)
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table.add_row("classifier A, untouched", fmt(m.initial_val_acc), "-", fmt(m.initial_trusted_acc))
+    table.add_row(f"{meta.method} from classifier A", fmt(m.val_acc), fmt(m.test_acc), fmt(m.trusted_acc))
+    console.print(table)
+    labelers = Table(title="per-labeler agreement with the model's estimate of the truth (diag of T_l)")
+    labelers.add_column("labeler")
+    labelers.add_column("items")
+    labelers.add_column("estimated accuracy")
+    for lid, t in sorted(meta.labeler_transition_matrices.items()):
+        n = meta.labeler_counts.get(lid, 0)
+        acc = sum(t[i][i] for i in range(len(t))) / len(t)
+        labelers.add_row(lid, str(n), f"{acc:.3f}")
+    console.print(labelers)
+    console.print(f"Triton model repository: {exported.model_dir.parent}\nmodel card: {exported.card_path}")
+
+
+if __name__ == "__main__":
+    app()

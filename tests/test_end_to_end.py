@@ -1,0 +1,87 @@
+"""The whole offline job through the real CLI on real Fashion-MNIST files: data -> classifier A ->
+FasTEN on noisy task B -> export -> onnxruntime on image files, preprocessed by the serving code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from labelaudit.schemas.model_card import ModelCard
+from labelaudit.serving.core.preprocess import load_image, preprocess
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "labelaudit.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    ok(cli("data", "--out", str(data), "--size", "tiny", "--noise", "0.4"))
+    ok(cli("train", "--manifest", str(data / "task_a.jsonl"), "--init", "scratch", "--method", "ce",
+           "--epochs", "2", "--out", str(root / "a"), "--device", "cpu"))  # fmt: skip
+    ok(cli("train", "--manifest", str(data / "task_b.jsonl"), "--init", str(root / "a" / "checkpoint.pt"),
+           "--method", "fasten", "--epochs", "2", "--out", str(root / "b"), "--device", "cpu"))  # fmt: skip
+    ok(cli("export", "--checkpoint", str(root / "b" / "checkpoint.pt"), "--repo", str(root / "repo")))
+    return {"root": root, "data": data, "repo": root / "repo"}
+
+
+def test_export_writes_a_triton_repository_and_card(pipeline):
+    model_dir = pipeline["repo"] / "labelaudit"
+    assert (model_dir / "1" / "model.onnx").is_file()
+    assert 'platform: "onnxruntime_onnx"' in (model_dir / "config.pbtxt").read_text()
+    assert (model_dir / "labels.txt").read_text().split() == (pipeline["data"] / "classes.txt").read_text().split()
+    card = ModelCard.model_validate_json((model_dir / "1" / "model_card.json").read_text())
+    assert card.method == "fasten" and card.parity is not None
+    assert card.parity.images >= 1000 and card.parity.argmax_agreement == 1.0
+    assert len(card.metrics.history) == 2 and card.metrics.history[-1].transition_matrix is not None
+    assert {"labeler-1", "labeler-5", "qa"} <= set(card.labeler_transition_matrices)
+
+
+def test_onnx_model_classifies_image_files_with_the_cards_preprocessing(pipeline):
+    model_dir = pipeline["repo"] / "labelaudit"
+    card = ModelCard.model_validate_json((model_dir / "1" / "model_card.json").read_text())
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = [json.loads(line) for line in (pipeline["data"] / "task_b.jsonl").read_text().splitlines()]
+    test = [r for r in rows if r["split"] == "test"][:300]
+    x = np.stack([preprocess(load_image(str(pipeline["data"] / r["image"])), card.preprocess) for r in test])
+    probs, _ = session.run(None, {"images": x})
+    assert probs.shape == (len(test), len(card.classes))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    truth = np.array([card.classes.index(r["label"]) for r in test])
+    accuracy = float((probs.argmax(1) == truth).mean())
+    assert accuracy > 0.4, f"test accuracy {accuracy:.3f} is barely above chance (0.1)"
+
+
+def test_train_reports_a_bad_manifest_line(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"item_id": "x", "image": "nope.png", "label": "a", "labeler_id": "l"}\n')
+    result = cli("train", "--manifest", str(tmp_path / "m.jsonl"), "--method", "ce", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "m.jsonl:1" in result.stdout and "nope.png" in result.stdout
+
+
+def test_export_refuses_an_existing_version(pipeline):
+    result = cli(
+        "export", "--checkpoint", str(pipeline["root"] / "b" / "checkpoint.pt"), "--repo", str(pipeline["repo"])
+    )
+    assert result.returncode == 2 and "already exists" in result.stdout
