@@ -12,7 +12,7 @@ from torch import nn
 from labelaudit.training.methods import FasTEN, GoldLossCorrection
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.networks import TwoHeadNet
-from labelaudit.training.train import SilentReporter, TaskData, Trainer, TrainConfig
+from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
 from labelaudit.training.transition import estimate_transition
 
 K = 4

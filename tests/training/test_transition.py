@@ -233,6 +233,11 @@ def test_correct_labels_from_the_original_never_depends_on_earlier_corrections(d
     torch.testing.assert_close(assigned[unconfident], original[unconfident])
 
 
+def test_correct_labels_corrects_at_exactly_rho():
+    probs = torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]])
+    assert correct_labels(probs, torch.tensor([0, 1, 1]), 0.75).tolist() == [1, 1, 0]
+
+
 def test_correct_labels_falls_back_to_the_original_not_to_an_earlier_correction():
     original = torch.tensor([0, 1])
     confident = torch.tensor([[0.05, 0.05, 0.9], [0.1, 0.85, 0.05]])

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # Fashion-MNIST class pairs people confuse: T-shirt/top<->Shirt, Pullover<->Coat, Sneaker<->Ankle boot.
+MAX_SEVERITY = 1.5  # enough for 60% mixed noise with this pool
+
 CONFUSED_PAIRS: tuple[tuple[int, int], ...] = ((0, 6), (2, 4), (7, 9))
 
 
@@ -27,7 +29,7 @@ class LabelerProfile:
 
 POOL: tuple[LabelerProfile, ...] = (
     LabelerProfile("labeler-1", "reliable", 0.30, "symmetric noise at 0.2 s"),
-    LabelerProfile("labeler-2", "sloppy", 0.20, "symmetric noise at s"),
+    LabelerProfile("labeler-2", "sloppy", 0.20, "symmetric noise at min(s, 0.9)"),
     LabelerProfile("labeler-3", "confuser", 0.20, "swaps the confused pairs with probability min(0.8, 1.5 s)"),
     LabelerProfile("labeler-4", "instance", 0.20, "mislabels hard images: min(1, 2 s h) towards the nearest class"),
     LabelerProfile("labeler-5", "spammer", 0.10, "uniformly random labels, whatever s"),
@@ -40,7 +42,7 @@ def flip_probability(kind: str, s: float, labels: np.ndarray, hardness: np.ndarr
     if kind == "reliable":
         return np.full(n, 0.2 * s)
     if kind == "sloppy":
-        return np.full(n, s)
+        return np.full(n, min(s, (k - 1) / k))  # capped where symmetric noise becomes pure guessing
     if kind == "confuser":
         paired = np.isin(labels, [c for pair in CONFUSED_PAIRS for c in pair])
         return np.where(paired, min(0.8, 1.5 * s), 0.0)
@@ -61,7 +63,8 @@ def _partner(c: int) -> int:
 
 
 def wrong_label(kind: str, labels: np.ndarray, confusable: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """The label given when this labeler errs (always different from the true one)."""
+    """The label given when this labeler errs: another class (for the confuser, the pair's other class;
+    outside the pairs the confuser never errs, so its true label comes back unchanged)."""
     if kind == "confuser":
         return np.array([_partner(int(c)) for c in labels])
     if kind == "instance":
@@ -81,8 +84,8 @@ def expected_noise(s: float, labels: np.ndarray, hardness: np.ndarray, assignmen
 
 
 def solve_severity(noise: float, labels: np.ndarray, hardness: np.ndarray, assignment: np.ndarray, k: int) -> float:
-    """Bisection for the severity ``s`` in [0, 1] whose expected noise equals ``noise``."""
-    lo, hi = 0.0, 1.0
+    """Bisection for the severity ``s`` in [0, MAX_SEVERITY] whose expected noise equals ``noise``."""
+    lo, hi = 0.0, MAX_SEVERITY
     floor, ceiling = (expected_noise(x, labels, hardness, assignment, k) for x in (lo, hi))
     if not floor - 1e-9 <= noise <= ceiling + 1e-9:
         raise ValueError(f"noise {noise} is outside what this labeler pool can produce: [{floor:.3f}, {ceiling:.3f}]")

@@ -1,0 +1,123 @@
+"""How well does the trained model find the wrong labels in task B's training set? Precision, recall
+and F1 against the simulation's known truth, for labelaudit's disagreement policy and for cleanlab's
+``find_label_issues`` on the SAME out-of-sample probabilities (2-fold cross-fitting: FasTEN from
+classifier A trained without a fold predicts that fold; the trusted rows are in both).
+
+    python bench/label_errors.py --quick
+    python bench/label_errors.py          # small data, 3 seeds x 20/40/60% noise
+
+Needs the bench extra (cleanlab, AGPL-3.0: benchmarks only). Writes bench/results/label_errors.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from cleanlab.filter import find_label_issues
+from rich.console import Console
+
+from bench.common import WORK, device_name, write_results
+from bench.train_noise import SIZES
+from labelaudit.serving.core.policy import DisagreementPolicy
+from labelaudit.serving.core.preprocess import normalize
+from labelaudit.training.checkpoint import load_checkpoint
+from labelaudit.training.datasets import fashion_mnist
+from labelaudit.training.manifest import load_pixels, read_manifest
+from labelaudit.training.train import TrainConfig, train
+
+console = Console()
+
+
+def prf(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    tp = int((flagged & truth).sum())
+    precision = tp / max(1, int(flagged.sum()))
+    recall = tp / max(1, int(truth.sum()))
+    f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+            "flagged": int(flagged.sum()), "true_errors": int(truth.sum())}  # fmt: skip
+
+
+@torch.no_grad()
+def predict(checkpoint: Path, manifest: Path, rows: np.ndarray) -> np.ndarray:
+    net, meta = load_checkpoint(checkpoint)
+    m = read_manifest(manifest, classes=meta.classes)
+    x = torch.from_numpy(normalize(load_pixels(m, meta.preprocess)[rows], meta.preprocess))
+    return torch.cat([torch.softmax(net(x[i : i + 1024]), 1) for i in range(0, len(x), 1024)]).numpy()
+
+
+def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, folds: int = 2):
+    """Out-of-sample probabilities for every untrusted training row, and the thresholds of each fold's model."""
+    manifest = read_manifest(data / "task_b.jsonl")
+    lines = (data / "task_b.jsonl").read_text().splitlines()
+    untrusted = np.flatnonzero(manifest.mask(split="train", trusted=False))
+    fold_of = np.random.default_rng(seed).integers(0, folds, size=len(untrusted))
+    probs = np.zeros((len(untrusted), len(manifest.classes)))
+    thresholds = np.zeros_like(probs)
+    for f in range(folds):
+        held = set(untrusted[fold_of == f].tolist())
+        subset = data / f"task_b_without_fold{f}.jsonl"
+        subset.write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in held))
+        r = train(subset, init=classifier_a, out=WORK / f"runs/{data.name}-fold{f}",
+                  cfg=TrainConfig(method="fasten", epochs=epochs, seed=seed))  # fmt: skip
+        probs[fold_of == f] = predict(r.checkpoint, data / "task_b.jsonl", untrusted[fold_of == f])
+        thresholds[fold_of == f] = r.meta.disagreement_thresholds
+    return manifest, untrusted, probs, thresholds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
+    ap.add_argument("--epochs-a", type=int, default=8)
+    ap.add_argument("--epochs-b", type=int, default=12)
+    ap.add_argument("--name", default="label_errors")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.seeds, args.noise, args.epochs_a, args.epochs_b = "tiny", [0], [0.4], 3, 4
+    per_task, val_size, test_size = SIZES[args.size]
+    config = vars(args) | {"folds": 2, "per_task": per_task, "policy": "per-class-threshold-v1, min_confidence 0.5"}
+    rows: list[dict] = []
+    device = device_name()
+    for seed in args.seeds:
+        classifier_a = None
+        for noise in args.noise:
+            data = WORK / f"{args.size}-seed{seed}-noise{noise}"
+            if not (data / "task_b.jsonl").exists():
+                fashion_mnist.build(data, noise=noise, seed=seed, per_task=per_task, val_size=val_size,
+                                    test_size=test_size)  # fmt: skip
+            actual = json.loads((data / "labelers.json").read_text())["noise_actual"]
+            if classifier_a is None:
+                a_ckpt = WORK / f"runs/{args.size}-seed{seed}-a/checkpoint.pt"
+                if not a_ckpt.exists():
+                    train(data / "task_a.jsonl", init=None, out=a_ckpt.parent,
+                          cfg=TrainConfig(method="ce", epochs=args.epochs_a, seed=seed))  # fmt: skip
+                classifier_a = a_ckpt
+            manifest, untrusted, probs, thresholds = cross_fit(data, classifier_a, seed=seed, epochs=args.epochs_b)
+            labels = manifest.labels[untrusted]
+            truth = labels != manifest.true_labels()[untrusted]
+            # Each row judged by the thresholds of the model that did not see it.
+            ours = np.array([
+                DisagreementPolicy(tuple(t)).judge_batch(p[None], np.array([y]))[0][0]
+                for p, y, t in zip(probs, labels, thresholds, strict=True)
+            ])  # fmt: skip
+            theirs = find_label_issues(labels, probs)
+            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, items=len(untrusted))
+            for detector, flagged in (("labelaudit", ours), ("cleanlab", theirs)):
+                row = dict(detector=detector, **prf(flagged, truth), **common)
+                rows.append(row)
+                console.print(row)
+                write_results(args.name, config=config, rows=rows, device=device)
+
+    from bench.tables import update_docs
+
+    update_docs()
+
+
+if __name__ == "__main__":
+    main()

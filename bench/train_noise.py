@@ -1,0 +1,105 @@
+"""Clean-test accuracy on task B for classifier A untouched, ce, glc, fasten and an oracle, over noise
+levels and seeds, with a 1% trusted set. Writes bench/results/train_noise.json and the docs table.
+
+    python bench/train_noise.py --quick      # minutes: tiny data, one seed, 40% noise
+    python bench/train_noise.py              # small data, 3 seeds x 20/40/60% noise (CPU: about an hour)
+    python bench/train_noise.py --size full --epochs-a 15 --epochs-b 30   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from bench.common import WORK, device_name, write_results
+from labelaudit.serving.core.preprocess import normalize
+from labelaudit.training.checkpoint import load_checkpoint
+from labelaudit.training.datasets import fashion_mnist
+from labelaudit.training.manifest import load_pixels, read_manifest
+from labelaudit.training.train import TrainConfig, train
+
+SIZES = {"tiny": (1_500, 300, 1_000), "small": (6_000, 1_000, 2_000), "full": (30_000, 2_000, 10_000)}
+console = Console()
+
+
+@torch.no_grad()
+def untouched_test_acc(checkpoint: Path, manifest: Path) -> float:
+    """Classifier A as it is, on task B's clean test split."""
+    net, meta = load_checkpoint(checkpoint)
+    m = read_manifest(manifest, classes=meta.classes)
+    rows = np.flatnonzero(m.mask(split="test"))
+    x = torch.from_numpy(normalize(load_pixels(m, meta.preprocess)[rows], meta.preprocess))
+    preds = torch.cat([net(x[i : i + 1024]).argmax(1) for i in range(0, len(x), 1024)]).numpy()
+    return float((preds == m.labels[rows]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
+    ap.add_argument("--methods", nargs="+", default=["ce", "glc", "fasten", "oracle"])
+    ap.add_argument("--epochs-a", type=int, default=8)
+    ap.add_argument("--epochs-b", type=int, default=12)
+    ap.add_argument("--arch", default="cnn_small")
+    ap.add_argument("--name", default="train_noise")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.seeds, args.noise, args.epochs_a, args.epochs_b = "tiny", [0], [0.4], 3, 4
+    per_task, val_size, test_size = SIZES[args.size]
+    config = vars(args) | {"trusted_fraction": 0.01, "per_task": per_task, "val_size": val_size}
+    rows: list[dict] = []
+    device = device_name()
+
+    def record(**row) -> None:
+        rows.append(row)
+        write_results(args.name, config=config, rows=rows, device=device)
+        console.print(row)
+
+    for seed in args.seeds:
+        classifier_a = None
+        for noise in args.noise:
+            data = WORK / f"{args.size}-seed{seed}-noise{noise}"
+            if not (data / "task_b.jsonl").exists():
+                built = fashion_mnist.build(data, noise=noise, seed=seed, per_task=per_task, val_size=val_size,
+                                            test_size=test_size)  # fmt: skip
+                actual = built.noise_actual
+            else:
+                import json
+
+                actual = json.loads((data / "labelers.json").read_text())["noise_actual"]
+            if classifier_a is None:  # task A is the same for every noise level of a seed
+                started = time.perf_counter()
+                a = train(data / "task_a.jsonl", init=None, out=WORK / f"runs/{args.size}-seed{seed}-a",
+                          cfg=TrainConfig(method="ce", arch=args.arch, epochs=args.epochs_a, seed=seed))  # fmt: skip
+                classifier_a = a.checkpoint
+                console.print(f"classifier A seed {seed}: task A val {a.meta.metrics.val_acc:.4f} "
+                              f"({time.perf_counter() - started:.0f}s)")  # fmt: skip
+            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, trusted_fraction=0.01)
+            record(method="classifier_a", clean_test_acc=untouched_test_acc(classifier_a, data / "task_b.jsonl"),
+                   epochs=0, train_images_per_s=None, **common)  # fmt: skip
+            for method in args.methods:
+                cfg = TrainConfig(
+                    method="ce" if method == "oracle" else method,
+                    label_source="true_label" if method == "oracle" else "label",
+                    epochs=args.epochs_b, seed=seed,
+                )  # fmt: skip
+                started = time.perf_counter()
+                r = train(data / "task_b.jsonl", init=classifier_a, out=WORK / f"runs/{data.name}-{method}", cfg=cfg)
+                record(method=method, clean_test_acc=r.meta.metrics.test_acc, val_acc=r.meta.metrics.val_acc,
+                       epochs=args.epochs_b, train_images_per_s=float(np.mean([h.images_per_s for h in r.history])),
+                       seconds=round(time.perf_counter() - started, 1), **common)  # fmt: skip
+
+    from bench.tables import update_docs
+
+    update_docs()
+
+
+if __name__ == "__main__":
+    main()
