@@ -11,7 +11,7 @@ import numpy as np
 from bench.common import RESULTS
 
 DOCS = Path(__file__).parent.parent / "docs" / "benchmarks.md"
-METHOD_ORDER = ["classifier_a", "ce", "glc", "fasten", "oracle"]
+METHOD_ORDER = ["classifier_a", "ce", "glc", "fasten", "crowd", "oracle"]
 
 
 def _load(name: str) -> dict | None:

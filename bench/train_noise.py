@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
-    ap.add_argument("--methods", nargs="+", default=["ce", "glc", "fasten", "oracle"])
+    ap.add_argument("--methods", nargs="+", default=["ce", "glc", "fasten", "crowd", "oracle"])
     ap.add_argument("--epochs-a", type=int, default=8)
     ap.add_argument("--epochs-b", type=int, default=12)
     ap.add_argument("--arch", default="cnn_small")

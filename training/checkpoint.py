@@ -40,6 +40,9 @@ class CheckpointMeta(BaseModel):
     thresholds_source: str
     data_version: str
     manifest: str
+    noisy_heads: list[str] = Field(
+        default_factory=list, description="Labeler group of each noisy head; empty for a single shared head."
+    )
 
 
 def save_checkpoint(path: Path, net: TwoHeadNet, meta: CheckpointMeta) -> None:
@@ -54,6 +57,6 @@ def load_checkpoint(path: str | Path) -> tuple[TwoHeadNet, CheckpointMeta]:
     meta = CheckpointMeta.model_validate(blob["meta"])
     if meta.format != FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {meta.format!r}")
-    net = TwoHeadNet(meta.arch, len(meta.classes), meta.preprocess.channels)
+    net = TwoHeadNet(meta.arch, len(meta.classes), meta.preprocess.channels, noisy_heads=max(1, len(meta.noisy_heads)))
     net.load_state_dict(blob["state_dict"])
     return net.eval(), meta

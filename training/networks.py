@@ -63,9 +63,13 @@ ARCHITECTURES = {"cnn_small": cnn_small, "resnet_small": resnet_small}
 
 
 class TwoHeadNet(nn.Module):
-    """Feature extractor ``phi`` with a clean head ``theta`` and a noisy head ``theta_bar``."""
+    """Feature extractor ``phi`` with a clean head ``theta`` and a noisy head ``theta_bar``.
 
-    def __init__(self, arch: str, num_classes: int, in_channels: int, dropout: float = 0.0):
+    ``noisy_heads`` > 1 gives one noisy head per labeler group (FasTEN with per-labeler noise models);
+    they share one Linear layer of ``noisy_heads * K`` outputs.
+    """
+
+    def __init__(self, arch: str, num_classes: int, in_channels: int, dropout: float = 0.0, noisy_heads: int = 1):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; supported: {sorted(ARCHITECTURES)}")
@@ -73,16 +77,23 @@ class TwoHeadNet(nn.Module):
         self.features, width = ARCHITECTURES[arch](in_channels)
         self.dropout = nn.Dropout(dropout)
         self.clean_head = nn.Linear(width, num_classes)
-        self.noisy_head = nn.Linear(width, num_classes)
+        self.num_classes, self.noisy_heads = num_classes, noisy_heads
+        self.noisy_head = nn.Linear(width, num_classes * noisy_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Clean-head logits (B, K): the classifier."""
         return self.clean_head(self.dropout(self.features(x)))
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean logits, noisy logits), both (B, K), from one pass through the feature extractor."""
+        """(clean logits (B, K), noisy logits (B, H * K)) from one pass through the feature extractor."""
         f = self.dropout(self.features(x))
         return self.clean_head(f), self.noisy_head(f)
+
+    def reset_noisy_heads_to_clean(self) -> None:
+        """Start every noise model at "labels are right": each noisy head a copy of the clean head."""
+        with torch.no_grad():
+            self.noisy_head.weight.copy_(self.clean_head.weight.repeat(self.noisy_heads, 1))
+            self.noisy_head.bias.copy_(self.clean_head.bias.repeat(self.noisy_heads))
 
 
 class ProbabilityModel(nn.Module):

@@ -24,6 +24,7 @@ from labelaudit.serving.core.preprocess import normalize
 from labelaudit.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from labelaudit.training.manifest import Manifest, load_pixels, read_manifest
 from labelaudit.training.methods import METHODS, Method
+from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.transition import labeler_transition_matrices, per_class_thresholds
 
@@ -44,6 +45,10 @@ class TrainConfig:
     trusted_per_class: int = 0  # FasTEN: trusted samples per class per iteration; 0 = the whole set
     rho: float = 0.8  # FasTEN: confidence needed to correct a label
     noisy_weight: float = 0.5  # FasTEN: λ, the weight of the noisy head's loss
+    per_labeler: bool = False  # FasTEN: one noisy head (and T̂) per labeler with enough items
+    min_labeler_items: int = 100  # FasTEN per_labeler: fewer items -> the pooled head
+    consistency_weight: float = 0.0  # FasTEN: weight of the FixMatch-style loss on untrusted images; 0 = off
+    pseudo_threshold: float = 0.95  # FasTEN consistency: confidence a pseudo-label needs
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -85,6 +90,7 @@ class TaskData:
     val_rows: np.ndarray
     test_rows: np.ndarray
     labeler_ids: np.ndarray
+    noisy_groups: list[str] = field(default_factory=lambda: ["*"])  # labeler group of each noisy head
 
 
 @dataclass
@@ -114,6 +120,31 @@ def augment(x: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
+def strong_augment(x: torch.Tensor, cutout: int = 10) -> torch.Tensor:
+    """FixMatch-style strong view: rotation ±20°, scale 0.85-1.15, shifts ±3 px, flips, contrast and
+    brightness jitter, Gaussian noise and a cut-out square. (B, C, H, W), normalised inputs."""
+    b, _, h, w = x.shape
+    dev = x.device
+    angle = (torch.rand(b, device=dev) * 2 - 1) * np.pi / 9
+    scale = 0.85 + 0.3 * torch.rand(b, device=dev)
+    flip = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = torch.cos(angle) / scale * flip
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = torch.sin(angle) / scale * flip
+    theta[:, 1, 1] = torch.cos(angle) / scale
+    theta[:, :, 2] = (torch.rand(b, 2, device=dev) * 2 - 1) * 3 * 2 / torch.tensor([w, h], device=dev)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = 1 + (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * 0.4
+    brightness = (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * 0.4
+    out = out * contrast + brightness + 0.1 * torch.randn_like(out)
+    cy, cx = torch.randint(0, h, (b,), device=dev), torch.randint(0, w, (b,), device=dev)
+    ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
+    hole = ((ys - cy[:, None, None]).abs() <= cutout // 2) & ((xs - cx[:, None, None]).abs() <= cutout // 2)
+    return out.masked_fill(hole[:, None], 0.0)
+
+
 class Trainer:
     """Owns the network, the data and the loop; methods supply batches and losses."""
 
@@ -126,9 +157,11 @@ class Trainer:
         if self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
 
-    def inputs(self, rows: np.ndarray) -> torch.Tensor:
+    def inputs(self, rows: np.ndarray, *, strong: bool = False) -> torch.Tensor:
         x = self.data.x[torch.as_tensor(rows, device=self.device)]
-        if self.cfg.augment and self.net.training:
+        if strong:
+            x = strong_augment(x)
+        elif self.cfg.augment and self.net.training:
             x = augment(x)
         return x.contiguous(memory_format=torch.channels_last) if self.autocast else x
 
@@ -216,6 +249,12 @@ def infer_spec(manifest: Manifest, pixels_mean_std: tuple[float, float] | None, 
     return PreprocessSpec(height=h, width=w, channels=channels, mean=(mean,) * channels, std=(std,) * channels)
 
 
+def data_spec(manifest: Manifest, cfg: TrainConfig, progress=None) -> PreprocessSpec:
+    """From scratch: the spec of the first image, with mean and std measured on the data."""
+    sample = load_pixels(manifest, infer_spec(manifest, None, cfg), progress=progress).astype(np.float32) / 255.0
+    return infer_spec(manifest, (float(sample.mean()), float(sample.std())), cfg)
+
+
 def _rows(manifest: Manifest) -> dict[str, np.ndarray]:
     train = manifest.mask(split="train")
     trusted = manifest.mask(split="train", trusted=True)
@@ -283,38 +322,37 @@ def train(
     method_cls = METHODS[cfg.method]
 
     # 1. data, held to classifier A's classes and preprocessing
-    if init is not None:
-        net, init_meta = load_checkpoint(init)
-        classes, spec, arch, init_name = (
-            init_meta.classes,
-            init_meta.preprocess,
-            init_meta.arch,
-            Path(init).name,
-        )
-        net.noisy_head.load_state_dict(net.clean_head.state_dict())  # start the noise model at "no noise"
+    net_a, init_meta = load_checkpoint(init) if init is not None else (None, None)
     manifest = read_manifest(
-        manifest_path, classes=classes if init is not None else None, require_trusted=method_cls.needs_trusted
+        manifest_path, classes=init_meta.classes if init_meta else None, require_trusted=method_cls.needs_trusted
     )
-    if init is None:
-        stats_spec = infer_spec(manifest, None, cfg)
-        sample = load_pixels(manifest, stats_spec, progress=pixel_progress)
-        arr = sample.astype(np.float32) / 255.0
-        spec = infer_spec(manifest, (float(arr.mean()), float(arr.std())), cfg)
+    if init_meta is not None:
+        classes, spec, arch, init_name = init_meta.classes, init_meta.preprocess, init_meta.arch, Path(init).name
+    else:
         classes, arch, init_name = manifest.classes, cfg.arch, "scratch"
-        net = TwoHeadNet(arch, len(classes), spec.channels)
+        spec = data_spec(manifest, cfg, pixel_progress)
     data = load_task(manifest, spec, cfg, device, progress=pixel_progress)
+    if cfg.method == "fasten" and cfg.per_labeler:
+        data.noisy_groups = labeler_groups(data.labeler_ids, data.untrusted_rows, cfg.min_labeler_items)
+
+    # 2. the network: classifier A's weights (its noise model reset to "no noise"), or fresh ones
+    net = TwoHeadNet(arch, len(classes), spec.channels, noisy_heads=len(data.noisy_groups))
+    if net_a is not None:
+        state = {k: v for k, v in net_a.state_dict().items() if not k.startswith("noisy_head.")}
+        net.load_state_dict(state, strict=False)
+        net.reset_noisy_heads_to_clean()
     trainer = Trainer(cfg, net.to(device), data, reporter)
 
-    # 2. the starting point, for the gate
+    # 3. the starting point, for the gate
     initial_trusted = trainer.accuracy(data.trusted_rows) if init is not None and len(data.trusted_rows) else None
     initial_val = trainer.accuracy(data.val_rows) if init is not None else None
 
-    # 3. the method
+    # 4. the method
     method = method_cls(trainer)
     method.prepare()
     history = trainer.fit(method, phase=cfg.method)
 
-    # 4. final numbers
+    # 5. final numbers
     final_trusted = trainer.accuracy(data.trusted_rows) if len(data.trusted_rows) else trainer.accuracy(data.val_rows)
     held_out = data.val_rows if len(data.val_rows) else data.trusted_rows
     held_probs = trainer.predict(held_out).cpu().numpy()
@@ -341,9 +379,10 @@ def train(
         labeler_counts=labeler_n, disagreement_thresholds=thresholds.round(4).tolist(),
         thresholds_source="val split" if len(data.val_rows) else "trusted set",
         data_version=manifest.sha256, manifest=str(Path(manifest_path)),
+        noisy_heads=data.noisy_groups if len(data.noisy_groups) > 1 else [],
     )  # fmt: skip
 
-    # 5. checkpoint (the noise model stays in it; the export takes the clean head only)
+    # 6. checkpoint (the noise model stays in it; the export takes the clean head only)
     out_path = Path(out)
     checkpoint = out_path / "checkpoint.pt" if out_path.suffix != ".pt" else out_path
     save_checkpoint(checkpoint, trainer.net.to("cpu").to(memory_format=torch.contiguous_format), meta)

@@ -33,9 +33,13 @@ def forward_corrected_nll(clean_probs: torch.Tensor, t: torch.Tensor, noisy_labe
     """Per-sample ``-log((Tᵀ p)[y])``: the clean prediction pushed through the noise. (B, K) -> (B,).
 
     ``(Tᵀ p)[j] = Σ_i p[i] T[i, j]``, i.e. ``p @ T`` row-wise: the model's probability that a labeler
-    would write ``j``.
+    would write ``j``. ``t`` is one (K, K) matrix for all samples, or (B, K, K), one per sample (each
+    sample's labeler's matrix).
     """
-    noisy_probs = clean_probs @ t  # (B, K)
+    if t.ndim == 3:
+        noisy_probs = torch.einsum("bi,bij->bj", clean_probs, t)  # (B, K)
+    else:
+        noisy_probs = clean_probs @ t  # (B, K)
     picked = noisy_probs.gather(1, noisy_labels[:, None]).squeeze(1)
     return -torch.log(picked.clamp_min(EPS))
 

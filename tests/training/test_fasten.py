@@ -188,7 +188,7 @@ def test_fasten_trains_on_the_label_from_the_previous_visit():
         + method.cfg.noisy_weight * F.cross_entropy(noisy_u, y_hat)
     )
     torch.testing.assert_close(loss.detach(), expected)
-    torch.testing.assert_close(method.t_hat, t_hat)
+    torch.testing.assert_close(method.t_hat[0], t_hat)  # (H=1, K, K)
 
 
 def test_fasten_transition_is_the_mean_of_the_per_iteration_estimates_then_resets():
@@ -213,13 +213,13 @@ def test_fasten_keeps_the_previous_row_for_a_class_missing_from_the_trusted_batc
     method, net = _scripted_method([0, 1, 2, 0, 1], trusted_rows=[0, 1, 2])
     net.noisy[:3] = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.5, 0.0, 1.5]])
     method.loss(Batch(untrusted=np.array([3, 4]), trusted=np.array([0, 1, 2])))
-    first = method.t_hat.clone()
+    first = method.t_hat[0].clone()
 
     net.noisy[0] = torch.tensor([0.0, 0.0, 5.0])
     method.loss(Batch(untrusted=np.array([3, 4]), trusted=np.array([0])))  # only class 0 present
 
-    torch.testing.assert_close(method.t_hat[1:], first[1:])
-    torch.testing.assert_close(method.t_hat[0], torch.softmax(net.noisy[0], 0))
+    torch.testing.assert_close(method.t_hat[0, 1:], first[1:])
+    torch.testing.assert_close(method.t_hat[0, 0], torch.softmax(net.noisy[0], 0))
 
 
 def test_fasten_batches_are_class_balanced_and_cover_every_untrusted_row_once():

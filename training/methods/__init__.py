@@ -2,6 +2,7 @@
 
 from labelaudit.training.methods.base import Method
 from labelaudit.training.methods.ce import CrossEntropy
+from labelaudit.training.methods.crowd import CrowdForward
 from labelaudit.training.methods.fasten import FasTEN
 from labelaudit.training.methods.glc import GoldLossCorrection
 
@@ -9,6 +10,7 @@ METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
     "glc": GoldLossCorrection,
     "fasten": FasTEN,
+    "crowd": CrowdForward,
 }
 
-__all__ = ["METHODS", "Method", "CrossEntropy", "GoldLossCorrection", "FasTEN"]
+__all__ = ["METHODS", "Method", "CrossEntropy", "CrowdForward", "GoldLossCorrection", "FasTEN"]

@@ -13,6 +13,11 @@ One feature extractor, two heads. Every iteration:
 Choices where the paper leaves room (docs/methods.md): the trusted and untrusted samples share one
 forward pass (one backward per iteration, BatchNorm sees both); the "half and half" is an equal
 weighting of the two means; a class missing from a trusted batch keeps its previous ``T̂`` row.
+
+Our extension (``TrainConfig.per_labeler``): one noisy head per labeler with enough items (the rest
+share a pooled head), so ``T̂_l`` is estimated per labeler every iteration from the same trusted batch
+and each untrusted sample is corrected through its own labeler's matrix. A spammer's ``T̂_l`` tends to
+uniform, which makes its labels carry no gradient; a confuser's shows its swapped pairs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ import torch.nn.functional as F
 from labelaudit.training.methods.base import Batch, Method, StepStats
 from labelaudit.training.transition import correct_labels, estimate_transition, forward_corrected_nll
 
+POOLED_GROUP = "*"
+
+
+def labeler_groups(labeler_ids: np.ndarray, untrusted_rows: np.ndarray, min_items: int) -> list[str]:
+    """Noisy-head groups: every labeler with at least ``min_items`` untrusted items, then the pool."""
+    ids, counts = np.unique(labeler_ids[untrusted_rows], return_counts=True)
+    return [str(i) for i, c in zip(ids, counts, strict=True) if c >= min_items] + [POOLED_GROUP]
+
 
 class FasTEN(Method):
     name = "fasten"
@@ -34,10 +47,17 @@ class FasTEN(Method):
     def __init__(self, trainer):
         super().__init__(trainer)
         k, device = self.data.k, self.data.labels.device
+        groups = self.data.noisy_groups
+        self.heads = len(groups)
+        index = {g: h for h, g in enumerate(groups)}
+        pooled = index[POOLED_GROUP] if POOLED_GROUP in index else 0
+        self.head_of_row = torch.as_tensor(
+            [index.get(str(lid), pooled) for lid in self.data.labeler_ids], device=device
+        )
         self.original = self.data.labels.clone()  # never modified
         self.assigned = self.data.labels.clone()  # ŷ for the next visit; only untrusted rows change
-        self.t_hat = torch.eye(k, device=device)
-        self._t_sum = torch.zeros(k, k, device=device)
+        self.t_hat = torch.eye(k, device=device).repeat(self.heads, 1, 1)  # (H, K, K)
+        self._t_sum = torch.zeros(self.heads, k, k, device=device)
         self._t_count = 0
 
     # -- batches ---------------------------------------------------------------------------------
@@ -66,38 +86,60 @@ class FasTEN(Method):
         rows_t, rows_u = batch.trusted, batch.untrusted
         n_t = len(rows_t)
         x = torch.cat([self.trainer.inputs(rows_t), self.trainer.inputs(rows_u)])
-        clean, noisy = self.trainer.net.forward_both(x)  # (B_t + B_u, K) each
+        clean, noisy = self.trainer.net.forward_both(x)  # (B_t + B_u, K), (B_t + B_u, H * K)
+        noisy = noisy.float().view(len(x), self.heads, self.data.k)  # (B, H, K)
         clean_t, clean_u = clean[:n_t].float(), clean[n_t:].float()
-        noisy_t, noisy_u = noisy[:n_t].float(), noisy[n_t:].float()
+        noisy_t, noisy_u = noisy[:n_t], noisy[n_t:]
         y_t = self.data.labels[rows_t]
-        y_hat = self.assigned[rows_u]
+        rows_u_t = torch.as_tensor(rows_u, device=self.assigned.device)
+        y_hat = self.assigned[rows_u_t]
+        head_u = self.head_of_row[rows_u_t]
 
-        with torch.no_grad():
-            self.t_hat = estimate_transition(torch.softmax(noisy_t, 1), y_t, self.data.k, fallback=self.t_hat)
+        with torch.no_grad():  # every head's T̂ from the same trusted batch
+            p_noisy_t = torch.softmax(noisy_t, 2)
+            self.t_hat = torch.stack(
+                [
+                    estimate_transition(p_noisy_t[:, h], y_t, self.data.k, fallback=self.t_hat[h])
+                    for h in range(self.heads)
+                ]
+            )
             self._t_sum += self.t_hat
             self._t_count += 1
 
         p_u = torch.softmax(clean_u, 1)
-        loss_clean = 0.5 * F.cross_entropy(clean_t, y_t) + 0.5 * forward_corrected_nll(p_u, self.t_hat, y_hat).mean()
-        loss_noisy = F.cross_entropy(noisy_u, y_hat)
+        t_u = self.t_hat[head_u] if self.heads > 1 else self.t_hat[0]  # (B_u, K, K) or (K, K)
+        loss_clean = 0.5 * F.cross_entropy(clean_t, y_t) + 0.5 * forward_corrected_nll(p_u, t_u, y_hat).mean()
+        own_noisy_u = noisy_u[torch.arange(len(rows_u), device=noisy_u.device), head_u]  # (B_u, K)
+        loss_noisy = F.cross_entropy(own_noisy_u, y_hat)
         loss = loss_clean + self.cfg.noisy_weight * loss_noisy
+        if self.cfg.consistency_weight > 0:
+            loss = loss + self.cfg.consistency_weight * self._consistency(rows_u, p_u.detach())
 
         with torch.no_grad():  # the label this sample will be trained on at its next visit
-            rows_u_t = torch.as_tensor(rows_u, device=self.assigned.device)
             new = correct_labels(p_u.detach(), self.original[rows_u_t], self.cfg.rho)
             self.assigned[rows_u_t] = new
         changed = int((new != self.original[rows_u_t]).sum())
         return loss, StepStats(loss=loss.item(), corrected=changed, seen=len(rows_u))
+
+    def _consistency(self, rows_u: np.ndarray, p_weak: torch.Tensor) -> torch.Tensor:
+        """FixMatch on the untrusted images, labels ignored (seed 004): the weak view's confident
+        prediction is the target for a strongly augmented view. (B_u, K) -> scalar."""
+        confidence, target = p_weak.max(1)
+        mask = (confidence >= self.cfg.pseudo_threshold).float()
+        logits = self.trainer.net(self.trainer.inputs(rows_u, strong=True)).float()
+        return (F.cross_entropy(logits, target, reduction="none") * mask).mean()
 
     def end_epoch(self) -> float | None:
         rows = torch.as_tensor(self.data.untrusted_rows, device=self.assigned.device)
         return float((self.assigned[rows] != self.original[rows]).float().mean())
 
     def transition(self) -> np.ndarray | None:
-        """The epoch's mean of the per-iteration estimates."""
-        if self._t_count == 0:
-            return self.t_hat.cpu().numpy()
-        mean = (self._t_sum / self._t_count).cpu().numpy()
+        """The epoch's mean of the per-iteration estimates, pooled over heads by their items. (K, K)"""
+        per_head = self.t_hat if self._t_count == 0 else self._t_sum / self._t_count  # (H, K, K)
+        self.last_per_head = per_head.cpu().numpy()
         self._t_sum.zero_()
         self._t_count = 0
-        return mean
+        rows = torch.as_tensor(self.data.untrusted_rows, device=self.head_of_row.device)
+        weights = torch.bincount(self.head_of_row[rows], minlength=self.heads).float()
+        weights = weights / weights.sum().clamp_min(1)
+        return torch.einsum("h,hij->ij", weights, per_head).cpu().numpy()

@@ -1,0 +1,111 @@
+"""``crowd``: forward correction through each labeler's own transition matrix, estimated by EM.
+
+Our method for streams where every label carries a ``labeler_id`` (docs/methods.md). FasTEN's single
+``T̂`` mixes every labeler's noise into one matrix, and its per-iteration estimate rests on the trusted
+set alone (a handful of images per class at 1%). Here each labeler with enough items gets a matrix
+``T_l`` (the rest share a pooled one), re-estimated at the start of every epoch from ALL that labeler's
+items by a few Dawid-Skene EM steps, with the network's clean-head probabilities as the prior:
+
+- E: ``q_n(i) ∝ p(i | x_n) · T_l[i, ȳ_n]``, the posterior of item ``n``'s true class given its label;
+- M: ``T_l[i, j] ∝ Σ_n q_n(i) [ȳ_n = j]`` (plus a small pseudo-count).
+
+The loss is FasTEN's clean loss with the labeler's matrix: half cross-entropy on the whole trusted set
+every iteration, half ``-log((T_lᵀ p)[ȳ])`` on the untrusted batch. A spammer's ``T_l`` becomes
+uniform, so its labels stop pulling; a confuser's shows its swapped pairs and is undone by them. Labels
+are never rewritten, so nothing can cascade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelaudit.training.methods.base import Batch, Method, StepStats
+from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
+from labelaudit.training.transition import forward_corrected_nll
+
+EM_STEPS = 5
+PSEUDO_COUNT = 1e-3
+
+
+def em_transitions(
+    probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, start: torch.Tensor, steps: int = EM_STEPS
+) -> torch.Tensor:
+    """Dawid-Skene EM for per-group transition matrices with a fixed prior.
+
+    ``probs`` (N, K) the model's clean probabilities; ``labels`` (N,) the given labels; ``groups`` (N,)
+    each item's group in [0, H); ``start`` (H, K, K) the previous estimate. Returns (H, K, K).
+    """
+    h_count, k, _ = start.shape
+    probs, t = probs.double(), start.double()
+    onehot = F.one_hot(labels, k).double()  # (N, K)
+    for _ in range(steps):
+        q = probs * t[groups, :, labels]  # (N, K): p(i|x) T[i, ȳ]
+        q = q / q.sum(1, keepdim=True).clamp_min(1e-12)
+        joint = torch.zeros(h_count, k, k, dtype=torch.float64, device=probs.device)
+        joint.index_add_(0, groups, q[:, :, None] * onehot[:, None, :])  # (H, K true, K given)
+        joint += PSEUDO_COUNT
+        t = joint / joint.sum(2, keepdim=True)
+    return t.float()
+
+
+def initial_transitions(heads: int, k: int, device, diagonal: float = 0.5) -> torch.Tensor:
+    """A start that trusts labels half the time: (H, K, K)."""
+    t = torch.full((k, k), (1 - diagonal) / (k - 1), device=device)
+    t.fill_diagonal_(diagonal)
+    return t.repeat(heads, 1, 1)
+
+
+class CrowdForward(Method):
+    name = "crowd"
+    needs_trusted = True
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        groups = labeler_groups(self.data.labeler_ids, self.data.untrusted_rows, self.cfg.min_labeler_items)
+        index = {g: h for h, g in enumerate(groups)}
+        device = self.data.labels.device
+        self.groups = groups
+        self.head_of_row = torch.as_tensor(
+            [index.get(str(lid), index[POOLED_GROUP]) for lid in self.data.labeler_ids], device=device
+        )
+        self.t = initial_transitions(len(groups), self.data.k, device)  # (H, K, K)
+
+    def refresh_transitions(self) -> None:
+        """The E and M steps over every untrusted item, with the current network as the prior."""
+        rows = self.data.untrusted_rows
+        rows_t = torch.as_tensor(rows, device=self.t.device)
+        probs = self.trainer.predict(rows)
+        self.t = em_transitions(probs, self.data.labels[rows_t], self.head_of_row[rows_t], self.t)
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+        self.refresh_transitions()
+        rows = rng.permutation(self.data.untrusted_rows)
+        for start in range(0, len(rows), self.cfg.batch_size):
+            yield Batch(untrusted=rows[start : start + self.cfg.batch_size], trusted=self.data.trusted_rows)
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.data.untrusted_rows) // self.cfg.batch_size)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
+        rows_t, rows_u = batch.trusted, batch.untrusted
+        x = torch.cat([self.trainer.inputs(rows_t), self.trainer.inputs(rows_u)])
+        logits = self.trainer.net(x).float()
+        y_t = self.data.labels[rows_t]
+        rows_u_t = torch.as_tensor(rows_u, device=self.t.device)
+        p_u = torch.softmax(logits[len(rows_t) :], 1)
+        corrected = forward_corrected_nll(p_u, self.t[self.head_of_row[rows_u_t]], self.data.labels[rows_u_t])
+        loss = 0.5 * F.cross_entropy(logits[: len(rows_t)], y_t) + 0.5 * corrected.mean()
+        return loss, StepStats(loss=loss.item(), seen=len(rows_u))
+
+    def transition(self) -> np.ndarray | None:
+        """The labelers' matrices pooled by their item counts. (K, K)"""
+        rows = torch.as_tensor(self.data.untrusted_rows, device=self.t.device)
+        weights = torch.bincount(self.head_of_row[rows], minlength=len(self.groups)).float()
+        return torch.einsum("h,hij->ij", weights / weights.sum().clamp_min(1), self.t).cpu().numpy()
+
+    def labeler_transitions(self) -> dict[str, np.ndarray]:
+        return {g: self.t[h].cpu().numpy() for h, g in enumerate(self.groups) if g != POOLED_GROUP}
