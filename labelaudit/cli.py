@@ -140,7 +140,7 @@ def run_training(manifest: Path, init: str, out: Path, **config):
 def train(
     manifest: Annotated[Path, typer.Option(help="JSONL manifest: item_id, image, label, labeler_id, trusted, split.")],
     init: Annotated[str, typer.Option(help="Classifier A's checkpoint, or 'scratch'.")] = "scratch",
-    method: Annotated[str, typer.Option(help="ce | glc | fasten")] = "fasten",
+    method: Annotated[str, typer.Option(help="ce | glc | fasten | crowd (docs/methods.md)")] = "fasten",
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
@@ -148,13 +148,20 @@ def train(
     arch: Annotated[str | None, typer.Option(help="cnn_small | resnet_small (from scratch only).")] = None,
     trusted_per_class: Annotated[int | None, typer.Option(help="FasTEN: trusted per class per step; 0 = all.")] = None,
     rho: Annotated[float | None, typer.Option(help="FasTEN: confidence needed to correct a label.")] = None,
+    per_labeler: Annotated[
+        bool | None, typer.Option("--per-labeler", help="FasTEN: one noisy head and T-hat per labeler.")
+    ] = None,
+    consistency_weight: Annotated[
+        float | None, typer.Option(help="FasTEN: weight of FixMatch-style consistency on untrusted images.")
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
 ) -> None:
     """Fine-tune classifier A (or train from scratch) with a noise-robust method."""
     try:
         run_training(manifest, init, out, method=method, epochs=epochs, batch_size=batch_size, lr=lr, arch=arch,
-                     trusted_per_class=trusted_per_class, rho=rho, seed=seed, device=device)  # fmt: skip
+                     trusted_per_class=trusted_per_class, rho=rho, per_labeler=per_labeler,
+                     consistency_weight=consistency_weight, seed=seed, device=device)  # fmt: skip
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
 

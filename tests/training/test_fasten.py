@@ -18,13 +18,7 @@ from labelaudit.training.transition import estimate_transition
 K = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors this small run faster on one thread, and OpenMP spin-waits badly on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _task(x: torch.Tensor, labels: np.ndarray, trusted_rows: np.ndarray, k: int = K) -> TaskData:

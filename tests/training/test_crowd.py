@@ -1,0 +1,107 @@
+"""The crowd method: EM recovers each labeler's transition matrix, the loss is the hand-computed one,
+and labels are never rewritten."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labelaudit.training.methods.crowd import CrowdForward, em_transitions, initial_transitions
+from labelaudit.training.networks import TwoHeadNet
+from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
+
+K = 4
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _noisy_labels(truth: np.ndarray, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.array([rng.choice(len(t), p=t[y]) for y in truth])
+
+
+def test_em_recovers_each_groups_transition_matrix():
+    rng = np.random.default_rng(0)
+    n = 6_000
+    truth = rng.integers(0, K, size=n)
+    reliable = np.full((K, K), 0.05 / 3) + np.eye(K) * (0.95 - 0.05 / 3)
+    swapper = np.eye(K)[[1, 0, 2, 3]] * 0.7 + np.eye(K) * 0.3  # classes 0 and 1 swapped 70% of the time
+    spammer = np.full((K, K), 1 / K)
+    groups = rng.integers(0, 3, size=n)
+    labels = np.empty(n, dtype=np.int64)
+    for g, t in enumerate((reliable, swapper, spammer)):
+        labels[groups == g] = _noisy_labels(truth[groups == g], t, rng)
+    # a decent but imperfect network: 80% of its mass on the true class
+    probs = torch.full((n, K), 0.2 / (K - 1)).scatter_(1, torch.as_tensor(truth)[:, None], 0.8)
+
+    t = em_transitions(
+        probs, torch.as_tensor(labels), torch.as_tensor(groups), initial_transitions(3, K, "cpu"), steps=30
+    ).numpy()
+
+    np.testing.assert_allclose(t.sum(2), 1.0, atol=1e-5)
+    for got, want in zip(t, (reliable, swapper, spammer), strict=True):
+        np.testing.assert_allclose(got, want, atol=0.06)
+
+
+def _task(n: int = 48, trusted: int = 8, seed: int = 0) -> TaskData:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, K, size=n)
+    is_trusted = np.zeros(n, dtype=bool)
+    is_trusted[:trusted] = True
+    rows = np.arange(n)
+    return TaskData(
+        x=torch.from_numpy(rng.normal(size=(n, 1, 12, 12)).astype(np.float32)),
+        labels=torch.as_tensor(labels),
+        is_trusted=torch.as_tensor(is_trusted),
+        k=K,
+        train_rows=rows,
+        trusted_rows=rows[is_trusted],
+        untrusted_rows=rows[~is_trusted],
+        val_rows=np.empty(0, dtype=np.int64),
+        test_rows=np.empty(0, dtype=np.int64),
+        labeler_ids=np.array(["qa"] * trusted + ["ann", "bob"] * ((n - trusted) // 2)),
+    )
+
+
+def _method(data: TaskData) -> CrowdForward:
+    torch.manual_seed(0)
+    cfg = TrainConfig(device="cpu", augment=False, batch_size=8, epochs=1, seed=0, min_labeler_items=5)
+    return CrowdForward(Trainer(cfg, TwoHeadNet("cnn_small", K, 1), data, SilentReporter()))
+
+
+def test_crowd_loss_is_half_trusted_ce_and_half_per_labeler_forward_correction():
+    data = _task()
+    method = _method(data)
+    assert method.groups == ["ann", "bob", "*"]
+    method.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
+    rows_u, rows_t = np.array([8, 9, 10]), data.trusted_rows
+    method.trainer.net.eval()  # deterministic logits to compare against
+
+    loss, _ = method.loss(type("B", (), {"trusted": rows_t, "untrusted": rows_u})())
+
+    with torch.no_grad():
+        logits = method.trainer.net(data.x[np.concatenate([rows_t, rows_u])])
+        ce = F.cross_entropy(logits[: len(rows_t)], data.labels[rows_t])
+        p = torch.softmax(logits[len(rows_t) :], 1)
+        t_rows = [method.t[0], method.t[1], method.t[0]]  # ann, bob, ann
+        nll = [-torch.log(p[i] @ t_rows[i][:, data.labels[r]]) for i, r in enumerate(rows_u)]
+        expected = 0.5 * ce + 0.5 * torch.stack(nll).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_crowd_never_rewrites_labels_and_refreshes_row_stochastic_matrices():
+    data = _task()
+    method = _method(data)
+    before = data.labels.clone()
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        for batch in method.batches(rng):
+            assert np.array_equal(batch.trusted, data.trusted_rows)
+            method.loss(batch)[0].backward()
+    torch.testing.assert_close(data.labels, before)
+    np.testing.assert_allclose(method.t.sum(2).numpy(), 1.0, atol=1e-5)
+    assert not torch.allclose(method.t, initial_transitions(3, K, "cpu"))  # EM moved it
+    assert method.transition().shape == (K, K)
+    assert set(method.labeler_transitions()) == {"ann", "bob"}
