@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -13,7 +14,9 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / "work"
 
 
+@functools.cache
 def git_commit() -> str:
+    """The commit the benchmark started from (cached: later commits during a long run don't count)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         return out.stdout.strip()

@@ -20,7 +20,7 @@ import torch
 from cleanlab.filter import find_label_issues
 from rich.console import Console
 
-from bench.common import WORK, device_name, write_results
+from bench.common import WORK, device_name, git_commit, write_results
 from bench.train_noise import SIZES
 from labelaudit.serving.core.policy import DisagreementPolicy
 from labelaudit.serving.core.preprocess import normalize
@@ -84,6 +84,7 @@ def main() -> None:
     config = vars(args) | {"folds": 2, "per_task": per_task, "policy": "per-class-threshold-v1, min_confidence 0.5"}
     rows: list[dict] = []
     device = device_name()
+    git_commit()  # pin the commit the run started from
     for seed in args.seeds:
         classifier_a = None
         for noise in args.noise:

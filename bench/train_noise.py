@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from bench.common import WORK, device_name, write_results
+from bench.common import WORK, device_name, git_commit, write_results
 from labelaudit.serving.core.preprocess import normalize
 from labelaudit.training.checkpoint import load_checkpoint
 from labelaudit.training.datasets import fashion_mnist
@@ -56,6 +56,7 @@ def main() -> None:
     config = vars(args) | {"trusted_fraction": 0.01, "per_task": per_task, "val_size": val_size}
     rows: list[dict] = []
     device = device_name()
+    git_commit()  # pin the commit the run started from
 
     def record(**row) -> None:
         rows.append(row)
