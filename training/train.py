@@ -364,7 +364,7 @@ def train(
     labeler_t, labeler_n = labeler_transition_matrices(
         posterior, labels_np[data.train_rows], data.labeler_ids[data.train_rows], data.k
     )
-    final_t = method.transition() if cfg.method != "fasten" else (history[-1].transition_matrix if history else None)
+    final_t = history[-1].transition_matrix if history else None
     metrics = ModelMetrics(
         val_acc=trainer.accuracy(data.val_rows), test_acc=trainer.accuracy(data.test_rows),
         trusted_acc=final_trusted or 0.0, initial_trusted_acc=initial_trusted, initial_val_acc=initial_val,

@@ -31,7 +31,7 @@ class StepStats:
 
 
 class Method:
-    """Base: plain shuffled batches over the given rows. Subclasses define ``loss``."""
+    """Base: shuffled batches over ``rows()``, each with ``trusted_batch()``. Subclasses define ``loss``."""
 
     name = "base"
     needs_trusted = False
@@ -44,13 +44,21 @@ class Method:
     def prepare(self) -> None:
         """Work before the main epochs (GLC's first training run)."""
 
+    def rows(self) -> np.ndarray:
+        """The rows an epoch runs through in shuffled batches (``Batch.untrusted``)."""
+        return self.data.train_rows
+
+    def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
+        """The trusted rows that go with every batch; none by default."""
+        return np.empty(0, dtype=np.int64)
+
     def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
-        rows = rng.permutation(self.data.train_rows)
+        rows = rng.permutation(self.rows())
         for start in range(0, len(rows), self.cfg.batch_size):
-            yield Batch(untrusted=rows[start : start + self.cfg.batch_size])
+            yield Batch(untrusted=rows[start : start + self.cfg.batch_size], trusted=self.trusted_batch(rng))
 
     def steps_per_epoch(self) -> int:
-        return -(-len(self.data.train_rows) // self.cfg.batch_size)
+        return -(-len(self.rows()) // self.cfg.batch_size)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         raise NotImplementedError

@@ -81,14 +81,15 @@ class CrowdForward(Method):
         probs = self.trainer.predict(rows)
         self.t = em_transitions(probs, self.data.labels[rows_t], self.head_of_row[rows_t], self.t)
 
-    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
-        self.refresh_transitions()
-        rows = rng.permutation(self.data.untrusted_rows)
-        for start in range(0, len(rows), self.cfg.batch_size):
-            yield Batch(untrusted=rows[start : start + self.cfg.batch_size], trusted=self.data.trusted_rows)
+    def rows(self) -> np.ndarray:
+        return self.data.untrusted_rows
 
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.data.untrusted_rows) // self.cfg.batch_size)
+    def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
+        return self.data.trusted_rows  # the whole trusted set, every iteration
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+        self.refresh_transitions()  # once per epoch, before its first batch
+        yield from super().batches(rng)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted

@@ -22,8 +22,6 @@ uniform, which makes its labels carry no gradient; a confuser's shows its swappe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,7 +59,10 @@ class FasTEN(Method):
         self._t_count = 0
 
     # -- batches ---------------------------------------------------------------------------------
-    def _trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
+    def rows(self) -> np.ndarray:
+        return self.data.untrusted_rows
+
+    def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
         rows = self.data.trusted_rows
         per_class = self.cfg.trusted_per_class
         if per_class <= 0:
@@ -72,14 +73,6 @@ class FasTEN(Method):
             mine = rows[labels == c]
             picks.append(rng.choice(mine, size=per_class, replace=len(mine) < per_class))
         return np.concatenate(picks)
-
-    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
-        rows = rng.permutation(self.data.untrusted_rows)
-        for start in range(0, len(rows), self.cfg.batch_size):
-            yield Batch(untrusted=rows[start : start + self.cfg.batch_size], trusted=self._trusted_batch(rng))
-
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.data.untrusted_rows) // self.cfg.batch_size)
 
     # -- loss ------------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,13 +22,8 @@ class _UntrustedOnly(Method):
 
     name = "glc-phase1"
 
-    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
-        rows = rng.permutation(self.data.untrusted_rows)
-        for start in range(0, len(rows), self.cfg.batch_size):
-            yield Batch(untrusted=rows[start : start + self.cfg.batch_size])
-
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.data.untrusted_rows) // self.cfg.batch_size)
+    def rows(self) -> np.ndarray:
+        return self.data.untrusted_rows
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         x, y = self.trainer.inputs(batch.untrusted), self.data.labels[batch.untrusted]
