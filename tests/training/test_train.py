@@ -10,17 +10,14 @@ import pytest
 import torch
 
 from labelaudit.training.checkpoint import load_checkpoint
-from labelaudit.training.datasets import fashion_mnist
 from labelaudit.training.train import TrainConfig, _gate, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    fashion_mnist.build(out, noise=0.4, seed=3, per_task=500, val_size=100, test_size=100)
-    return out
+def tiny(tiny_data) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,54 @@
+"""The one settings class for every labelaudit process (``LABELAUDIT_`` environment variables).
+
+Built once at start (``Settings()``), logged once with secrets hidden (``Settings.redacted()``).
+Nothing else in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LABELAUDIT_", env_file=None, extra="ignore")
+
+    # -- the model -------------------------------------------------------------------------------
+    model_repo: Path = Path("model_repository")
+    """Triton model repository written by ``labelaudit export``."""
+    model_name: str = "labelaudit"
+    """Model folder inside the repository."""
+    model_version: str | None = None
+    """Version folder to serve; the highest one when unset."""
+
+    # -- inference backend -----------------------------------------------------------------------
+    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
+    """``onnxruntime`` runs the ONNX file in process; ``triton`` calls a Triton (KServe v2) server."""
+    ort_intra_op_threads: int = Field(default=0, ge=0)
+    """onnxruntime threads inside one operator; 0 lets onnxruntime choose (one per core)."""
+    ort_inter_op_threads: int = Field(default=1, ge=0)
+    """onnxruntime threads across operators (the graph is sequential, so 1)."""
+    ort_graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """onnxruntime graph optimisation level."""
+    triton_url: str = "localhost:8001"
+    """Triton's address: host:port (gRPC, default 8001) or host:port for HTTP (default 8000)."""
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_timeout_s: float = Field(default=5.0, gt=0)
+    """Per-request timeout towards Triton; past it the gateway answers 503."""
+
+    # -- limits ----------------------------------------------------------------------------------
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    """Largest encoded image accepted."""
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    """Decompression-bomb guard: width x height above this is refused."""
+
+    # -- security --------------------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    """When set, every request needs ``Authorization: Bearer <key>`` (or ``X-API-Key``)."""
+
+    def redacted(self) -> dict:
+        """The settings as a dict, secrets shown as ``**********``: safe to log."""
+        return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
