@@ -1,0 +1,1 @@
+"""The HTTP transport: a FastAPI gateway over the serving core."""

@@ -1,0 +1,142 @@
+"""Dynamic micro-batching: concurrent requests are gathered into one inference call.
+
+A batch is released when it holds ``max_batch_size`` images ("full") or when its first request has
+waited ``max_delay_s`` ("timeout"). Requests are never split across batches, so each caller gets back
+exactly its own rows. Past ``max_queue_images`` waiting images, ``submit`` refuses at once with
+``Overloaded`` (HTTP 429 with Retry-After) instead of letting latency pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from labelaudit.errors import LabelAuditError
+
+Release = Literal["full", "timeout"]
+
+
+class Overloaded(LabelAuditError):
+    status_code = 429
+    reason = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BatchObserver(Protocol):
+    """Told about every released batch (the Prometheus metrics implement it)."""
+
+    def batch_released(self, *, images: int, requests: int, reason: Release, queue_delay_s: float) -> None: ...
+
+
+@dataclass
+class _Pending:
+    images: np.ndarray  # (n, C, H, W)
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        *,
+        max_batch_size: int = 64,
+        max_delay_s: float = 0.002,
+        max_queue_images: int = 1024,
+        observer: BatchObserver | None = None,
+    ):
+        if max_batch_size < 1 or max_queue_images < max_batch_size:
+            raise ValueError("need 1 <= max_batch_size <= max_queue_images")
+        self.infer, self.observer = infer, observer
+        self.max_batch_size, self.max_delay_s, self.max_queue_images = max_batch_size, max_delay_s, max_queue_images
+        self.queued_images = 0
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._carry: _Pending | None = None  # a request that did not fit the previous batch
+        self._worker: asyncio.Task | None = None
+        self._mean_batch_s = 0.01  # running estimate of one batch's inference time, for Retry-After
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        """Queue ``images`` (n, C, H, W); returns their probabilities (n, K) in the same order."""
+        n = len(images)
+        if self.queued_images + n > self.max_queue_images:
+            batches_ahead = self.queued_images / self.max_batch_size + 1
+            raise Overloaded(
+                f"{self.queued_images} images are already waiting (limit {self.max_queue_images}); retry shortly",
+                retry_after_s=max(1.0, batches_ahead * self._mean_batch_s),
+            )
+        pending = _Pending(images, asyncio.get_running_loop().create_future())
+        self.queued_images += n
+        await self._queue.put(pending)
+        return await pending.future
+
+    async def _next(self, timeout: float | None) -> _Pending:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if timeout is None:
+            return await self._queue.get()
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    async def _gather(self) -> tuple[list[_Pending], Release]:
+        batch = [await self._next(None)]
+        size = len(batch[0].images)
+        deadline = batch[0].enqueued + self.max_delay_s
+        while size < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return batch, "timeout"
+            try:
+                item = await self._next(remaining)
+            except TimeoutError:
+                return batch, "timeout"
+            if size + len(item.images) > self.max_batch_size:
+                self._carry = item  # never split a request: it opens the next batch
+                return batch, "full"
+            batch.append(item)
+            size += len(item.images)
+        return batch, "full"
+
+    async def _run(self) -> None:
+        while True:
+            batch, reason = await self._gather()
+            images = sum(len(p.images) for p in batch)
+            self.queued_images -= images
+            if self.observer:
+                delay = time.perf_counter() - batch[0].enqueued
+                self.observer.batch_released(images=images, requests=len(batch), reason=reason, queue_delay_s=delay)
+            await self._infer_and_answer(batch)
+
+    async def _infer_and_answer(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            probs = await self.infer(np.concatenate([p.images for p in batch]))
+        except Exception as exc:  # every caller of this batch hears why; the batcher goes on
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        self._mean_batch_s = 0.9 * self._mean_batch_s + 0.1 * (time.perf_counter() - started)
+        offset = 0
+        for p in batch:
+            rows = probs[offset : offset + len(p.images)]
+            offset += len(p.images)
+            if not p.future.done():  # a caller that went away (cancelled) is skipped
+                p.future.set_result(rows)

@@ -1,0 +1,112 @@
+"""The micro-batcher's own logic, with a fake model at the boundary: each caller gets its own rows,
+batches respect the size limit and the delay, overload is refused at once, failures reach every caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from labelaudit.serving.http.batcher import MicroBatcher, Overloaded
+
+
+class FakeModel:
+    """Returns each image's first pixel as a 'probability' row, so answers can be traced to inputs."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.batch_sizes: list[int] = []
+        self.delay, self.fail = delay, fail
+
+    async def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(images))
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return np.repeat(images[:, 0, 0, :1], 3, axis=1)  # (n, 3)
+
+
+class Observer:
+    def __init__(self):
+        self.events = []
+
+    def batch_released(self, **event):
+        self.events.append(event)
+
+
+def _images(tag: int, n: int = 1) -> np.ndarray:
+    return (
+        np.full((n, 1, 2, 2), float(tag), dtype=np.float32) + np.arange(n, dtype=np.float32)[:, None, None, None] / 100
+    )
+
+
+async def _run(batcher: MicroBatcher, coro):
+    await batcher.start()
+    try:
+        return await coro
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_callers_each_get_exactly_their_own_rows():
+    model, observer = FakeModel(delay=0.005), Observer()
+    batcher = MicroBatcher(model, max_batch_size=16, max_delay_s=0.01, max_queue_images=4096, observer=observer)
+    sizes = [1 + (i % 4) for i in range(200)]
+
+    async def many():
+        return await asyncio.gather(*(batcher.submit(_images(i, n)) for i, n in enumerate(sizes)))
+
+    results = asyncio.run(_run(batcher, many()))
+
+    for i, (n, rows) in enumerate(zip(sizes, results, strict=True)):
+        assert rows.shape == (n, 3)
+        np.testing.assert_allclose(rows[:, 0], i + np.arange(n) / 100, rtol=1e-6)
+    assert max(model.batch_sizes) <= 16 and max(model.batch_sizes) > 1  # batched, within the limit
+    assert sum(model.batch_sizes) == sum(sizes)
+    assert {e["reason"] for e in observer.events} <= {"full", "timeout"}
+    assert sum(e["images"] for e in observer.events) == sum(sizes)
+
+
+def test_a_lone_request_is_released_by_the_delay():
+    model, observer = FakeModel(), Observer()
+    batcher = MicroBatcher(model, max_batch_size=64, max_delay_s=0.005, observer=observer)
+    rows = asyncio.run(_run(batcher, batcher.submit(_images(7, 2))))
+    assert rows.shape == (2, 3) and model.batch_sizes == [2]
+    assert observer.events[0]["reason"] == "timeout" and observer.events[0]["queue_delay_s"] >= 0.004
+
+
+def test_a_request_larger_than_the_batch_goes_alone_and_whole():
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=4, max_delay_s=0.001, max_queue_images=64)
+    rows = asyncio.run(_run(batcher, batcher.submit(_images(3, 9))))
+    assert rows.shape == (9, 3) and model.batch_sizes == [9]
+
+
+def test_overload_is_refused_at_once_with_a_retry_hint():
+    model = FakeModel(delay=0.05)
+    batcher = MicroBatcher(model, max_batch_size=2, max_delay_s=0.001, max_queue_images=4)
+
+    async def flood():
+        tasks = [asyncio.create_task(batcher.submit(_images(i))) for i in range(12)]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(_run(batcher, flood()))
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, np.ndarray)]
+    assert refused and served and len(refused) + len(served) == 12
+    assert all(r.status_code == 429 and r.retry_after_s >= 1 for r in refused)
+
+
+def test_a_failed_batch_reaches_its_callers_and_the_batcher_goes_on():
+    model = FakeModel(fail=True)
+    batcher = MicroBatcher(model, max_batch_size=8, max_delay_s=0.002)
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="exploded"):
+            await batcher.submit(_images(1))
+        model.fail = False
+        return await batcher.submit(_images(2))
+
+    rows = asyncio.run(_run(batcher, scenario()))
+    assert rows[0, 0] == pytest.approx(2.0)
+    assert batcher.queued_images == 0
