@@ -209,6 +209,31 @@ def export(
 
 
 @app.command()
+def serve(
+    model_repo: Annotated[Path | None, typer.Option(help="Triton model repository (LABELAUDIT_MODEL_REPO).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
+) -> None:
+    """Start the HTTP gateway (uvicorn) on embedded defaults: onnxruntime in process."""
+    import logging
+
+    import uvicorn
+
+    from labelaudit.serving.http.app import create_app
+    from labelaudit.serving.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(**({"model_repo": model_repo} if model_repo else {}))
+    try:
+        from labelaudit.serving.core.model_repo import resolve_model
+
+        resolve_model(settings.model_repo, settings.model_name, settings.model_version)  # fail before binding
+    except LabelAuditError as exc:
+        raise _fail(exc) from exc
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path("labelaudit-demo"),
     full: Annotated[bool, typer.Option(help="Full size (30,000 images per task, more epochs; wants a GPU).")] = False,

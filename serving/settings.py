@@ -39,7 +39,19 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(default=5.0, gt=0)
     """Per-request timeout towards Triton; past it the gateway answers 503."""
 
+    # -- batching (embedded backend) -------------------------------------------------------------
+    max_batch_size: int = Field(default=64, ge=1)
+    """Images per inference batch; a batch is released when full..."""
+    max_batch_delay_ms: float = Field(default=2.0, ge=0)
+    """...or when its first request has waited this long."""
+    max_queue_images: int = Field(default=1024, ge=1)
+    """Images allowed to wait for a batch; past it requests get 429 with Retry-After."""
+
     # -- limits ----------------------------------------------------------------------------------
+    max_images_per_request: int = Field(default=64, ge=1)
+    """More images in one request is a 413."""
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    """Largest request body accepted (413 past it)."""
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     """Largest encoded image accepted."""
     max_image_pixels: int = Field(default=40_000_000, gt=0)

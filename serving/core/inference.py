@@ -1,0 +1,47 @@
+"""The inference core every transport calls: bytes in, probabilities out, preprocessing per the card.
+
+Decoding and preprocessing run in worker threads (Pillow releases the GIL), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from labelaudit.errors import ImageError
+from labelaudit.serving.core.model_repo import ServedModel
+from labelaudit.serving.core.preprocess import decode_image, preprocess
+from labelaudit.serving.settings import Settings
+
+
+class InferenceCore:
+    def __init__(self, model: ServedModel, infer: Callable[[np.ndarray], Awaitable[np.ndarray]], settings: Settings):
+        self.model, self.infer, self.settings = model, infer, settings
+        self.classes = model.card.classes
+
+    def _to_input(self, index: int, data: bytes) -> np.ndarray:
+        if len(data) > self.settings.max_image_bytes:
+            raise ImageError(
+                f"image {index}: {len(data)} bytes, above the limit of {self.settings.max_image_bytes}",
+                reason="image_too_large",
+                status_code=413,
+            )
+        try:
+            return preprocess(decode_image(data, max_pixels=self.settings.max_image_pixels), self.model.card.preprocess)
+        except ImageError as exc:
+            raise ImageError(f"image {index}: {exc}", reason=exc.reason, status_code=exc.status_code) from exc
+
+    async def preprocess_all(self, images: list[bytes]) -> np.ndarray:
+        """Decode and preprocess in worker threads: (n, C, H, W) float32."""
+        arrays = await asyncio.gather(*(asyncio.to_thread(self._to_input, i, d) for i, d in enumerate(images)))
+        return np.stack(arrays)
+
+    async def classify(self, images: list[bytes]) -> np.ndarray:
+        """Probabilities (n, K) for encoded images."""
+        return await self.infer(await self.preprocess_all(images))
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        order = np.argsort(-probs, axis=1)[:, : min(k, probs.shape[1])]
+        return [[(self.classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order, strict=True)]

@@ -1,0 +1,218 @@
+"""The FastAPI gateway: thin routes over the inference core. ``create_app(settings)`` builds it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from labelaudit import __version__
+from labelaudit.errors import LabelAuditError
+from labelaudit.schemas.api import ClassifyRequest, ClassifyResponse, ClassifyResult, ErrorResponse, TopClass
+from labelaudit.schemas.model_card import ModelCard
+from labelaudit.serving.core.backends import OnnxRuntimeBackend
+from labelaudit.serving.core.inference import InferenceCore
+from labelaudit.serving.core.model_repo import resolve_model
+from labelaudit.serving.http.batcher import MicroBatcher
+from labelaudit.serving.http.errors import install_error_handlers
+from labelaudit.serving.http.metrics import GatewayMetrics
+from labelaudit.serving.settings import Settings
+
+log = logging.getLogger("labelaudit.http")
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 429, 503)}
+
+
+class BadRequest(LabelAuditError):
+    reason = "bad_request"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(
+            f"body of {declared} bytes is above the limit of {limit}", reason="body_too_large", status_code=413
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body is above the limit of {limit} bytes", reason="body_too_large", status_code=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def images_from_request(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
+    """(encoded images, ids, top_k) from multipart ``files`` or JSON ``{"images": [{"data": base64}]}``."""
+    body = await read_body(request, settings.max_body_bytes)
+    content_type = request.headers.get("content-type", "")
+    limit = settings.max_images_per_request
+    if content_type.startswith("multipart/form-data"):
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=limit + 1, max_fields=10)
+        files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        if not files:
+            raise BadRequest("multipart body has no 'files' part", reason="no_images", status_code=422)
+        images = [await f.read() for f in files]
+        top_k = form.get("top_k", "3")
+        if not isinstance(top_k, str) or not top_k.isdigit() or not 1 <= int(top_k) <= 1000:
+            raise BadRequest("top_k must be an integer from 1 to 1000", reason="invalid_request", status_code=422)
+        ids, k = [f.filename for f in files], int(top_k)
+    elif content_type.startswith("application/json"):
+        try:
+            parsed = ClassifyRequest.model_validate_json(body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+            raise BadRequest(problems, reason="invalid_request", status_code=422) from None
+        images = []
+        for i, item in enumerate(parsed.images):
+            try:
+                images.append(base64.b64decode(item.data, validate=True))
+            except (binascii.Error, ValueError):
+                raise BadRequest(
+                    f"images[{i}].data is not valid base64", reason="bad_base64", status_code=422
+                ) from None
+        ids, k = [item.id for item in parsed.images], parsed.top_k
+    else:
+        raise BadRequest(
+            f"unsupported content type {content_type!r}; send multipart/form-data or application/json",
+            reason="unsupported_media_type",
+            status_code=415,
+        )
+    if len(images) > limit:
+        raise BadRequest(
+            f"{len(images)} images in one request; the limit is {limit}", reason="too_many_images", status_code=413
+        )
+    return images, ids, k
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        log.info("labelaudit gateway %s starting with %s", __version__, settings.redacted())
+        model = resolve_model(settings.model_repo, settings.model_name, settings.model_version)
+        backend = OnnxRuntimeBackend(model, settings)
+        batcher = MicroBatcher(
+            backend.infer,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000,
+            max_queue_images=settings.max_queue_images,
+            observer=metrics,
+        )
+        await batcher.start()
+        app.state.core = InferenceCore(model, batcher.submit, settings)
+        app.state.backend, app.state.batcher = backend, batcher
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            await backend.close()
+
+    app = FastAPI(
+        title="labelaudit gateway",
+        version=__version__,
+        description="Classify images with the exported task-B model; audit human labels against it.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    def require_api_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not secrets.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+            raise LabelAuditError("missing or wrong API key", reason="unauthorized", status_code=401)
+
+    auth = [Depends(require_api_key)]
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(route=path, status=str(response.status_code)).inc()
+        metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+        if response.status_code == 429:
+            metrics.rejected.inc()
+        return response
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=ERRORS,
+        dependencies=auth,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": ClassifyRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                                "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3},
+                            },
+                            "required": ["files"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def classify(request: Request) -> ClassifyResponse:
+        """Top-k classes for one or many images (multipart ``files``, or JSON with base64 ``data``)."""
+        core: InferenceCore = request.app.state.core
+        images, ids, k = await images_from_request(request, settings)
+        probs = await core.classify(images)
+        metrics.images.inc(len(images))
+        metrics.queue_depth.set(request.app.state.batcher.queued_images)
+        results = [
+            ClassifyResult(index=i, id=ids[i], top=[TopClass(label=c, probability=p) for c, p in top])
+            for i, top in enumerate(core.top_k(probs, k))
+        ]
+        return ClassifyResponse(model_name=core.model.name, model_version=core.model.version, results=results)
+
+    @app.get("/v1/models", response_model=ModelCard, responses=ERRORS, dependencies=auth)
+    async def model_card(request: Request) -> ModelCard:
+        """The served model's card: classes, preprocessing, metrics, transition matrices, thresholds."""
+        return request.app.state.core.model.card
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(request: Request) -> dict[str, str]:
+        """The model is loaded and the backend answers."""
+        core = getattr(request.app.state, "core", None)
+        if core is None or not await request.app.state.backend.ready():
+            raise LabelAuditError("model or backend not ready", reason="not_ready", status_code=503)
+        return {"status": "ready", "model": core.model.name, "version": core.model.version}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,44 @@
+"""One place that turns errors into responses: 4xx with a reason, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labelaudit.errors import LabelAuditError
+from labelaudit.serving.http.batcher import Overloaded
+
+log = logging.getLogger("labelaudit.http")
+
+
+def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+        retry = str(max(1, round(exc.retry_after_s)))
+        return error_response(429, exc.reason, str(exc), headers={"Retry-After": retry})
+
+    @app.exception_handler(LabelAuditError)
+    async def _ours(_request: Request, exc: LabelAuditError) -> JSONResponse:
+        return error_response(exc.status_code, exc.reason, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error_response(422, "invalid_request", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "the server failed to handle this request; it has been logged")

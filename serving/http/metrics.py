@@ -1,0 +1,42 @@
+"""Prometheus metrics of the gateway, on a registry of its own (one per app, so tests stay apart)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class GatewayMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("labelaudit_http_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram(
+            "labelaudit_http_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.images = Counter("labelaudit_images_classified", "Images classified", registry=r)
+        self.batch_size = Histogram(
+            "labelaudit_batch_images",
+            "Images per inference batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "labelaudit_batch_requests", "Requests per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.queue_delay = Histogram(
+            "labelaudit_batch_queue_delay_seconds",
+            "Wait of a batch's first request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.releases = Counter("labelaudit_batch_releases", "Batches released, by reason", ["reason"], registry=r)
+        self.queue_depth = Gauge("labelaudit_queue_images", "Images waiting for a batch", registry=r)
+        self.rejected = Counter("labelaudit_overload_rejections", "Requests answered 429", registry=r)
+
+    def batch_released(self, *, images: int, requests: int, reason: str, queue_delay_s: float) -> None:
+        self.batch_size.observe(images)
+        self.batch_requests.observe(requests)
+        self.queue_delay.observe(queue_delay_s)
+        self.releases.labels(reason=reason).inc()
