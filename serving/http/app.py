@@ -23,33 +23,15 @@ from labelaudit.serving.core.backends import OnnxRuntimeBackend
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.model_repo import resolve_model
 from labelaudit.serving.http.batcher import MicroBatcher
+from labelaudit.serving.http.body import BadRequest, read_body
 from labelaudit.serving.http.errors import install_error_handlers
 from labelaudit.serving.http.metrics import GatewayMetrics
+from labelaudit.serving.http.v2 import build_v2_router
 from labelaudit.serving.settings import Settings
 
 log = logging.getLogger("labelaudit.http")
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 429, 503)}
-
-
-class BadRequest(LabelAuditError):
-    reason = "bad_request"
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(
-            f"body of {declared} bytes is above the limit of {limit}", reason="body_too_large", status_code=413
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"body is above the limit of {limit} bytes", reason="body_too_large", status_code=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def images_from_request(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
@@ -210,6 +192,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if core is None or not await request.app.state.backend.ready():
             raise LabelAuditError("model or backend not ready", reason="not_ready", status_code=503)
         return {"status": "ready", "model": core.model.name, "version": core.model.version}
+
+    app.include_router(build_v2_router(auth))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -15,30 +15,42 @@ from labelaudit.serving.http.batcher import Overloaded
 log = logging.getLogger("labelaudit.http")
 
 
-def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
+def error_response(
+    request: Request, status: int, error: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """``{"error": reason, "detail": sentence}``; on the KServe v2 routes the protocol's own shape,
+    ``{"error": message}``, which V2 clients show to their users (the reason leads the message)."""
+    if request.url.path.startswith("/v2"):
+        content = {"error": f"{error}: {detail}"}
+    else:
+        content = {"error": error, "detail": detail}
+    return JSONResponse(status_code=status, content=content, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
-    async def _overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         retry = str(max(1, round(exc.retry_after_s)))
-        return error_response(429, exc.reason, str(exc), headers={"Retry-After": retry})
+        return error_response(request, 429, exc.reason, str(exc), headers={"Retry-After": retry})
 
     @app.exception_handler(LabelAuditError)
-    async def _ours(_request: Request, exc: LabelAuditError) -> JSONResponse:
-        return error_response(exc.status_code, exc.reason, str(exc))
+    async def _ours(request: Request, exc: LabelAuditError) -> JSONResponse:
+        return error_response(request, exc.status_code, exc.reason, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return error_response(422, "invalid_request", problems)
+        return error_response(request, 422, "invalid_request", problems)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(
+            request, exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "the server failed to handle this request; it has been logged")
+        return error_response(
+            request, 500, "internal_error", "the server failed to handle this request; it has been logged"
+        )

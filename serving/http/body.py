@@ -1,0 +1,27 @@
+"""Reading request bodies with a size cap, shared by the /v1 and /v2 routes."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from labelaudit.errors import LabelAuditError
+
+
+class BadRequest(LabelAuditError):
+    reason = "bad_request"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(
+            f"body of {declared} bytes is above the limit of {limit}", reason="body_too_large", status_code=413
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body is above the limit of {limit} bytes", reason="body_too_large", status_code=413)
+        chunks.append(chunk)
+    return b"".join(chunks)

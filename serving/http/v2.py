@@ -1,0 +1,186 @@
+"""The Open Inference Protocol (KServe v2) on the gateway, so existing V2 clients work unchanged
+(tritonclient's HTTP client among them, with its binary tensor extension).
+
+Inputs (one per request): ``image_bytes`` BYTES [B], encoded image files that the gateway decodes and
+preprocesses per the model card; or ``images`` FP32 [B, C, H, W], tensors already preprocessed.
+Output: ``probabilities`` FP32 [B, K].
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from labelaudit import __version__
+from labelaudit.errors import LabelAuditError
+from labelaudit.serving.core.inference import InferenceCore
+from labelaudit.serving.http.body import read_body
+
+HEADER = "Inference-Header-Content-Length"
+BYTES_INPUT, TENSOR_INPUT, OUTPUT = "image_bytes", "images", "probabilities"
+
+
+class V2Error(LabelAuditError):
+    reason = "invalid_inference_request"
+
+
+def _core(request: Request, name: str, version: str | None = None) -> InferenceCore:
+    core: InferenceCore = request.app.state.core
+    if name != core.model.name or (version is not None and version != core.model.version):
+        raise LabelAuditError(
+            f"model {name!r} version {version!r} is not served here", reason="model_not_found", status_code=404
+        )
+    return core
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON part and the binary tail of a (possibly binary-extension) request."""
+    try:
+        if header_length is None:
+            return json.loads(body), b""
+        n = int(header_length)
+        return json.loads(body[:n]), body[n:]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise V2Error(f"request is not valid JSON: {exc}") from None
+
+
+def _decode_bytes_elements(raw: bytes) -> list[bytes]:
+    """BYTES tensor in binary form: each element is a 4-byte little-endian length, then the bytes."""
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise V2Error("truncated BYTES tensor")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise V2Error("truncated BYTES tensor")
+        out.append(raw[offset : offset + length])
+        offset += length
+    return out
+
+
+def _input_payload(spec: dict, tail: bytes, offset: int) -> tuple[Any, int]:
+    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            raise V2Error(f"input {spec.get('name')!r}: binary_data_size does not match the body")
+        return tail[offset : offset + size], offset + size
+    if "data" not in spec:
+        raise V2Error(f"input {spec.get('name')!r} has neither data nor binary_data_size")
+    return spec["data"], offset
+
+
+def _parse_images(spec: dict, payload: Any) -> list[bytes]:
+    if spec.get("datatype") != "BYTES":
+        raise V2Error(f"{BYTES_INPUT} must be BYTES, got {spec.get('datatype')!r}")
+    if isinstance(payload, bytes):
+        return _decode_bytes_elements(payload)
+    flat = np.asarray(payload, dtype=object).ravel().tolist()
+    if not all(isinstance(x, str) for x in flat):
+        raise V2Error(f"{BYTES_INPUT} JSON data must be strings (base64 is not implied; send binary)")
+    return [x.encode("latin-1") for x in flat]
+
+
+def _parse_tensor(spec: dict, payload: Any, core: InferenceCore) -> np.ndarray:
+    p = core.model.card.preprocess
+    expected = [p.channels, p.height, p.width]
+    shape = spec.get("shape")
+    if spec.get("datatype") != "FP32" or not isinstance(shape, list) or shape[1:] != expected or len(shape) != 4:
+        raise V2Error(
+            f"{TENSOR_INPUT} must be FP32 with shape [B, {', '.join(map(str, expected))}]; got {spec.get('datatype')} {shape}"
+        )
+    try:
+        if isinstance(payload, bytes):
+            arr = np.frombuffer(payload, dtype="<f4")
+        else:
+            arr = np.asarray(payload, dtype=np.float32).ravel()
+        return arr.reshape(shape).astype(np.float32, copy=False)
+    except (ValueError, TypeError) as exc:
+        raise V2Error(f"{TENSOR_INPUT}: data does not fit shape {shape}: {exc}") from None
+
+
+def _wants_binary(request_json: dict) -> bool:
+    if (request_json.get("parameters") or {}).get("binary_data_output"):
+        return True
+    for out in request_json.get("outputs") or []:
+        if out.get("name") == OUTPUT and (out.get("parameters") or {}).get("binary_data"):
+            return True
+    return False
+
+
+def build_v2_router(auth: list) -> APIRouter:
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
+
+    @router.get("")
+    async def server_metadata() -> dict:
+        return {"name": "labelaudit", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @router.get("/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @router.get("/health/ready")
+    async def ready(request: Request) -> dict:
+        return {"ready": getattr(request.app.state, "core", None) is not None}
+
+    @router.get("/models/{name}", dependencies=auth)
+    @router.get("/models/{name}/versions/{version}", dependencies=auth)
+    async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
+        core = _core(request, name, version)
+        p, k = core.model.card.preprocess, len(core.classes)
+        return {
+            "name": core.model.name,
+            "versions": [core.model.version],
+            "platform": "labelaudit",
+            "inputs": [
+                {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
+                {"name": TENSOR_INPUT, "datatype": "FP32", "shape": [-1, p.channels, p.height, p.width]},
+            ],
+            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, k]}],
+        }
+
+    @router.get("/models/{name}/ready", dependencies=auth)
+    @router.get("/models/{name}/versions/{version}/ready", dependencies=auth)
+    async def model_ready(request: Request, name: str, version: str | None = None) -> dict:
+        core = _core(request, name, version)
+        return {"name": core.model.name, "ready": True}
+
+    @router.post("/models/{name}/infer", dependencies=auth)
+    @router.post("/models/{name}/versions/{version}/infer", dependencies=auth)
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        core = _core(request, name, version)
+        body = await read_body(request, core.settings.max_body_bytes)
+        request_json, tail = _split_body(body, request.headers.get(HEADER))
+        inputs = request_json.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise V2Error(f"send exactly one input: {BYTES_INPUT!r} (encoded images) or {TENSOR_INPUT!r} (tensors)")
+        spec = inputs[0]
+        payload, _ = _input_payload(spec, tail, 0)
+        if spec.get("name") == BYTES_INPUT:
+            images = _parse_images(spec, payload)
+            if not images or len(images) > core.settings.max_images_per_request:
+                raise V2Error(f"{len(images)} images; send 1 to {core.settings.max_images_per_request}")
+            probs = await core.classify(images)
+        elif spec.get("name") == TENSOR_INPUT:
+            probs = await core.infer(_parse_tensor(spec, payload, core))
+        else:
+            raise V2Error(f"unknown input {spec.get('name')!r}; expected {BYTES_INPUT!r} or {TENSOR_INPUT!r}")
+        probs = np.ascontiguousarray(probs, dtype=np.float32)
+        out: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)}
+        answer = {"model_name": core.model.name, "model_version": core.model.version, "outputs": [out]}
+        if "id" in request_json:
+            answer["id"] = request_json["id"]
+        if not _wants_binary(request_json):
+            out["data"] = probs.ravel().tolist()
+            return JSONResponse(answer)
+        raw = probs.astype("<f4").tobytes()
+        out["parameters"] = {"binary_data_size": len(raw)}
+        header = json.dumps(answer).encode()
+        return Response(header + raw, media_type="application/octet-stream", headers={HEADER: str(len(header))})
+
+    return router
