@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     triton_url: str = "localhost:8001"
     """Triton's address: host:port (gRPC, default 8001) or host:port for HTTP (default 8000)."""
     triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_binary_data: bool = True
+    """HTTP only: send tensors with Triton's binary extension; turn off for KServe-v2 servers that lack it."""
     triton_timeout_s: float = Field(default=5.0, gt=0)
     """Per-request timeout towards Triton; past it the gateway answers 503."""
 

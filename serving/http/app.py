@@ -19,10 +19,10 @@ from labelaudit import __version__
 from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.api import ClassifyRequest, ClassifyResponse, ClassifyResult, ErrorResponse, TopClass
 from labelaudit.schemas.model_card import ModelCard
-from labelaudit.serving.core.backends import OnnxRuntimeBackend
+from labelaudit.serving.core.backends import OnnxRuntimeBackend, TritonBackend
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.model_repo import resolve_model
-from labelaudit.serving.http.batcher import MicroBatcher
+from labelaudit.serving.http.batcher import InFlightLimit, MicroBatcher
 from labelaudit.serving.http.body import BadRequest, read_body
 from labelaudit.serving.http.errors import install_error_handlers
 from labelaudit.serving.http.metrics import GatewayMetrics
@@ -89,14 +89,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         log.info("labelaudit gateway %s starting with %s", __version__, settings.redacted())
         model = resolve_model(settings.model_repo, settings.model_name, settings.model_version)
-        backend = OnnxRuntimeBackend(model, settings)
-        batcher = MicroBatcher(
-            backend.infer,
-            max_batch_size=settings.max_batch_size,
-            max_delay_s=settings.max_batch_delay_ms / 1000,
-            max_queue_images=settings.max_queue_images,
-            observer=metrics,
+        backend = (
+            OnnxRuntimeBackend(model, settings) if settings.backend == "onnxruntime" else TritonBackend(model, settings)
         )
+        # The embedded backend batches here; Triton batches on its side (config.pbtxt dynamic_batching),
+        # so with it the gateway only bounds the images in flight.
+        if settings.backend == "onnxruntime":
+            batcher = MicroBatcher(
+                backend.infer,
+                max_batch_size=settings.max_batch_size,
+                max_delay_s=settings.max_batch_delay_ms / 1000,
+                max_queue_images=settings.max_queue_images,
+                observer=metrics,
+            )
+        else:
+            batcher = InFlightLimit(backend.infer, max_queue_images=settings.max_queue_images)
         await batcher.start()
         app.state.core = InferenceCore(model, batcher.submit, settings)
         app.state.backend, app.state.batcher = backend, batcher

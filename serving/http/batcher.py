@@ -140,3 +140,29 @@ class MicroBatcher:
             offset += len(p.images)
             if not p.future.done():  # a caller that went away (cancelled) is skipped
                 p.future.set_result(rows)
+
+
+class InFlightLimit:
+    """For backends that batch on their own side (Triton): no gathering here, only a bound on the
+    images in flight, past which callers get ``Overloaded`` at once. Same interface as MicroBatcher."""
+
+    def __init__(self, infer: Callable[[np.ndarray], Awaitable[np.ndarray]], *, max_queue_images: int = 1024):
+        self.infer, self.max_queue_images = infer, max_queue_images
+        self.queued_images = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        if self.queued_images + len(images) > self.max_queue_images:
+            raise Overloaded(
+                f"{self.queued_images} images already in flight (limit {self.max_queue_images})", retry_after_s=1.0
+            )
+        self.queued_images += len(images)
+        try:
+            return await self.infer(images)
+        finally:
+            self.queued_images -= len(images)
