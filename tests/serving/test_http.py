@@ -202,3 +202,12 @@ def test_concurrent_requests_through_the_batcher_get_their_own_answers(model_rep
     for a, b in zip(alone, together, strict=True):
         assert a.keys() == b.keys()
         np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], atol=1e-5)
+
+
+def test_openapi_documents_both_request_forms_and_the_error_shape(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(body)
+    assert "examples" in json.dumps(body["application/json"])
+    assert "ErrorResponse" in json.dumps(spec["paths"]["/v1/classify"]["post"]["responses"]["413"])
+    assert "/v2/models/{name}/infer" in spec["paths"]
