@@ -56,3 +56,37 @@ def write_results(name: str, *, config: dict, rows: list[dict], device: str) -> 
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+SIZES = {"tiny": (1_500, 300, 1_000), "small": (6_000, 1_000, 2_000), "full": (30_000, 2_000, 10_000)}
+
+
+def add_grid_args(ap) -> None:
+    """The knobs every training benchmark shares: data size, seeds, noise levels, epochs."""
+    ap.add_argument("--quick", action="store_true", help="tiny data, one seed, 40%% noise, few epochs")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
+    ap.add_argument("--epochs-a", type=int, default=8)
+    ap.add_argument("--epochs-b", type=int, default=12)
+
+
+def apply_quick(args) -> None:
+    if args.quick:
+        args.size, args.seeds, args.noise, args.epochs_a, args.epochs_b = "tiny", [0], [0.4], 3, 4
+
+
+def checkpoint_probs(checkpoint: Path, manifest: Path, rows):
+    """Clean-head probabilities (len(rows), K) of a checkpoint on manifest rows, eval mode, CPU."""
+    import numpy as np
+    import torch
+
+    from labelaudit.serving.core.preprocess import normalize
+    from labelaudit.training.checkpoint import load_checkpoint
+    from labelaudit.training.manifest import load_pixels, read_manifest
+
+    net, meta = load_checkpoint(checkpoint)
+    m = read_manifest(manifest, classes=meta.classes)
+    x = torch.from_numpy(normalize(load_pixels(m, meta.preprocess)[np.asarray(rows)], meta.preprocess))
+    with torch.no_grad():
+        return torch.cat([torch.softmax(net(x[i : i + 1024]), 1) for i in range(0, len(x), 1024)]).numpy()

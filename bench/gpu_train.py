@@ -14,8 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import WORK, device_name, write_results
-from bench.train_noise import SIZES
+from bench.common import SIZES, WORK, device_name, write_results
 from labelaudit.training.datasets import fashion_mnist
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import TrainConfig, pick_device, train

@@ -16,17 +16,22 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from cleanlab.filter import find_label_issues
 from rich.console import Console
 
-from bench.common import WORK, device_name, git_commit, write_results
-from bench.train_noise import SIZES
+from bench.common import (
+    SIZES,
+    WORK,
+    add_grid_args,
+    apply_quick,
+    checkpoint_probs,
+    device_name,
+    git_commit,
+    write_results,
+)
 from labelaudit.serving.core.policy import DisagreementPolicy
-from labelaudit.serving.core.preprocess import normalize
-from labelaudit.training.checkpoint import load_checkpoint
 from labelaudit.training.datasets import fashion_mnist
-from labelaudit.training.manifest import load_pixels, read_manifest
+from labelaudit.training.manifest import read_manifest
 from labelaudit.training.train import TrainConfig, train
 
 console = Console()
@@ -39,14 +44,6 @@ def prf(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
     return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
             "flagged": int(flagged.sum()), "true_errors": int(truth.sum())}  # fmt: skip
-
-
-@torch.no_grad()
-def predict(checkpoint: Path, manifest: Path, rows: np.ndarray) -> np.ndarray:
-    net, meta = load_checkpoint(checkpoint)
-    m = read_manifest(manifest, classes=meta.classes)
-    x = torch.from_numpy(normalize(load_pixels(m, meta.preprocess)[rows], meta.preprocess))
-    return torch.cat([torch.softmax(net(x[i : i + 1024]), 1) for i in range(0, len(x), 1024)]).numpy()
 
 
 def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, folds: int = 2):
@@ -63,25 +60,19 @@ def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, folds: 
         subset.write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in held))
         r = train(subset, init=classifier_a, out=WORK / f"runs/{data.name}-fold{f}",
                   cfg=TrainConfig(method="fasten", epochs=epochs, seed=seed))  # fmt: skip
-        probs[fold_of == f] = predict(r.checkpoint, data / "task_b.jsonl", untrusted[fold_of == f])
+        probs[fold_of == f] = checkpoint_probs(r.checkpoint, data / "task_b.jsonl", untrusted[fold_of == f])
         thresholds[fold_of == f] = r.meta.disagreement_thresholds
     return manifest, untrusted, probs, thresholds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--size", choices=sorted(SIZES), default="small")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
-    ap.add_argument("--epochs-a", type=int, default=8)
-    ap.add_argument("--epochs-b", type=int, default=12)
+    add_grid_args(ap)
     ap.add_argument("--name", default="label_errors")
     args = ap.parse_args()
-    if args.quick:
-        args.size, args.seeds, args.noise, args.epochs_a, args.epochs_b = "tiny", [0], [0.4], 3, 4
+    apply_quick(args)
     per_task, val_size, test_size = SIZES[args.size]
-    config = vars(args) | {"folds": 2, "per_task": per_task, "policy": "per-class-threshold-v1, min_confidence 0.5"}
+    config = vars(args) | {"folds": 2, "per_task": per_task, "policy": DisagreementPolicy((0.0,)).name}
     rows: list[dict] = []
     device = device_name()
     git_commit()  # pin the commit the run started from
@@ -104,7 +95,7 @@ def main() -> None:
             truth = labels != manifest.true_labels()[untrusted]
             # Each row judged by the thresholds of the model that did not see it.
             ours = np.array([
-                DisagreementPolicy(tuple(t)).judge_batch(p[None], np.array([y]))[0][0]
+                DisagreementPolicy(tuple(t)).judge(p, y).disagrees
                 for p, y, t in zip(probs, labels, thresholds, strict=True)
             ])  # fmt: skip
             theirs = find_label_issues(labels, probs)

@@ -13,45 +13,41 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 
-from bench.common import WORK, device_name, git_commit, write_results
-from labelaudit.serving.core.preprocess import normalize
+from bench.common import (
+    SIZES,
+    WORK,
+    add_grid_args,
+    apply_quick,
+    checkpoint_probs,
+    device_name,
+    git_commit,
+    write_results,
+)
 from labelaudit.training.checkpoint import load_checkpoint
 from labelaudit.training.datasets import fashion_mnist
-from labelaudit.training.manifest import load_pixels, read_manifest
+from labelaudit.training.manifest import read_manifest
 from labelaudit.training.train import TrainConfig, train
 
-SIZES = {"tiny": (1_500, 300, 1_000), "small": (6_000, 1_000, 2_000), "full": (30_000, 2_000, 10_000)}
 console = Console()
 
 
-@torch.no_grad()
 def untouched_test_acc(checkpoint: Path, manifest: Path) -> float:
     """Classifier A as it is, on task B's clean test split."""
-    net, meta = load_checkpoint(checkpoint)
-    m = read_manifest(manifest, classes=meta.classes)
+    m = read_manifest(manifest, classes=load_checkpoint(checkpoint)[1].classes)
     rows = np.flatnonzero(m.mask(split="test"))
-    x = torch.from_numpy(normalize(load_pixels(m, meta.preprocess)[rows], meta.preprocess))
-    preds = torch.cat([net(x[i : i + 1024]).argmax(1) for i in range(0, len(x), 1024)]).numpy()
-    return float((preds == m.labels[rows]).mean())
+    return float((checkpoint_probs(checkpoint, manifest, rows).argmax(1) == m.labels[rows]).mean())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--size", choices=sorted(SIZES), default="small")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
+    add_grid_args(ap)
     ap.add_argument("--methods", nargs="+", default=["ce", "glc", "fasten", "crowd", "oracle"])
-    ap.add_argument("--epochs-a", type=int, default=8)
-    ap.add_argument("--epochs-b", type=int, default=12)
     ap.add_argument("--arch", default="cnn_small")
     ap.add_argument("--name", default="train_noise")
     args = ap.parse_args()
-    if args.quick:
-        args.size, args.seeds, args.noise, args.epochs_a, args.epochs_b = "tiny", [0], [0.4], 3, 4
+    apply_quick(args)
     per_task, val_size, test_size = SIZES[args.size]
     config = vars(args) | {"trusted_fraction": 0.01, "per_task": per_task, "val_size": val_size}
     rows: list[dict] = []
