@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(default=5.0, gt=0)
     """Per-request timeout towards Triton; past it the gateway answers 503."""
 
+    # -- audit -----------------------------------------------------------------------------------
+    store_url: str = "sqlite:///labelaudit-audit.db"
+    """Where verdicts go: ``sqlite:///path.db`` (default, WAL)."""
+
     # -- batching (embedded backend) -------------------------------------------------------------
     max_batch_size: int = Field(default=64, ge=1)
     """Images per inference batch; a batch is released when full..."""

@@ -18,10 +18,13 @@ from starlette.datastructures import UploadFile
 from labelaudit import __version__
 from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.api import ClassifyRequest, ClassifyResponse, ClassifyResult, ErrorResponse, TopClass
+from labelaudit.schemas.audit import AuditRequest, AuditResponse
 from labelaudit.schemas.model_card import ModelCard
+from labelaudit.serving.core.audit import AuditItem, Auditor
 from labelaudit.serving.core.backends import OnnxRuntimeBackend, TritonBackend
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.model_repo import resolve_model
+from labelaudit.serving.core.store import open_store
 from labelaudit.serving.http.batcher import InFlightLimit, MicroBatcher
 from labelaudit.serving.http.body import BadRequest, read_body
 from labelaudit.serving.http.errors import install_error_handlers
@@ -34,17 +37,22 @@ log = logging.getLogger("labelaudit.http")
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 429, 503)}
 
 
+def replayed(request: Request, body: bytes) -> Request:
+    """The same request over a body already read (and size-checked), for Starlette's form parser."""
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, replay)
+
+
 async def images_from_request(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
     """(encoded images, ids, top_k) from multipart ``files`` or JSON ``{"images": [{"data": base64}]}``."""
     body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "")
     limit = settings.max_images_per_request
     if content_type.startswith("multipart/form-data"):
-
-        async def replay() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        form = await Request(request.scope, replay).form(max_files=limit + 1, max_fields=10)
+        form = await replayed(request, body).form(max_files=limit + 1, max_fields=10)
         files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         if not files:
             raise BadRequest("multipart body has no 'files' part", reason="no_images", status_code=422)
@@ -81,6 +89,39 @@ async def images_from_request(request: Request, settings: Settings) -> tuple[lis
     return images, ids, k
 
 
+async def audit_item_from_request(request: Request, settings: Settings) -> AuditItem:
+    """One ``AuditItem`` from JSON (base64 ``image``) or multipart (file ``image`` and text fields)."""
+    body = await read_body(request, settings.max_body_bytes)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            parsed = AuditRequest.model_validate_json(body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+            raise BadRequest(problems, reason="invalid_request", status_code=422) from None
+        try:
+            image = base64.b64decode(parsed.image, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("image is not valid base64", reason="bad_base64", status_code=422) from None
+        return AuditItem(item_id=parsed.item_id, labeler_id=parsed.labeler_id, label=parsed.label, image=image)
+    if content_type.startswith("multipart/form-data"):
+        form = await replayed(request, body).form(max_files=2, max_fields=10)
+        upload = form.get("image")
+        fields = {f: form.get(f) for f in ("item_id", "labeler_id", "label")}
+        missing = [f for f, v in fields.items() if not isinstance(v, str) or not v]
+        if not isinstance(upload, UploadFile) or missing:
+            detail = "multipart needs a file 'image' and text fields item_id, labeler_id, label"
+            raise BadRequest(
+                f"{detail}; missing or empty: {missing or ['image']}", reason="invalid_request", status_code=422
+            )
+        return AuditItem(image=await upload.read(), **fields)
+    raise BadRequest(
+        f"unsupported content type {content_type!r}; send multipart/form-data or application/json",
+        reason="unsupported_media_type",
+        status_code=415,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = GatewayMetrics()
@@ -107,11 +148,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await batcher.start()
         app.state.core = InferenceCore(model, batcher.submit, settings)
         app.state.backend, app.state.batcher = backend, batcher
+        store = open_store(settings.store_url)
+        app.state.auditor = Auditor(app.state.core, store)
         try:
             yield
         finally:
             await batcher.stop()
             await backend.close()
+            store.close()
 
     app = FastAPI(
         title="labelaudit gateway",
@@ -181,6 +225,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for i, top in enumerate(core.top_k(probs, k))
         ]
         return ClassifyResponse(model_name=core.model.name, model_version=core.model.version, results=results)
+
+    @app.post(
+        "/v1/audit",
+        response_model=AuditResponse,
+        responses=ERRORS,
+        dependencies=auth,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": AuditRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "image": {"type": "string", "format": "binary"},
+                                **{f: {"type": "string", "minLength": 1} for f in ("item_id", "labeler_id", "label")},
+                            },
+                            "required": ["image", "item_id", "labeler_id", "label"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def audit(request: Request) -> AuditResponse:
+        """Classify one image, judge its human label, record the verdict (the same policy and store as
+        the Kafka consumer). A repeat of (item_id, labeler_id, model version) answers with recorded=false."""
+        item = await audit_item_from_request(request, settings)
+        auditor: Auditor = request.app.state.auditor
+        [(record, new)] = await auditor.audit([item], source="http")
+        metrics.images.inc()
+        return AuditResponse(**record.model_dump(include=set(AuditResponse.model_fields) - {"recorded"}), recorded=new)
 
     @app.get("/v1/models", response_model=ModelCard, responses=ERRORS, dependencies=auth)
     async def model_card(request: Request) -> ModelCard:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -11,6 +12,19 @@ import uvicorn
 
 from labelaudit.serving.http.app import create_app
 from labelaudit.serving.settings import Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_store_in_tmp(tmp_path_factory):
+    """Every app built in these tests writes its verdicts under tmp, never into the checkout."""
+    path = tmp_path_factory.mktemp("store") / "audit.db"
+    before = os.environ.get("LABELAUDIT_STORE_URL")
+    os.environ["LABELAUDIT_STORE_URL"] = f"sqlite:///{path}"
+    yield path
+    if before is None:
+        os.environ.pop("LABELAUDIT_STORE_URL", None)
+    else:
+        os.environ["LABELAUDIT_STORE_URL"] = before
 
 
 def _free_port() -> int:

@@ -1,0 +1,65 @@
+"""The audit record: one verdict of the model on one human label, as stored and as reported."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AuditRecord(BaseModel):
+    """Unique on (item_id, labeler_id, model_version): a replayed message writes nothing twice."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    item_id: str
+    labeler_id: str
+    human_label: str
+    predicted_label: str
+    label_probability: float = Field(description="The model's probability of the human label.")
+    predicted_probability: float
+    score: float = Field(description="Disagreement score in [0, 1]; ranks the relabel queue.")
+    disagrees: bool
+    policy: str
+    probabilities: list[float] = Field(description="All K class probabilities, in the card's class order.")
+    model_name: str
+    model_version: str
+    source: Literal["http", "kafka"]
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    created_at: datetime
+
+
+class AuditRequest(BaseModel):
+    """JSON form of ``POST /v1/audit``: one image with its human label."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"item_id": "b-00042", "labeler_id": "anna", "label": "coat", "image": "iVBORw0KGgo..."}]
+        },
+    )
+
+    item_id: str = Field(min_length=1, max_length=200)
+    labeler_id: str = Field(min_length=1, max_length=200)
+    label: str = Field(min_length=1, max_length=200, description="The human label, one of the model's classes.")
+    image: str = Field(min_length=1, description="The encoded image file, base64.")
+
+
+class AuditResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    item_id: str
+    labeler_id: str
+    human_label: str
+    predicted_label: str
+    predicted_probability: float
+    label_probability: float
+    disagrees: bool
+    score: float
+    policy: str
+    model_name: str
+    model_version: str
+    recorded: bool = Field(description="False when this (item, labeler, model version) was already audited.")

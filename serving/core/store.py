@@ -1,0 +1,87 @@
+"""The audit store: verdicts written durably, unique on (item_id, labeler_id, model_version).
+
+SQLite (WAL, synchronous=FULL so a commit survives a crash) is the default; PostgreSQL comes with the
+stream consumer. ``write`` says, per record, whether it was new; duplicates are ignored, never doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from labelaudit.schemas.audit import AuditRecord
+
+COLUMNS = (
+    "item_id", "labeler_id", "human_label", "predicted_label", "label_probability", "predicted_probability",
+    "score", "disagrees", "policy", "probabilities", "model_name", "model_version", "source", "topic",
+    "partition", "offset_", "created_at",
+)  # fmt: skip
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL, labeler_id TEXT NOT NULL, human_label TEXT NOT NULL, predicted_label TEXT NOT NULL,
+    label_probability REAL NOT NULL, predicted_probability REAL NOT NULL, score REAL NOT NULL,
+    disagrees INTEGER NOT NULL, policy TEXT NOT NULL, probabilities TEXT NOT NULL,
+    model_name TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
+    topic TEXT, partition INTEGER, offset_ INTEGER, created_at TEXT NOT NULL,
+    UNIQUE (item_id, labeler_id, model_version)
+);
+CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);
+"""
+
+
+class AuditStore(Protocol):
+    def write(self, records: list[AuditRecord]) -> list[bool]: ...
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def _row(r: AuditRecord) -> tuple:
+    return (
+        r.item_id, r.labeler_id, r.human_label, r.predicted_label, r.label_probability, r.predicted_probability,
+        r.score, int(r.disagrees), r.policy, json.dumps(r.probabilities), r.model_name, r.model_version, r.source,
+        r.topic, r.partition, r.offset, r.created_at.isoformat(),
+    )  # fmt: skip
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()  # one writer at a time; callers come from worker threads
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(SQLITE_SCHEMA)
+
+    def write(self, records: list[AuditRecord]) -> list[bool]:
+        """All records in one transaction, durable when this returns; True where the record was new."""
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        sql = f"INSERT OR IGNORE INTO audit_records ({', '.join(COLUMNS)}) VALUES ({placeholders})"
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                new = [self._conn.execute(sql, _row(r)).rowcount == 1 for r in records]
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return new
+
+    def count(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_store(url: str) -> AuditStore:
+    """``sqlite:///path/to/file.db`` (PostgreSQL arrives with the stream consumer)."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"unsupported store URL {url.split(':', 1)[0]!r}: use sqlite:///path.db")

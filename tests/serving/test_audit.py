@@ -1,0 +1,118 @@
+"""POST /v1/audit through the real app and model, the SQLite store's guarantees, and the policy's
+verdicts recorded as they were answered."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+
+from labelaudit.schemas.audit import AuditRecord
+from labelaudit.serving.core.store import SqliteStore, open_store
+from labelaudit.serving.http.app import create_app
+from labelaudit.serving.settings import Settings
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    return tmp_path / "audit.db"
+
+
+@pytest.fixture
+def client(model_repo, store_path):
+    settings = Settings(model_repo=model_repo, ort_intra_op_threads=1, store_url=f"sqlite:///{store_path}")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def labeled(tiny_data) -> list[dict]:
+    rows = [json.loads(line) for line in (tiny_data / "task_b.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train" and not r["trusted"]][:12]
+    for r in train:
+        r["bytes"] = (tiny_data / r["image"]).read_bytes()
+    return train
+
+
+def _json(row: dict, **override) -> dict:
+    body = {"item_id": row["item_id"], "labeler_id": row["labeler_id"], "label": row["label"],
+            "image": base64.b64encode(row["bytes"]).decode()}  # fmt: skip
+    return body | override
+
+
+def test_audit_records_the_verdict_once_per_item_labeler_and_model_version(client, labeled, store_path):
+    first = client.post("/v1/audit", json=_json(labeled[0]))
+    assert first.status_code == 200, first.text
+    verdict = first.json()
+    assert verdict["recorded"] is True and verdict["policy"] == "confident-joint-v1"
+    assert verdict["human_label"] == labeled[0]["label"] and 0 <= verdict["score"] <= 1
+    again = client.post("/v1/audit", json=_json(labeled[0])).json()
+    assert again["recorded"] is False and again["predicted_label"] == verdict["predicted_label"]
+    other_labeler = client.post("/v1/audit", json=_json(labeled[0], labeler_id="someone-else")).json()
+    assert other_labeler["recorded"] is True
+    with sqlite3.connect(store_path) as db:
+        rows = db.execute("SELECT item_id, labeler_id, disagrees, source FROM audit_records").fetchall()
+    assert sorted(rows) == sorted([
+        (labeled[0]["item_id"], labeled[0]["labeler_id"], int(verdict["disagrees"]), "http"),
+        (labeled[0]["item_id"], "someone-else", int(other_labeler["disagrees"]), "http"),
+    ])  # fmt: skip
+
+
+def test_multipart_audit_and_the_stored_verdict_match_the_answer(client, labeled, store_path):
+    answers = {}
+    for row in labeled[1:8]:
+        files = {"image": ("x.png", row["bytes"], "image/png")}
+        data = {"item_id": row["item_id"], "labeler_id": row["labeler_id"], "label": row["label"]}
+        response = client.post("/v1/audit", files=files, data=data)
+        assert response.status_code == 200, response.text
+        answers[row["item_id"]] = response.json()
+    with sqlite3.connect(store_path) as db:
+        stored = {
+            r[0]: r[1:] for r in db.execute("SELECT item_id, predicted_label, disagrees, score FROM audit_records")
+        }
+    for item, a in answers.items():
+        assert stored[item] == (a["predicted_label"], int(a["disagrees"]), pytest.approx(a["score"]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "reason"),
+    [
+        ({"json": {"item_id": "x", "labeler_id": "l", "label": "not-a-class", "image": "aGk="}}, 422, "unknown_label"),
+        ({"json": {"item_id": "x", "labeler_id": "l", "label": "coat"}}, 422, "invalid_request"),
+        ({"json": {"item_id": "x", "labeler_id": "l", "label": "coat", "image": "***"}}, 422, "bad_base64"),
+        ({"json": {"item_id": "x", "labeler_id": "l", "label": "coat", "image": "aGVsbG8="}}, 400, "not_an_image"),
+        ({"data": {"item_id": "x", "label": "coat"}, "files": {"image": ("a", b"x")}}, 422, "invalid_request"),
+        ({"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+    ],
+    ids=["unknown-label", "no-image", "bad-base64", "not-an-image", "missing-field", "text-plain"],
+)
+def test_bad_audit_requests_are_4xx_and_write_nothing(client, store_path, kwargs, status, reason):
+    response = client.post("/v1/audit", **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == reason
+    assert SqliteStore(store_path).count() == 0
+
+
+def _record(item: str, labeler: str = "l", version: str = "1") -> AuditRecord:
+    return AuditRecord(
+        item_id=item, labeler_id=labeler, human_label="coat", predicted_label="shirt", label_probability=0.1,
+        predicted_probability=0.8, score=0.7, disagrees=True, policy="p", probabilities=[0.1, 0.8, 0.1],
+        model_name="m", model_version=version, source="kafka", topic="images", partition=0, offset=1,
+        created_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def test_sqlite_store_is_wal_durable_and_unique(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    assert store.write([_record("a"), _record("b"), _record("a")]) == [True, True, False]
+    assert store.write([_record("a"), _record("a", version="2"), _record("a", labeler="k")]) == [False, True, True]
+    assert store.count() == 4
+    store.close()
+    with sqlite3.connect(tmp_path / "a.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        open_store("mysql://x")
