@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 console = Console()
 
+DEMO_EPOCHS = {"tiny": (2, 2), "small": (6, 8), "full": (15, 30)}  # classifier A, task B
 SIZES = {  # per_task, val_size, test_size
     "tiny": (1_500, 300, 1_000),
     "small": (6_000, 1_000, 2_000),
@@ -237,6 +238,9 @@ def serve(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path("labelaudit-demo"),
     full: Annotated[bool, typer.Option(help="Full size (30,000 images per task, more epochs; wants a GPU).")] = False,
+    size: Annotated[
+        str | None, typer.Option(help="tiny | small | full; overrides --full (tiny is for smoke tests).")
+    ] = None,
     method: Annotated[str, typer.Option(help="Noise-robust method for task B.")] = "fasten",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -244,7 +248,10 @@ def demo(
     task B, export to ONNX and a Triton repository, and print where everything is."""
     import shutil
 
-    size, epochs_a, epochs_b = ("full", 15, 30) if full else ("small", 6, 8)
+    size = size or ("full" if full else "small")
+    if size not in DEMO_EPOCHS:
+        raise _fail(ValueError(f"--size must be one of {sorted(DEMO_EPOCHS)}"))
+    epochs_a, epochs_b = DEMO_EPOCHS[size]
     data_dir, repo = out / "data", out / "model_repository"
     if repo.exists():
         shutil.rmtree(repo)  # the demo owns its folder; a re-run replaces its model

@@ -85,3 +85,10 @@ def test_export_refuses_an_existing_version(pipeline):
         "export", "--checkpoint", str(pipeline["root"] / "b" / "checkpoint.pt"), "--repo", str(pipeline["repo"])
     )
     assert result.returncode == 2 and "already exists" in result.stdout
+
+
+def test_demo_runs_the_whole_offline_job_and_prints_where_everything_is(tmp_path):
+    result = ok(cli("demo", "--out", str(tmp_path / "demo"), "--size", "tiny"))
+    assert (tmp_path / "demo" / "model_repository" / "labelaudit" / "1" / "model.onnx").is_file()
+    for text in ("classifier A, untouched", "fasten from classifier A", "labeler-5", "Triton model repository"):
+        assert text in result.stdout, result.stdout
