@@ -44,6 +44,7 @@ def train_noise_table(result: dict) -> str:
         f"arch `{c.get('arch')}`. Device: {result['device']}. Commit {result['git_commit']}, {result['date']}.\n\n"
         + "\n".join(lines)
         + "\n"
+        + (f"\nNote: {c['note']}\n" if c.get("note") else "")
         + aims_at_40(result)
     )
 
