@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from labelaudit import __version__
@@ -35,6 +35,20 @@ from labelaudit.serving.settings import Settings
 log = logging.getLogger("labelaudit.http")
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 429, 503)}
+
+
+def two_body_forms(json_model: type[BaseModel], multipart_fields: dict, *, required: list[str]) -> dict:
+    """OpenAPI for a route that reads its body itself: JSON (a pydantic model) or multipart form fields."""
+    multipart = {"type": "object", "properties": multipart_fields, "required": required}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_model.model_json_schema()},
+                "multipart/form-data": {"schema": multipart},
+            },
+        }
+    }
 
 
 def replayed(request: Request, body: bytes) -> Request:
@@ -194,24 +208,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=ClassifyResponse,
         responses=ERRORS,
         dependencies=auth,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": ClassifyRequest.model_json_schema()},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                                "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3},
-                            },
-                            "required": ["files"],
-                        }
-                    },
-                },
-            }
-        },
+        openapi_extra=two_body_forms(
+            ClassifyRequest,
+            {
+                "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3},
+            },
+            required=["files"],
+        ),
     )
     async def classify(request: Request) -> ClassifyResponse:
         """Top-k classes for one or many images (multipart ``files``, or JSON with base64 ``data``)."""
@@ -231,24 +235,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=AuditResponse,
         responses=ERRORS,
         dependencies=auth,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": AuditRequest.model_json_schema()},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "image": {"type": "string", "format": "binary"},
-                                **{f: {"type": "string", "minLength": 1} for f in ("item_id", "labeler_id", "label")},
-                            },
-                            "required": ["image", "item_id", "labeler_id", "label"],
-                        }
-                    },
-                },
-            }
-        },
+        openapi_extra=two_body_forms(
+            AuditRequest,
+            {
+                "image": {"type": "string", "format": "binary"},
+                **{f: {"type": "string", "minLength": 1} for f in ("item_id", "labeler_id", "label")},
+            },
+            required=["image", "item_id", "labeler_id", "label"],
+        ),
     )
     async def audit(request: Request) -> AuditResponse:
         """Classify one image, judge its human label, record the verdict (the same policy and store as
