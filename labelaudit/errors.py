@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def describe_errors(errors: list[dict], *, whole: str = "body") -> str:
+    """pydantic's ``exc.errors()`` as one line: ``field.path: message; ...`` (``whole`` names the root)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in errors)
+
+
 class LabelAuditError(Exception):
     """Base of every error labelaudit raises on purpose.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from labelaudit.errors import ImageError, ManifestError
+from labelaudit.errors import ImageError, ManifestError, describe_errors
 from labelaudit.schemas.manifest import ManifestRecord
 from labelaudit.schemas.model_card import PreprocessSpec
 from labelaudit.serving.core.preprocess import load_image, to_pixels
@@ -80,8 +80,7 @@ def read_manifest(path: str | Path, *, classes: Sequence[str] | None = None, req
         try:
             rec = ManifestRecord.model_validate_json(line)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
-            raise ManifestError(f"{where}: {problems}") from None
+            raise ManifestError(f"{where}: {describe_errors(exc.errors(), whole='line')}") from None
         if rec.item_id in seen:
             raise ManifestError(f"{where}: item_id {rec.item_id!r} already on line {seen[rec.item_id]}")
         seen[rec.item_id] = lineno

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from labelaudit import __version__
@@ -26,7 +26,7 @@ from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.model_repo import resolve_model
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.http.batcher import InFlightLimit, MicroBatcher
-from labelaudit.serving.http.body import BadRequest, read_body
+from labelaudit.serving.http.body import BadRequest, parse_json, read_body
 from labelaudit.serving.http.errors import install_error_handlers
 from labelaudit.serving.http.metrics import GatewayMetrics
 from labelaudit.serving.http.v2 import build_v2_router
@@ -76,11 +76,7 @@ async def images_from_request(request: Request, settings: Settings) -> tuple[lis
             raise BadRequest("top_k must be an integer from 1 to 1000", reason="invalid_request", status_code=422)
         ids, k = [f.filename for f in files], int(top_k)
     elif content_type.startswith("application/json"):
-        try:
-            parsed = ClassifyRequest.model_validate_json(body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-            raise BadRequest(problems, reason="invalid_request", status_code=422) from None
+        parsed = parse_json(ClassifyRequest, body)
         images = []
         for i, item in enumerate(parsed.images):
             try:
@@ -108,11 +104,7 @@ async def audit_item_from_request(request: Request, settings: Settings) -> Audit
     body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        try:
-            parsed = AuditRequest.model_validate_json(body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-            raise BadRequest(problems, reason="invalid_request", status_code=422) from None
+        parsed = parse_json(AuditRequest, body)
         try:
             image = base64.b64decode(parsed.image, validate=True)
         except (binascii.Error, ValueError):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import TypeVar
 
-from labelaudit.errors import LabelAuditError
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from labelaudit.errors import LabelAuditError, describe_errors
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class BadRequest(LabelAuditError):
@@ -25,3 +30,11 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest(f"body is above the limit of {limit} bytes", reason="body_too_large", status_code=413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def parse_json(model: type[Model], body: bytes) -> Model:
+    """``body`` as ``model``, or a 422 naming every problem."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequest(describe_errors(exc.errors()), reason="invalid_request", status_code=422) from None

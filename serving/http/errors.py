@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from labelaudit.errors import LabelAuditError
+from labelaudit.errors import LabelAuditError, describe_errors
 from labelaudit.serving.http.batcher import Overloaded
 
 log = logging.getLogger("labelaudit.http")
@@ -39,7 +39,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = describe_errors(exc.errors(), whole="request")
         return error_response(request, 422, "invalid_request", problems)
 
     @app.exception_handler(StarletteHTTPException)
