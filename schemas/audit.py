@@ -14,10 +14,10 @@ class AuditRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     item_id: str
-    labeler_id: str
-    human_label: str
+    labeler_id: str = Field(description="Empty when the image came without a labeler.")
+    human_label: str | None = Field(description="None for an unlabeled image: classified, nothing to judge.")
     predicted_label: str
-    label_probability: float = Field(description="The model's probability of the human label.")
+    label_probability: float | None = Field(description="The model's probability of the human label.")
     predicted_probability: float
     score: float = Field(description="Disagreement score in [0, 1]; ranks the relabel queue.")
     disagrees: bool

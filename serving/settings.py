@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     """Per-request timeout towards Triton; past it the gateway answers 503."""
 
     # -- audit -----------------------------------------------------------------------------------
-    store_url: str = "sqlite:///labelaudit-audit.db"
-    """Where verdicts go: ``sqlite:///path.db`` (default, WAL)."""
+    store_url: SecretStr = SecretStr("sqlite:///labelaudit-audit.db")
+    """Where verdicts go: ``sqlite:///path.db`` (default, WAL) or ``postgresql://user:pw@host/db`` (a secret:
+    the URL may carry a password)."""
 
     # -- batching (embedded backend) -------------------------------------------------------------
     max_batch_size: int = Field(default=64, ge=1)
@@ -66,6 +67,41 @@ class Settings(BaseSettings):
     # -- security --------------------------------------------------------------------------------
     api_key: SecretStr | None = None
     """When set, every request needs ``Authorization: Bearer <key>`` (or ``X-API-Key``)."""
+
+    # -- the Kafka stream (labelaudit consume / produce) ------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of the user's cluster (scripts/kafka.sh starts a local one)."""
+    kafka_topic: str = "images"
+    kafka_group_id: str = "labelaudit-audit"
+    kafka_relabel_topic: str = "relabel-requests"
+    kafka_dlq_topic: str = "images.dlq"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    consume_batch_size: int = Field(default=64, ge=1)
+    """Messages per poll, audited as one batch (one inference call, one store transaction, one commit)."""
+    consume_max_inflight_batches: int = Field(default=2, ge=1)
+    """Batches polled but not yet committed; past it the partitions are paused until the model catches up."""
+    kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    """A larger message on the images topic goes to the DLQ (reason ``message_too_large``)."""
+
+    def kafka_client_config(self) -> dict:
+        """Connection and security options for kafka-python's clients."""
+        config = {"bootstrap_servers": self.kafka_bootstrap_servers.split(","),
+                  "security_protocol": self.kafka_security_protocol}  # fmt: skip
+        if self.kafka_sasl_mechanism:
+            config |= {"sasl_mechanism": self.kafka_sasl_mechanism, "sasl_plain_username": self.kafka_sasl_username}
+            if self.kafka_sasl_password is not None:
+                config["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        for key in ("cafile", "certfile", "keyfile"):
+            if (value := getattr(self, f"kafka_ssl_{key}")) is not None:
+                config[f"ssl_{key}"] = str(value)
+        return config
 
     def redacted(self) -> dict:
         """The settings as a dict, secrets shown as ``**********``: safe to log."""

@@ -24,12 +24,16 @@ class UnknownLabel(LabelAuditError):
 @dataclass(frozen=True)
 class AuditItem:
     item_id: str
-    labeler_id: str
-    label: str
+    labeler_id: str  # "" when unknown
+    label: str | None  # None: an unlabeled image, classified and recorded, never flagged
     image: bytes
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+
+
+Outcome = tuple[AuditRecord, bool] | LabelAuditError
+"""Per item: (the verdict, whether it was new in the store), or why the item could not be audited."""
 
 
 class Auditor:
@@ -44,33 +48,61 @@ class Auditor:
         return self._index[label]
 
     async def audit(self, items: list[AuditItem], *, source: str) -> list[tuple[AuditRecord, bool]]:
-        """Verdicts for ``items``, written to the store before this returns; each with whether it was new."""
-        labels = np.array([self.label_index(i.label) for i in items])
-        probs = await self.core.classify([i.image for i in items])
-        flags, scores, predicted = self.policy.judge_batch(probs, labels)
+        """Verdicts for ``items``, durable before this returns; raises the first item's error, if any."""
+        outcomes = await self.audit_each(items, source=source)
+        for outcome in outcomes:
+            if isinstance(outcome, LabelAuditError):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+    async def _check(self, item: AuditItem) -> tuple[int, np.ndarray] | LabelAuditError:
+        try:
+            label = -1 if item.label is None else self.label_index(item.label)
+            return label, await asyncio.to_thread(self.core.to_input, repr(item.item_id), item.image)
+        except LabelAuditError as exc:
+            return exc
+
+    async def audit_each(self, items: list[AuditItem], *, source: str) -> list[Outcome]:
+        """Like ``audit``, but a bad item (unknown label, bad image) fails alone: its outcome is the error.
+
+        The good items are classified in one batch and written to the store in one transaction, durable
+        before this returns.
+        """
+        checked = await asyncio.gather(*(self._check(item) for item in items))
+        good = [n for n, c in enumerate(checked) if not isinstance(c, LabelAuditError)]
+        outcomes: list[Outcome] = list(checked)  # errors stay, the good ones are replaced below
+        if not good:
+            return outcomes
+        labels = np.array([checked[n][0] for n in good])
+        probs = await self.core.infer(np.stack([checked[n][1] for n in good]))
+        labeled = labels >= 0
+        flags, scores, predicted = self.policy.judge_batch(probs, np.where(labeled, labels, 0))
+        flags, scores = flags & labeled, np.where(labeled, scores, 0.0)
         now = datetime.now(UTC)
         model = self.core.model
         records = [
             AuditRecord(
-                item_id=item.item_id,
-                labeler_id=item.labeler_id,
-                human_label=item.label,
-                predicted_label=self.core.classes[predicted[n]],
-                label_probability=float(probs[n, labels[n]]),
-                predicted_probability=float(probs[n, predicted[n]]),
-                score=float(scores[n]),
-                disagrees=bool(flags[n]),
+                item_id=items[n].item_id,
+                labeler_id=items[n].labeler_id,
+                human_label=items[n].label,
+                predicted_label=self.core.classes[predicted[row]],
+                label_probability=float(probs[row, labels[row]]) if labeled[row] else None,
+                predicted_probability=float(probs[row, predicted[row]]),
+                score=float(scores[row]),
+                disagrees=bool(flags[row]),
                 policy=self.policy.name,
-                probabilities=probs[n].round(6).tolist(),
+                probabilities=probs[row].round(6).tolist(),
                 model_name=model.name,
                 model_version=model.version,
                 source=source,
-                topic=item.topic,
-                partition=item.partition,
-                offset=item.offset,
+                topic=items[n].topic,
+                partition=items[n].partition,
+                offset=items[n].offset,
                 created_at=now,
             )  # fmt: skip
-            for n, item in enumerate(items)
+            for row, n in enumerate(good)
         ]
         new = await asyncio.to_thread(self.store.write, records)
-        return list(zip(records, new, strict=True))
+        for row, n in enumerate(good):
+            outcomes[n] = (records[row], new[row])
+        return outcomes

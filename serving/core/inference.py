@@ -21,7 +21,9 @@ class InferenceCore:
         self.model, self.infer, self.settings = model, infer, settings
         self.classes = model.card.classes
 
-    def _to_input(self, index: int, data: bytes) -> np.ndarray:
+    def to_input(self, index: int | str, data: bytes) -> np.ndarray:
+        """One encoded image -> its (C, H, W) model input; ``ImageError`` names the image by ``index``
+        (its place in the request, or its item id)."""
         if len(data) > self.settings.max_image_bytes:
             raise ImageError(
                 f"image {index}: {len(data)} bytes, above the limit of {self.settings.max_image_bytes}",
@@ -35,7 +37,7 @@ class InferenceCore:
 
     async def preprocess_all(self, images: list[bytes]) -> np.ndarray:
         """Decode and preprocess in worker threads: (n, C, H, W) float32."""
-        arrays = await asyncio.gather(*(asyncio.to_thread(self._to_input, i, d) for i, d in enumerate(images)))
+        arrays = await asyncio.gather(*(asyncio.to_thread(self.to_input, i, d) for i, d in enumerate(images)))
         return np.stack(arrays)
 
     async def classify(self, images: list[bytes]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The audit store: verdicts written durably, unique on (item_id, labeler_id, model_version).
 
-SQLite (WAL, synchronous=FULL so a commit survives a crash) is the default; PostgreSQL comes with the
-stream consumer. ``write`` says, per record, whether it was new; duplicates are ignored, never doubled.
+SQLite (WAL, synchronous=FULL so a commit survives a crash) is the default; PostgreSQL through psycopg
+(``postgresql://...``) for teams with a database server. ``write`` says, per record, whether it was new;
+duplicates are ignored, never doubled.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ COLUMNS = (
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id TEXT NOT NULL, labeler_id TEXT NOT NULL, human_label TEXT NOT NULL, predicted_label TEXT NOT NULL,
-    label_probability REAL NOT NULL, predicted_probability REAL NOT NULL, score REAL NOT NULL,
+    item_id TEXT NOT NULL, labeler_id TEXT NOT NULL, human_label TEXT, predicted_label TEXT NOT NULL,
+    label_probability REAL, predicted_probability REAL NOT NULL, score REAL NOT NULL,
     disagrees INTEGER NOT NULL, policy TEXT NOT NULL, probabilities TEXT NOT NULL,
     model_name TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
     topic TEXT, partition INTEGER, offset_ INTEGER, created_at TEXT NOT NULL,
@@ -80,8 +81,66 @@ class SqliteStore:
             self._conn.close()
 
 
+POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_records (
+    id BIGSERIAL PRIMARY KEY,
+    item_id TEXT NOT NULL, labeler_id TEXT NOT NULL, human_label TEXT, predicted_label TEXT NOT NULL,
+    label_probability DOUBLE PRECISION, predicted_probability DOUBLE PRECISION NOT NULL,
+    score DOUBLE PRECISION NOT NULL, disagrees INTEGER NOT NULL, policy TEXT NOT NULL, probabilities TEXT NOT NULL,
+    model_name TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
+    topic TEXT, partition INTEGER, offset_ BIGINT, created_at TEXT NOT NULL,
+    UNIQUE (item_id, labeler_id, model_version)
+);
+CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);
+"""
+
+
+class PostgresStore:
+    """The same table in PostgreSQL; a commit is durable (synchronous_commit stays on)."""
+
+    def __init__(self, url: str):
+        import psycopg  # only needed for this store
+
+        self._conn = psycopg.connect(url, autocommit=False)
+        self._lock = threading.Lock()
+        with self._conn.transaction():
+            # Two processes creating the table at once would race; an advisory lock serialises them.
+            self._conn.execute("SELECT pg_advisory_xact_lock(724716)")
+            self._conn.execute(POSTGRES_SCHEMA)
+        self._conn.commit()
+
+    def write(self, records: list[AuditRecord]) -> list[bool]:
+        """All records in one INSERT and one transaction; True where the record was new."""
+        if not records:
+            return []
+        row = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
+        sql = (
+            f"INSERT INTO audit_records ({', '.join(COLUMNS)}) VALUES {', '.join([row] * len(records))} "
+            "ON CONFLICT (item_id, labeler_id, model_version) DO NOTHING RETURNING item_id, labeler_id, model_version"
+        )
+        params = [value for r in records for value in _row(r)]
+        with self._lock, self._conn.transaction():
+            inserted = set(self._conn.execute(sql, params).fetchall())
+        new = []
+        for r in records:  # the first of two identical keys in one batch is the new one
+            key = (r.item_id, r.labeler_id, r.model_version)
+            new.append(key in inserted)
+            inserted.discard(key)
+        return new
+
+    def count(self) -> int:
+        with self._lock, self._conn.transaction():
+            return self._conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
 def open_store(url: str) -> AuditStore:
-    """``sqlite:///path/to/file.db`` (PostgreSQL arrives with the stream consumer)."""
+    """``sqlite:///path/to/file.db`` or ``postgresql://user:password@host:port/database``."""
     if url.startswith("sqlite:///"):
         return SqliteStore(url.removeprefix("sqlite:///"))
-    raise ValueError(f"unsupported store URL {url.split(':', 1)[0]!r}: use sqlite:///path.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ValueError(f"unsupported store URL {url.split(':', 1)[0]!r}: use sqlite:///path.db or postgresql://host/db")

@@ -21,10 +21,8 @@ from labelaudit.schemas.api import ClassifyRequest, ClassifyResponse, ClassifyRe
 from labelaudit.schemas.audit import AuditRequest, AuditResponse
 from labelaudit.schemas.model_card import ModelCard
 from labelaudit.serving.core.audit import AuditItem, Auditor
-from labelaudit.serving.core.backends import OnnxRuntimeBackend, TritonBackend
 from labelaudit.serving.core.inference import InferenceCore
-from labelaudit.serving.core.model_repo import resolve_model
-from labelaudit.serving.core.store import open_store
+from labelaudit.serving.core.runtime import open_runtime
 from labelaudit.serving.http.batcher import InFlightLimit, MicroBatcher
 from labelaudit.serving.http.body import BadRequest, parse_json, read_body
 from labelaudit.serving.http.errors import install_error_handlers
@@ -135,33 +133,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("labelaudit gateway %s starting with %s", __version__, settings.redacted())
-        model = resolve_model(settings.model_repo, settings.model_name, settings.model_version)
-        backend = (
-            OnnxRuntimeBackend(model, settings) if settings.backend == "onnxruntime" else TritonBackend(model, settings)
-        )
+
         # The embedded backend batches here; Triton batches on its side (config.pbtxt dynamic_batching),
         # so with it the gateway only bounds the images in flight.
-        if settings.backend == "onnxruntime":
-            batcher = MicroBatcher(
-                backend.infer,
-                max_batch_size=settings.max_batch_size,
-                max_delay_s=settings.max_batch_delay_ms / 1000,
-                max_queue_images=settings.max_queue_images,
-                observer=metrics,
-            )
-        else:
-            batcher = InFlightLimit(backend.infer, max_queue_images=settings.max_queue_images)
-        await batcher.start()
-        app.state.core = InferenceCore(model, batcher.submit, settings)
-        app.state.backend, app.state.batcher = backend, batcher
-        store = open_store(settings.store_url)
-        app.state.auditor = Auditor(app.state.core, store)
-        try:
-            yield
-        finally:
-            await batcher.stop()
-            await backend.close()
-            store.close()
+        def gather(backend):
+            if settings.backend == "onnxruntime":
+                app.state.batcher = MicroBatcher(
+                    backend.infer,
+                    max_batch_size=settings.max_batch_size,
+                    max_delay_s=settings.max_batch_delay_ms / 1000,
+                    max_queue_images=settings.max_queue_images,
+                    observer=metrics,
+                )
+            else:
+                app.state.batcher = InFlightLimit(backend.infer, max_queue_images=settings.max_queue_images)
+            return app.state.batcher.submit
+
+        async with open_runtime(settings, wrap_infer=gather) as runtime:
+            await app.state.batcher.start()
+            app.state.core, app.state.backend, app.state.auditor = runtime.core, runtime.backend, runtime.auditor
+            try:
+                yield
+            finally:
+                await app.state.batcher.stop()
 
     app = FastAPI(
         title="labelaudit gateway",
