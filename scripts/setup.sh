@@ -7,12 +7,16 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# Debian packages: the real data set (Fashion-MNIST, 70,000 images).
-apt_packages=(dataset-fashion-mnist)
+# Debian packages: the real data set (Fashion-MNIST, 70,000 images) and PostgreSQL (the second audit
+# store; the tests start their own throwaway cluster with scripts/postgres.sh). Java and Maven resolve
+# and run the Kafka broker (scripts/kafka.sh); they are installed only where no java/mvn is found.
+apt_packages=(dataset-fashion-mnist postgresql)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+command -v java >/dev/null || missing+=(default-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
@@ -22,3 +26,6 @@ fi
 # Python: the package with the training extra (PyPI's torch; runs on CPU) and the dev tools.
 echo "setup: pip install -e .[train,dev]"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[train,dev]"
+
+# The Kafka broker's jars, from Maven Central (cached under ~/.cache/labelaudit).
+bash scripts/kafka.sh install
