@@ -1,0 +1,78 @@
+"""The Kafka messages labelaudit reads and writes, versioned by their ``schema`` field.
+
+- ``images`` (in): ``ImageMessage``, JSON, keyed by ``item_id``.
+- ``relabel-requests`` (out): ``RelabelRequest``, JSON, keyed by ``item_id``; delivered at least once,
+  ``request_id`` is the same on every redelivery, so a reader dedupes on it.
+- ``images.dlq`` (out): the original key, value and headers byte for byte, plus ``DLQ_HEADERS``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+IMAGE_SCHEMA = "labelaudit.image.v1"
+RELABEL_SCHEMA = "labelaudit.relabel.v1"
+
+# Headers added to a dead letter (values are UTF-8): why it failed and where it came from.
+DLQ_REASON, DLQ_ERROR = "labelaudit.dlq.reason", "labelaudit.dlq.error"
+DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET = "labelaudit.dlq.topic", "labelaudit.dlq.partition", "labelaudit.dlq.offset"
+
+
+class ImageMessage(BaseModel):
+    """One image on the ``images`` topic, with its human label when it has one."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "schema": IMAGE_SCHEMA,
+                    "item_id": "b-00042",
+                    "image_b64": "iVBORw0KGgo...",
+                    "label": "coat",
+                    "labeler_id": "anna",
+                }
+            ]
+        },
+    )
+
+    schema_: Literal["labelaudit.image.v1"] = Field(alias="schema", description="Message schema and version.")
+    item_id: str = Field(min_length=1, max_length=200, description="Also the message key.")
+    image_b64: str | None = Field(default=None, min_length=1, description="The encoded image file, base64.")
+    image_uri: str | None = Field(
+        default=None, min_length=1, description="Instead of the bytes: a file:// URI the consumer can read."
+    )
+    label: str | None = Field(default=None, min_length=1, max_length=200, description="The human label.")
+    labeler_id: str | None = Field(default=None, min_length=1, max_length=200)
+    sent_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def one_image(self) -> ImageMessage:
+        if (self.image_b64 is None) == (self.image_uri is None):
+            raise ValueError("give exactly one of image_b64 and image_uri")
+        if self.labeler_id is not None and self.label is None:
+            raise ValueError("labeler_id without a label")
+        return self
+
+
+class RelabelRequest(BaseModel):
+    """A human label the model confidently disagrees with: please look at this item again."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_: Literal["labelaudit.relabel.v1"] = Field(default=RELABEL_SCHEMA, alias="schema")
+    request_id: str = Field(description="item_id/labeler_id/model_version: the same on every redelivery.")
+    item_id: str
+    labeler_id: str
+    human_label: str
+    predicted_label: str
+    predicted_probability: float
+    label_probability: float
+    score: float = Field(description="Disagreement score; higher first in the relabel queue.")
+    policy: str
+    model_name: str
+    model_version: str
+    created_at: datetime

@@ -1,0 +1,209 @@
+"""The consumer against a real Kafka broker and both real stores: nothing lost, nothing doubled.
+
+Every test runs the consumer as its own process (``python -m labelaudit consume``), so kills and
+signals are real, and reads the results back from the store, the broker's topics and the group's
+committed offsets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import signal
+import threading
+import time
+
+import pytest
+from streamkit import relabel_ids, store_query
+
+from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC, IMAGE_SCHEMA
+from labelaudit.serving.stream.producer import image_messages, produce
+
+
+def good_messages(tiny_data, n: int, *, offset: int = 0):
+    """``n`` distinct items cycling over task B's real images (item ids suffixed #round)."""
+    base = list(image_messages(tiny_data / "task_b.jsonl", split=None, by_uri=False, limit=None))
+    out = []
+    for i in range(offset, offset + n):
+        m = base[i % len(base)]
+        out.append(m.model_copy(update={"item_id": f"{m.item_id}#{i // len(base)}"}))
+    return out
+
+
+def counts(url: str) -> tuple[int, int]:
+    [(total, distinct)] = store_query(url, "SELECT COUNT(*), COUNT(DISTINCT item_id) FROM audit_records")
+    return total, distinct
+
+
+def store_disagreements(url: str) -> set[str]:
+    rows = store_query(url, "SELECT item_id, labeler_id, model_version FROM audit_records WHERE disagrees = 1")
+    return {"/".join(row) for row in rows}
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def store_count(url: str) -> int:
+    try:
+        return counts(url)[0]
+    except Exception:  # the consumer has not created the table yet
+        return 0
+
+
+def test_ten_thousand_messages_make_exactly_ten_thousand_records(stream, tiny_data):
+    n = 10_000
+    produce(stream.settings(), good_messages(tiny_data, n), partitions=4)
+    proc = stream.start_consumer("--max-messages", str(n))
+    assert stream.wait(proc) == 0, stream.consumer_log(0)
+
+    assert counts(stream.store_url) == (n, n)
+    disagreements = store_disagreements(stream.store_url)
+    assert 0 < len(disagreements) < n
+    assert relabel_ids(stream.read_topic(stream.relabel_topic)) == disagreements
+    assert stream.read_topic(stream.dlq_topic) == []
+    assert stream.committed_total() == n
+
+
+def test_kill_minus_nine_loses_and_doubles_nothing(stream, tiny_data):
+    n, rng = 6_000, random.Random(7)
+    messages = good_messages(tiny_data, n)
+    settings = stream.settings()
+
+    def flow():  # the stream keeps flowing while consumers die
+        for i in range(0, n, 500):
+            produce(settings, messages[i : i + 500], partitions=4)
+            time.sleep(0.3)
+
+    producer = threading.Thread(target=flow)
+    producer.start()
+    seen_mid_stream = []
+    for _ in range(3):
+        before = store_count(stream.store_url)
+        proc = stream.start_consumer()
+        wait_for(lambda b=before: store_count(stream.store_url) > b, 120, "the consumer to make progress")
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen_mid_stream.append(store_count(stream.store_url))
+    producer.join()
+    final = stream.start_consumer("--stop-when-idle", "8")
+    assert stream.wait(final) == 0, stream.consumer_log(len(stream.procs) - 1)
+
+    assert any(0 < c < n for c in seen_mid_stream), seen_mid_stream
+    assert counts(stream.store_url) == (n, n)
+    assert relabel_ids(stream.read_topic(stream.relabel_topic)) == store_disagreements(stream.store_url)
+    assert stream.committed_total() == n
+
+
+def test_poison_messages_go_to_the_dlq_with_their_reason(stream, tiny_data):
+    good = good_messages(tiny_data, 20)
+    image = base64.b64decode(good[0].image_b64)
+
+    def message(item_id: str, **fields) -> bytes:
+        body = {"schema": IMAGE_SCHEMA, "item_id": item_id, "image_b64": good[0].image_b64, "label": "coat"}
+        body.update(fields)
+        return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+    poison = {
+        b"p-json": (b"{not json", "bad_json"),
+        b"p-image": (message("p-image", image_b64=base64.b64encode(b"GIF89a broken").decode()), "not_an_image"),
+        b"p-truncated": (message("p-truncated", image_b64=base64.b64encode(image[: len(image) // 2]).decode()), "corrupt_image"),
+        b"p-missing": (json.dumps({"schema": IMAGE_SCHEMA, "item_id": "p-missing"}).encode(), "invalid_message"),
+        b"p-schema": (message("p-schema", schema="labelaudit.image.v9"), "invalid_message"),
+        b"p-label": (message("p-label", label="unicorn"), "unknown_label"),
+        b"p-big": (message("p-big", image_b64="A" * 300_000), "message_too_large"),
+        b"p-b64": (message("p-b64", image_b64="not*base64!"), "bad_base64"),
+        b"p-empty": (None, "empty_message"),
+        b"p-key": (message("another-id"), "key_mismatch"),
+        b"p-uri": (message("p-uri", image_b64=None, image_uri="http://example.com/x.png"), "unsupported_uri"),
+    }  # fmt: skip
+    unlabeled = [
+        m.model_copy(update={"label": None, "labeler_id": None}) for m in good_messages(tiny_data, 5, offset=100)
+    ]
+    raw = [(m.item_id.encode(), json.dumps(m.model_dump(mode="json", by_alias=True, exclude_none=True)).encode(), [])
+           for m in good + unlabeled]  # fmt: skip
+    raw += [(key, value, [("trace", b"abc")]) for key, (value, _) in poison.items()]
+    random.Random(3).shuffle(raw)
+    stream.produce_raw(raw, partitions=2)
+
+    proc = stream.start_consumer("--max-messages", str(len(raw)), LABELAUDIT_MAX_MESSAGE_BYTES="200000")
+    assert stream.wait(proc) == 0, stream.consumer_log(0)
+
+    dead = {r.key: r for r in stream.read_topic(stream.dlq_topic)}
+    assert set(dead) == set(poison)
+    for key, record in dead.items():
+        headers = dict(record.headers)
+        value, reason = poison[key]
+        assert headers[DLQ_REASON].decode() == reason, (key, headers)
+        assert record.value == value  # the original bytes, untouched
+        assert headers["trace"] == b"abc"  # the original headers kept
+        assert headers[DLQ_TOPIC].decode() == stream.topic and int(headers[DLQ_OFFSET]) >= 0
+    assert counts(stream.store_url) == (25, 25)
+    [(unlabeled_rows, flagged)] = store_query(
+        stream.store_url, "SELECT COUNT(*), COALESCE(SUM(disagrees), 0) FROM audit_records WHERE human_label IS NULL"
+    )
+    assert (unlabeled_rows, flagged) == (5, 0)
+    assert stream.committed_total() == len(raw)
+
+
+def test_two_consumers_share_the_partitions(stream, tiny_data):
+    from labelaudit.serving.stream.producer import ensure_topic
+
+    n = 4_000
+    ensure_topic(stream.settings(), stream.topic, 4)
+    first = stream.start_consumer("--stop-when-idle", "15")
+    second = stream.start_consumer("--stop-when-idle", "15")
+
+    def assigned(index: int) -> bool:
+        return bool(re.search(r"assigned \[.*'" + re.escape(stream.topic), stream.consumer_log(index)))
+
+    wait_for(lambda: assigned(0) and assigned(1), 90, "both consumers to get partitions")
+    produce(stream.settings(), good_messages(tiny_data, n), partitions=4)
+    assert stream.wait(first) == 0 and stream.wait(second) == 0
+
+    new = [int(re.search(r"audited \d+ \((\d+) new\)", stream.consumer_log(i)).group(1)) for i in (0, 1)]
+    assert all(k > 0 for k in new), new
+    assert sum(new) == n
+    assert counts(stream.store_url) == (n, n)
+    assert stream.committed_total() == n
+
+
+def test_a_broker_restart_mid_stream_is_survived(stream, tiny_data, broker):
+    n = 5_000
+    produce(stream.settings(), good_messages(tiny_data, n), partitions=4)
+    proc = stream.start_consumer("--max-messages", str(n))
+    wait_for(lambda: store_count(stream.store_url) > 300, 120, "the consumer to make progress")
+    broker.stop()
+    time.sleep(2)
+    broker.start()
+    assert stream.wait(proc) == 0, stream.consumer_log(0)
+    assert counts(stream.store_url) == (n, n)
+    assert relabel_ids(stream.read_topic(stream.relabel_topic)) == store_disagreements(stream.store_url)
+    assert stream.committed_total() == n
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits(stream, tiny_data):
+    n = 6_000
+    produce(stream.settings(), good_messages(tiny_data, n), partitions=4)
+    proc = stream.start_consumer()
+    wait_for(lambda: store_count(stream.store_url) > 300, 120, "the consumer to make progress")
+    proc.send_signal(signal.SIGTERM)
+    assert stream.wait(proc, timeout=60) == 0, stream.consumer_log(0)
+    written = store_count(stream.store_url)
+    assert written < n, "stopped mid-stream"
+    assert stream.committed_total() == written  # everything durable is committed, nothing more
+
+
+@pytest.fixture(autouse=True)
+def _quiet_kafka_logs():
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)

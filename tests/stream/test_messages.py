@@ -1,0 +1,97 @@
+"""From a Kafka record to an audit item, or to the dead letter's reason: the pure part of the consumer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from labelaudit.schemas.audit import AuditRecord
+from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, IMAGE_SCHEMA, RelabelRequest
+from labelaudit.serving.stream.messages import BadMessage, dead_letter_headers, parse_record, relabel_request
+
+LIMITS = {"max_message_bytes": 10_000, "max_image_bytes": 5_000}
+
+
+def record(value, key=b"b-1", headers=None):
+    return SimpleNamespace(topic="images", partition=2, offset=41, key=key, value=value, headers=headers or [])
+
+
+def body(**fields) -> bytes:
+    message = {"schema": IMAGE_SCHEMA, "item_id": "b-1", "image_b64": base64.b64encode(b"png").decode(),
+               "label": "coat", "labeler_id": "anna"}  # fmt: skip
+    message.update(fields)
+    return json.dumps({k: v for k, v in message.items() if v is not None}).encode()
+
+
+def test_a_good_message_becomes_an_item_with_its_place_in_the_topic():
+    item = parse_record(record(body()), **LIMITS)
+    assert (item.item_id, item.labeler_id, item.label, item.image) == ("b-1", "anna", "coat", b"png")
+    assert (item.topic, item.partition, item.offset) == ("images", 2, 41)
+
+
+def test_unlabeled_message_has_no_label_and_no_labeler():
+    item = parse_record(record(body(label=None, labeler_id=None)), **LIMITS)
+    assert (item.label, item.labeler_id) == (None, "")
+
+
+def test_image_by_file_uri(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(b"bytes on disk")
+    item = parse_record(record(body(image_b64=None, image_uri=path.as_uri())), **LIMITS)
+    assert item.image == b"bytes on disk"
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        (None, b"b-1", "empty_message"),
+        (b"", b"b-1", "empty_message"),
+        (b"x" * 10_001, b"b-1", "message_too_large"),
+        (b"\xff\xfe not utf-8", b"b-1", "bad_json"),
+        (b"[1, 2", b"b-1", "bad_json"),
+        (b"[1, 2]", b"b-1", "invalid_message"),
+        (body(schema="labelaudit.image.v2"), b"b-1", "invalid_message"),
+        (body(image_b64=None), b"b-1", "invalid_message"),
+        (body(image_uri="file:///x.png"), b"b-1", "invalid_message"),  # both image forms
+        (body(label=None), b"b-1", "invalid_message"),  # a labeler without a label
+        (body(extra_field=1), b"b-1", "invalid_message"),
+        (body(image_b64="%%%"), b"b-1", "bad_base64"),
+        (body(), b"b-2", "key_mismatch"),
+        (body(image_b64=None, image_uri="https://example.com/x.png"), b"b-1", "unsupported_uri"),
+        (body(image_b64=None, image_uri="file:///no/such/file.png"), b"b-1", "image_unreadable"),
+    ],
+)
+def test_bad_messages_are_refused_with_a_reason(value, key, reason):
+    with pytest.raises(BadMessage) as info:
+        parse_record(record(value, key=key), **LIMITS)
+    assert info.value.reason == reason
+    assert str(info.value)  # a sentence for people, next to the machine-readable reason
+
+
+def test_a_message_without_a_key_is_accepted():
+    assert parse_record(record(body(), key=None), **LIMITS).item_id == "b-1"
+
+
+def test_dead_letter_headers_keep_the_originals_and_add_the_cause():
+    headers = dead_letter_headers(record(b"x", headers=[("trace", b"t1")]), BadMessage("nope", reason="bad_json"))
+    as_dict = dict(headers)
+    assert headers[0] == ("trace", b"t1")
+    assert as_dict[DLQ_REASON] == b"bad_json" and as_dict[DLQ_OFFSET] == b"41"
+
+
+def test_relabel_request_id_is_stable_across_redeliveries():
+    verdict = AuditRecord(
+        item_id="b-1", labeler_id="anna", human_label="coat", predicted_label="shirt", label_probability=0.05,
+        predicted_probability=0.9, score=0.85, disagrees=True, policy="confident-joint-v1", probabilities=[0.1] * 10,
+        model_name="labelaudit", model_version="1", source="kafka", created_at=datetime.now(UTC),
+    )  # fmt: skip
+    key, value = relabel_request(verdict)
+    again = relabel_request(verdict.model_copy(update={"created_at": datetime(2030, 1, 1, tzinfo=UTC)}))[1]
+    request = RelabelRequest.model_validate_json(value)
+    assert key == b"b-1" and request.request_id == "b-1/anna/1"
+    assert RelabelRequest.model_validate_json(again).request_id == request.request_id
+    assert json.loads(value)["schema"] == "labelaudit.relabel.v1"
