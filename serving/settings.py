@@ -82,9 +82,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
-    consume_batch_size: int = Field(default=64, ge=1)
+    consume_batch_size: int = Field(default=256, ge=1)
     """Messages per poll, audited as one batch (one inference call, one store transaction, one commit)."""
-    consume_max_inflight_batches: int = Field(default=2, ge=1)
+    consume_max_inflight_batches: int = Field(default=3, ge=1)
     """Batches polled but not yet committed; past it the partitions are paused until the model catches up."""
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)

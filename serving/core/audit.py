@@ -55,26 +55,32 @@ class Auditor:
                 raise outcome
         return outcomes  # type: ignore[return-value]
 
-    async def _check(self, item: AuditItem) -> tuple[int, np.ndarray] | LabelAuditError:
-        try:
-            label = -1 if item.label is None else self.label_index(item.label)
-            return label, await asyncio.to_thread(self.core.to_input, repr(item.item_id), item.image)
-        except LabelAuditError as exc:
-            return exc
-
     async def audit_each(self, items: list[AuditItem], *, source: str) -> list[Outcome]:
         """Like ``audit``, but a bad item (unknown label, bad image) fails alone: its outcome is the error.
 
         The good items are classified in one batch and written to the store in one transaction, durable
         before this returns.
         """
-        checked = await asyncio.gather(*(self._check(item) for item in items))
-        good = [n for n, c in enumerate(checked) if not isinstance(c, LabelAuditError)]
-        outcomes: list[Outcome] = list(checked)  # errors stay, the good ones are replaced below
+        outcomes: list = [None] * len(items)
+        labels_of: dict[int, int] = {}
+        for n, item in enumerate(items):
+            try:
+                labels_of[n] = -1 if item.label is None else self.label_index(item.label)
+            except LabelAuditError as exc:
+                outcomes[n] = exc
+        todo = list(labels_of)
+        inputs = await self.core.inputs_each([items[n].image for n in todo], [repr(items[n].item_id) for n in todo])
+        good, arrays = [], []
+        for n, x in zip(todo, inputs, strict=True):
+            if isinstance(x, LabelAuditError):
+                outcomes[n] = x
+            else:
+                good.append(n)
+                arrays.append(x)
         if not good:
             return outcomes
-        labels = np.array([checked[n][0] for n in good])
-        probs = await self.core.infer(np.stack([checked[n][1] for n in good]))
+        labels = np.array([labels_of[n] for n in good])
+        probs = await self.core.infer(np.stack(arrays))
         labeled = labels >= 0
         flags, scores, predicted = self.policy.judge_batch(probs, np.where(labeled, labels, 0))
         flags, scores = flags & labeled, np.where(labeled, scores, 0.0)

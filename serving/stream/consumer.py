@@ -255,7 +255,7 @@ class StreamConsumer:
 
         consumer.subscribe([s.kafka_topic], listener=DrainOnRevoke())
         log.info("consuming %s as group %s from %s", s.kafka_topic, s.kafka_group_id, s.kafka_bootstrap_servers)
-        last_report = time.monotonic()
+        last_report = last_lag = time.monotonic()
         try:
             while not self._stop.is_set():
                 while self._inflight and self._settle_head(consumer, producer, block=False):
@@ -271,8 +271,10 @@ class StreamConsumer:
                 if records:
                     self._inflight.append(_InFlight(records, self._submit(self._audit(records))))
                     self.stats.last_message_at = time.monotonic()
-                if time.monotonic() - last_report > 10:
+                if time.monotonic() - last_lag > 1:
                     self._update_lag(consumer)
+                    last_lag = time.monotonic()
+                if time.monotonic() - last_report > 10:
                     log.info("audited %d (new %d), dead letters %d, relabel requests %d",
                              self.stats.audited, self.stats.new, self.stats.dead_lettered, self.stats.relabels)  # fmt: skip
                     last_report = time.monotonic()
