@@ -85,6 +85,32 @@ def label_errors_table(result: dict) -> str:
     )
 
 
+def stream_table(result: dict) -> str:
+    lines = ["| mode | store | consumers | messages | images/s | vs model only (aim e2e >= 0.7) | wall s | lost | duplicated |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['mode']} | {r.get('store') or '-'} | {r.get('consumers', '-')} | {r['messages']:,} | "
+            f"{r['images_per_s']:.0f} | {r.get('vs_model_only', float('nan')):.2f} | {r['seconds']:.1f} | "
+            f"{r['lost']} | {r['duplicated']} |"
+        )
+    drains = [r for r in result["rows"] if r["mode"].startswith("drain") and r.get("lag_samples")]
+    lag = ""
+    if drains:
+        samples = drains[0]["lag_samples"]
+        lag = "\nThe consumer's `labelaudit_consumer_lag` while draining the backlog (seconds: messages behind): " + (
+            ", ".join(f"{t:.0f}s: {v:,.0f}" for t, v in samples[:: max(1, len(samples) // 12)]) + ".\n"
+        )
+    return (
+        f"Topic to store through `labelaudit consume` processes on a real broker, next to the same backend "
+        f"without Kafka and store (`model_only`: decode + onnxruntime in batches of {result['config']['batch']}). "
+        f"Device: {result['device']}. Commit {result['git_commit']}, {result['date']}.\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + lag
+    )
+
+
 def update_docs() -> None:
     sections = [
         "# Benchmarks\n",
@@ -94,6 +120,7 @@ def update_docs() -> None:
         ("train_noise", "Training under label noise (`bench/train_noise.py`)", train_noise_table),
         ("train_noise_quick", "Training under label noise, quick (`bench/train_noise.py --quick`)", train_noise_table),
         ("label_errors", "Label-error detection (`bench/label_errors.py`)", label_errors_table),
+        ("stream", "The Kafka stream (`bench/stream.py`)", stream_table),
     ]:
         result = _load(name)
         if result:

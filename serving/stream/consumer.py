@@ -85,6 +85,7 @@ class StreamConsumer:
         self.stats = ConsumerStats()
         self._stop = threading.Event()
         self._inflight: deque[_InFlight] = deque()
+        self._committed: dict[TopicPartition, int] = {}  # what this process committed, for the lag metric
         self._loop = asyncio.new_event_loop()
         self._worker = threading.Thread(target=self._loop.run_forever, name="labelaudit-audit", daemon=True)
         self._runtime: Runtime | None = None
@@ -185,6 +186,7 @@ class StreamConsumer:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
         consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        self._committed.update(offsets)
         for r, exc in result.dead:
             log.warning("dead letter %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset, exc.reason, exc)
         MESSAGES.labels("audited").inc(result.audited)
@@ -229,10 +231,19 @@ class StreamConsumer:
             self._settle_head(consumer, producer, block=True)
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            end = consumer.highwater(tp)
-            if end is not None:
-                LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - consumer.position(tp)))
+        """The group's lag as ``kafka-consumer-groups.sh`` shows it: log end offset minus committed offset."""
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return
+        try:
+            ends = consumer.end_offsets(assigned)
+        except KafkaError as exc:  # the broker is away; the next update catches up
+            log.debug("lag not updated: %s", exc)
+            return
+        for tp in assigned:
+            if tp not in self._committed:
+                self._committed[tp] = consumer.committed(tp) or 0
+            LAG.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - self._committed[tp]))
 
     def request_stop(self, *_args) -> None:
         self._stop.set()
