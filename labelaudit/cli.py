@@ -241,7 +241,9 @@ def consume(
         str | None, typer.Option(help="Kafka bootstrap servers (LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS).")
     ] = None,
     store_url: Annotated[str | None, typer.Option(help="Audit store URL (LABELAUDIT_STORE_URL).")] = None,
-    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).")] = 0,
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve Prometheus metrics on PORT (0: off), at LABELAUDIT_METRICS_HOST.")
+    ] = 0,
     stop_when_idle: Annotated[float | None, typer.Option(help="Exit after this many seconds without messages.")] = None,
     max_messages: Annotated[int | None, typer.Option(help="Exit after this many messages.")] = None,
 ) -> None:

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     """A larger message on the images topic goes to the DLQ (reason ``message_too_large``)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the consumer's Prometheus endpoint (``--metrics-port``) binds; ``0.0.0.0`` in a container
+    so that Prometheus can scrape it."""
 
     def kafka_client_config(self) -> dict:
         """Connection and security options for kafka-python's clients."""

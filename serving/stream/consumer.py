@@ -314,5 +314,5 @@ def consume(settings: Settings, *, metrics_port: int = 0, **options) -> Consumer
     signal.signal(signal.SIGTERM, consumer.request_stop)
     signal.signal(signal.SIGINT, consumer.request_stop)
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr=settings.metrics_host)
     return consumer.run()
