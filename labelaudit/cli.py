@@ -311,17 +311,24 @@ def demo(
     method: Annotated[str, typer.Option(help="Noise-robust method for task B.")] = "fasten",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """The whole offline job on real data: build task A/B, train classifier A, fine-tune on noisy
-    task B, export to ONNX and a Triton repository, and print where everything is."""
+    """The whole job on real data: build task A/B, train classifier A, fine-tune on noisy task B, export
+    to ONNX and a Triton repository, serve it, stream task B's labeled images through a real Kafka broker
+    into the auditing consumer, and print where everything is with the headline numbers."""
     import shutil
+
+    from labelaudit import demo as online
 
     size = size or ("full" if full else "small")
     if size not in DEMO_EPOCHS:
         raise _fail(ValueError(f"--size must be one of {sorted(DEMO_EPOCHS)}"))
     epochs_a, epochs_b = DEMO_EPOCHS[size]
     data_dir, repo = out / "data", out / "model_repository"
-    if repo.exists():
-        shutil.rmtree(repo)  # the demo owns its folder; a re-run replaces its model
+    for stale in (repo, out / "kafka", out / "audit.db", out / "audit.db-wal", out / "audit.db-shm"):
+        if stale.is_dir():
+            shutil.rmtree(stale)  # the demo owns its folder; a re-run starts its online half afresh
+        elif stale.exists():
+            stale.unlink()
+    store_url = f"sqlite:///{(out / 'audit.db').resolve()}"
     try:
         data(out=data_dir, noise=0.4, seed=seed, size=size, trusted_fraction=0.01)
         console.rule("classifier A on task A (clean labels)")
@@ -332,9 +339,46 @@ def demo(
                          epochs=epochs_b, seed=seed)  # fmt: skip
         console.rule("export")
         exported = run_export(b.checkpoint, data_dir / "task_b.jsonl", repo, "labelaudit", "1", False)
+        _print_summary(b.meta, exported)
+
+        console.rule("serving: labelaudit serve")
+        with online.gateway(repo, store_url, out / "gateway.log") as url:
+            check = online.check_gateway(url, data_dir / "task_b.jsonl")
+        _print_gateway(check)
+
+        console.rule("the stream: Kafka broker, labelaudit produce, labelaudit consume")
+        with online.local_broker(out / "kafka") as bootstrap, _progress() as progress:
+            task = progress.add_task("auditing task B's labels", total=None, info=f"broker {bootstrap}")
+            outcome = online.stream_task_b(
+                bootstrap, repo, data_dir / "task_b.jsonl", store_url, out / "consumer.log",
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )  # fmt: skip
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
-    _print_summary(b.meta, exported)
+    _print_stream(outcome, out, store_url)
+
+
+def _print_gateway(check) -> None:
+    table = Table(title=f"the gateway at {check.url} (stopped again)")
+    for col in ("item", "top class", "p", "human label", "disagrees", "score"):
+        table.add_column(col)
+    for (item, top, p), verdict in zip(check.classified, check.audited, strict=True):
+        table.add_row(
+            item, top, f"{p:.3f}", verdict["human_label"], str(verdict["disagrees"]), f"{verdict['score']:.3f}"
+        )
+    console.print(table)
+
+
+def _print_stream(outcome, out: Path, store_url: str) -> None:
+    precision = outcome.truly_wrong_flagged / max(1, outcome.disagreements)
+    recall = outcome.truly_wrong_flagged / max(1, outcome.truly_wrong)
+    console.print(
+        f"streamed {outcome.sent:,} labeled images through Kafka; audited {outcome.audited:,} in "
+        f"{outcome.seconds:.0f}s ({outcome.audited / max(outcome.seconds, 1e-9):.0f} images/s)\n"
+        f"relabel requests: {outcome.disagreements:,}; {precision:.0%} of them are truly wrong labels "
+        f"(the simulation knows), and they catch {recall:.0%} of the {outcome.truly_wrong:,} wrong labels\n"
+        f"audit store: {store_url}\nlogs: {out / 'gateway.log'}, {out / 'consumer.log'}"
+    )
 
 
 def _print_summary(meta, exported) -> None:

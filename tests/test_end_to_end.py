@@ -4,6 +4,7 @@ FasTEN on noisy task B -> export -> onnxruntime on image files, preprocessed by 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,11 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=900,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={
+            "COLUMNS": "200",
+            "PATH": "/usr/bin:/bin",
+            "HOME": os.environ.get("HOME", "/root"),
+        },  # HOME: the broker jars
     )
 
 
@@ -87,8 +92,19 @@ def test_export_refuses_an_existing_version(pipeline):
     assert result.returncode == 2 and "already exists" in result.stdout
 
 
-def test_demo_runs_the_whole_offline_job_and_prints_where_everything_is(tmp_path):
+def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
+    """The README's first command at tiny size: offline training and export, then the gateway and the
+    stream through a real broker into the store."""
+    import sqlite3
+
     result = ok(cli("demo", "--out", str(tmp_path / "demo"), "--size", "tiny"))
     assert (tmp_path / "demo" / "model_repository" / "labelaudit" / "1" / "model.onnx").is_file()
-    for text in ("classifier A, untouched", "fasten from classifier A", "labeler-5", "Triton model repository"):
+    for text in ("classifier A, untouched", "fasten from classifier A", "labeler-5", "Triton model repository",
+                 "the gateway at http://127.0.0.1", "relabel requests:", "truly wrong labels"):  # fmt: skip
         assert text in result.stdout, result.stdout
+    rows = [json.loads(line) for line in (tmp_path / "demo/data/task_b.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    with sqlite3.connect(tmp_path / "demo" / "audit.db") as conn:
+        by_source = dict(conn.execute("SELECT source, COUNT(*) FROM audit_records GROUP BY source").fetchall())
+    assert by_source == {"kafka": len(train_rows), "http": 3}
+    assert f"streamed {len(train_rows):,} labeled images" in result.stdout

@@ -87,7 +87,7 @@ class Auditor:
         now = datetime.now(UTC)
         model = self.core.model
         records = [
-            AuditRecord(
+            AuditRecord.model_construct(  # our own typed values: validating them again costs per record
                 item_id=items[n].item_id,
                 labeler_id=items[n].labeler_id,
                 human_label=items[n].label,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -55,12 +54,10 @@ def parse_record(record, *, max_message_bytes: int, max_image_bytes: int) -> Aud
     if len(value) > max_message_bytes:
         raise BadMessage(f"{len(value)} bytes, above the limit of {max_message_bytes}", reason="message_too_large")
     try:
-        payload = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadMessage(f"value is not JSON: {exc}", reason="bad_json") from exc
-    try:
-        message = ImageMessage.model_validate(payload)
+        message = ImageMessage.model_validate_json(value)  # parsed and checked in one pass (pydantic-core)
     except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadMessage(f"value is not JSON: {exc.errors()[0]['msg']}", reason="bad_json") from exc
         raise BadMessage(f"not a {IMAGE_SCHEMA} message: {describe_errors(exc.errors(), whole='value')}") from exc
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     if key is not None and key != message.item_id:
@@ -97,7 +94,7 @@ def dead_letter_headers(record, error: LabelAuditError) -> list[tuple[str, bytes
 
 def relabel_request(record: AuditRecord) -> tuple[bytes, bytes]:
     """(key, value) for the relabel-requests topic."""
-    request = RelabelRequest(
+    request = RelabelRequest.model_construct(  # built from a validated record: no second validation
         request_id=f"{record.item_id}/{record.labeler_id}/{record.model_version}",
         item_id=record.item_id,
         labeler_id=record.labeler_id,

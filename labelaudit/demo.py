@@ -1,0 +1,186 @@
+"""The online half of ``labelaudit demo``: serve the exported model, stream task B's labeled images
+through a real Kafka broker into the consumer, and measure the relabel requests against the truth the
+simulation knows. Every part runs as it would in production: ``labelaudit serve`` and ``labelaudit
+consume`` as processes, the broker from ``scripts/kafka.sh``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from labelaudit.errors import LabelAuditError
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # a checkout: scripts/ sits beside labelaudit/
+
+
+class DemoError(LabelAuditError):
+    reason = "demo_failed"
+
+
+def free_port(span: int = 1) -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if all(_is_free(p) for p in range(port + 1, port + span)):
+            return port
+    raise DemoError("no free local port")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def kafka_script() -> Path:
+    path = Path(os.environ.get("LABELAUDIT_KAFKA_SCRIPT", SOURCE_ROOT / "scripts" / "kafka.sh"))
+    if not path.is_file():
+        raise DemoError(f"{path} not found: run the demo from a labelaudit checkout, or set LABELAUDIT_KAFKA_SCRIPT")
+    return path
+
+
+@contextmanager
+def local_broker(folder: Path):
+    """A real single-node broker for the demo's lifetime (scripts/kafka.sh start/stop)."""
+    script, port = kafka_script(), free_port(span=2)
+    run = subprocess.run(["bash", str(script), "start", str(folder), str(port)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise DemoError(f"the Kafka broker did not start:\n{run.stdout}{run.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(folder)], capture_output=True, text=True)
+
+
+@contextmanager
+def gateway(repo: Path, store_url: str, log_path: Path):
+    """``labelaudit serve`` on a free port, ready when /readyz says so."""
+    port = free_port()
+    env = dict(os.environ, LABELAUDIT_MODEL_REPO=str(repo), LABELAUDIT_STORE_URL=store_url)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labelaudit", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise DemoError(f"the gateway did not become ready; see {log_path}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@dataclass
+class GatewayCheck:
+    url: str
+    classified: list[tuple[str, str, float]]  # (item_id, top class, probability)
+    audited: list[dict]
+
+
+def check_gateway(url: str, manifest: Path, n: int = 3) -> GatewayCheck:
+    """A few real requests: classify held-out images, audit their labels."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows = [r for r in rows if r["split"] == "test"][:n]
+    classified, audited = [], []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for r in rows:
+            image = (manifest.parent / r["image"]).read_bytes()
+            top = client.post("/v1/classify", files={"files": (r["image"], image, "image/png")}).json()
+            best = top["results"][0]["top"][0]
+            classified.append((r["item_id"], best["label"], best["probability"]))
+            body = {"item_id": r["item_id"], "labeler_id": "demo-curl", "label": r["label"],
+                    "image": base64.b64encode(image).decode()}  # fmt: skip
+            audited.append(client.post("/v1/audit", json=body).json())
+    return GatewayCheck(url, classified, audited)
+
+
+@dataclass
+class StreamOutcome:
+    sent: int
+    audited: int
+    disagreements: int
+    truly_wrong_flagged: int
+    truly_wrong: int
+    seconds: float
+
+
+def stream_task_b(
+    bootstrap: str, repo: Path, manifest: Path, store_url: str, log_path: Path, on_progress: Callable[[int, int], None]
+) -> StreamOutcome:
+    """Produce task B's labeled training images, consume them into the store, score against the truth."""
+    from labelaudit.serving.settings import Settings
+    from labelaudit.serving.stream.producer import image_messages, produce
+
+    settings = Settings(kafka_bootstrap_servers=bootstrap)
+    messages = list(image_messages(manifest, split="train", by_uri=False, limit=None))
+    sent = produce(settings, messages, partitions=4)
+    env = dict(os.environ, LABELAUDIT_MODEL_REPO=str(repo), LABELAUDIT_STORE_URL=store_url,
+               LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap)  # fmt: skip
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labelaudit", "consume", "--max-messages", str(sent)], env=env, stdout=log,
+            stderr=log,
+        )  # fmt: skip
+    store_path = store_url.removeprefix("sqlite:///")
+    while proc.poll() is None:
+        on_progress(_count(store_path), sent)
+        time.sleep(0.5)
+    if proc.returncode != 0:
+        raise DemoError(f"the consumer failed; see {log_path}")
+    on_progress(_count(store_path), sent)
+    seconds = time.monotonic() - started
+
+    truth = {}
+    for line in manifest.read_text().splitlines():
+        r = json.loads(line)
+        if r["split"] == "train":
+            truth[r["item_id"]] = r.get("true_label") is not None and r["true_label"] != r["label"]
+    import sqlite3
+
+    with sqlite3.connect(store_path) as conn:
+        rows = conn.execute("SELECT item_id, disagrees FROM audit_records WHERE source = 'kafka'").fetchall()
+    flagged = {item for item, d in rows if d}
+    return StreamOutcome(
+        sent=sent,
+        audited=len(rows),
+        disagreements=len(flagged),
+        truly_wrong_flagged=sum(truth.get(i, False) for i in flagged),
+        truly_wrong=sum(truth.values()),
+        seconds=seconds,
+    )
+
+
+def _count(store_path: str) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(store_path, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM audit_records WHERE source = 'kafka'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
