@@ -4,6 +4,7 @@ human label with the disagreement policy, write the verdict durably."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,6 +33,23 @@ class AuditItem:
     offset: int | None = None
 
 
+@dataclass(frozen=True)
+class Stages:
+    """One gate per stage of an audit (decode, model, store); made on the event loop that uses them."""
+
+    decode: asyncio.Semaphore | contextlib.nullcontext
+    infer: asyncio.Semaphore | contextlib.nullcontext
+    write: asyncio.Semaphore | contextlib.nullcontext
+
+    @classmethod
+    def one_at_a_time(cls) -> Stages:
+        return cls(asyncio.Semaphore(1), asyncio.Semaphore(1), asyncio.Semaphore(1))
+
+    @classmethod
+    def unlimited(cls) -> Stages:
+        return cls(contextlib.nullcontext(), contextlib.nullcontext(), contextlib.nullcontext())
+
+
 Outcome = tuple[AuditRecord, bool] | LabelAuditError
 """Per item: (the verdict, whether it was new in the store), or why the item could not be audited."""
 
@@ -55,12 +73,14 @@ class Auditor:
                 raise outcome
         return outcomes  # type: ignore[return-value]
 
-    async def audit_each(self, items: list[AuditItem], *, source: str) -> list[Outcome]:
+    async def audit_each(self, items: list[AuditItem], *, source: str, stages: Stages | None = None) -> list[Outcome]:
         """Like ``audit``, but a bad item (unknown label, bad image) fails alone: its outcome is the error.
 
         The good items are classified in one batch and written to the store in one transaction, durable
-        before this returns.
+        before this returns. ``stages`` (the consumer's) lets concurrent batches form a pipeline: one
+        batch decodes while the one before it is in the model, instead of all of them at once.
         """
+        stages = stages or Stages.unlimited()
         outcomes: list = [None] * len(items)
         labels_of: dict[int, int] = {}
         for n, item in enumerate(items):
@@ -69,7 +89,8 @@ class Auditor:
             except LabelAuditError as exc:
                 outcomes[n] = exc
         todo = list(labels_of)
-        inputs = await self.core.inputs_each([items[n].image for n in todo], [repr(items[n].item_id) for n in todo])
+        async with stages.decode:
+            inputs = await self.core.inputs_each([items[n].image for n in todo], [repr(items[n].item_id) for n in todo])
         good, arrays = [], []
         for n, x in zip(todo, inputs, strict=True):
             if isinstance(x, LabelAuditError):
@@ -80,7 +101,8 @@ class Auditor:
         if not good:
             return outcomes
         labels = np.array([labels_of[n] for n in good])
-        probs = await self.core.infer(np.stack(arrays))
+        async with stages.infer:
+            probs = await self.core.infer(np.stack(arrays))
         labeled = labels >= 0
         flags, scores, predicted = self.policy.judge_batch(probs, np.where(labeled, labels, 0))
         flags, scores = flags & labeled, np.where(labeled, scores, 0.0)
@@ -108,7 +130,8 @@ class Auditor:
             )  # fmt: skip
             for row, n in enumerate(good)
         ]
-        new = await asyncio.to_thread(self.store.write, records)
+        async with stages.write:
+            new = await asyncio.to_thread(self.store.write, records)
         for row, n in enumerate(good):
             outcomes[n] = (records[row], new[row])
         return outcomes

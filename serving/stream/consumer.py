@@ -38,6 +38,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from labelaudit.errors import LabelAuditError
+from labelaudit.serving.core.audit import Stages
 from labelaudit.serving.core.runtime import Runtime, open_runtime
 from labelaudit.serving.settings import Settings
 from labelaudit.serving.stream.messages import dead_letter_headers, parse_record, relabel_request
@@ -98,6 +99,7 @@ class StreamConsumer:
 
     async def _open_runtime(self) -> None:
         self._runtime = await self._exit.enter_async_context(open_runtime(self.settings))
+        self._stages = Stages.one_at_a_time()  # batches in flight overlap as a pipeline, not all at once
 
     async def _audit(self, records: list) -> BatchResult:
         items, item_records, dead = [], [], []
@@ -113,7 +115,7 @@ class StreamConsumer:
                 item_records.append(record)
             except LabelAuditError as exc:
                 dead.append((record, exc))
-        outcomes = await self._runtime.auditor.audit_each(items, source="kafka") if items else []
+        outcomes = await self._runtime.auditor.audit_each(items, source="kafka", stages=self._stages) if items else []
         relabels, audited, new = [], 0, 0
         for record, outcome in zip(item_records, outcomes, strict=True):
             if isinstance(outcome, LabelAuditError):
