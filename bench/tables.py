@@ -111,6 +111,93 @@ def stream_table(result: dict) -> str:
     )
 
 
+SERVE_ORDER = ["ort_tensors", "ort_decode", "gateway", "peer_mlserver", "peer_bentoml"]
+
+
+def _serve_rows(result: dict, per_request: int) -> list[dict]:
+    rows = [r for r in result["rows"] if r["images_per_request"] == per_request]
+    return sorted(rows, key=lambda r: (SERVE_ORDER.index(r["system"]), r["body"] != "multipart", r["concurrency"]))
+
+
+def _serve_lines(rows: list[dict]) -> list[str]:
+    lines = ["| system | body | concurrency | req/s | images/s | p50 ms | p99 ms | errors | mean batch | "
+             "server CPU ms/req | client CPU ms/req |", "|" + " --- |" * 11]  # fmt: skip
+    for r in rows:
+        errors = f"{r['errors']}" + "".join(f" ({k}: {v})" for k, v in r.items() if k.startswith("n_"))
+        cells = [r["system"], f"`{r['body']}`", r["concurrency"], f"{r['requests_per_s']:.0f}",
+                 f"{r['images_per_s']:.0f}", r["p50_ms"], r["p99_ms"], errors, r.get("mean_batch_images") or "-",
+                 r.get("server_cpu_ms_per_request") or "-", r.get("client_cpu_ms_per_request") or "-"]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def serve_aims(result: dict) -> str:
+    """The issue's aims at one image per request: gateway (multipart) >= 0.7x ort_decode; >= 1.5x the best
+    peer's throughput at an equal or better p99."""
+    at = {(r["system"], r["body"], r["concurrency"]): r for r in result["rows"] if r["images_per_request"] == 1}
+    lines = ["| concurrency | gateway req/s | / ort_decode (aim >= 0.7) | best peer | / best peer (aim >= 1.5) | "
+             "p99 gateway vs peer ms (aim <=) | met: decode / peer |", "|" + " --- |" * 7]  # fmt: skip
+    met = {"decode": 0, "peer": 0, "n": 0}
+    for c in sorted({k[2] for k in at}):
+        gateway, decode = at.get(("gateway", "multipart", c)), at.get(("ort_decode", "bytes", c))
+        peers = [r for (s, _, cc), r in at.items() if s.startswith("peer_") and cc == c]
+        if not gateway or not decode or not peers:
+            continue
+        peer = max(peers, key=lambda r: r["requests_per_s"])
+        vs_decode = gateway["requests_per_s"] / decode["requests_per_s"]
+        vs_peer = gateway["requests_per_s"] / peer["requests_per_s"]
+        p99_ok = gateway["p99_ms"] <= peer["p99_ms"]
+        ok = [vs_decode >= 0.7, vs_peer >= 1.5 and p99_ok]
+        met["n"] += 1
+        met["decode"] += ok[0]
+        met["peer"] += ok[1]
+        lines.append(
+            f"| {c} | {gateway['requests_per_s']:.0f} | {vs_decode:.2f} | {peer['system']} "
+            f"({peer['requests_per_s']:.0f} req/s) | {vs_peer:.2f} | {gateway['p99_ms']} vs {peer['p99_ms']} "
+            f"| {'yes' if ok[0] else 'no'} / {'yes' if ok[1] else 'no'} |"
+        )
+    if not met["n"]:
+        return ""
+    verdict = (
+        f"Gateway at least 0.7x of in-process decode + onnxruntime: met at {met['decode']} of {met['n']} "
+        f"concurrencies. At least 1.5x the best peer's throughput at an equal or better p99: met at {met['peer']} "
+        f"of {met['n']}."
+    )
+    if met["decode"] < met["n"] or met["peer"] < met["n"]:
+        verdict += " **Not met** where the last column says no."
+    return "\nAims, one image per request, gateway over multipart:\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
+
+
+def serve_table(result: dict) -> str:
+    c = result["config"]
+    versions = ", ".join(f"{k} {v['version']}" for k, v in c.get("peer_versions", {}).items())
+    multi = _serve_rows(result, c.get("multi_images", 8))
+    return (
+        f"Closed-loop load, {c['duration']:.0f} s per point after {c['warmup']:.0f} s of warm-up, the same real "
+        f"task-B PNGs for every system; bodies encoded once, {c['client']} client, keep-alive pool = concurrency. "
+        f"`ort_tensors`: the gateway's MicroBatcher + onnxruntime on ready tensors, in process (the limit); "
+        f"`ort_decode`: its InferenceCore (decode in worker threads, MicroBatcher, onnxruntime, top-3), in process; "
+        f"`gateway`: `labelaudit serve` with default settings over HTTP (`multipart` is the common path, "
+        f"`json` sends base64); peers ({versions}) serve the same model.onnx with their adaptive batching and "
+        f"decode the same PNG bytes (MLServer: KServe v2 BYTES, base64 in JSON, parallel_workers "
+        f"{c.get('mlserver_workers')}; BentoML: multipart, `batchable=True`, workers {c.get('bentoml_workers')}). "
+        f"Latencies are of successful requests; CPU per request is the server's process tree and the load "
+        f"generator's own process (for in-process rows it is everything). The load generator, the servers and "
+        f"other developers' work share the same cores: read ratios within this run, not absolute numbers. "
+        f"Device: {result['device']}. Commit {result['git_commit']}, {result['date']}."
+        + (f" {c['serving_tree']}." if c.get("serving_tree") else "")
+        + "\n\nOne image per request:\n\n"
+        + "\n".join(_serve_lines(_serve_rows(result, 1)))
+        + "\n"
+        + (
+            f"\n{c.get('multi_images', 8)} images per request:\n\n" + "\n".join(_serve_lines(multi)) + "\n"
+            if multi
+            else ""
+        )
+        + serve_aims(result)
+    )
+
+
 def update_docs() -> None:
     sections = [
         "# Benchmarks\n",
@@ -121,6 +208,7 @@ def update_docs() -> None:
         ("train_noise_quick", "Training under label noise, quick (`bench/train_noise.py --quick`)", train_noise_table),
         ("label_errors", "Label-error detection (`bench/label_errors.py`)", label_errors_table),
         ("stream", "The Kafka stream (`bench/stream.py`)", stream_table),
+        ("serve", "Serving under load (`bench/serve.py`)", serve_table),
     ]:
         result = _load(name)
         if result:
