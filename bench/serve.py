@@ -585,6 +585,7 @@ def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | Non
         **{k: v for k, v in result.items() if k != "requests_per_s"},
         "mean_batch_images": round(mean_batch, 2) if mean_batch is not None else None,
         **per_request,
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: how busy it was, for the reader
     }
 
 

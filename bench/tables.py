@@ -168,6 +168,11 @@ def serve_aims(result: dict) -> str:
     return "\nAims, one image per request, gateway over multipart:\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
 
 
+def _load_note(result: dict) -> str:
+    loads = [r["load_avg_1m"] for r in result["rows"] if r.get("load_avg_1m") is not None]
+    return f" 1-minute load average at the end of each point: {min(loads)} to {max(loads)}." if loads else ""
+
+
 def serve_table(result: dict) -> str:
     c = result["config"]
     versions = ", ".join(f"{k} {v['version']}" for k, v in c.get("peer_versions", {}).items())
@@ -186,6 +191,8 @@ def serve_table(result: dict) -> str:
         f"other developers' work share the same cores: read ratios within this run, not absolute numbers. "
         f"Device: {result['device']}. Commit {result['git_commit']}, {result['date']}."
         + (f" {c['serving_tree']}." if c.get("serving_tree") else "")
+        + _load_note(result)
+        + (f"\n\nNote: {c['note']}" if c.get("note") else "")
         + "\n\nOne image per request:\n\n"
         + "\n".join(_serve_lines(_serve_rows(result, 1)))
         + "\n"
