@@ -48,6 +48,7 @@ class OnnxRuntimeBackend:
         options.inter_op_num_threads = settings.ort_inter_op_threads
         options.graph_optimization_level = _OPT_LEVELS[settings.ort_graph_optimization]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_allow_spinning else "0")
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in wanted if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(model.onnx_path), options, providers=providers)

@@ -95,17 +95,31 @@ class MicroBatcher:
             return await self._queue.get()
         return await asyncio.wait_for(self._queue.get(), timeout)
 
+    def _next_nowait(self) -> _Pending | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     async def _gather(self) -> tuple[list[_Pending], Release]:
+        """Up to ``max_batch_size`` images: whatever is already waiting, then more until the first
+        request's delay is used up. Under a backlog the deadline is long past when a batch starts, so the
+        batch is everything queued (never just its first request: that was a measured bug, batches of 1
+        at concurrency 64)."""
         batch = [await self._next(None)]
         size = len(batch[0].images)
         deadline = batch[0].enqueued + self.max_delay_s
         while size < self.max_batch_size:
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return batch, "timeout"
-            try:
-                item = await self._next(remaining)
-            except TimeoutError:
+            if remaining > 0:
+                try:
+                    item = await self._next(remaining)
+                except TimeoutError:
+                    return batch, "timeout"
+            elif (item := self._next_nowait()) is None:
                 return batch, "timeout"
             if size + len(item.images) > self.max_batch_size:
                 self._carry = item  # never split a request: it opens the next batch

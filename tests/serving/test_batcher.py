@@ -110,3 +110,20 @@ def test_a_failed_batch_reaches_its_callers_and_the_batcher_goes_on():
     rows = asyncio.run(_run(batcher, scenario()))
     assert rows[0, 0] == pytest.approx(2.0)
     assert batcher.queued_images == 0
+
+
+def test_a_backlog_is_batched_whole_not_one_request_at_a_time():
+    """While one batch is in the model, requests pile up past their delay; the next batch takes them all
+    (a regression: batches of 1 at concurrency 64, found by the serving benchmark)."""
+    model = FakeModel(delay=0.05)
+    batcher = MicroBatcher(model, max_batch_size=16, max_delay_s=0.001, max_queue_images=64)
+
+    async def backlog():
+        first = asyncio.create_task(batcher.submit(_images(0)))
+        await asyncio.sleep(0.01)  # the first batch is now in the model
+        waiting = [asyncio.create_task(batcher.submit(_images(k))) for k in range(1, 11)]
+        return await asyncio.gather(first, *waiting)
+
+    results = asyncio.run(_run(batcher, backlog()))
+    assert [float(r[0, 0]) for r in results] == list(range(11))
+    assert model.batch_sizes == [1, 10]
