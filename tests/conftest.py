@@ -1,10 +1,18 @@
-"""Fixtures shared across packages: a real (tiny) model trained and exported from real data."""
+"""Fixtures shared across packages: a real (tiny) model trained and exported from real data, and a real
+PostgreSQL (scripts/postgres.sh) behind the ``store_url`` fixture (the stream and report tests)."""
 
 from __future__ import annotations
 
+import shutil
+import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "stream"))  # streamkit: the scripts' helpers, one module for all
+from streamkit import free_port, run_script  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +47,28 @@ def model_repo(tiny_data, tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return repo
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    # Directly under /tmp, not pytest's 0700 tmp tree: as root the server runs as the postgres user.
+    where = tempfile.mkdtemp(prefix="labelaudit-pg-")
+    port = free_port()
+    run_script("scripts/postgres.sh", "start", where, str(port))
+    yield run_script("scripts/postgres.sh", "url", where).strip()
+    run_script("scripts/postgres.sh", "stop", where)
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    """Each test gets an empty store of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    import psycopg
+
+    base = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return base.rsplit("/", 1)[0] + f"/{name}"
