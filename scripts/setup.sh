@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# Debian packages: the real data set (Fashion-MNIST, 70,000 images) and PostgreSQL (the second audit
-# store; the tests start their own throwaway cluster with scripts/postgres.sh). Java and Maven resolve
-# and run the Kafka broker (scripts/kafka.sh); they are installed only where no java/mvn is found.
-apt_packages=(dataset-fashion-mnist postgresql)
+# Debian packages: the real data set (Fashion-MNIST, 70,000 images), PostgreSQL (the second audit
+# store; the tests start their own throwaway cluster with scripts/postgres.sh), and Chromium with its
+# driver (the report's page is opened headless by the tests; selenium is given this driver, so nothing is
+# downloaded at run time). Java and Maven resolve and run the Kafka broker (scripts/kafka.sh); they are
+# installed only where no java/mvn is found.
+apt_packages=(dataset-fashion-mnist postgresql chromium chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

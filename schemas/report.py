@@ -1,0 +1,175 @@
+"""The nightly label-disagreement report (``report.json``): which items, classes and labelers to re-check.
+
+Written by ``labelaudit report`` beside ``report.html`` and ``relabel_queue.csv``; other tools read it.
+Every rate comes with its count and a 95% Wilson score interval; a rate over zero labels is ``None``,
+never 0. Glossary: a *label* is one human label on one item (one audit record with a human label);
+the *truth estimate* of a label is the model's label for an item one person labeled, and the consensus
+of the item's other labelers and the model for an item several people labeled (leave-one-out: a label
+never votes for itself); a label *disagrees* when it differs from its truth estimate; a *relabel
+request* is the serving policy's own verdict, stored with the record (``disagrees``).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPORT_SCHEMA = "labelaudit.report.v1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Rate(_Model):
+    """``k`` of ``n`` with its 95% Wilson score interval; ``rate`` and the bounds are None when ``n`` is 0."""
+
+    k: int = Field(ge=0)
+    n: int = Field(ge=0)
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+class Window(_Model):
+    since: datetime = Field(description="Inclusive, UTC.")
+    until: datetime = Field(description="Exclusive, UTC.")
+    label: str = Field(description="The dated folder's name: the night (2026-11-21) or since--until.")
+
+
+class ModelSeen(_Model):
+    model_name: str
+    model_version: str
+    records: int
+
+
+class PreviousNights(_Model):
+    """The same model's nights before the window, pooled, and the change to tonight."""
+
+    nights: list[date]
+    disagreement: Rate
+    relabel_requests: Rate
+    change_points: float | None = Field(description="Tonight's disagreement rate minus the pooled one, in points.")
+
+
+class Headline(_Model):
+    records: int = Field(description="Audit records of the reported model in the window (unlabeled included).")
+    images_audited: int = Field(description="Distinct items.")
+    labels: int = Field(description="Records that carry a human label.")
+    unlabeled: int
+    multi_labeled_items: int = Field(description="Items with labels from two or more labelers.")
+    disagreement: Rate = Field(description="Labels that differ from their truth estimate.")
+    relabel_requests: int = Field(description="Labels the serving policy flagged (sent to relabel-requests).")
+    previous: PreviousNights | None
+
+
+class ClassRow(_Model):
+    name: str
+    disagreement: Rate = Field(description="Labels of this class that differ from their truth estimate.")
+    relabel_requests: int
+    predicted: int = Field(description="Labels whose model label is this class.")
+    note: str | None = None
+
+
+class Confusion(_Model):
+    """``counts[i][j]``: labels where the human said ``classes[i]`` and the model ``classes[j]``."""
+
+    classes: list[str]
+    counts: list[list[int]]
+
+
+class Transition(_Model):
+    """``counts[i][j]``: the labeler's labels whose truth estimate is ``classes[i]`` and label ``classes[j]``;
+    ``rows`` is each row normalised (``T[i][j]`` ≈ P(label j | truth i)), None for a row with no labels."""
+
+    classes: list[str]
+    counts: list[list[int]]
+    rows: list[list[float] | None]
+
+
+class ErrorEstimate(_Model):
+    """A labeler's estimated error rate and its 95% interval, and where it comes from: ``agreement``
+    (with the other labelers on shared items, one-coin Dawid–Skene moments, bootstrap interval) or, where
+    the labeler shares too few items, ``disagreement`` (its disagreement rate and Wilson interval, which
+    also counts the model's own mistakes)."""
+
+    rate: float | None
+    low: float | None
+    high: float | None
+    source: Literal["agreement", "disagreement"]
+
+
+class LabelerRow(_Model):
+    labeler_id: str = Field(description="'' for labels that came without a labeler id.")
+    labels: int
+    multi_labeled: int = Field(description="Of those, labels on items that others labeled too.")
+    disagreement: Rate
+    estimated_error: ErrorEstimate
+    relabel_requests: int
+    test: Literal["agreement z-test", "exact binomial"] | None = Field(description="The flag's test; None: untested.")
+    p_value: float | None = Field(description="One-sided, against the other labelers' pooled rate.")
+    p_adjusted: float | None = Field(description="Holm–Bonferroni adjusted over the labelers tested.")
+    flagged: bool
+    transition: Transition
+    note: str | None = None
+
+
+class FlagTest(_Model):
+    alpha: float
+    description: str
+    tested: int
+    flagged: list[str]
+
+
+class QueueItem(_Model):
+    rank: int
+    item_id: str
+    labeler_id: str
+    human_label: str
+    predicted_label: str
+    predicted_probability: float
+    label_probability: float | None
+    score: float
+    other_labels: int = Field(description="Labels from other labelers on this item in the window.")
+    agreeing_labels: int = Field(description="Of those, how many give the same label as this one.")
+    created_at: str
+    thumbnail: bool = Field(description="Whether the page shows the image (found through --images).")
+
+
+class NightRow(_Model):
+    night: date
+    model_name: str
+    model_version: str
+    records: int
+    disagreement: Rate
+    relabel_requests: int
+
+
+class Consensus(_Model):
+    """How the truth estimate of a multi-labeled item is formed (CROWDLAB-like, see docs/report.md)."""
+
+    labeler_pairs: int = Field(description="Pairs of labels from two labelers on the same item.")
+    annotator_agreement: float | None = Field(description="P: mean pairwise agreement between labelers.")
+    model_weight: float = Field(description="c in score(k) = votes(k) + c * p_model(k).")
+
+
+class Report(_Model):
+    schema_: Literal["labelaudit.report.v1"] = Field(default=REPORT_SCHEMA, alias="schema")
+    generated_at: datetime
+    store: str = Field(description="The store's kind: sqlite or postgresql (never its URL).")
+    window: Window
+    model: ModelSeen | None = Field(description="The model whose verdicts are reported; None for an empty window.")
+    other_models: list[ModelSeen] = Field(description="Other models seen in the window, not in these numbers.")
+    classes: list[str]
+    class_source: str
+    headline: Headline
+    per_class: list[ClassRow]
+    confusion: Confusion
+    consensus: Consensus
+    labelers: list[LabelerRow]
+    flag_test: FlagTest
+    relabel_queue: list[QueueItem]
+    trends: list[NightRow]
+    notes: list[str] = Field(description="Plain statements about what is missing or thin (empty night, ...).")

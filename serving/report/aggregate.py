@@ -1,0 +1,256 @@
+"""The report's aggregates, computed by the store in SQL that SQLite and PostgreSQL both accept.
+
+Nothing here reads every record into Python: each query returns grouped counts (at most one row per
+labeler x truth x label x prediction, per night, per model) or the relabel queue's top ``k`` rows.
+``created_at`` is ISO-8601 UTC text in both stores, so a time window is a string range (the
+``created_at`` index serves it) and a night is ``substr(created_at, 1, 10)``.
+
+The truth estimate of a label (see ``labelaudit.schemas.report``): the model's label where one person
+labeled the item; where several did, for labeler ``j`` the class ``k`` maximising
+``votes(k) - [k is j's own label] + c * p_model(k)`` over the item's human labels and the model's label
+(leave-one-out, so a label never votes for itself; ``c`` from ``model_weight``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from labelaudit.serving.core.store import AuditStore
+
+_MODEL_FILTER = " AND model_name = ? AND model_version = ?"
+
+_TRUTH_CTE = """
+WITH labeled AS (
+    SELECT item_id, labeler_id, human_label, predicted_label, label_probability, predicted_probability,
+           disagrees, model_name, model_version, substr(created_at, 1, 10) AS night
+    FROM audit_records
+    WHERE created_at >= ? AND created_at < ? AND human_label IS NOT NULL{model_filter}
+),
+multi AS (
+    SELECT item_id, model_name, model_version FROM labeled
+    GROUP BY item_id, model_name, model_version HAVING COUNT(*) > 1
+),
+shared AS (
+    SELECT l.* FROM labeled l
+    JOIN multi m ON m.item_id = l.item_id AND m.model_name = l.model_name AND m.model_version = l.model_version
+)"""
+
+_CONSENSUS_CTE = """,
+candidates AS (
+    SELECT item_id, model_name, model_version, human_label AS label, COUNT(*) AS votes,
+           MAX(label_probability) AS p
+    FROM shared GROUP BY item_id, model_name, model_version, human_label
+    UNION ALL
+    SELECT item_id, model_name, model_version, predicted_label, 0, MAX(predicted_probability)
+    FROM shared GROUP BY item_id, model_name, model_version, predicted_label
+),
+tally AS (
+    SELECT item_id, model_name, model_version, label, SUM(votes) AS votes, MAX(p) AS p
+    FROM candidates GROUP BY item_id, model_name, model_version, label
+),
+judged AS (
+    SELECT s.item_id, s.labeler_id, s.model_name, s.model_version, t.label,
+           ROW_NUMBER() OVER (
+               PARTITION BY s.item_id, s.labeler_id, s.model_name, s.model_version
+               ORDER BY CAST(t.votes AS DOUBLE PRECISION) - CASE WHEN t.label = s.human_label THEN 1 ELSE 0 END
+                        + ? * COALESCE(t.p, 0) DESC, t.label
+           ) AS r
+    FROM shared s
+    JOIN tally t ON t.item_id = s.item_id AND t.model_name = s.model_name AND t.model_version = s.model_version
+),
+truth AS (
+    SELECT l.labeler_id, l.human_label, l.predicted_label, l.disagrees, l.night, l.model_name, l.model_version,
+           COALESCE(j.label, l.predicted_label) AS truth_label,
+           CASE WHEN j.label IS NULL THEN 0 ELSE 1 END AS multi
+    FROM labeled l
+    LEFT JOIN judged j ON j.r = 1 AND j.item_id = l.item_id AND j.labeler_id = l.labeler_id
+                      AND j.model_name = l.model_name AND j.model_version = l.model_version
+)"""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A time window (ISO-8601 UTC strings, ``since`` inclusive, ``until`` exclusive) and one model."""
+
+    since: str
+    until: str
+    model_name: str
+    model_version: str
+
+    def params(self) -> tuple:
+        return (self.since, self.until, self.model_name, self.model_version)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Labels of one labeler with one (truth estimate, human label, model label): the report's atom."""
+
+    labeler_id: str
+    truth: str
+    human: str
+    predicted: str
+    labels: int
+    relabel_requests: int
+    multi_labeled: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    records: int
+    items: int
+    unlabeled: int
+    relabel_requests: int
+
+
+@dataclass(frozen=True)
+class Night:
+    night: str
+    model_name: str
+    model_version: str
+    records: int
+    labels: int
+    disagreements: int
+    relabel_requests: int
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    item_id: str
+    labeler_id: str
+    human_label: str
+    predicted_label: str
+    predicted_probability: float
+    label_probability: float | None
+    score: float
+    created_at: str
+    other_labels: int
+    agreeing_labels: int
+
+
+def _int(value) -> int:
+    return 0 if value is None else int(value)  # PostgreSQL's SUM(bigint) is a Decimal
+
+
+def models_in_window(store: AuditStore, since: str, until: str) -> list[tuple[str, str, int, str]]:
+    """(model_name, model_version, records, latest created_at) per model seen in the window."""
+    rows = store.select(
+        "SELECT model_name, model_version, COUNT(*), MAX(created_at) FROM audit_records"
+        " WHERE created_at >= ? AND created_at < ? GROUP BY model_name, model_version",
+        (since, until),
+    )
+    return sorted(((n, v, _int(c), str(t)) for n, v, c, t in rows), key=lambda r: r[3], reverse=True)
+
+
+def totals(store: AuditStore, scope: Scope) -> Totals:
+    (records, items, unlabeled, relabels), = store.select(
+        "SELECT COUNT(*), COUNT(DISTINCT item_id), SUM(CASE WHEN human_label IS NULL THEN 1 ELSE 0 END),"
+        " SUM(disagrees) FROM audit_records WHERE created_at >= ? AND created_at < ?" + _MODEL_FILTER,
+        scope.params(),
+    )  # fmt: skip
+    return Totals(_int(records), _int(items), _int(unlabeled), _int(relabels))
+
+
+def multi_labeled_items(store: AuditStore, scope: Scope) -> int:
+    (count,), = store.select(_TRUTH_CTE.format(model_filter=_MODEL_FILTER) + "\nSELECT COUNT(*) FROM multi", scope.params())  # fmt: skip
+    return _int(count)
+
+
+def pair_agreement(store: AuditStore, scope: Scope) -> list[tuple[str, str, int, int]]:
+    """(labeler a, labeler b, items where they agree, items they share) with a < b: the pair table."""
+    sql = _TRUTH_CTE.format(model_filter=_MODEL_FILTER) + (
+        "\nSELECT a.labeler_id, b.labeler_id, SUM(CASE WHEN a.human_label = b.human_label THEN 1 ELSE 0 END),"
+        " COUNT(*) FROM shared a JOIN shared b ON a.item_id = b.item_id AND a.model_name = b.model_name"
+        " AND a.model_version = b.model_version AND a.labeler_id < b.labeler_id"
+        " GROUP BY a.labeler_id, b.labeler_id"
+    )
+    return [(str(a), str(b), _int(k), _int(n)) for a, b, k, n in store.select(sql, scope.params())]
+
+
+def model_weight(agreement: float | None, k: int) -> float:
+    """``c``: the model counted as one more labeler, CROWDLAB's way (docs/report.md).
+
+    CROWDLAB's posterior with equal weights, ``w p_model(k) + w * sum_j (P if label_j = k else
+    (1 - P)/(K - 1))``, has the argmax of ``votes(k) + c p_model(k)`` with ``c = 1 / (P - (1 - P)/(K - 1))``.
+    Labelers who agree no better than chance leave the model in charge (``c`` capped at 10).
+    """
+    if agreement is None or k < 2:
+        return 1.0
+    edge = agreement - (1 - agreement) / (k - 1)
+    return 10.0 if edge <= 0.1 else min(10.0, 1.0 / edge)
+
+
+def cells(store: AuditStore, scope: Scope, weight: float) -> list[Cell]:
+    sql = (
+        _TRUTH_CTE.format(model_filter=_MODEL_FILTER)
+        + _CONSENSUS_CTE
+        + (
+            "\nSELECT labeler_id, truth_label, human_label, predicted_label, COUNT(*), SUM(disagrees), SUM(multi)"
+            " FROM truth GROUP BY labeler_id, truth_label, human_label, predicted_label"
+        )
+    )
+    rows = store.select(sql, (*scope.params(), weight))
+    return [Cell(str(a), str(t), str(h), str(p), _int(n), _int(r), _int(m)) for a, t, h, p, n, r, m in rows]
+
+
+def nights(store: AuditStore, since: str, until: str, weight: float) -> list[Night]:
+    """Per night and model: records (unlabeled too), labels, disagreements, relabel requests."""
+    sql = (
+        _TRUTH_CTE.format(model_filter="")
+        + _CONSENSUS_CTE
+        + (
+            "\nSELECT night, model_name, model_version, COUNT(*),"
+            " SUM(CASE WHEN human_label <> truth_label THEN 1 ELSE 0 END), SUM(disagrees)"
+            " FROM truth GROUP BY night, model_name, model_version"
+        )
+    )
+    labeled = {
+        (str(d), n, v): (_int(c), _int(x), _int(r)) for d, n, v, c, x, r in store.select(sql, (since, until, weight))
+    }
+    records = store.select(
+        "SELECT substr(created_at, 1, 10), model_name, model_version, COUNT(*) FROM audit_records"
+        " WHERE created_at >= ? AND created_at < ? GROUP BY substr(created_at, 1, 10), model_name, model_version",
+        (since, until),
+    )
+    out = [Night(str(d), n, v, _int(c), *labeled.get((str(d), n, v), (0, 0, 0))) for d, n, v, c in records]
+    return sorted(out, key=lambda x: (x.night, x.model_name, x.model_version))
+
+
+def relabel_queue(store: AuditStore, scope: Scope, top: int) -> list[QueueRow]:
+    """The policy's relabel requests, ``ORDER BY score DESC LIMIT top``, with the item's other labels."""
+    other = (
+        "SELECT COUNT(*) FROM audit_records o WHERE o.item_id = q.item_id AND o.model_name = q.model_name"
+        " AND o.model_version = q.model_version AND o.labeler_id <> q.labeler_id AND o.human_label IS NOT NULL"
+        " AND o.created_at >= ? AND o.created_at < ?"
+    )
+    sql = (
+        f"SELECT q.item_id, q.labeler_id, q.human_label, q.predicted_label, q.predicted_probability,"
+        f" q.label_probability, q.score, q.created_at, ({other}), ({other} AND o.human_label = q.human_label)"
+        " FROM (SELECT item_id, labeler_id, human_label, predicted_label, predicted_probability, label_probability,"
+        " score, created_at, model_name, model_version FROM audit_records"
+        " WHERE created_at >= ? AND created_at < ?" + _MODEL_FILTER + " AND disagrees = 1"
+        " ORDER BY score DESC, item_id, labeler_id LIMIT ?) q ORDER BY q.score DESC, q.item_id, q.labeler_id"
+    )
+    window = (scope.since, scope.until)
+    rows = store.select(sql, (*window, *window, *scope.params(), top))
+    return [
+        QueueRow(str(i), str(a), str(h), str(p), float(pp), None if lp is None else float(lp), float(s), str(t),
+                 _int(o), _int(g))
+        for i, a, h, p, pp, lp, s, t, o, g in rows
+    ]  # fmt: skip
+
+
+def classes_in_store(store: AuditStore, model_name: str, model_version: str) -> tuple[list[str], int | None]:
+    """Every class name this model's records ever used (human or model label), and K from its probabilities."""
+    rows = store.select(
+        "SELECT DISTINCT predicted_label FROM audit_records WHERE model_name = ? AND model_version = ?"
+        " UNION SELECT DISTINCT human_label FROM audit_records"
+        " WHERE model_name = ? AND model_version = ? AND human_label IS NOT NULL",
+        (model_name, model_version, model_name, model_version),
+    )
+    sample = store.select(
+        "SELECT probabilities FROM audit_records WHERE model_name = ? AND model_version = ? LIMIT 1",
+        (model_name, model_version),
+    )
+    k = len(json.loads(sample[0][0])) if sample else None
+    return sorted(str(r[0]) for r in rows), k

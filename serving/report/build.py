@@ -1,0 +1,297 @@
+"""From the store's aggregates to the ``Report`` (schemas/report.py): rates, intervals, the labeler flag,
+the transition matrices, the trends and the plain-language notes. Statistics only; no SQL, no HTML."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+
+from labelaudit.schemas.report import (
+    ClassRow,
+    Confusion,
+    Consensus,
+    ErrorEstimate,
+    FlagTest,
+    Headline,
+    LabelerRow,
+    ModelSeen,
+    NightRow,
+    PreviousNights,
+    QueueItem,
+    Rate,
+    Report,
+    Transition,
+    Window,
+)
+from labelaudit.serving.core.store import AuditStore
+from labelaudit.serving.report import aggregate as agg
+from labelaudit.serving.report.agreement import MIN_PAIRS, Estimates, above_pool
+from labelaudit.serving.report.agreement import estimate as agreement_estimates
+from labelaudit.serving.report.stats import binomial_greater, holm, wilson
+
+THIN = 20  # fewer labels than this: the page says the interval is wide
+UNKNOWN_LABELER = ""  # records that came without a labeler id: shown, never tested (not one person)
+
+
+def rate(k: int, n: int) -> Rate:
+    ci = wilson(k, n)
+    return Rate(k=k, n=n, rate=k / n if n else None, low=ci[0] if ci else None, high=ci[1] if ci else None)
+
+
+def flag_test_description(alpha: float) -> str:
+    return (
+        "A labeler is flagged when its error rate is significantly above the pooled rate of the other labelers. "
+        "Where the labeler shares enough items with others (a triangle of labelers sharing at least "
+        f"{MIN_PAIRS} items pairwise), its error rate comes from how often it agrees with them (one-coin "
+        "Dawid–Skene moments, no model involved), and the test is one-sided: the difference to the other such "
+        "labelers' volume-weighted rate over its parametric-bootstrap standard error (z-test). Otherwise the test "
+        "is a one-sided exact binomial test of its disagreements against the pooled disagreement rate of every "
+        "other label. The p-values are adjusted with Holm–Bonferroni over all labelers tested, and a labeler is "
+        f"flagged where the adjusted p-value is at most {alpha:g}. Labels without a labeler id are not tested."
+    )
+
+
+def build_report(
+    store: AuditStore,
+    *,
+    window: Window,
+    store_kind: str,
+    classes: list[str] | None,
+    class_source: str,
+    model_version: str | None = None,
+    nights_back: int = 14,
+    top: int = 50,
+    alpha: float = 0.05,
+    step: Callable[[str], None] = lambda name: None,
+) -> Report:
+    """The report for ``window``: the model given by ``model_version`` (default: the one with the window's
+    latest record) and its verdicts; the other models in the window are listed, not counted."""
+    since, until = _iso(window.since), _iso(window.until)
+    step("models in the window")
+    seen = [
+        ModelSeen(model_name=n, model_version=v, records=c) for n, v, c, _ in agg.models_in_window(store, since, until)
+    ]
+    chosen = next((m for m in seen if model_version in (None, m.model_version)), None)
+    notes: list[str] = []
+    first_night = _midnight(window.since.date() - timedelta(days=nights_back))
+    if chosen is None:
+        notes.append(_empty_note(window, seen, model_version))
+        trends = [_night_row(n) for n in agg.nights(store, _iso(first_night), until, 1.0)]
+        return _empty_report(window, store_kind, classes or [], class_source, seen, notes, alpha, trends)
+    scope = agg.Scope(since, until, chosen.model_name, chosen.model_version)
+    others = [m for m in seen if m != chosen]
+    if others:
+        notes.append("Other models audited in this window are not in these numbers: "
+                     + ", ".join(f"{m.model_name} v{m.model_version} ({m.records:,} records)" for m in others) + ".")  # fmt: skip
+
+    step("totals")
+    totals = agg.totals(store, scope)
+    if classes is None:
+        classes, k = agg.classes_in_store(store, chosen.model_name, chosen.model_version)
+        if k is not None and k > len(classes):
+            notes.append(f"The model has {k} classes but only {len(classes)} appear in the store; give --model-repo "
+                         "to name the others.")  # fmt: skip
+    step("labeler pairs (SQL)")
+    multi_items = agg.multi_labeled_items(store, scope)
+    pairs = agg.pair_agreement(store, scope)
+    shared = sum(n for *_, n in pairs)
+    agreement = sum(k for _, _, k, _ in pairs) / shared if shared else None
+    weight = agg.model_weight(agreement, len(classes))
+    step("labels x truth x model (SQL)")
+    cells = agg.cells(store, scope, weight)
+    extra = sorted({x for c in cells for x in (c.truth, c.human, c.predicted)} - set(classes))
+    if extra:
+        notes.append(f"Labels outside the model's classes appear in the store: {extra}.")
+        classes = [*classes, *extra]
+
+    step("trends (SQL)")
+    nights = agg.nights(store, _iso(first_night), until, weight)
+    step("relabel queue (SQL)")
+    queue = agg.relabel_queue(store, scope, top)
+
+    people = [x for x in pairs if UNKNOWN_LABELER not in x[:2]]
+    labelers, flag = _labelers(cells, classes, alpha, agreement_estimates(people, len(classes)))
+    headline = _headline(totals, cells, nights, chosen, window, multi_items)
+    notes += _notes(totals, cells, headline, labelers, nights_back)
+    return Report(
+        generated_at=datetime.now(UTC),
+        store=store_kind,
+        window=window,
+        model=chosen,
+        other_models=others,
+        classes=classes,
+        class_source=class_source,
+        headline=headline,
+        per_class=_per_class(cells, classes),
+        confusion=_confusion(cells, classes),
+        consensus=Consensus(labeler_pairs=shared, annotator_agreement=agreement, model_weight=weight),
+        labelers=labelers,
+        flag_test=flag,
+        relabel_queue=[QueueItem(rank=i + 1, thumbnail=False, **vars(q)) for i, q in enumerate(queue)],
+        trends=[_night_row(n) for n in nights],
+        notes=notes,
+    )  # fmt: skip
+
+
+def _iso(t: datetime) -> str:
+    """The store's own text form of a UTC time (``datetime.isoformat``), so string order is time order."""
+    return t.astimezone(UTC).isoformat()
+
+
+def _midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def _night_row(n: agg.Night) -> NightRow:
+    return NightRow(night=date.fromisoformat(n.night), model_name=n.model_name, model_version=n.model_version,
+                    records=n.records, disagreement=rate(n.disagreements, n.labels),
+                    relabel_requests=n.relabel_requests)  # fmt: skip
+
+
+def _per_class(cells: list[agg.Cell], classes: list[str]) -> list[ClassRow]:
+    n, k, relabels, predicted = (defaultdict(int) for _ in range(4))
+    for c in cells:
+        n[c.human] += c.labels
+        k[c.human] += c.labels if c.human != c.truth else 0
+        relabels[c.human] += c.relabel_requests
+        predicted[c.predicted] += c.labels
+    rows = []
+    for name in classes:
+        note = None
+        if n[name] == 0:
+            note = (f"never given as a label in this window; the model predicted it {predicted[name]:,} times"
+                    if predicted[name] else "never seen in this window, as a label or as a prediction")  # fmt: skip
+        elif n[name] < THIN:
+            note = f"only {n[name]} label{'s' if n[name] > 1 else ''}: the interval is wide"
+        rows.append(ClassRow(name=name, disagreement=rate(k[name], n[name]), relabel_requests=relabels[name],
+                             predicted=predicted[name], note=note))  # fmt: skip
+    return rows
+
+
+def _confusion(cells: list[agg.Cell], classes: list[str]) -> Confusion:
+    index = {c: i for i, c in enumerate(classes)}
+    counts = [[0] * len(classes) for _ in classes]
+    for c in cells:
+        counts[index[c.human]][index[c.predicted]] += c.labels
+    return Confusion(classes=classes, counts=counts)
+
+
+def _transition(cells: list[agg.Cell], classes: list[str]) -> Transition:
+    index = {c: i for i, c in enumerate(classes)}
+    counts = [[0] * len(classes) for _ in classes]
+    for c in cells:
+        counts[index[c.truth]][index[c.human]] += c.labels
+    rows = [[x / sum(r) for x in r] if sum(r) else None for r in counts]
+    return Transition(classes=classes, counts=counts, rows=rows)
+
+
+def _labelers(cells: list[agg.Cell], classes: list[str], alpha: float, est: Estimates) -> tuple[list[LabelerRow], FlagTest]:  # fmt: skip
+    mine: dict[str, list[agg.Cell]] = defaultdict(list)
+    for c in cells:
+        mine[c.labeler_id].append(c)
+    stats = {a: (sum(c.labels for c in cs if c.human != c.truth), sum(c.labels for c in cs)) for a, cs in mine.items()}
+    p, test = _flag_p_values(stats, est)
+    tested = sorted(p)
+    adjusted = dict(zip(tested, holm([p[a] for a in tested]), strict=True))
+    by_id = {a: i for i, a in enumerate(est.labelers)}
+    rows = []
+    for a in sorted(stats, key=lambda a: (-stats[a][1], a)):
+        k, n = stats[a]
+        i = by_id.get(a)
+        rows.append(LabelerRow(
+            labeler_id=a, labels=n, multi_labeled=sum(c.multi_labeled for c in mine[a]), disagreement=rate(k, n),
+            estimated_error=_estimated_error(rate(k, n), est, i), relabel_requests=sum(c.relabel_requests for c in mine[a]),
+            test=test.get(a), p_value=p.get(a), p_adjusted=adjusted.get(a), flagged=adjusted.get(a, 1.0) <= alpha,
+            transition=_transition(mine[a], classes), note=_labeler_note(a, n, a in p, test.get(a)),
+        ))  # fmt: skip
+    flagged = [r.labeler_id for r in rows if r.flagged]
+    return rows, FlagTest(alpha=alpha, description=flag_test_description(alpha), tested=len(tested), flagged=flagged)
+
+
+def _flag_p_values(stats: dict[str, tuple[int, int]], est: Estimates) -> tuple[dict[str, float], dict[str, str]]:
+    """Per tested labeler: the agreement z-test where its error rate is identified, else the exact binomial
+    test of its disagreements against every other label's pooled disagreement rate."""
+    p = above_pool(est, {a: n for a, (_, n) in stats.items()})
+    test = dict.fromkeys(p, "agreement z-test")
+    total_k, total_n = sum(k for k, _ in stats.values()), sum(n for _, n in stats.values())
+    for a, (k, n) in stats.items():
+        if a in p or a == UNKNOWN_LABELER or total_n - n == 0:
+            continue
+        p[a] = binomial_greater(k, n, (total_k - k) / (total_n - n))
+        test[a] = "exact binomial"
+    return p, test
+
+
+def _estimated_error(disagreement: Rate, est: Estimates, i: int | None) -> ErrorEstimate:
+    if i is None or np.isnan(est.error[i]):
+        return ErrorEstimate(
+            rate=disagreement.rate, low=disagreement.low, high=disagreement.high, source="disagreement"
+        )
+    return ErrorEstimate(rate=float(est.error[i]), low=float(est.low[i]), high=float(est.high[i]), source="agreement")
+
+
+def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> str | None:
+    if labeler_id == UNKNOWN_LABELER:
+        return "labels that came without a labeler id: not one person, so not tested"
+    if not tested:
+        return "the only labeler in this window: there is no pool to compare against, so not tested"
+    notes = []
+    if n < THIN:
+        notes.append(f"only {n} label{'s' if n > 1 else ''}: the interval is wide and the test has little power")
+    if test == "exact binomial":
+        notes.append("too few items shared with other labelers: error rate from disagreement (counts model errors too)")
+    return "; ".join(notes) or None
+
+
+def _headline(totals: agg.Totals, cells: list[agg.Cell], nights: list[agg.Night], model: ModelSeen,
+              window: Window, multi_items: int) -> Headline:  # fmt: skip
+    k = sum(c.labels for c in cells if c.human != c.truth)
+    n = sum(c.labels for c in cells)
+    before = [x for x in nights if (x.model_name, x.model_version) == (model.model_name, model.model_version)
+              and date.fromisoformat(x.night) < window.since.date()]  # fmt: skip
+    previous = None
+    if before:
+        pk, pn = sum(x.disagreements for x in before), sum(x.labels for x in before)
+        change = 100 * (k / n - pk / pn) if n and pn else None
+        previous = PreviousNights(nights=[date.fromisoformat(x.night) for x in before], disagreement=rate(pk, pn),
+                                  relabel_requests=rate(sum(x.relabel_requests for x in before), pn),
+                                  change_points=change)  # fmt: skip
+    return Headline(records=totals.records, images_audited=totals.items, labels=n, unlabeled=totals.unlabeled,
+                    multi_labeled_items=multi_items, disagreement=rate(k, n), relabel_requests=totals.relabel_requests,
+                    previous=previous)  # fmt: skip
+
+
+def _notes(totals: agg.Totals, cells: list[agg.Cell], headline: Headline, labelers: list[LabelerRow],
+           nights_back: int) -> list[str]:  # fmt: skip
+    notes = []
+    if headline.labels == 0:
+        notes.append(f"None of the {totals.records:,} records in this window carries a human label: nothing to judge.")
+    elif not any(c.multi_labeled for c in cells):
+        notes.append("Every item in this window carries one label: each label's truth estimate is the model's label.")
+    if headline.previous is None:
+        notes.append(f"No earlier night of this model in the {nights_back} nights before: no change to report.")
+    return notes
+
+
+def _empty_note(window: Window, seen: list[ModelSeen], model_version: str | None) -> str:
+    span = f"from {window.since:%Y-%m-%d %H:%M} to {window.until:%Y-%m-%d %H:%M} UTC"
+    if seen and model_version is not None:
+        return f"No audit records of model version {model_version} {span} (other versions are there)."
+    return f"No audit records {span}: an empty night, nothing to report."
+
+
+def _empty_report(window: Window, store_kind: str, classes: list[str], class_source: str, seen: list[ModelSeen],
+                  notes: list[str], alpha: float, trends: list[NightRow]) -> Report:  # fmt: skip
+    return Report(
+        generated_at=datetime.now(UTC), store=store_kind, window=window, model=None, other_models=seen,
+        classes=classes, class_source=class_source,
+        headline=Headline(records=0, images_audited=0, labels=0, unlabeled=0, multi_labeled_items=0,
+                          disagreement=rate(0, 0), relabel_requests=0, previous=None),
+        per_class=_per_class([], classes), confusion=_confusion([], classes),
+        consensus=Consensus(labeler_pairs=0, annotator_agreement=None, model_weight=1.0), labelers=[],
+        flag_test=FlagTest(alpha=alpha, description=flag_test_description(alpha), tested=0, flagged=[]),
+        relabel_queue=[], trends=trends, notes=notes,
+    )  # fmt: skip

@@ -1,0 +1,102 @@
+"""The nightly job behind ``labelaudit report``: pick the window, aggregate in the store, build the report,
+and write ``<out>/<window>/report.html``, ``report.json`` and ``relabel_queue.csv``."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from labelaudit.errors import LabelAuditError
+from labelaudit.schemas.report import Report, Window
+from labelaudit.serving.core.store import open_store
+from labelaudit.serving.report.build import build_report
+from labelaudit.serving.report.render import render_html
+from labelaudit.serving.report.thumbnails import load_thumbnails
+
+STEPS = 10  # progress ticks: the build's seven SQL steps, thumbnails, figures, files
+QUEUE_COLUMNS = ("rank", "item_id", "labeler_id", "human_label", "predicted_label", "predicted_probability",
+                 "label_probability", "score", "other_labels", "agreeing_labels", "created_at")  # fmt: skip
+
+
+class ReportError(LabelAuditError):
+    reason = "report_failed"
+
+
+@dataclass(frozen=True)
+class Written:
+    folder: Path
+    html: Path
+    json: Path
+    csv: Path
+    report: Report
+
+
+def night_window(night: date) -> Window:
+    """The UTC day ``night`` (00:00 inclusive to the next 00:00 exclusive), folder ``YYYY-MM-DD``."""
+    since = datetime(night.year, night.month, night.day, tzinfo=UTC)
+    return Window(since=since, until=since + timedelta(days=1), label=night.isoformat())
+
+
+def span_window(since: datetime, until: datetime) -> Window:
+    """Any span; a time without a zone is UTC. Folder ``<since>--<until>`` (minutes, UTC)."""
+    since, until = (t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC) for t in (since, until))
+    if until <= since:
+        raise ReportError(f"--until ({until:%Y-%m-%d %H:%M}) must be after --since ({since:%Y-%m-%d %H:%M})")
+    return Window(since=since, until=until, label=f"{since:%Y-%m-%dT%H%M}--{until:%Y-%m-%dT%H%M}")
+
+
+def store_kind(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite:///") else "postgresql"
+
+
+def run_report(
+    store_url: str,
+    window: Window,
+    out: Path,
+    *,
+    images: Path | None = None,
+    classes: list[str] | None = None,
+    class_source: str = "the classes seen in the store",
+    model_version: str | None = None,
+    nights_back: int = 14,
+    top: int = 50,
+    alpha: float = 0.05,
+    step: Callable[[str], None] = lambda name: None,
+) -> Written:
+    """Aggregate the store for ``window`` and write the three files; returns where they are."""
+    if store_url.startswith("sqlite:///") and not Path(store_url.removeprefix("sqlite:///")).is_file():
+        raise ReportError(f"no audit store at {store_url.removeprefix('sqlite:///')}")
+    if images is not None and not images.exists():
+        raise ReportError(f"--images {images}: no such manifest or folder")
+    store = open_store(store_url)
+    try:
+        report = build_report(store, window=window, store_kind=store_kind(store_url), classes=classes,
+                              class_source=class_source, model_version=model_version, nights_back=nights_back,
+                              top=top, alpha=alpha, step=step)  # fmt: skip
+    finally:
+        store.close()
+    step("thumbnails")
+    thumbs = load_thumbnails(images, [q.item_id for q in report.relabel_queue])
+    report.relabel_queue = [q.model_copy(update={"thumbnail": q.item_id in thumbs}) for q in report.relabel_queue]
+    step("figures and page")
+    html = render_html(report, thumbs)
+    step("files")
+    return _write(out / window.label, report, html)
+
+
+def _write(folder: Path, report: Report, html: str) -> Written:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "report.html", folder / "report.json", folder / "relabel_queue.csv"
+    paths[0].write_text(html, encoding="utf-8")
+    paths[1].write_text(report.model_dump_json(indent=2, by_alias=True) + "\n", encoding="utf-8")
+    with paths[2].open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([*QUEUE_COLUMNS, "model_name", "model_version"])
+        for q in report.relabel_queue:
+            writer.writerow(
+                [getattr(q, c) for c in QUEUE_COLUMNS] + [report.model.model_name, report.model.model_version]
+            )
+    return Written(folder, *paths, report)

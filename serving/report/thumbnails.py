@@ -1,0 +1,76 @@
+"""Thumbnails for the relabel queue. The audit store keeps no images, so ``--images`` says where they are:
+
+- a JSONL manifest (the training format: ``item_id`` and ``image``, relative to the manifest's folder;
+  task_b.jsonl works as it is), read line by line, keeping only the queue's items; or
+- a folder holding ``<item_id>.png`` (or ``.jpg``, ``.jpeg``, ``.webp``).
+
+An item whose image is missing or unreadable simply has no thumbnail; the page says so in words.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+SIZE = 64  # pixels, the longer side
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def load_thumbnails(source: Path | None, item_ids: list[str]) -> dict[str, str]:
+    """``item_id -> data:image/png;base64,...`` for the items whose image was found and decoded."""
+    if source is None or not item_ids:
+        return {}
+    paths = _from_manifest(source, set(item_ids)) if source.is_file() else _from_folder(source, item_ids)
+    out = {}
+    for item_id, path in paths.items():
+        uri = thumbnail_uri(path)
+        if uri is not None:
+            out[item_id] = uri
+    return out
+
+
+def thumbnail_uri(path: Path) -> str | None:
+    """A PNG thumbnail of the image at ``path`` as a data URI, or None if it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
+            scale = SIZE / max(img.size)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            # Small images (28 x 28) are blown up with NEAREST so their pixels stay crisp; large ones shrink.
+            img = img.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _from_manifest(manifest: Path, wanted: set[str]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    with manifest.open() as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("item_id") in wanted and isinstance(row.get("image"), str):
+                found[row["item_id"]] = manifest.parent / row["image"]
+    return found
+
+
+def _from_folder(folder: Path, item_ids: list[str]) -> dict[str, Path]:
+    root = folder.resolve()
+    found = {}
+    for item_id in item_ids:
+        for ext in EXTENSIONS:
+            path = (root / f"{item_id}{ext}").resolve()
+            if path.parent == root and path.is_file():  # an item id never walks out of the folder
+                found[item_id] = path
+                break
+    return found

@@ -1,0 +1,78 @@
+"""Error rates from agreement between labelers: the one-coin moments recover known accuracies, stay
+unidentified without a triangle of labelers, and flag a labeler whose mistakes the model shares (which
+disagreement with the model cannot see)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from reportkit import CLASSES, NIGHT, fill, record
+
+from labelaudit.serving.core.store import open_store
+from labelaudit.serving.report.agreement import above_pool, estimate
+from labelaudit.serving.report.build import build_report
+from labelaudit.serving.report.job import night_window
+
+
+def simulated_pairs(accuracy: dict[str, float], items: int, k: int, seed: int = 0):
+    """Three labelers per item (one-coin: wrong labels uniform over the other classes) -> the pair table."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(accuracy)
+    table: dict[tuple[str, str], list[int]] = {}
+    for _ in range(items):
+        truth = rng.integers(k)
+        who = rng.choice(ids, size=3, replace=False)
+        said = {a: truth if rng.random() < accuracy[a] else (truth + rng.integers(1, k)) % k for a in who}
+        for a, b in itertools.combinations(sorted(who), 2):
+            t = table.setdefault((a, b), [0, 0])
+            t[0] += int(said[a] == said[b])
+            t[1] += 1
+    return [(a, b, x, n) for (a, b), (x, n) in table.items()]
+
+
+def test_moments_recover_known_error_rates():
+    accuracy = {"a": 0.95, "b": 0.8, "c": 0.6, "d": 0.5, "e": 0.1}
+    est = estimate(simulated_pairs(accuracy, 6_000, k=10), k=10)
+    got = dict(zip(est.labelers, est.error, strict=True))
+    for a, q in accuracy.items():
+        assert got[a] == pytest.approx(1 - q, abs=0.04)
+        i = est.labelers.index(a)
+        assert est.low[i] <= 1 - q + 0.02 and 1 - q - 0.02 <= est.high[i]
+    p = above_pool(est, dict.fromkeys(accuracy, 100))
+    assert p["e"] < 1e-6 and p["a"] > 0.99
+
+
+def test_a_labeler_outside_every_triangle_is_not_identified():
+    pairs = [("a", "b", 90, 100), ("b", "c", 80, 100), ("a", "c", 85, 100), ("c", "d", 50, 100)]
+    est = estimate(pairs, k=10)
+    ids = dict(zip(est.labelers, est.error, strict=True))
+    assert not np.isnan(ids["a"]) and np.isnan(ids["d"])  # d shares items with c alone
+
+
+def test_a_labeler_whose_mistakes_the_model_shares_is_flagged_by_agreement(tmp_path):
+    """'sly' is wrong on a third of its items, always as the model is: disagreement with the model is 0."""
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(300):
+        truth, wrong = CLASSES[i % 3], CLASSES[(i + 1) % 3]
+        sly_wrong = rng.random() < 1 / 3
+        model = wrong if sly_wrong else truth
+        p = {c: 0.05 for c in CLASSES[:3]} | {model: 0.9}
+        for labeler in ("sly", f"h{i % 4}", f"h{(i + 1) % 4}"):
+            human = (wrong if sly_wrong else truth) if labeler == "sly" else truth
+            if labeler != "sly" and rng.random() < 0.1:
+                human = wrong
+            records.append(record(f"x{i}", labeler, human, model, p, flag=human != model, score=0.5))
+    url = fill(f"sqlite:///{tmp_path / 'a.db'}", records)
+    store = open_store(url)
+    try:
+        r = build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t")
+    finally:
+        store.close()
+    rows = {x.labeler_id: x for x in r.labelers}
+    sly = rows["sly"]
+    assert sly.test == "agreement z-test" and sly.estimated_error.source == "agreement"
+    assert sly.estimated_error.rate == pytest.approx(1 / 3, abs=0.08)
+    assert r.flag_test.flagged == ["sly"]

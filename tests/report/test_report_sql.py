@@ -1,0 +1,85 @@
+"""The report aggregates in the store: the rows that reach Python are grouped counts and the queue's top
+``k``, never the records themselves; SQLite and PostgreSQL give the same report."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from reportkit import CLASSES, KNOWN, NIGHT, fill, record
+
+from labelaudit.serving.core.store import open_store
+from labelaudit.serving.report.build import build_report
+from labelaudit.serving.report.job import night_window
+
+
+def synthetic(n: int, seed: int = 0) -> list:
+    """``n`` records on NIGHT: five labelers, a third of the items labeled twice."""
+    rng = np.random.default_rng(seed)
+    out = []
+    start = datetime(NIGHT.year, NIGHT.month, NIGHT.day, tzinfo=UTC)
+    for i in range(n):
+        item = f"s{i // 2 if i % 3 == 0 else i}"
+        human, predicted = (CLASSES[j] for j in rng.integers(0, 3, size=2))
+        p = {c: 0.1 for c in CLASSES[:3]} | {predicted: 0.8}
+        when = (start + timedelta(seconds=int(rng.integers(86_400)))).isoformat()[:19]
+        out.append(
+            record(item, f"l{i % 5}", human, predicted, p, flag=human != predicted, score=float(rng.random()), at=when)
+        )
+    return out
+
+
+class CountingStore:
+    """The store, counting the rows each query hands to Python."""
+
+    def __init__(self, store):
+        self.store, self.rows = store, 0
+
+    def select(self, sql, params=()):
+        rows = self.store.select(sql, params)
+        self.rows += len(rows)
+        return rows
+
+
+def test_only_aggregates_reach_python(tmp_path):
+    records = synthetic(3_000)
+    url = fill(f"sqlite:///{tmp_path / 'a.db'}", records)
+    store = open_store(url)
+    counting = CountingStore(store)
+    try:
+        r = build_report(counting, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES,
+                         class_source="test", top=10)  # fmt: skip
+    finally:
+        store.close()
+    assert r.headline.labels == store_count(url) > 2_500
+    # 5 labelers x 3 x 3 x 3 cells at most, a few nights and models, ten queue rows
+    assert counting.rows <= 5 * 27 + 20
+
+
+def store_count(url: str) -> int:
+    store = open_store(url)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def test_sqlite_and_postgres_give_the_same_report(tmp_path, postgres_url):
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    records = KNOWN + synthetic(600, seed=1)
+    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(postgres_url.rsplit("/", 1)[0] + f"/{name}", records)]
+    reports = []
+    for url in urls:
+        store = open_store(url)
+        try:
+            r = build_report(store, window=night_window(NIGHT), store_kind="x", classes=CLASSES, class_source="test")
+        finally:
+            store.close()
+        reports.append(r.model_dump(mode="json", exclude={"generated_at"}))
+    assert reports[0]["headline"]["labels"] > 500 and reports[0]["headline"]["multi_labeled_items"] > 50
+    assert reports[0] == reports[1]

@@ -1,0 +1,62 @@
+"""The report's statistics: Wilson intervals against published values and their invariants, the exact
+binomial test against its definition, Holm–Bonferroni on a worked example, and the consensus weight."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from labelaudit.serving.report.aggregate import model_weight
+from labelaudit.serving.report.stats import binomial_greater, holm, wilson
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [
+        (0, 10, 0.0, 0.2775),
+        (5, 10, 0.2366, 0.7634),
+        (10, 10, 0.7225, 1.0),
+        (1, 1, 0.2065, 1.0),
+        (81, 263, 0.2553, 0.3662),
+    ],
+)
+def test_wilson_matches_published_values(k, n, low, high):
+    got = wilson(k, n)
+    assert got == pytest.approx((low, high), abs=1e-4)
+
+
+def test_wilson_of_nothing_is_none():
+    assert wilson(0, 0) is None
+
+
+@given(st.integers(1, 100_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_wilson_holds_the_estimate_inside_zero_one_and_is_symmetric(kn):
+    k, n = kn
+    low, high = wilson(k, n)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+    mirror_low, mirror_high = wilson(n - k, n)
+    assert low == pytest.approx(1 - mirror_high, abs=1e-12) and high == pytest.approx(1 - mirror_low, abs=1e-12)
+
+
+@given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))), st.floats(0.01, 0.99))
+def test_binomial_greater_is_the_upper_tail(kn, p0):
+    k, n = kn
+    tail = sum(math.comb(n, i) * p0**i * (1 - p0) ** (n - i) for i in range(k, n + 1))
+    assert binomial_greater(k, n, p0) == pytest.approx(tail, rel=1e-6, abs=1e-12)
+
+
+def test_holm_worked_example():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> monotone 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([]) == []
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_model_weight_is_crowdlabs_with_equal_weights():
+    assert model_weight(1.0, 10) == pytest.approx(1.0)  # labelers who always agree: the model is one more vote
+    assert model_weight(5 / 8, 4) == pytest.approx(2.0)
+    assert model_weight(0.1, 10) == 10.0  # no better than chance: the model decides
+    assert model_weight(None, 10) == 1.0
