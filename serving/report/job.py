@@ -16,7 +16,7 @@ from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.render import render_html
 from labelaudit.serving.report.thumbnails import load_thumbnails
 
-STEPS = 10  # progress ticks: the build's seven SQL steps, thumbnails, figures, files
+STEPS = 9  # progress ticks: the build's six steps (SQL), thumbnails, figures and page, files
 QUEUE_COLUMNS = ("rank", "item_id", "labeler_id", "human_label", "predicted_label", "predicted_probability",
                  "label_probability", "score", "other_labels", "agreeing_labels", "created_at")  # fmt: skip
 

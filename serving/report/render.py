@@ -18,7 +18,8 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #dd
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 1em; min-width: 10em; }
 .card .v { font-size: 1.6em; font-weight: 600; } .card .l { color: #666; font-size: 0.85em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #eee; padding: 0.25em 0.6em; text-align: right; }
+th, td { border-bottom: 1px solid #eee; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+td .missing { white-space: normal; display: inline-block; min-width: 14em; }
 th { background: #f6f6f6; } td.t, th.t { text-align: left; }
 tr.flag td { background: #fdecea; } .flagmark { color: #c0392b; font-weight: 600; }
 .missing { color: #888; font-style: italic; font-size: 0.85em; }
