@@ -214,6 +214,9 @@ def serve(
     model_repo: Annotated[Path | None, typer.Option(help="Triton model repository (LABELAUDIT_MODEL_REPO).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Gateway processes sharing the port (LABELAUDIT_HTTP_WORKERS).")
+    ] = None,
 ) -> None:
     """Start the HTTP gateway (uvicorn) on embedded defaults: onnxruntime in process."""
     import logging
@@ -231,7 +234,15 @@ def serve(
         resolve_model(settings.model_repo, settings.model_name, settings.model_version)  # fail before binding
     except LabelAuditError as exc:
         raise _fail(exc) from exc
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    workers = workers or settings.http_workers
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    else:  # each worker process builds its own app (and model session) from the same environment
+        import os
+
+        os.environ["LABELAUDIT_MODEL_REPO"] = str(settings.model_repo)
+        uvicorn.run("labelaudit.serving.http.app:create_app", factory=True, workers=workers, host=host, port=port,
+                    log_level="info")  # fmt: skip
 
 
 @app.command()

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     """Where verdicts go: ``sqlite:///path.db`` (default, WAL) or ``postgresql://user:pw@host/db`` (a secret:
     the URL may carry a password)."""
 
+    http_workers: int = Field(default=1, ge=1)
+    """Gateway processes (uvicorn workers) sharing the port; each has its own model session and batcher."""
+
     # -- batching (embedded backend) -------------------------------------------------------------
     max_batch_size: int = Field(default=64, ge=1)
     """Images per inference batch; a batch is released when full..."""
