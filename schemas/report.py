@@ -46,12 +46,14 @@ class ModelSeen(_Model):
 
 
 class PreviousNights(_Model):
-    """The same model's nights before the window, pooled, and the change to tonight."""
+    """The same model's nights before the window, pooled, and the change to tonight. Compared on the
+    disagreement with the model's label, which means the same every night (the truth estimate depends on
+    how many items several people labeled that night)."""
 
     nights: list[date]
-    disagreement: Rate
+    model_disagreement: Rate
     relabel_requests: Rate
-    change_points: float | None = Field(description="Tonight's disagreement rate minus the pooled one, in points.")
+    change_points: float | None = Field(description="Tonight's model disagreement minus the pooled one, in points.")
 
 
 class Headline(_Model):
@@ -61,6 +63,7 @@ class Headline(_Model):
     unlabeled: int
     multi_labeled_items: int = Field(description="Items with labels from two or more labelers.")
     disagreement: Rate = Field(description="Labels that differ from their truth estimate.")
+    model_disagreement: Rate = Field(description="Labels that differ from the model's label (the trends' measure).")
     relabel_requests: int = Field(description="Labels the serving policy flagged (sent to relabel-requests).")
     previous: PreviousNights | None
 
@@ -143,7 +146,7 @@ class NightRow(_Model):
     model_name: str
     model_version: str
     records: int
-    disagreement: Rate
+    model_disagreement: Rate = Field(description="Labels that differ from the model's label.")
     relabel_requests: int
 
 

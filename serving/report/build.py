@@ -71,17 +71,18 @@ def build_report(
     latest record) and its verdicts; the other models in the window are listed, not counted."""
     since, until = _iso(window.since), _iso(window.until)
     step("models in the window")
+    window_span = agg.span(store, since, until)
     seen = [
-        ModelSeen(model_name=n, model_version=v, records=c) for n, v, c, _ in agg.models_in_window(store, since, until)
+        ModelSeen(model_name=n, model_version=v, records=c) for n, v, c, _ in agg.models_in_window(store, window_span)
     ]
     chosen = next((m for m in seen if model_version in (None, m.model_version)), None)
     notes: list[str] = []
     first_night = _midnight(window.since.date() - timedelta(days=nights_back))
     if chosen is None:
         notes.append(_empty_note(window, seen, model_version))
-        trends = [_night_row(n) for n in agg.nights(store, _iso(first_night), until, 1.0)]
+        trends = [_night_row(n) for n in agg.nights(store, agg.span(store, _iso(first_night), until))]
         return _empty_report(window, store_kind, classes or [], class_source, seen, notes, alpha, trends)
-    scope = agg.Scope(since, until, chosen.model_name, chosen.model_version)
+    scope = agg.Scope(window_span, chosen.model_name, chosen.model_version)
     others = [m for m in seen if m != chosen]
     if others:
         notes.append("Other models audited in this window are not in these numbers: "
@@ -108,7 +109,7 @@ def build_report(
         classes = [*classes, *extra]
 
     step("trends (SQL)")
-    nights = agg.nights(store, _iso(first_night), until, weight)
+    nights = agg.nights(store, agg.span(store, _iso(first_night), until))
     step("relabel queue (SQL)")
     queue = agg.relabel_queue(store, scope, top)
 
@@ -147,7 +148,7 @@ def _midnight(d: date) -> datetime:
 
 def _night_row(n: agg.Night) -> NightRow:
     return NightRow(night=date.fromisoformat(n.night), model_name=n.model_name, model_version=n.model_version,
-                    records=n.records, disagreement=rate(n.disagreements, n.labels),
+                    records=n.records, model_disagreement=rate(n.model_disagreements, n.labels),
                     relabel_requests=n.relabel_requests)  # fmt: skip
 
 
@@ -248,20 +249,21 @@ def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> st
 
 def _headline(totals: agg.Totals, cells: list[agg.Cell], nights: list[agg.Night], model: ModelSeen,
               window: Window, multi_items: int) -> Headline:  # fmt: skip
-    k = sum(c.labels for c in cells if c.human != c.truth)
     n = sum(c.labels for c in cells)
+    k = sum(c.labels for c in cells if c.human != c.truth)
+    km = sum(c.labels for c in cells if c.human != c.predicted)
     before = [x for x in nights if (x.model_name, x.model_version) == (model.model_name, model.model_version)
               and date.fromisoformat(x.night) < window.since.date()]  # fmt: skip
     previous = None
     if before:
-        pk, pn = sum(x.disagreements for x in before), sum(x.labels for x in before)
-        change = 100 * (k / n - pk / pn) if n and pn else None
-        previous = PreviousNights(nights=[date.fromisoformat(x.night) for x in before], disagreement=rate(pk, pn),
+        pk, pn = sum(x.model_disagreements for x in before), sum(x.labels for x in before)
+        change = 100 * (km / n - pk / pn) if n and pn else None
+        previous = PreviousNights(nights=[date.fromisoformat(x.night) for x in before], model_disagreement=rate(pk, pn),
                                   relabel_requests=rate(sum(x.relabel_requests for x in before), pn),
                                   change_points=change)  # fmt: skip
     return Headline(records=totals.records, images_audited=totals.items, labels=n, unlabeled=totals.unlabeled,
-                    multi_labeled_items=multi_items, disagreement=rate(k, n), relabel_requests=totals.relabel_requests,
-                    previous=previous)  # fmt: skip
+                    multi_labeled_items=multi_items, disagreement=rate(k, n), model_disagreement=rate(km, n),
+                    relabel_requests=totals.relabel_requests, previous=previous)  # fmt: skip
 
 
 def _notes(totals: agg.Totals, cells: list[agg.Cell], headline: Headline, labelers: list[LabelerRow],
@@ -289,7 +291,7 @@ def _empty_report(window: Window, store_kind: str, classes: list[str], class_sou
         generated_at=datetime.now(UTC), store=store_kind, window=window, model=None, other_models=seen,
         classes=classes, class_source=class_source,
         headline=Headline(records=0, images_audited=0, labels=0, unlabeled=0, multi_labeled_items=0,
-                          disagreement=rate(0, 0), relabel_requests=0, previous=None),
+                          disagreement=rate(0, 0), model_disagreement=rate(0, 0), relabel_requests=0, previous=None),
         per_class=_per_class([], classes), confusion=_confusion([], classes),
         consensus=Consensus(labeler_pairs=0, annotator_agreement=None, model_weight=1.0), labelers=[],
         flag_test=FlagTest(alpha=alpha, description=flag_test_description(alpha), tested=0, flagged=[]),

@@ -130,17 +130,17 @@ def trend_lines(rows: list[NightRow]) -> str:
     nights = sorted({r.night for r in rows})
     x_of = {n: i for i, n in enumerate(nights)}
     for name, version in models:
-        mine = [r for r in rows if (r.model_name, r.model_version) == (name, version) and r.disagreement.n]
+        mine = [r for r in rows if (r.model_name, r.model_version) == (name, version) and r.model_disagreement.n]
         if not mine:
             continue
         x = [x_of[r.night] for r in mine]
-        r, err = _errors([m.disagreement for m in mine])
+        r, err = _errors([m.model_disagreement for m in mine])
         top.errorbar(x, r, yerr=err, fmt="o-", capsize=3, markersize=4, label=f"{name} v{version}")
         bottom.bar(x, [m.records for m in mine], alpha=0.6)
-    top.set_ylabel("disagreement (%)")
+    top.set_ylabel("labels unlike the model (%)")
     top.grid(alpha=0.3)
     top.legend(fontsize=7)
     bottom.set_ylabel("records")
     bottom.set_xticks(range(len(nights)), [n.isoformat()[5:] for n in nights], rotation=45, fontsize=7)
-    top.set_title("Nights: disagreement rate (95% Wilson interval) and volume", fontsize=10)
+    top.set_title("Nights: labels unlike the model's label (95% Wilson interval), and volume", fontsize=10)
     return _uri(fig)

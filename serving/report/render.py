@@ -72,13 +72,14 @@ def _headline(report: Report) -> str:
     p = h.previous
     change = "no earlier nights"
     if p is not None and p.change_points is not None:
-        change = f"{p.change_points:+.1f} pts vs {pct(p.disagreement)} over {len(p.nights)} earlier night(s)"
+        change = (f"{p.change_points:+.1f} pts: {pct(h.model_disagreement)} tonight vs {pct(p.model_disagreement)} "
+                  f"over {len(p.nights)} earlier night(s)")  # fmt: skip
     cards = [
         _card(f"{h.images_audited:,}", f"images audited ({h.records:,} records, {h.unlabeled:,} without a label)"),
         _card(pct(h.disagreement), f"disagreement rate, 95% CI {interval(h.disagreement)} ({h.disagreement.k:,} of "
               f"{h.labels:,} labels)"),
         _card(f"{h.relabel_requests:,}", "relabel requests (the serving policy's flags)"),
-        _card(escape(change), "change against the previous nights"),
+        _card(escape(change), "change against the previous nights, in disagreement with the model's label"),
         _card(f"{h.multi_labeled_items:,}", "items labeled by two or more labelers"),
     ]  # fmt: skip
     return "<h2>Headline</h2><div class='cards'>" + "".join(cards) + "</div>"
@@ -157,11 +158,16 @@ def _trends(report: Report) -> str:
     out = "<h2>Trends over the last nights</h2>"
     if not report.trends:
         return out + '<p class="missing">No records in the nights before this window either.</p>'
-    out += _figure(plots.trend_lines(report.trends), "disagreement rate per night")
+    out += (
+        '<p class="method">Nights are compared on the share of labels unlike the model\'s label: it means the '
+        "same every night, while the truth estimate depends on how many items several people labeled.</p>"
+    )
+    out += _figure(plots.trend_lines(report.trends), "disagreement with the model per night")
     rows = [[r.night.isoformat(), escape(f"{r.model_name} v{r.model_version}"), f"{r.records:,}",
-             f"{r.disagreement.n:,}", pct(r.disagreement), interval(r.disagreement), f"{r.relabel_requests:,}"]
-            for r in report.trends]  # fmt: skip
-    return out + _table(["night", "model", "records", "labels", "disagreement", "95% CI", "relabel requests"], rows)
+             f"{r.model_disagreement.n:,}", pct(r.model_disagreement), interval(r.model_disagreement),
+             f"{r.relabel_requests:,}"] for r in report.trends]  # fmt: skip
+    head = ["night", "model", "records", "labels", "unlike the model", "95% CI", "relabel requests"]
+    return out + _table(head, rows)
 
 
 def _method(report: Report) -> str:

@@ -32,8 +32,11 @@ def test_headline(known_store):
     assert (h.disagreement.k, h.disagreement.n, h.relabel_requests) == (4, 16, 6)
     assert h.disagreement.low < 0.25 < h.disagreement.high
     assert h.previous.nights == [date(2026, 11, 20)]
-    assert (h.previous.disagreement.k, h.previous.disagreement.n) == (1, 2)
-    assert h.previous.change_points == pytest.approx(-25.0)
+    # the change is measured on labels unlike the model's label: 6 of 16 tonight (i2, i4, m1 cleo, m2 cleo, m3
+    # anna, m3 cleo) against 1 of 2 the night before
+    assert (h.model_disagreement.k, h.model_disagreement.n) == (6, 16)
+    assert (h.previous.model_disagreement.k, h.previous.model_disagreement.n) == (1, 2)
+    assert h.previous.change_points == pytest.approx(-12.5)
     assert r.consensus.annotator_agreement == pytest.approx(5 / 8)
     assert r.consensus.model_weight == pytest.approx(2.0)
 
@@ -84,8 +87,9 @@ def test_relabel_queue_is_ordered_by_score_with_the_items_other_labels(known_sto
 
 def test_trends_cover_the_nights_before_and_every_model(known_store):
     r = report_of(known_store)
-    got = [(t.night.isoformat(), t.model_version, t.records, t.disagreement.k, t.disagreement.n) for t in r.trends]
-    assert got == [("2026-11-20", "1", 2, 1, 2), ("2026-11-21", "1", 17, 4, 16), ("2026-11-21", "2", 1, 1, 1)]
+    got = [(t.night.isoformat(), t.model_version, t.records, t.model_disagreement.k, t.model_disagreement.n)
+           for t in r.trends]  # fmt: skip
+    assert got == [("2026-11-20", "1", 2, 1, 2), ("2026-11-21", "1", 17, 6, 16), ("2026-11-21", "2", 1, 1, 1)]
 
 
 def test_an_empty_night_is_said_plainly(known_store):
