@@ -16,7 +16,7 @@
    probabilities (all items, and only the items with several labels), and the report on those
    multi-labeled items alone.
 2. Scale. A synthetic store of ``--scale-records`` records (``--nights`` nights, 20% of items with three
-   labels), in SQLite and PostgreSQL: the report's seconds and peak RSS, in a fresh process, for the
+   labels), in SQLite and PostgreSQL: the report's seconds and peak RSS (VmHWM), in a fresh process, for the
    last night and for the whole store, next to the naive baseline that fetches every record's columns
    into Python (what the report never does).
 
@@ -259,6 +259,15 @@ def measure_in_child(store_url: str, since: str, until: str, what: str, out: Pat
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux keeps that
+    across fork and exec, so a child started from a big parent reports the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(what: str, store_url: str, since: str, until: str, out: str) -> None:
     from labelaudit.serving.core.store import open_store
     from labelaudit.serving.report.job import run_report, span_window
@@ -278,7 +287,7 @@ def child(what: str, store_url: str, since: str, until: str, out: str) -> None:
         store.close()
     seconds = time.perf_counter() - t
     sql = marks.get("thumbnails", t + seconds) - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"seconds": round(seconds, 2), "sql_seconds": round(sql, 2), "peak_rss_mb": round(rss, 1),
                       "window_records": rows}))  # fmt: skip
 

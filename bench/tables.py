@@ -255,8 +255,8 @@ def report_scale_table(result: dict) -> str:
                      f"{r['seconds']:.1f} | {sql} | {r['peak_rss_mb']:.0f} |")  # fmt: skip
     return (
         "A synthetic store (50 labelers, 20% of items with three labels), each run in a fresh process "
-        "(`resource.getrusage` peak RSS; imports included, so the floor is the interpreter with numpy and "
-        "matplotlib):\n\n" + "\n".join(lines) + "\n"
+        "(peak RSS is the process's VmHWM; imports included, so the floor is the interpreter with numpy, scipy "
+        "and matplotlib):\n\n" + "\n".join(lines) + "\n"
     )
 
 
