@@ -390,8 +390,9 @@ def demo(
 ) -> None:
     """The whole job on real data: build task A/B, train classifier A, fine-tune on noisy task B, export
     to ONNX and a Triton repository, serve it, stream task B's labeled images through a real Kafka broker
-    into the auditing consumer, and print where everything is with the headline numbers."""
+    into the auditing consumer, write the report, and print where everything is with the headline numbers."""
     import shutil
+    from datetime import UTC, datetime, timedelta
 
     from labelaudit import demo as online
 
@@ -406,6 +407,7 @@ def demo(
         elif stale.exists():
             stale.unlink()
     store_url = f"sqlite:///{(out / 'audit.db').resolve()}"
+    started = datetime.now(UTC) - timedelta(minutes=1)
     try:
         data(out=data_dir, noise=0.4, seed=seed, size=size, trusted_fraction=0.01)
         console.rule("classifier A on task A (clean labels)")
@@ -433,6 +435,9 @@ def demo(
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     _print_stream(outcome, out, store_url)
+    console.rule("the report: labelaudit report")
+    report(since=started.isoformat(), until=(datetime.now(UTC) + timedelta(minutes=1)).isoformat(),
+           store_url=store_url, out=out / "reports", images=data_dir / "task_b.jsonl", model_repo=repo)  # fmt: skip
 
 
 def _print_gateway(check) -> None:

@@ -100,7 +100,7 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     result = ok(cli("demo", "--out", str(tmp_path / "demo"), "--size", "tiny"))
     assert (tmp_path / "demo" / "model_repository" / "labelaudit" / "1" / "model.onnx").is_file()
     for text in ("classifier A, untouched", "fasten from classifier A", "labeler-5", "Triton model repository",
-                 "the gateway at http://127.0.0.1", "relabel requests:", "truly wrong labels"):  # fmt: skip
+                 "the gateway at http://127.0.0.1", "relabel requests:", "truly wrong labels", "report.html"):  # fmt: skip
         assert text in result.stdout, result.stdout
     rows = [json.loads(line) for line in (tmp_path / "demo/data/task_b.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -108,3 +108,5 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
         by_source = dict(conn.execute("SELECT source, COUNT(*) FROM audit_records GROUP BY source").fetchall())
     assert by_source == {"kafka": len(train_rows), "http": 3}
     assert f"streamed {len(train_rows):,} labeled images" in result.stdout
+    [html] = (tmp_path / "demo" / "reports").glob("*/report.html")
+    assert "labeler-5" in html.read_text()
