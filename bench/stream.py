@@ -38,27 +38,12 @@ import numpy as np
 from rich.console import Console
 
 from bench.common import WORK, cpu_name, write_results
+from labelaudit.ports import free_port
 from labelaudit.serving.settings import Settings
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256  # the consumer's default consume_batch_size
-
-
-def free_port() -> int:
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        with socket.socket() as b:
-            try:
-                b.bind(("127.0.0.1", port + 1))  # the broker's controller takes port + 1
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 def script(*args: str) -> str:
@@ -222,7 +207,7 @@ def main() -> None:
     write_results("stream", config=config, rows=rows, device=device)
 
     broker_dir, pg_dir = Path(tempfile.mkdtemp(prefix="bench-kafka-")), tempfile.mkdtemp(prefix="bench-pg-")
-    port = free_port()
+    port = free_port(span=2)
     script("scripts/kafka.sh", "start", str(broker_dir), str(port))
     pg_url = None
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,31 +20,13 @@ from pathlib import Path
 import httpx
 
 from labelaudit.errors import LabelAuditError
+from labelaudit.ports import free_port
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # a checkout: scripts/ sits beside labelaudit/
 
 
 class DemoError(LabelAuditError):
     reason = "demo_failed"
-
-
-def free_port(span: int = 1) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if all(_is_free(p) for p in range(port + 1, port + span)):
-            return port
-    raise DemoError("no free local port")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def kafka_script() -> Path:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "stream"))  # streamkit: the scripts' helpers, one module for all
-from streamkit import free_port, run_script  # noqa: E402
+from streamkit import run_script  # noqa: E402
+
+from labelaudit.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")

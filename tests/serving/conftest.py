@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
 import pytest
 import uvicorn
 
+from labelaudit.ports import free_port
 from labelaudit.serving.http.app import create_app
 from labelaudit.serving.settings import Settings
 
@@ -27,15 +27,9 @@ def audit_store_in_tmp(tmp_path_factory):
         os.environ["LABELAUDIT_STORE_URL"] = before
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gateway(model_repo):
-    port = _free_port()
+    port = free_port()
     app = create_app(Settings(model_repo=model_repo, ort_intra_op_threads=1))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

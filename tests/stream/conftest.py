@@ -9,7 +9,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from streamkit import Broker, Stream, free_port
+from streamkit import Broker, Stream
+
+from labelaudit.ports import free_port
 
 
 @pytest.fixture(scope="session")
