@@ -103,7 +103,8 @@ def stream_table(result: dict) -> str:
         )
     return (
         f"Topic to store through `labelaudit consume` processes on a real broker, next to the same backend "
-        f"without Kafka and store (`model_only`: decode + onnxruntime in batches of {result['config']['batch']}). "
+        f"without Kafka and store (`model_only`: decode + onnxruntime in batches of {result['config']['batch']}, pipelined as "
+        f"the consumer runs them). "
         f"Device: {result['device']}. Commit {result['git_commit']}, {result['date']}.\n\n"
         + "\n".join(lines)
         + "\n"
