@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -51,13 +52,24 @@ def _row(r: AuditRecord) -> tuple:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, open_timeout_s: float = 30.0):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=open_timeout_s)
         self._lock = threading.Lock()  # one writer at a time; callers come from worker threads
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(SQLITE_SCHEMA)
+        # Several processes opening one new file at once (two consumers, a consumer and the gateway) race
+        # to switch it to WAL and create the table; SQLite answers the loser "database is locked" at once,
+        # without waiting on the busy timeout. Seen in CI: retry until the winner is done.
+        deadline = time.monotonic() + open_timeout_s
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.executescript(SQLITE_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def write(self, records: list[AuditRecord]) -> list[bool]:
         """All records in one transaction, durable when this returns; True where the record was new."""

@@ -41,3 +41,26 @@ def test_records_survive_reopening_and_unlabeled_images_are_stored(store_url):
         assert again.write([verdict("u", labeler="", label=None)]) == [False]
     finally:
         again.close()
+
+
+def _open_and_write(path: str, worker: int) -> str:
+    try:
+        store = open_store(f"sqlite:///{path}")
+        store.write([verdict(f"item-{worker}")])
+        store.close()
+        return "ok"
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_many_processes_can_open_one_new_sqlite_file_at_once(tmp_path):
+    """Two consumers starting together raced to create the store; the loser got 'database is locked'
+    (seen in CI about once in a hundred opens)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        for trial in range(25):
+            path = tmp_path / f"audit-{trial}.db"
+            outcomes = pool.starmap(_open_and_write, [(str(path), w) for w in range(6)])
+            assert outcomes == ["ok"] * 6, outcomes
+            assert open_store(f"sqlite:///{path}").count() == 6
