@@ -51,7 +51,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +66,7 @@ import numpy as np
 from rich.console import Console
 
 from bench.common import SIZES, WORK, cpu_name, write_results
+from labelaudit.ports import free_ports
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,16 +191,6 @@ def cpu_reader(server_pid: int | None) -> Callable[[], dict]:
 
 
 # -- servers on loopback -------------------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @dataclass

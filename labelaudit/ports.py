@@ -24,3 +24,15 @@ def free_port(span: int = 1) -> int:
         if port + span <= 65536 and all(_is_free(p) for p in range(port + 1, port + span)):
             return port
     raise RuntimeError("no free loopback port")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1 (all held at once while they are picked)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

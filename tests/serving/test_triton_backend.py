@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from labelaudit.ports import free_ports
 from labelaudit.serving.http.app import create_app
 from labelaudit.serving.settings import Settings
 
@@ -24,22 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS = Path(os.environ.get("LABELAUDIT_PEERS_VENV", ROOT / ".venv-peers"))
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def kserve_server(model_repo, tmp_path_factory):
     mlserver = PEERS / "bin" / "mlserver"
     assert mlserver.exists(), f"MLServer not found at {mlserver}: run scripts/peers.sh (CI does)"
     root = tmp_path_factory.mktemp("mlserver")
-    http_port, grpc_port, metrics_port = _free_ports(3)
+    http_port, grpc_port, metrics_port = free_ports(3)
     (root / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
         "parallel_workers": 0, "load_models_at_startup": True,
@@ -106,7 +96,7 @@ def test_triton_backend_answers_like_the_embedded_one(model_repo, kserve_server,
 
 
 def test_triton_down_is_a_clear_503(model_repo, images):
-    (dead_port,) = _free_ports(1)
+    (dead_port,) = free_ports(1)
     settings = Settings(
         model_repo=model_repo,
         backend="triton",
