@@ -31,9 +31,8 @@ from concurrent.futures import Future
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -42,6 +41,7 @@ from labelaudit.serving.core.audit import Stages
 from labelaudit.serving.core.runtime import Runtime, open_runtime
 from labelaudit.serving.settings import Settings
 from labelaudit.serving.stream.messages import dead_letter_headers, parse_record, relabel_request
+from labelaudit.serving.stream.producer import ensure_topics
 
 log = logging.getLogger("labelaudit.stream")
 
@@ -158,19 +158,10 @@ class StreamConsumer:
 
     def ensure_topics(self) -> None:
         """Create the relabel and dead-letter topics when missing (on a cluster that allows it)."""
-        admin = KafkaAdminClient(**self.settings.kafka_client_config(), client_id="labelaudit-admin")
         try:
-            existing = set(admin.list_topics())
-            for name in (self.settings.kafka_relabel_topic, self.settings.kafka_dlq_topic):
-                if name not in existing:
-                    try:
-                        admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-                    except TopicAlreadyExistsError:
-                        pass
+            ensure_topics(self.settings, {self.settings.kafka_relabel_topic: 1, self.settings.kafka_dlq_topic: 1})
         except KafkaError as exc:
             log.warning("could not check or create the output topics (%s); they must exist", exc)
-        finally:
-            admin.close()
 
     def _finish(self, consumer: KafkaConsumer, producer: KafkaProducer, result: BatchResult) -> None:
         """Produce, wait for the acknowledgements, then commit: in that order, or not at all."""

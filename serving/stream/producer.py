@@ -17,14 +17,18 @@ from labelaudit.serving.settings import Settings
 from labelaudit.training.manifest import read_manifest
 
 
-def ensure_topic(settings: Settings, topic: str, partitions: int) -> None:
+def ensure_topics(settings: Settings, partitions: dict[str, int]) -> None:
+    """Create each missing topic with its number of partitions (replication 1: for a local broker;
+    on a real cluster create them beforehand)."""
     admin = KafkaAdminClient(**settings.kafka_client_config(), client_id="labelaudit-admin")
     try:
-        if topic not in set(admin.list_topics()):
-            try:
-                admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-            except TopicAlreadyExistsError:
-                pass
+        existing = set(admin.list_topics())
+        for name, n in partitions.items():
+            if name not in existing:
+                try:
+                    admin.create_topics([NewTopic(name, num_partitions=n, replication_factor=1)])
+                except TopicAlreadyExistsError:
+                    pass
     finally:
         admin.close()
 
@@ -56,7 +60,7 @@ def produce(
     on_sent: Callable[[int], None] = lambda n: None,
 ) -> int:
     """Send every message keyed by its item_id, wait for all acknowledgements; returns how many."""
-    ensure_topic(settings, settings.kafka_topic, partitions)
+    ensure_topics(settings, {settings.kafka_topic: partitions})
     producer = KafkaProducer(
         **settings.kafka_client_config(),
         acks="all",

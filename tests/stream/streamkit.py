@@ -127,9 +127,9 @@ class Stream:
         """(key, value, headers) exactly as given: for poison messages."""
         from kafka import KafkaProducer
 
-        from labelaudit.serving.stream.producer import ensure_topic
+        from labelaudit.serving.stream.producer import ensure_topics
 
-        ensure_topic(self.settings(), self.topic, partitions)
+        ensure_topics(self.settings(), {self.topic: partitions})
         producer = KafkaProducer(bootstrap_servers=self.broker.bootstrap, acks="all", max_request_size=20_000_000)
         futures = [producer.send(self.topic, key=k, value=v, headers=h) for k, v, h in messages]
         producer.flush()

@@ -155,10 +155,10 @@ def test_poison_messages_go_to_the_dlq_with_their_reason(stream, tiny_data):
 
 
 def test_two_consumers_share_the_partitions(stream, tiny_data):
-    from labelaudit.serving.stream.producer import ensure_topic
+    from labelaudit.serving.stream.producer import ensure_topics
 
     n = 4_000
-    ensure_topic(stream.settings(), stream.topic, 4)
+    ensure_topics(stream.settings(), {stream.topic: 4})
     first = stream.start_consumer("--stop-when-idle", "15")
     second = stream.start_consumer("--stop-when-idle", "15")
 
