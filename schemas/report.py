@@ -112,9 +112,10 @@ class LabelerRow(_Model):
     estimated_error: ErrorEstimate
     relabel_requests: int
     test: Literal["agreement z-test", "exact binomial"] | None = Field(description="The flag's test; None: untested.")
-    p_value: float | None = Field(description="One-sided, against the other labelers' pooled rate.")
-    p_adjusted: float | None = Field(description="Holm–Bonferroni adjusted over the labelers tested.")
+    p_value: float | None = Field(description="One-sided, against the pooled rate of the others in good standing.")
+    p_adjusted: float | None = Field(description="Holm–Bonferroni adjusted over the labelers tested in its round.")
     flagged: bool
+    flag_round: int | None = Field(default=None, description="The round of the step-down test that flagged it.")
     transition: Transition
     note: str | None = None
 
@@ -124,6 +125,7 @@ class FlagTest(_Model):
     description: str
     tested: int
     flagged: list[str]
+    rounds: int = Field(default=1, description="Rounds of the step-down test (the last one flags nobody new).")
 
 
 class QueueItem(_Model):

@@ -101,16 +101,17 @@ def estimate(pairs: list[tuple[str, str, int, int]], k: int, *, bootstrap: int =
 
 
 def above_pool(est: Estimates, volume: dict[str, int]) -> dict[str, float]:
-    """One-sided p-value per identified labeler: is its error rate above the others' pooled rate?
+    """One-sided p-value per identified labeler of the pool: is its error rate above the others' pooled rate?
 
-    The statistic is ``error_l - sum_j v_j error_j / sum_j v_j`` over the other identified labelers
-    (``v``: their labels in the window); the p-value is the normal tail of the statistic over its
+    The pool is the labelers in ``volume`` (labeler -> its labels in the window); others are neither
+    tested nor part of anyone's reference. The statistic is ``error_l - sum_j v_j error_j / sum_j v_j`` over
+    the other identified labelers of the pool; the p-value is the normal tail of the statistic over its
     bootstrap standard error.
     """
     ok = ~np.isnan(est.error)
     v = np.array([volume.get(a, 0) for a in est.labelers], dtype=float)
     out = {}
-    for i in np.flatnonzero(ok):
+    for i in np.flatnonzero(ok & (v > 0)):
         others = ok & (np.arange(len(ok)) != i) & (v > 0)
         if not others.any():
             continue

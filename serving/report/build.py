@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -43,13 +44,16 @@ def rate(k: int, n: int) -> Rate:
 
 def flag_test_description(alpha: float) -> str:
     return (
-        "A labeler is flagged when its error rate is significantly above the pooled rate of the other labelers. "
+        "A labeler is flagged when its error rate is significantly above the pooled rate of the labelers in "
+        "good standing, step-down: round 1 tests every labeler against all the others; the labelers it flags "
+        "leave the pool and the rest are tested again against the smaller pool, until a round flags nobody "
+        "(so a spammer or a mostly noisy crew cannot raise the bar for everyone else). "
         "Where the labeler shares enough items with others (a triangle of labelers sharing at least "
         f"{MIN_PAIRS} items pairwise), its error rate comes from how often it agrees with them (one-coin "
-        "Dawid–Skene moments, no model involved), and the test is one-sided: the difference to the other such "
-        "labelers' volume-weighted rate over its parametric-bootstrap standard error (z-test). Otherwise the test "
-        "is a one-sided exact binomial test of its disagreements against the pooled disagreement rate of every "
-        "other label. The p-values are adjusted with Holm–Bonferroni over all labelers tested, and a labeler is "
+        "Dawid–Skene moments, no model involved), and the test is one-sided: the difference to the pool's "
+        "volume-weighted rate over its parametric-bootstrap standard error (z-test). Otherwise the test is a "
+        "one-sided exact binomial test of its disagreements against the pool's pooled disagreement rate. In "
+        "each round the p-values are adjusted with Holm–Bonferroni over the labelers tested, and a labeler is "
         f"flagged where the adjusted p-value is at most {alpha:g}. Labels without a labeler id are not tested."
     )
 
@@ -194,9 +198,7 @@ def _labelers(cells: list[agg.Cell], classes: list[str], alpha: float, est: Esti
     for c in cells:
         mine[c.labeler_id].append(c)
     stats = {a: (sum(c.labels for c in cs if c.human != c.truth), sum(c.labels for c in cs)) for a, cs in mine.items()}
-    p, test = _flag_p_values(stats, est)
-    tested = sorted(p)
-    adjusted = dict(zip(tested, holm([p[a] for a in tested]), strict=True))
+    flag = step_down(stats, est, alpha)
     by_id = {a: i for i, a in enumerate(est.labelers)}
     rows = []
     for a in sorted(stats, key=lambda a: (-stats[a][1], a)):
@@ -205,21 +207,65 @@ def _labelers(cells: list[agg.Cell], classes: list[str], alpha: float, est: Esti
         rows.append(LabelerRow(
             labeler_id=a, labels=n, multi_labeled=sum(c.multi_labeled for c in mine[a]), disagreement=rate(k, n),
             estimated_error=_estimated_error(rate(k, n), est, i), relabel_requests=sum(c.relabel_requests for c in mine[a]),
-            test=test.get(a), p_value=p.get(a), p_adjusted=adjusted.get(a), flagged=adjusted.get(a, 1.0) <= alpha,
-            transition=_transition(mine[a], classes), note=_labeler_note(a, n, a in p, test.get(a)),
+            test=flag.test.get(a), p_value=flag.p.get(a), p_adjusted=flag.adjusted.get(a), flagged=a in flag.flagged,
+            flag_round=flag.flagged.get(a), transition=_transition(mine[a], classes),
+            note=_labeler_note(a, n, a in flag.p, flag.test.get(a)),
         ))  # fmt: skip
     flagged = [r.labeler_id for r in rows if r.flagged]
-    return rows, FlagTest(alpha=alpha, description=flag_test_description(alpha), tested=len(tested), flagged=flagged)
+    return rows, FlagTest(alpha=alpha, description=flag_test_description(alpha), tested=len(flag.p),
+                          flagged=flagged, rounds=flag.rounds)  # fmt: skip
 
 
-def _flag_p_values(stats: dict[str, tuple[int, int]], est: Estimates) -> tuple[dict[str, float], dict[str, str]]:
-    """Per tested labeler: the agreement z-test where its error rate is identified, else the exact binomial
-    test of its disagreements against every other label's pooled disagreement rate."""
-    p = above_pool(est, {a: n for a, (_, n) in stats.items()})
+@dataclass
+class Flags:
+    p: dict[str, float] = field(default_factory=dict)  # labeler -> p-value (the round that flagged it, or the last)
+    adjusted: dict[str, float] = field(default_factory=dict)  # the same, Holm-adjusted within its round
+    test: dict[str, str] = field(default_factory=dict)  # labeler -> "agreement z-test" | "exact binomial"
+    flagged: dict[str, int] = field(default_factory=dict)  # labeler -> the round (from 1) that flagged it
+    rounds: int = 0
+
+
+def step_down(stats: dict[str, tuple[int, int]], est: Estimates, alpha: float) -> Flags:
+    """Flag labelers significantly above the pool of labelers in good standing, until none is.
+
+    Round 1 tests every labeler against all the others. A labeler flagged in a round leaves the pool, and the
+    labelers still in good standing are tested again against the smaller pool; the rounds stop when one flags
+    nobody. Why: a spammer (or a crew that is mostly noisy) raises "the others' pooled rate" so far that
+    clearly noisy labelers look ordinary next to it; the bar should be set by the labelers who pass. Within
+    a round the p-values are Holm-adjusted over the labelers tested in it.
+    """
+    out = Flags()
+    standing = {a for a in stats if a != UNKNOWN_LABELER}
+    while True:
+        out.rounds += 1
+        p, test = _flag_p_values(stats, est, standing)
+        tested = sorted(p)
+        adjusted = dict(zip(tested, holm([p[a] for a in tested]), strict=True))
+        out.p |= p
+        out.adjusted |= adjusted
+        out.test |= test
+        new = {a for a in tested if adjusted[a] <= alpha}
+        out.flagged |= dict.fromkeys(sorted(new), out.rounds)
+        standing -= new
+        if not new or len(standing) < 2:
+            return out
+
+
+def _flag_p_values(
+    stats: dict[str, tuple[int, int]], est: Estimates, standing: set[str]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Per labeler in ``standing``: the agreement z-test where its error rate is identified, else the exact
+    binomial test of its disagreements against the pooled disagreement rate of the pool's other labels.
+    The pool: ``standing`` and the labels without a labeler id (never tested, never flagged)."""
+    pool = standing | ({UNKNOWN_LABELER} & stats.keys())
+    p = above_pool(est, {a: n for a, (_, n) in stats.items() if a in pool})
+    p.pop(UNKNOWN_LABELER, None)
     test = dict.fromkeys(p, "agreement z-test")
-    total_k, total_n = sum(k for k, _ in stats.values()), sum(n for _, n in stats.values())
-    for a, (k, n) in stats.items():
-        if a in p or a == UNKNOWN_LABELER or total_n - n == 0:
+    total_k = sum(stats[a][0] for a in pool)
+    total_n = sum(stats[a][1] for a in pool)
+    for a in sorted(standing):
+        k, n = stats[a]
+        if a in p or total_n - n == 0:
             continue
         p[a] = binomial_greater(k, n, (total_k - k) / (total_n - n))
         test[a] = "exact binomial"

@@ -60,3 +60,41 @@ def test_model_weight_is_crowdlabs_with_equal_weights():
     assert model_weight(5 / 8, 4) == pytest.approx(2.0)
     assert model_weight(0.1, 10) == 10.0  # no better than chance: the model decides
     assert model_weight(None, 10) == 1.0
+
+
+def _no_agreement():
+    from labelaudit.serving.report.agreement import estimate
+
+    return estimate([], 10)  # nobody shares items: every labeler takes the exact binomial path
+
+
+def test_step_down_flags_noisy_labelers_a_spammer_hides():
+    from labelaudit.serving.report.build import step_down
+
+    # labeler -> (wrong labels, labels). Against all the others (the spammer included, 0.335) the 15%
+    # labeler looks fine; against the two 5% labelers it is far above.
+    stats = {"good1": (50, 1000), "good2": (55, 1000), "noisy": (150, 1000), "spam": (900, 1000)}
+    got = step_down(stats, _no_agreement(), alpha=0.05)
+    assert got.flagged == {"spam": 1, "noisy": 2}
+    assert got.rounds == 3  # the third round tests good1 and good2 against each other and flags nobody
+    assert got.adjusted["good1"] > 0.05 and got.adjusted["good2"] > 0.05
+    assert set(got.test.values()) == {"exact binomial"}
+
+
+def test_step_down_flags_nobody_in_an_even_crew():
+    from labelaudit.serving.report.build import step_down
+
+    stats = {f"l{i}": (100 + i, 1000) for i in range(6)}
+    got = step_down(stats, _no_agreement(), alpha=0.05)
+    assert got.flagged == {} and got.rounds == 1 and len(got.p) == 6
+
+
+def test_step_down_never_tests_labels_without_an_id_but_pools_them():
+    from labelaudit.serving.report.build import UNKNOWN_LABELER, step_down
+
+    # The unknown labels are all wrong: they raise the pool's rate, and are never flagged themselves.
+    stats = {"a": (30, 300), "b": (30, 300), UNKNOWN_LABELER: (300, 300)}
+    got = step_down(stats, _no_agreement(), alpha=0.05)
+    assert UNKNOWN_LABELER not in got.p and got.flagged == {}
+    # a against b and the unknown labels: 30 of 300 vs 330 of 600
+    assert got.p["a"] == pytest.approx(binomial_greater(30, 300, 330 / 600))
