@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from labelaudit.errors import LabelAuditError
+
+if TYPE_CHECKING:
+    from labelaudit.serving.settings import Settings
 
 app = typer.Typer(
     help="Serve an image classifier and audit the noisy labels that stream in with it.", no_args_is_help=True
@@ -219,8 +227,6 @@ def serve(
     ] = None,
 ) -> None:
     """Start the HTTP gateway (uvicorn) on embedded defaults: onnxruntime in process."""
-    import logging
-
     import uvicorn
 
     from labelaudit.serving.http.app import create_app
@@ -234,15 +240,38 @@ def serve(
         resolve_model(settings.model_repo, settings.model_name, settings.model_version)  # fail before binding
     except LabelAuditError as exc:
         raise _fail(exc) from exc
+    if (given := settings.prometheus_multiproc_dir) is not None and not given.is_dir():
+        raise _fail(NotADirectoryError(f"PROMETHEUS_MULTIPROC_DIR={given} is not a folder"))
     workers = workers or settings.http_workers
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
-    else:  # each worker process builds its own app (and model session) from the same environment
-        import os
-
-        os.environ["LABELAUDIT_MODEL_REPO"] = str(settings.model_repo)
+        return
+    # Each worker process builds its own app (and model session) from the same environment.
+    os.environ["LABELAUDIT_MODEL_REPO"] = str(settings.model_repo)
+    with shared_metrics_dir(settings) as folder:
+        logging.getLogger("labelaudit.http").info("the %d workers' metrics are merged from %s", workers, folder)
         uvicorn.run("labelaudit.serving.http.app:create_app", factory=True, workers=workers, host=host, port=port,
                     log_level="info")  # fmt: skip
+
+
+@contextmanager
+def shared_metrics_dir(settings: Settings) -> Iterator[Path]:
+    """The folder where every worker writes its metrics (prometheus_client's multiprocess mode), in the
+    environment the workers inherit: the user's PROMETHEUS_MULTIPROC_DIR, or a fresh private one that is
+    removed on exit. Set before uvicorn starts them: prometheus_client reads it when first imported."""
+    if (folder := settings.prometheus_multiproc_dir) is not None:
+        if any(folder.glob("*.db")):
+            logging.getLogger("labelaudit.http").warning(
+                "%s holds metrics files of an earlier run: they are added to this run's totals", folder
+            )
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="labelaudit-metrics-") as created:  # mode 0700
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+        try:
+            yield Path(created)
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 @app.command()
@@ -259,8 +288,6 @@ def consume(
     max_messages: Annotated[int | None, typer.Option(help="Exit after this many messages.")] = None,
 ) -> None:
     """Join the consumer group on the images topic: audit every labeled image, commit after the store."""
-    import logging
-
     from labelaudit.serving.settings import Settings
     from labelaudit.serving.stream.consumer import consume as run_consumer
 

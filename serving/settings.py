@@ -50,7 +50,13 @@ class Settings(BaseSettings):
     the URL may carry a password)."""
 
     http_workers: int = Field(default=1, ge=1)
-    """Gateway processes (uvicorn workers) sharing the port; each has its own model session and batcher."""
+    """Gateway processes (uvicorn workers) sharing the port; each has its own model session and batcher.
+    Past one, ``/metrics`` sums every worker's metrics (``prometheus_multiproc_dir``), whichever answers."""
+    prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
+    """prometheus_client's multiprocess mode: every process writes its metrics to files here and the
+    gateway's ``/metrics`` reads them all. ``labelaudit serve --workers N`` (N > 1) sets it to a fresh
+    private folder it removes on exit, unless it is set already (then the folder is the user's: empty it
+    between runs). Read only from the environment, as prometheus_client reads it when first imported."""
 
     # -- batching (embedded backend) -------------------------------------------------------------
     max_batch_size: int = Field(default=64, ge=1)

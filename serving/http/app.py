@@ -127,7 +127,7 @@ async def audit_item_from_request(request: Request, settings: Settings) -> Audit
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(settings.prometheus_multiproc_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 await app.state.batcher.stop()
+                metrics.process_exiting()
 
     app = FastAPI(
         title="labelaudit gateway",

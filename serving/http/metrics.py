@@ -1,18 +1,28 @@
-"""Prometheus metrics of the gateway, on a registry of its own (one per app, so tests stay apart)."""
+"""Prometheus metrics of the gateway. One process: a registry of its own (one per app, so tests stay apart).
+Several workers (``Settings.prometheus_multiproc_dir``): prometheus_client's multiprocess mode, in which
+every process writes its values to files in that folder and ``/metrics`` merges the files of all."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class GatewayMetrics:
-    def __init__(self):
+    def __init__(self, multiprocess_dir: Path | None = None):
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
-        r = self.registry
+        if multiprocess_dir is not None:
+            # The values are in the folder's files whatever registry holds them; the metrics join none
+            # (in one they would be exported twice) and the collector reads every process's files.
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))
+        r = self.registry if multiprocess_dir is None else None
         self.requests = Counter("labelaudit_http_requests", "HTTP requests", ["route", "status"], registry=r)
         self.latency = Histogram(
             "labelaudit_http_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
@@ -34,8 +44,18 @@ class GatewayMetrics:
             registry=r,
         )
         self.releases = Counter("labelaudit_batch_releases", "Batches released, by reason", ["reason"], registry=r)
-        self.queue_depth = Gauge("labelaudit_queue_images", "Images waiting for a batch", registry=r)
+        # livesum: the images waiting behind the port are the sum of the workers' queues, and a worker that
+        # has exited has none (process_exiting drops its file). Counters and histograms are summed over
+        # every file, an exited worker's too: the gateway's totals never go down.
+        self.queue_depth = Gauge(
+            "labelaudit_queue_images", "Images waiting for a batch", multiprocess_mode="livesum", registry=r
+        )
         self.rejected = Counter("labelaudit_overload_rejections", "Requests answered 429", registry=r)
+
+    def process_exiting(self) -> None:
+        """Multiprocess mode: this process's live gauges leave the totals (its counts stay)."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
     def batch_released(self, *, images: int, requests: int, reason: str, queue_delay_s: float) -> None:
         self.batch_size.observe(images)

@@ -169,6 +169,15 @@ def test_health_readiness_card_and_metrics(client):
         assert name in text
 
 
+def test_apps_in_one_process_keep_their_metrics_apart(model_repo):
+    """One worker: a registry per app (no multiprocess folder), so two apps never count each other's requests."""
+    line = 'labelaudit_http_requests_total{route="/v1/classify",status="200"}'
+    with TestClient(create_app(settings_for(model_repo))) as a, TestClient(create_app(settings_for(model_repo))) as b:
+        assert classify_files(a, [GOOD]).status_code == 200 and classify_files(a, [GOOD]).status_code == 200
+        assert f"{line} 2.0" in a.get("/metrics").text
+        assert line not in b.get("/metrics").text
+
+
 def test_api_key_is_enforced_when_configured(model_repo):
     with TestClient(create_app(settings_for(model_repo, api_key="k3y"))) as c:
         assert c.get("/v1/models").status_code == 401

@@ -1,0 +1,154 @@
+"""``labelaudit serve --workers 2`` as a real subprocess: whichever worker answers ``/metrics``, it
+describes the whole gateway (prometheus_client's multiprocess mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from labelaudit.cli import app, shared_metrics_dir
+from labelaudit.ports import free_port
+from labelaudit.serving.settings import Settings
+
+REQUESTS = 40
+
+
+@pytest.fixture(scope="module")
+def pngs(tiny_data) -> list[bytes]:
+    rows = [json.loads(line) for line in (tiny_data / "task_b.jsonl").read_text().splitlines()]
+    return [(tiny_data / r["image"]).read_bytes() for r in rows if r["split"] == "test"][:REQUESTS]
+
+
+def wait_for(condition, what: str, log: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; the gateway log ends:\n{log.read_text()[-3000:]}")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of one scrape, keyed ``name{label="value",...}`` (labels sorted)."""
+    text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples
+
+
+def classified(samples: dict[str, float]) -> float:
+    return samples.get('labelaudit_http_requests_total{route="/v1/classify",status="200"}', 0.0)
+
+
+def live_gauge_files(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("labelaudit-metrics-*/gauge_live*.db"))
+
+
+@pytest.fixture
+def two_workers(model_repo, tmp_path):
+    """The real CLI with a minimal environment; TMPDIR is the test's, so the metrics folder can be watched."""
+    port, tmp, log = free_port(), tmp_path / "tmp", tmp_path / "gateway.log"
+    tmp.mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "TMPDIR": str(tmp),
+        "LABELAUDIT_STORE_URL": f"sqlite:///{tmp_path / 'audit.db'}",
+        "LABELAUDIT_ORT_INTRA_OP_THREADS": "1",
+    }
+    if "PYTHONPATH" in os.environ:  # the workers run the code the tests import
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labelaudit.cli", "serve", "--model-repo", str(model_repo),
+             "--port", str(port), "--workers", "2"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: log.read_text().count("Application startup complete") == 2, "both workers", log)
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "/readyz", log)
+        yield url, proc, tmp, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_metrics_of_serve_workers_2_count_every_worker(two_workers, pngs):
+    url, proc, tmp, log = two_workers
+
+    def classify(png: bytes) -> int:  # a new connection each: the kernel hands them to either worker
+        files = {"files": ("x.png", png, "image/png")}
+        return httpx.post(f"{url}/v1/classify", files=files, headers={"Connection": "close"}).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(classify, pngs)) == [200] * REQUESTS
+
+    # A worker counts a request just after its response is sent; give the last ones that moment.
+    deadline, seen = time.monotonic() + 10, [classified(scrape(url))]
+    while seen[-1] != REQUESTS and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen.append(classified(scrape(url)))
+    assert seen[-1] == REQUESTS, f"/v1/classify 200s in /metrics, scrape by scrape: {Counter(seen)}"
+    for _ in range(12):
+        m = scrape(url)
+        assert classified(m) == REQUESTS, m
+        assert m["labelaudit_images_classified_total{}"] == REQUESTS
+        batches = m["labelaudit_batch_images_count{}"]
+        assert 1 <= batches <= REQUESTS and m["labelaudit_batch_images_sum{}"] == REQUESTS  # one image a request
+        assert m['labelaudit_batch_images_bucket{le="+Inf"}'] == batches == m["labelaudit_batch_requests_count{}"]
+        releases = sum(v for k, v in m.items() if k.startswith("labelaudit_batch_releases_total"))
+        assert releases == batches
+        assert "labelaudit_queue_images{}" in m  # livesum: one series for the gateway, no pid label
+
+    # A private folder in TMPDIR; one live-gauge file per worker.
+    [folder] = tmp.glob("labelaudit-metrics-*")
+    assert folder.stat().st_mode & 0o077 == 0
+    assert len(live_gauge_files(tmp)) == 2
+
+    # SIGTTOU: uvicorn retires one worker. Its live gauge goes with it, its counts stay in the total.
+    proc.send_signal(signal.SIGTTOU)
+    wait_for(lambda: len(live_gauge_files(tmp)) == 1, "the retired worker's gauge file to go", log, 30)
+    assert classified(scrape(url)) == REQUESTS
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    assert not list(tmp.glob("labelaudit-metrics-*"))  # the folder serve made is gone
+
+
+def test_serve_makes_a_private_metrics_folder_and_removes_it(monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with shared_metrics_dir(Settings()) as folder:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder)  # what the workers inherit
+        assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+    assert not folder.exists() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_serve_keeps_the_users_metrics_folder(monkeypatch, tmp_path):
+    (tmp_path / "counter_1.db").write_bytes(b"")  # an earlier run's file: warned about, left alone
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with shared_metrics_dir(Settings()) as folder:
+        assert folder == tmp_path and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path)
+    assert (tmp_path / "counter_1.db").is_file() and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path)
+
+
+def test_serve_refuses_a_metrics_folder_that_is_not_one(model_repo, tmp_path):
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+    result = CliRunner().invoke(app, ["serve", "--model-repo", str(model_repo), "--workers", "2"], env=env)
+    assert result.exit_code == 2 and "is not a folder" in result.output
