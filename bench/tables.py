@@ -231,10 +231,9 @@ def report_table(result: dict) -> str:
         f"Labelers ranked and flagged by `labelaudit report` on a simulated stream: the recipe's five labelers at "
         f"{c.get('noise', 0.4):.0%} noise label task B's clean test images ({c.get('stream_images'):,}, size "
         f"`{c.get('size')}`, seeds {c.get('seeds')}), over {c.get('nights')} nights, through the real Auditor "
-        f"(FasTEN from classifier A, ONNX). Truly noisy: {c.get('truly_noisy')}. Oracle's (a second yardstick, "
-        "added after the first development runs showed the confuser within two points of the pool, where even "
-        "a perfect reference rarely flags it at this volume): the report's exact binomial test run on the true "
-        "error counts, what a perfect reference would flag. cleanlab: "
+        f"(FasTEN from classifier A, ONNX). Truly noisy: {c.get('truly_noisy')}. Flag test: {c.get('flag_test')}. "
+        "Oracle's: the same step-down test with exact binomial tests on the true error counts, what a perfect "
+        "reference would flag. cleanlab: "
         "`get_label_quality_multiannotator`, 1 - annotator quality (it does not flag). SQLite and PostgreSQL "
         f"gave the same report in {same} of {len(pg)} comparisons. Device: {result['device']}.\n\n"
         + "\n".join(lines)

@@ -113,7 +113,8 @@ def _labelers(report: Report) -> str:
     if not report.labelers:
         return out + '<p class="missing">No labeled records in this window: no labelers to compare.</p>'
     f = report.flag_test
-    out += f'<p class="method"><b>The flag.</b> {escape(f.description)} Tested: {f.tested}; flagged: ' + (
+    rounds = f"{f.rounds} round{'s' if f.rounds != 1 else ''}"
+    out += f'<p class="method"><b>The flag.</b> {escape(f.description)} Tested: {f.tested}; {rounds}; flagged: ' + (
         escape(", ".join(f.flagged)) if f.flagged else "none") + ".</p>"  # fmt: skip
     out += _figure(plots.labeler_rates(report.labelers, report.headline.disagreement), "disagreement per labeler")
     head = ["labeler", "labels", "on shared items", "disagree", "rate", "95% CI", "estimated error (95% CI, from)",
