@@ -207,7 +207,7 @@ def report_json(store_url: str, window, out: Path, classes: list[str]):
 
 
 def oracle_flagged(errors: dict[str, tuple[int, int]], alpha: float = 0.05) -> list[str]:
-    """The report's step-down test run with exact binomial tests on the TRUE error counts: what a perfect
+    """The report's step-down test run with Fisher exact tests on the TRUE error counts: what a perfect
     reference would flag."""
     from labelaudit.serving.report.agreement import estimate
     from labelaudit.serving.report.build import step_down
@@ -523,7 +523,7 @@ def main() -> None:
         "truly_noisy": "the labelers the simulation made noisy (every kind but reliable); session 2's definition "
         "(true rate above the pool's) is kept as the column above_pool_rate",
         "flag_test": "step-down: one-sided test vs the pooled rate of the labelers not yet flagged (agreement "
-        "z-test where identified, else exact binomial), Holm-Bonferroni per round, alpha 0.05",
+        "z-test where identified, else Fisher exact), Holm-Bonferroni per round, alpha 0.05",
     }
     device = f"2-core CPU ({cpu_name()}); SQLite {__import__('sqlite3').sqlite_version}, PostgreSQL (Debian)"
     rows = kept_rows(args.name, skipped=set(args.skip))

@@ -232,7 +232,7 @@ def report_table(result: dict) -> str:
         f"{c.get('noise', 0.4):.0%} noise label task B's clean test images ({c.get('stream_images'):,}, size "
         f"`{c.get('size')}`, seeds {c.get('seeds')}), over {c.get('nights')} nights, through the real Auditor "
         f"(FasTEN from classifier A, ONNX). Truly noisy: {c.get('truly_noisy')}. Flag test: {c.get('flag_test')}. "
-        "Oracle's: the same step-down test with exact binomial tests on the true error counts, what a perfect "
+        "Oracle's: the same step-down test with Fisher exact tests on the true error counts, what a perfect "
         "reference would flag. cleanlab: "
         "`get_label_quality_multiannotator`, 1 - annotator quality (it does not flag). SQLite and PostgreSQL "
         f"gave the same report in {same} of {len(pg)} comparisons. Device: {result['device']}.\n\n"

@@ -31,7 +31,7 @@ from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.report import aggregate as agg
 from labelaudit.serving.report.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.serving.report.agreement import estimate as agreement_estimates
-from labelaudit.serving.report.stats import binomial_greater, holm, wilson
+from labelaudit.serving.report.stats import fisher_greater, holm, wilson
 
 THIN = 20  # fewer labels than this: the page says the interval is wide
 UNKNOWN_LABELER = ""  # records that came without a labeler id: shown, never tested (not one person)
@@ -52,7 +52,8 @@ def flag_test_description(alpha: float) -> str:
         f"{MIN_PAIRS} items pairwise), its error rate comes from how often it agrees with them (one-coin "
         "Dawid–Skene moments, no model involved), and the test is one-sided: the difference to the pool's "
         "volume-weighted rate over its parametric-bootstrap standard error (z-test). Otherwise the test is a "
-        "one-sided exact binomial test of its disagreements against the pool's pooled disagreement rate. In "
+        "one-sided Fisher exact test of its disagreements against the pool's other labels (which, unlike a test "
+        "against the pool's rate as if it were known, counts the pool's own sampling error). In "
         "each round the p-values are adjusted with Holm–Bonferroni over the labelers tested, and a labeler is "
         f"flagged where the adjusted p-value is at most {alpha:g}. Labels without a labeler id are not tested."
     )
@@ -220,7 +221,7 @@ def _labelers(cells: list[agg.Cell], classes: list[str], alpha: float, est: Esti
 class Flags:
     p: dict[str, float] = field(default_factory=dict)  # labeler -> p-value (the round that flagged it, or the last)
     adjusted: dict[str, float] = field(default_factory=dict)  # the same, Holm-adjusted within its round
-    test: dict[str, str] = field(default_factory=dict)  # labeler -> "agreement z-test" | "exact binomial"
+    test: dict[str, str] = field(default_factory=dict)  # labeler -> "agreement z-test" | "Fisher exact"
     flagged: dict[str, int] = field(default_factory=dict)  # labeler -> the round (from 1) that flagged it
     rounds: int = 0
 
@@ -254,8 +255,8 @@ def step_down(stats: dict[str, tuple[int, int]], est: Estimates, alpha: float) -
 def _flag_p_values(
     stats: dict[str, tuple[int, int]], est: Estimates, standing: set[str]
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Per labeler in ``standing``: the agreement z-test where its error rate is identified, else the exact
-    binomial test of its disagreements against the pooled disagreement rate of the pool's other labels.
+    """Per labeler in ``standing``: the agreement z-test where its error rate is identified, else the one-sided
+    Fisher exact test of its disagreements against those of the pool's other labels.
     The pool: ``standing`` and the labels without a labeler id (never tested, never flagged)."""
     pool = standing | ({UNKNOWN_LABELER} & stats.keys())
     p = above_pool(est, {a: n for a, (_, n) in stats.items() if a in pool})
@@ -267,8 +268,8 @@ def _flag_p_values(
         k, n = stats[a]
         if a in p or total_n - n == 0:
             continue
-        p[a] = binomial_greater(k, n, (total_k - k) / (total_n - n))
-        test[a] = "exact binomial"
+        p[a] = fisher_greater(k, n, total_k - k, total_n - n)
+        test[a] = "Fisher exact"
     return p, test
 
 
@@ -288,7 +289,7 @@ def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> st
     notes = []
     if n < THIN:
         notes.append(f"only {n} label{'s' if n > 1 else ''}: the interval is wide and the test has little power")
-    if test == "exact binomial":
+    if test == "Fisher exact":
         notes.append("too few items shared with other labelers: error rate from disagreement (counts model errors too)")
     return "; ".join(notes) or None
 

@@ -1,4 +1,4 @@
-"""The report's statistics: Wilson score intervals, the one-sided exact binomial test, Holm–Bonferroni.
+"""The report's statistics: Wilson score intervals, the one-sided Fisher exact test, Holm–Bonferroni.
 
 Glossary: ``k`` successes (here: disagreeing labels) of ``n`` trials (labels); ``p0`` the rate under the
 null hypothesis; ``alpha`` the family-wise error rate.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from scipy.stats import binomtest
+from scipy.stats import hypergeom
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
 
@@ -29,9 +29,16 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
     return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
-def binomial_greater(k: int, n: int, p0: float) -> float:
-    """P-value of the one-sided exact binomial test H0: rate <= p0 against H1: rate > p0."""
-    return float(binomtest(k, n, min(max(p0, 0.0), 1.0), alternative="greater").pvalue)
+def fisher_greater(k: int, n: int, k_pool: int, n_pool: int) -> float:
+    """P-value of the one-sided Fisher exact test: is ``k / n`` above the pool's ``k_pool / n_pool``?
+
+    Conditional on the total ``k + k_pool``, ``k`` is hypergeometric; the p-value is its upper tail. Unlike
+    the binomial test against ``k_pool / n_pool`` it counts the pool's own sampling error, which matters
+    when the pool is small (a step-down test's last rounds): 400 of 1,000 against 0 of 3 is not evidence.
+    """
+    if n == 0 or n_pool == 0:
+        return 1.0
+    return float(hypergeom.sf(k - 1, n + n_pool, k + k_pool, n))
 
 
 def holm(p_values: list[float]) -> list[float]:

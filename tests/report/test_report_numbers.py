@@ -62,9 +62,10 @@ def test_per_labeler_with_leave_one_out_consensus(known_store):
     got = {a: (x.labels, x.multi_labeled, x.disagreement.k, x.relabel_requests) for a, x in rows.items()}
     assert got == {"anna": (6, 3, 1, 2), "ben": (5, 3, 1, 1), "cleo": (4, 4, 2, 3), "": (1, 0, 0, 0)}
     assert [x.labeler_id for x in r.labelers] == ["anna", "ben", "cleo", ""]  # by volume
-    # cleo, 2 of 4 against the others' 2 of 12: P(X >= 2 | 4, 1/6) = 1 - (5/6)^4 - 4 (1/6)(5/6)^3
-    assert rows["cleo"].p_value == pytest.approx(1 - (5 / 6) ** 4 - 4 * (1 / 6) * (5 / 6) ** 3)
-    assert rows["anna"].p_value == pytest.approx(1 - 0.7**6)  # 1 of 6 against 3 of 10
+    # Fisher, cleo: 2 of 4 against the others' 2 of 12, so 4 wrong of 16; P(X >= 2) drawing 4 of 16 is
+    # (C(4,2) C(12,2) + C(4,3) C(12,1) + C(4,4)) / C(16,4) = (396 + 48 + 1) / 1820
+    assert rows["cleo"].p_value == pytest.approx(445 / 1820)
+    assert rows["anna"].p_value == pytest.approx(1 - 924 / 8008)  # 1 of 6 vs 3 of 10: 1 - C(12,6) / C(16,6)
     assert rows["cleo"].p_adjusted == pytest.approx(3 * rows["cleo"].p_value)  # Holm: smallest of three, x3
     assert rows[""].p_value is None and "without a labeler id" in rows[""].note
     assert r.flag_test.tested == 3 and r.flag_test.flagged == []

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labelaudit.serving.report.aggregate import model_weight
-from labelaudit.serving.report.stats import binomial_greater, holm, wilson
+from labelaudit.serving.report.stats import fisher_greater, holm, wilson
 
 
 @pytest.mark.parametrize(
@@ -41,11 +41,27 @@ def test_wilson_holds_the_estimate_inside_zero_one_and_is_symmetric(kn):
     assert low == pytest.approx(1 - mirror_high, abs=1e-12) and high == pytest.approx(1 - mirror_low, abs=1e-12)
 
 
-@given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))), st.floats(0.01, 0.99))
-def test_binomial_greater_is_the_upper_tail(kn, p0):
-    k, n = kn
-    tail = sum(math.comb(n, i) * p0**i * (1 - p0) ** (n - i) for i in range(k, n + 1))
-    assert binomial_greater(k, n, p0) == pytest.approx(tail, rel=1e-6, abs=1e-12)
+def fisher_tail(k: int, n: int, k_pool: int, n_pool: int) -> float:
+    """The definition: P(X >= k), X the labeler's share of all k + k_pool wrong labels drawn without
+    replacement, in exact integer arithmetic."""
+    total, wrong = n + n_pool, k + k_pool
+    hits = sum(math.comb(wrong, x) * math.comb(total - wrong, n - x) for x in range(k, min(n, wrong) + 1))
+    return hits / math.comb(total, n)
+
+
+@given(
+    st.integers(1, 40).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),
+    st.integers(1, 40).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),
+)
+def test_fisher_greater_is_the_hypergeometric_upper_tail(kn, pool):
+    (k, n), (k_pool, n_pool) = kn, pool
+    assert fisher_greater(k, n, k_pool, n_pool) == pytest.approx(fisher_tail(k, n, k_pool, n_pool), rel=1e-6, abs=1e-12)
+
+
+def test_fisher_greater_counts_the_pools_own_uncertainty():
+    assert fisher_greater(400, 1000, 0, 3) > 0.2  # a pool of three labels says little
+    assert fisher_greater(400, 1000, 0, 300) < 1e-30
+    assert fisher_greater(0, 0, 1, 2) == 1.0 and fisher_greater(1, 2, 0, 0) == 1.0
 
 
 def test_holm_worked_example():
@@ -65,7 +81,7 @@ def test_model_weight_is_crowdlabs_with_equal_weights():
 def _no_agreement():
     from labelaudit.serving.report.agreement import estimate
 
-    return estimate([], 10)  # nobody shares items: every labeler takes the exact binomial path
+    return estimate([], 10)  # nobody shares items: every labeler takes the Fisher exact path
 
 
 def test_step_down_flags_noisy_labelers_a_spammer_hides():
@@ -78,7 +94,7 @@ def test_step_down_flags_noisy_labelers_a_spammer_hides():
     assert got.flagged == {"spam": 1, "noisy": 2}
     assert got.rounds == 3  # the third round tests good1 and good2 against each other and flags nobody
     assert got.adjusted["good1"] > 0.05 and got.adjusted["good2"] > 0.05
-    assert set(got.test.values()) == {"exact binomial"}
+    assert set(got.test.values()) == {"Fisher exact"}
 
 
 def test_step_down_flags_nobody_in_an_even_crew():
@@ -97,4 +113,13 @@ def test_step_down_never_tests_labels_without_an_id_but_pools_them():
     got = step_down(stats, _no_agreement(), alpha=0.05)
     assert UNKNOWN_LABELER not in got.p and got.flagged == {}
     # a against b and the unknown labels: 30 of 300 vs 330 of 600
-    assert got.p["a"] == pytest.approx(binomial_greater(30, 300, 330 / 600))
+    assert got.p["a"] == pytest.approx(fisher_tail(30, 300, 330, 600))
+
+
+def test_step_down_does_not_flag_against_a_pool_of_a_few_labels():
+    from labelaudit.serving.report.build import step_down
+
+    # After the noisy ones leave, "good" (25% wrong) faces only "tiny" (0 of 3): not evidence against it.
+    stats = {"good": (250, 1000), "noisy": (450, 1000), "spam": (900, 1000), "tiny": (0, 3)}
+    got = step_down(stats, _no_agreement(), alpha=0.05)
+    assert "good" not in got.flagged and set(got.flagged) == {"noisy", "spam"}
