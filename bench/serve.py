@@ -15,7 +15,7 @@ Systems (rows' ``system``; ``body`` says what travels):
   its top-3: everything the gateway does except HTTP.
 - ``gateway`` (body ``multipart``, the common client path, ``curl -F files=@x.png``; ``json`` rows send
   base64 in JSON): ``labelaudit serve`` as a user starts it (uvicorn subprocess, embedded onnxruntime,
-  default settings, its access log on) on a free loopback port; POST /v1/classify with top_k=3.
+  default settings) on a free loopback port; POST /v1/classify with top_k=3.
 - ``peer_mlserver`` (body ``v2_json_base64``): MLServer from PyPI serving the same model.onnx with its
   adaptive batching (max_batch_size 64 requests, max_batch_time 2 ms: the gateway's defaults) through
   bench/peers/mlserver_runtime.py, which decodes the same PNG bytes (a KServe v2 BYTES input, base64 on

@@ -244,14 +244,14 @@ def serve(
         raise _fail(NotADirectoryError(f"PROMETHEUS_MULTIPROC_DIR={given} is not a folder"))
     workers = workers or settings.http_workers
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=settings.http_access_log)
         return
     # Each worker process builds its own app (and model session) from the same environment.
     os.environ["LABELAUDIT_MODEL_REPO"] = str(settings.model_repo)
     with shared_metrics_dir(settings) as folder:
         logging.getLogger("labelaudit.http").info("the %d workers' metrics are merged from %s", workers, folder)
         uvicorn.run("labelaudit.serving.http.app:create_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="info")  # fmt: skip
+                    log_level="info", access_log=settings.http_access_log)  # fmt: skip
 
 
 @contextmanager

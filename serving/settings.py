@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     http_workers: int = Field(default=1, ge=1)
     """Gateway processes (uvicorn workers) sharing the port; each has its own model session and batcher.
     Past one, ``/metrics`` sums every worker's metrics (``prometheus_multiproc_dir``), whichever answers."""
+    http_access_log: bool = False
+    """uvicorn's access log, a line per request. Off by default: at a thousand requests a second it was
+    about 5% of the gateway's Python time, and ``/metrics`` counts requests by route and status anyway."""
     prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
     """prometheus_client's multiprocess mode: every process writes its metrics to files here and the
     gateway's ``/metrics`` reads them all. ``labelaudit serve --workers N`` (N > 1) sets it to a fresh

@@ -129,6 +129,9 @@ def test_palette_png_is_converted(client):
     assert classify_files(client, [buf.getvalue()]).status_code == 200
 
 
+MULTIPART_NO_NAME = b'--b\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nxx\r\n--b--\r\n'
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "reason"),
     [
@@ -139,8 +142,30 @@ def test_palette_png_is_converted(client):
         ({"content": b"raw", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
         ({"data": {"top_k": "3"}, "files": [("other", ("a", b"x"))]}, 422, "no_images"),
         ({"content": b"x" * 2_100_000, "headers": {"content-type": "application/json"}}, 413, "body_too_large"),
+        ({"content": b"--b\r\n", "headers": {"content-type": "multipart/form-data"}}, 400, "bad_multipart"),
+        ({"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=b"}}, 400, "bad_multipart"),
+        (
+            {"content": MULTIPART_NO_NAME, "headers": {"content-type": "multipart/form-data; boundary=b"}},
+            400,
+            "bad_multipart",
+        ),
+        ({"files": [("files", ("a.png", GOOD))] * 30}, 413, "too_many_parts"),
+        ({"files": [("files", ("a.png", GOOD))], "data": {"top_k": "x"}}, 422, "invalid_request"),
     ],
-    ids=["no-images", "bad-base64", "wrong-field", "broken-json", "text-plain", "no-files-part", "huge-body"],
+    ids=[
+        "no-images",
+        "bad-base64",
+        "wrong-field",
+        "broken-json",
+        "text-plain",
+        "no-files-part",
+        "huge-body",
+        "no-boundary",
+        "not-multipart",
+        "part-without-name",
+        "too-many-parts",
+        "bad-top-k",
+    ],
 )
 def test_bad_requests_get_a_4xx_with_a_reason(client, kwargs, status, reason):
     response = client.post("/v1/classify", **kwargs)
