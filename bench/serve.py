@@ -229,6 +229,13 @@ def start_server(name: str, cmd: list[str], *, port: int, ready: str, env: dict,
         time.sleep(0.5)
 
 
+def _workers_note() -> str:
+    from labelaudit.serving.settings import Settings, usable_cpus
+
+    n = Settings().http_workers or usable_cpus()
+    return f"{n} uvicorn worker{'s' if n != 1 else ''}"
+
+
 def start_gateway(repo: Path) -> Server:
     (port,) = free_ports(1)
     env = {"LABELAUDIT_STORE_URL": f"sqlite:///{SERVE_WORK / 'gateway-audit.db'}"}  # never into the checkout
@@ -428,7 +435,8 @@ async def run(args) -> None:
               f"CPU provider; load generator and servers share these cores")  # fmt: skip
     config = {k: v for k, v in vars(args).items()} | {
         "payload": f"task-B test PNGs, {len(images)} distinct, mean {np.mean([len(i) for i in images]):.0f} bytes",
-        "gateway_settings": "defaults (max_batch_size 64, max_batch_delay_ms 2, max_queue_images 1024)",
+        "gateway_settings": "defaults (max_batch_size 64, max_batch_delay_ms 2, max_queue_images 1024, http_workers "
+        f"{os.environ.get('LABELAUDIT_HTTP_WORKERS', '0')}: {_workers_note()})",
         "peer_versions": peer_versions(args),
         "serving_tree": serving_tree(),
     }

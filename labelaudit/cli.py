@@ -223,14 +223,17 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Gateway processes sharing the port (LABELAUDIT_HTTP_WORKERS).")
+        int | None,
+        typer.Option(
+            min=0, help="Gateway processes sharing the port; 0: one per usable CPU (LABELAUDIT_HTTP_WORKERS)."
+        ),
     ] = None,
 ) -> None:
     """Start the HTTP gateway (uvicorn) on embedded defaults: onnxruntime in process."""
     import uvicorn
 
     from labelaudit.serving.http.app import create_app
-    from labelaudit.serving.settings import Settings
+    from labelaudit.serving.settings import Settings, usable_cpus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**({"model_repo": model_repo} if model_repo else {}))
@@ -242,7 +245,8 @@ def serve(
         raise _fail(exc) from exc
     if (given := settings.prometheus_multiproc_dir) is not None and not given.is_dir():
         raise _fail(NotADirectoryError(f"PROMETHEUS_MULTIPROC_DIR={given} is not a folder"))
-    workers = workers or settings.http_workers
+    workers = settings.http_workers if workers is None else workers
+    workers = workers or usable_cpus()
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=settings.http_access_log)
         return

@@ -6,6 +6,8 @@ Nothing else in the code reads the environment.
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -49,9 +51,11 @@ class Settings(BaseSettings):
     """Where verdicts go: ``sqlite:///path.db`` (default, WAL) or ``postgresql://user:pw@host/db`` (a secret:
     the URL may carry a password)."""
 
-    http_workers: int = Field(default=1, ge=1)
+    http_workers: int = Field(default=0, ge=0)
     """Gateway processes (uvicorn workers) sharing the port; each has its own model session and batcher.
-    Past one, ``/metrics`` sums every worker's metrics (``prometheus_multiproc_dir``), whichever answers."""
+    0 (the default): one per CPU this process may use (``usable_cpus``), since one process is bound by
+    its GIL to about one core. Past one, ``/metrics`` sums every worker's metrics
+    (``prometheus_multiproc_dir``), whichever answers."""
     http_access_log: bool = False
     """uvicorn's access log, a line per request. Off by default: at a thousand requests a second it was
     about 5% of the gateway's Python time, and ``/metrics`` counts requests by route and status anyway."""
@@ -124,3 +128,16 @@ class Settings(BaseSettings):
     def redacted(self) -> dict:
         """The settings as a dict, secrets shown as ``**********``: safe to log."""
         return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's CPU
+    limit, rounded up), at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 CPU controller here: the affinity is the limit
+    return max(1, cpus)

@@ -152,3 +152,19 @@ def test_serve_refuses_a_metrics_folder_that_is_not_one(model_repo, tmp_path):
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
     result = CliRunner().invoke(app, ["serve", "--model-repo", str(model_repo), "--workers", "2"], env=env)
     assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+def test_usable_cpus_follows_the_affinity_and_a_cgroup_quota(tmp_path):
+    from labelaudit.serving.settings import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")
+    assert usable_cpus(quota) == affinity
+    quota.write_text("50000 100000\n")  # half a CPU: one worker
+    assert usable_cpus(quota) == 1
+    quota.write_text(f"{(affinity + 3) * 100000} 100000\n")  # a quota above the affinity: the affinity
+    assert usable_cpus(quota) == affinity
+    assert usable_cpus(tmp_path / "missing") == affinity
+    quota.write_text("garbage")
+    assert usable_cpus(quota) == affinity
