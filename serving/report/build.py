@@ -34,6 +34,10 @@ from labelaudit.serving.report.agreement import estimate as agreement_estimates
 from labelaudit.serving.report.stats import fisher_greater, holm, wilson
 
 THIN = 20  # fewer labels than this: the page says the interval is wide
+# The flag tests a labeler only against others holding at least this share of the window's labels: a
+# remainder smaller than that (a QA lead's few checks of trusted items, a handful of test calls) is no
+# reference for the crowd, and the step-down would otherwise flag everyone worse than it.
+MIN_POOL_SHARE = 0.10
 UNKNOWN_LABELER = ""  # records that came without a labeler id: shown, never tested (not one person)
 
 
@@ -53,7 +57,8 @@ def flag_test_description(alpha: float) -> str:
         "Dawid–Skene moments, no model involved), and the test is one-sided: the difference to the pool's "
         "volume-weighted rate over its parametric-bootstrap standard error (z-test). Otherwise the test is a "
         "one-sided Fisher exact test of its disagreements against the pool's other labels (which, unlike a test "
-        "against the pool's rate as if it were known, counts the pool's own sampling error). In "
+        "against the pool's rate as if it were known, counts the pool's own sampling error). A labeler is tested "
+        f"only while the others in the pool hold at least {MIN_POOL_SHARE:.0%} of the window's labels. In "
         "each round the p-values are adjusted with Holm–Bonferroni over the labelers tested, and a labeler is "
         f"flagged where the adjusted p-value is at most {alpha:g}. Labels without a labeler id are not tested."
     )
@@ -259,15 +264,14 @@ def _flag_p_values(
     Fisher exact test of its disagreements against those of the pool's other labels.
     The pool: ``standing`` and the labels without a labeler id (never tested, never flagged)."""
     pool = standing | ({UNKNOWN_LABELER} & stats.keys())
-    p = above_pool(est, {a: n for a, (_, n) in stats.items() if a in pool})
-    p.pop(UNKNOWN_LABELER, None)
-    test = dict.fromkeys(p, "agreement z-test")
     total_k = sum(stats[a][0] for a in pool)
     total_n = sum(stats[a][1] for a in pool)
-    for a in sorted(standing):
+    # Only against a real pool: the others must hold MIN_POOL_SHARE of the window's labels.
+    enough = {a for a in standing if total_n - stats[a][1] >= MIN_POOL_SHARE * sum(n for _, n in stats.values())}
+    p = {a: q for a, q in above_pool(est, {a: n for a, (_, n) in stats.items() if a in pool}).items() if a in enough}
+    test = dict.fromkeys(p, "agreement z-test")
+    for a in sorted(enough - p.keys()):
         k, n = stats[a]
-        if a in p or total_n - n == 0:
-            continue
         p[a] = fisher_greater(k, n, total_k - k, total_n - n)
         test[a] = "Fisher exact"
     return p, test

@@ -123,3 +123,18 @@ def test_step_down_does_not_flag_against_a_pool_of_a_few_labels():
     stats = {"good": (250, 1000), "noisy": (450, 1000), "spam": (900, 1000), "tiny": (0, 3)}
     got = step_down(stats, _no_agreement(), alpha=0.05)
     assert "good" not in got.flagged and set(got.flagged) == {"noisy", "spam"}
+
+
+def test_step_down_needs_a_real_pool_not_a_few_trusted_checks():
+    from labelaudit.serving.report.build import step_down
+
+    # The demo's night: five crowd labelers, a QA lead's 50 checks of trusted items (which the model was
+    # trained on: 0 disagreements) and 3 test calls. Once the four noisy ones are out, the best crowd
+    # labeler would face 53 labels (1% of the night): not a pool, so it is not tested again.
+    night = {"l1": (455, 1485), "l2": (554, 990), "l3": (470, 990), "l4": (400, 990), "l5": (449, 495),
+             "qa": (0, 50), "curl": (0, 3)}  # fmt: skip
+    got = step_down(night, _no_agreement(), alpha=0.05)
+    assert set(got.flagged) == {"l2", "l3", "l4", "l5"}
+    # A QA team that checks at scale is a pool: against 2,000 clean labels l1's 31% is significant.
+    got = step_down(night | {"qa": (0, 2000)}, _no_agreement(), alpha=0.05)
+    assert "l1" in got.flagged
