@@ -395,6 +395,7 @@ async def in_process(repo: Path):
         return holder["batcher"].submit
 
     async with open_runtime(settings, wrap_infer=gather) as runtime:
+        runtime.core.coming = holder["batcher"].coming  # as create_app does
         await holder["batcher"].start()
         try:
             yield runtime.core, holder["batcher"], counter

@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=64, ge=1)
     """Images per inference batch; a batch is released when full..."""
     max_batch_delay_ms: float = Field(default=2.0, ge=0)
-    """...or when its first request has waited this long."""
+    """...or when its first request has waited this long, or at once when no other request is queued or
+    decoding (a lone request never waits for companions that are not coming)."""
     max_queue_images: int = Field(default=1024, ge=1)
     """Images allowed to wait for a batch; past it requests get 429 with Retry-After."""
 

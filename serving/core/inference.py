@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
@@ -24,6 +25,9 @@ class InferenceCore:
     def __init__(self, model: ServedModel, infer: Callable[[np.ndarray], Awaitable[np.ndarray]], settings: Settings):
         self.model, self.infer, self.settings = model, infer, settings
         self.classes = model.card.classes
+        # Entered around decoding: the gateway's micro-batcher sets it (MicroBatcher.coming) to know which
+        # requests are on their way to it.
+        self.coming: Callable[[], AbstractContextManager] = nullcontext
 
     def to_input(self, index: int | str, data: bytes) -> np.ndarray:
         """One encoded image -> its (C, H, W) model input; ``ImageError`` names the image by ``index``
@@ -58,6 +62,10 @@ class InferenceCore:
         names = list(range(len(images))) if names is None else names
         if not images:
             return []
+        with self.coming():
+            return await self._decode(images, names)
+
+    async def _decode(self, images: list[bytes], names: list[int | str]) -> list:
         loop = asyncio.get_running_loop()  # run_in_executor: to_thread's context copy is per-request overhead
         if len(images) == 1:  # the common request: one hand-off, nothing to split or join
             return await loop.run_in_executor(None, self._inputs_sync, names, images)

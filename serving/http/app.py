@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with open_runtime(settings, wrap_infer=gather) as runtime:
             await app.state.batcher.start()
             app.state.core, app.state.backend, app.state.auditor = runtime.core, runtime.backend, runtime.auditor
+            runtime.core.coming = getattr(app.state.batcher, "coming", runtime.core.coming)
             try:
                 yield
             finally:

@@ -1,7 +1,9 @@
 """Dynamic micro-batching: concurrent requests are gathered into one inference call.
 
-A batch is released when it holds ``max_batch_size`` images ("full") or when its first request has
-waited ``max_delay_s`` ("timeout"). Requests are never split across batches, so each caller gets back
+A batch is released when it holds ``max_batch_size`` images ("full"), when its first request has
+waited ``max_delay_s`` ("timeout"), or at once when no other request is waiting or on its way ("idle":
+callers announce themselves with ``coming()`` while they decode, so a lone request never waits for
+companions that are not there). Requests are never split across batches, so each caller gets back
 exactly its own rows. Past ``max_queue_images`` waiting images, ``submit`` refuses at once with
 ``Overloaded`` (HTTP 429 with Retry-After) instead of letting latency pile up.
 """
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from labelaudit.errors import LabelAuditError
 
-Release = Literal["full", "timeout"]
+Release = Literal["full", "timeout", "idle"]
 
 
 class Overloaded(LabelAuditError):
@@ -62,6 +65,7 @@ class MicroBatcher:
         self._carry: _Pending | None = None  # a request that did not fit the previous batch
         self._worker: asyncio.Task | None = None
         self._mean_batch_s = 0.01  # running estimate of one batch's inference time, for Retry-After
+        self.on_the_way = 0  # requests decoding their images, about to submit (see ``coming``)
 
     async def start(self) -> None:
         if self._worker is None:
@@ -72,6 +76,16 @@ class MicroBatcher:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        """Around a caller's work before ``submit`` (decoding): while it runs, a batch waits for it (up to
+        the delay); when nobody is on the way and nothing is queued, a batch is released at once."""
+        self.on_the_way += 1
+        try:
+            yield
+        finally:
+            self.on_the_way -= 1
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Queue ``images`` (n, C, H, W); returns their probabilities (n, K) in the same order."""
@@ -113,6 +127,8 @@ class MicroBatcher:
         size = len(batch[0].images)
         deadline = batch[0].enqueued + self.max_delay_s
         while size < self.max_batch_size:
+            if not self.on_the_way and self._carry is None and self._queue.empty():
+                return batch, "idle"  # nobody else is coming: waiting would only add latency
             remaining = deadline - time.perf_counter()
             if remaining > 0:
                 try:
@@ -169,6 +185,16 @@ class InFlightLimit:
 
     async def stop(self) -> None:
         pass
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        """Around a caller's work before ``submit`` (decoding): while it runs, a batch waits for it (up to
+        the delay); when nobody is on the way and nothing is queued, a batch is released at once."""
+        self.on_the_way += 1
+        try:
+            yield
+        finally:
+            self.on_the_way -= 1
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         if self.queued_images + len(images) > self.max_queue_images:

@@ -63,16 +63,49 @@ def test_concurrent_callers_each_get_exactly_their_own_rows():
         np.testing.assert_allclose(rows[:, 0], i + np.arange(n) / 100, rtol=1e-6)
     assert max(model.batch_sizes) <= 16 and max(model.batch_sizes) > 1  # batched, within the limit
     assert sum(model.batch_sizes) == sum(sizes)
-    assert {e["reason"] for e in observer.events} <= {"full", "timeout"}
+    assert {e["reason"] for e in observer.events} <= {"full", "timeout", "idle"}
     assert sum(e["images"] for e in observer.events) == sum(sizes)
 
 
-def test_a_lone_request_is_released_by_the_delay():
+def test_a_lone_request_waits_the_delay_only_while_someone_is_on_the_way():
     model, observer = FakeModel(), Observer()
     batcher = MicroBatcher(model, max_batch_size=64, max_delay_s=0.005, observer=observer)
-    rows = asyncio.run(_run(batcher, batcher.submit(_images(7, 2))))
+
+    async def lone_with_a_caller_still_decoding():
+        with batcher.coming():  # announced, never submits: the batch waits for it until the delay
+            return await batcher.submit(_images(7, 2))
+
+    rows = asyncio.run(_run(batcher, lone_with_a_caller_still_decoding()))
     assert rows.shape == (2, 3) and model.batch_sizes == [2]
     assert observer.events[0]["reason"] == "timeout" and observer.events[0]["queue_delay_s"] >= 0.004
+
+
+def test_a_lone_request_with_nobody_coming_is_released_at_once():
+    model, observer = FakeModel(), Observer()
+    batcher = MicroBatcher(model, max_batch_size=64, max_delay_s=60.0, observer=observer)  # a delay never reached
+    rows = asyncio.run(_run(batcher, asyncio.wait_for(batcher.submit(_images(7, 2)), 10)))
+    assert rows.shape == (2, 3) and observer.events[0]["reason"] == "idle"
+
+
+def test_a_batch_waits_for_the_callers_on_their_way_and_no_longer():
+    model, observer = FakeModel(), Observer()
+    batcher = MicroBatcher(model, max_batch_size=64, max_delay_s=60.0, observer=observer)
+
+    async def decoding(tag: int, steps: int):
+        with batcher.coming():
+            for _ in range(steps):  # "decoding": a few turns of the loop
+                await asyncio.sleep(0)
+            images = _images(tag)
+        return await batcher.submit(images)
+
+    async def three():
+        with batcher.coming():  # the first caller announces itself too, like every caller of the core
+            pass
+        return await asyncio.gather(batcher.submit(_images(0)), decoding(1, 3), decoding(2, 6))
+
+    results = asyncio.run(_run(batcher, asyncio.wait_for(three(), 10)))
+    assert [float(r[0, 0]) for r in results] == [0.0, 1.0, 2.0]
+    assert model.batch_sizes == [3] and observer.events[0]["reason"] == "idle"
 
 
 def test_a_request_larger_than_the_batch_goes_alone_and_whole():
