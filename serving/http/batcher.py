@@ -186,16 +186,6 @@ class InFlightLimit:
     async def stop(self) -> None:
         pass
 
-    @contextmanager
-    def coming(self) -> Iterator[None]:
-        """Around a caller's work before ``submit`` (decoding): while it runs, a batch waits for it (up to
-        the delay); when nobody is on the way and nothing is queued, a batch is released at once."""
-        self.on_the_way += 1
-        try:
-            yield
-        finally:
-            self.on_the_way -= 1
-
     async def submit(self, images: np.ndarray) -> np.ndarray:
         if self.queued_images + len(images) > self.max_queue_images:
             raise Overloaded(
