@@ -233,7 +233,7 @@ def serve(
     import uvicorn
 
     from labelaudit.serving.http.app import create_app
-    from labelaudit.serving.settings import Settings, usable_cpus
+    from labelaudit.serving.settings import Settings, intra_op_threads, usable_cpus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**({"model_repo": model_repo} if model_repo else {}))
@@ -252,6 +252,7 @@ def serve(
         return
     # Each worker process builds its own app (and model session) from the same environment.
     os.environ["LABELAUDIT_MODEL_REPO"] = str(settings.model_repo)
+    os.environ["LABELAUDIT_ORT_INTRA_OP_THREADS"] = str(intra_op_threads(settings, workers))
     with shared_metrics_dir(settings) as folder:
         logging.getLogger("labelaudit.http").info("the %d workers' metrics are merged from %s", workers, folder)
         uvicorn.run("labelaudit.serving.http.app:create_app", factory=True, workers=workers, host=host, port=port,

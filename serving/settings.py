@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     backend: Literal["onnxruntime", "triton"] = "onnxruntime"
     """``onnxruntime`` runs the ONNX file in process; ``triton`` calls a Triton (KServe v2) server."""
     ort_intra_op_threads: int = Field(default=0, ge=0)
-    """onnxruntime threads inside one operator; 0 lets onnxruntime choose (one per core)."""
+    """onnxruntime threads inside one operator; 0: the usable CPUs (affinity and cgroup quota, which
+    onnxruntime's own default ignores), shared out among the gateway's worker processes."""
     ort_inter_op_threads: int = Field(default=1, ge=0)
     """onnxruntime threads across operators (the graph is sequential, so 1)."""
     ort_allow_spinning: bool = False
@@ -129,6 +130,13 @@ class Settings(BaseSettings):
     def redacted(self) -> dict:
         """The settings as a dict, secrets shown as ``**********``: safe to log."""
         return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+
+
+def intra_op_threads(settings: Settings, processes: int = 1) -> int:
+    """onnxruntime's intra-op threads for one of ``processes`` processes serving side by side: the
+    setting, or else an even share of the usable CPUs (N workers with a thread per core each would run
+    N x cores threads on cores threads)."""
+    return settings.ort_intra_op_threads or max(1, usable_cpus() // max(1, processes))
 
 
 def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:

@@ -168,3 +168,15 @@ def test_usable_cpus_follows_the_affinity_and_a_cgroup_quota(tmp_path):
     assert usable_cpus(tmp_path / "missing") == affinity
     quota.write_text("garbage")
     assert usable_cpus(quota) == affinity
+
+
+def test_onnxruntime_threads_are_shared_out_among_worker_processes(monkeypatch):
+    from labelaudit.serving import settings as settings_module
+    from labelaudit.serving.settings import Settings, intra_op_threads
+
+    monkeypatch.setattr(settings_module, "usable_cpus", lambda: 8)
+    auto = Settings(ort_intra_op_threads=0)
+    assert intra_op_threads(auto) == 8  # one process: every usable CPU
+    assert intra_op_threads(auto, 4) == 2  # four workers: two threads each, not 4 x 8
+    assert intra_op_threads(auto, 16) == 1  # more workers than CPUs: never zero (zero is ort's "auto")
+    assert intra_op_threads(Settings(ort_intra_op_threads=3), 4) == 3  # a setting is kept as given
