@@ -4,6 +4,9 @@ levels and seeds, with a 1% trusted set. Writes bench/results/train_noise.json a
     python bench/train_noise.py --quick      # minutes: tiny data, one seed, 40% noise
     python bench/train_noise.py              # small data, 3 seeds x 20/40/60% noise (CPU: about an hour)
     python bench/train_noise.py --size full --epochs-a 15 --epochs-b 30   # on a GPU
+
+A method may carry TrainConfig overrides, a variant with its own row: ``fasten:rho=0.95,epochs=30``.
+Variants of what was tried go to their own file (``--name train_probes``), not the main table.
 """
 
 from __future__ import annotations
@@ -33,6 +36,24 @@ from labelaudit.training.train import TrainConfig, train
 console = Console()
 
 
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"fasten:rho=0.95,epochs=30"`` -> ``("fasten", {"rho": 0.95, "epochs": 30})``; each value takes
+    the type of TrainConfig's field, an unknown field or a bad value fails before anything trains."""
+    name, _, rest = spec.partition(":")
+    defaults = vars(TrainConfig())
+    overrides: dict = {}
+    for pair in filter(None, rest.split(",")):
+        key, _, value = pair.partition("=")
+        if key not in defaults or key in ("method", "label_source", "seed"):
+            raise SystemExit(f"{spec}: {key!r} is not a TrainConfig field a variant may set")
+        kind = type(defaults[key])
+        try:
+            overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise SystemExit(f"{spec}: {key}={value!r} is not a {kind.__name__}") from None
+    return name, overrides
+
+
 def untouched_test_acc(checkpoint: Path, manifest: Path) -> float:
     """Classifier A as it is, on task B's clean test split."""
     m = read_manifest(manifest, classes=load_checkpoint(checkpoint)[1].classes)
@@ -48,6 +69,7 @@ def main() -> None:
     ap.add_argument("--name", default="train_noise")
     args = ap.parse_args()
     apply_quick(args)
+    methods = {spec: parse_method(spec) for spec in args.methods}
     per_task, val_size, test_size = SIZES[args.size]
     config = vars(args) | {"trusted_fraction": 0.01, "per_task": per_task, "val_size": val_size}
     rows: list[dict] = []
@@ -81,16 +103,17 @@ def main() -> None:
             common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, trusted_fraction=0.01)
             record(method="classifier_a", clean_test_acc=untouched_test_acc(classifier_a, data / "task_b.jsonl"),
                    epochs=0, train_images_per_s=None, **common)  # fmt: skip
-            for method in args.methods:
-                cfg = TrainConfig(
-                    method="ce" if method == "oracle" else method,
-                    label_source="true_label" if method == "oracle" else "label",
-                    epochs=args.epochs_b, seed=seed,
-                )  # fmt: skip
+            for method, (base, overrides) in methods.items():
+                cfg = TrainConfig(**{
+                    "method": "ce" if base == "oracle" else base,
+                    "label_source": "true_label" if base == "oracle" else "label",
+                    "epochs": args.epochs_b, "seed": seed,
+                } | overrides)  # fmt: skip
                 started = time.perf_counter()
-                r = train(data / "task_b.jsonl", init=classifier_a, out=WORK / f"runs/{data.name}-{method}", cfg=cfg)
+                out = WORK / f"runs/{data.name}-{method.replace(':', '-').replace(',', '-').replace('=', '')}"
+                r = train(data / "task_b.jsonl", init=classifier_a, out=out, cfg=cfg)
                 record(method=method, clean_test_acc=r.meta.metrics.test_acc, val_acc=r.meta.metrics.val_acc,
-                       epochs=args.epochs_b, train_images_per_s=float(np.mean([h.images_per_s for h in r.history])),
+                       epochs=cfg.epochs, train_images_per_s=float(np.mean([h.images_per_s for h in r.history])),
                        seconds=round(time.perf_counter() - started, 1), **common)  # fmt: skip
 
     from bench.tables import update_docs
