@@ -47,6 +47,28 @@ def train_noise_table(result: dict) -> str:
         + "\n"
         + (f"\nNote: {c['note']}\n" if c.get("note") else "")
         + aims_at_40(result)
+        + fasten_diagnostics(result)
+    )
+
+
+def fasten_diagnostics(result: dict) -> str:
+    """FasTEN rows that carry label diagnostics: is T̂ as noisy as the corrected labels it models?"""
+    cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    for row in result["rows"]:
+        if row.get("true_t_diag_mean") is not None:
+            cells[(row["method"], row["noise_requested"])].append(row)
+    if not cells:
+        return ""
+    keys = ("label_acc", "corrected_label_acc", "corrections_right", "true_t_diag_mean", "t_hat_diag_mean")
+    lines = ["| method | noise | given labels right | corrected labels right | corrections right | "
+             "diag of true P(ŷ given truth) | diag of T̂ | runs |", "|" + " --- |" * 8]  # fmt: skip
+    for (method, noise), rows in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        mean = {k: np.mean([r[k] for r in rows if r.get(k) is not None] or [np.nan]) for k in keys}
+        lines.append(f"| {method} | {noise:.0%} | " + " | ".join(f"{mean[k]:.3f}" for k in keys) + f" | {len(rows)} |")
+    return (
+        "\nFasTEN's labels on the untrusted training rows, from the final model: the share right before and after "
+        "correction (ρ), and the mean diagonal of the true transition from truth to corrected label next to the "
+        "final `T̂`'s (a larger `T̂` diagonal: `T̂` sees less noise than there is):\n\n" + "\n".join(lines) + "\n"
     )
 
 

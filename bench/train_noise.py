@@ -36,6 +36,27 @@ from labelaudit.training.train import TrainConfig, train
 console = Console()
 
 
+def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
+    """How the trained model's labels relate to the truth on the untrusted training rows: the accuracy of
+    the given labels, of FasTEN's corrected labels ``ŷ`` (the model's argmax where at least ``rho``
+    confident, else the given label), and the mean diagonal of the true ``P(ŷ | truth)``, the matrix a
+    method's ``T̂`` should match."""
+    m = read_manifest(manifest, classes=load_checkpoint(checkpoint)[1].classes)
+    rows = np.flatnonzero(m.mask(split="train", trusted=False))
+    probs = checkpoint_probs(checkpoint, manifest, rows)
+    truth, given = m.true_labels()[rows], m.labels[rows]
+    corrected = np.where(probs.max(1) >= rho, probs.argmax(1), given)
+    k = probs.shape[1]
+    true_t = np.stack([np.bincount(corrected[truth == i], minlength=k) / max(1, (truth == i).sum()) for i in range(k)])
+    changed = corrected != given
+    return {
+        "label_acc": round(float((given == truth).mean()), 4),
+        "corrected_label_acc": round(float((corrected == truth).mean()), 4),
+        "corrections_right": round(float((corrected[changed] == truth[changed]).mean()), 4) if changed.any() else None,
+        "true_t_diag_mean": round(float(np.diag(true_t).mean()), 4),
+    }
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
     """``"fasten:rho=0.95,epochs=30"`` -> ``("fasten", {"rho": 0.95, "epochs": 30})``; each value takes
     the type of TrainConfig's field, an unknown field or a bad value fails before anything trains."""
@@ -112,9 +133,15 @@ def main() -> None:
                 started = time.perf_counter()
                 out = WORK / f"runs/{data.name}-{method.replace(':', '-').replace(',', '-').replace('=', '')}"
                 r = train(data / "task_b.jsonl", init=classifier_a, out=out, cfg=cfg)
+                diagnostics = {}
+                if cfg.method == "fasten":  # is T̂ as noisy as the labels it corrects for?
+                    t_hat = r.meta.transition_matrix
+                    diagnostics = label_diagnostics(r.checkpoint, data / "task_b.jsonl", cfg.rho) | {
+                        "t_hat_diag_mean": round(float(np.diag(np.asarray(t_hat)).mean()), 4) if t_hat else None
+                    }
                 record(method=method, clean_test_acc=r.meta.metrics.test_acc, val_acc=r.meta.metrics.val_acc,
                        epochs=cfg.epochs, train_images_per_s=float(np.mean([h.images_per_s for h in r.history])),
-                       seconds=round(time.perf_counter() - started, 1), **common)  # fmt: skip
+                       seconds=round(time.perf_counter() - started, 1), **diagnostics, **common)  # fmt: skip
 
     from bench.tables import update_docs
 
