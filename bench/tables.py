@@ -85,9 +85,21 @@ def aims_at_40(result: dict) -> str:
              "| --- | --- | --- | --- |"]  # fmt: skip
     for method in sorted(m, key=lambda k: (k.split(":")[0] != "fasten", k)):  # fasten and its variants first
         if method.split(":")[0] in ("fasten", "crowd"):
-            glc = f"{m[method] - m['glc']:+.2f}" if "glc" in m else "-"
-            lines.append(f"| {method} | {glc} | {m[method] - m['ce']:+.2f} | {m['oracle'] - m[method]:.2f} |")
-    return "\nAims at 40% noise (points, means over seeds):\n\n" + "\n".join(lines) + "\n"
+            glc, ce, oracle = (_same_schedule(base, method, m) for base in ("glc", "ce", "oracle"))
+            vs_glc = f"{m[method] - m[glc]:+.2f}" if glc in m else "-"
+            lines.append(f"| {method} | {vs_glc} | {m[method] - m[ce]:+.2f} | {m[oracle] - m[method]:.2f} |")
+    return (
+        "\nAims at 40% noise (points, means over seeds; a variant with more epochs is held against `ce` and the "
+        "oracle with the same epochs where they were run):\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def _same_schedule(baseline: str, method: str, means: dict) -> str:
+    """The baseline row to hold ``method`` against: ``ce:epochs=30`` for ``fasten:epochs=30`` when it
+    was run (a longer schedule helps every method), else the plain baseline."""
+    epochs = [kv for kv in method.partition(":")[2].split(",") if kv.startswith("epochs=")]
+    key = f"{baseline}:{epochs[0]}" if epochs else baseline
+    return key if key in means else baseline
 
 
 def label_errors_table(result: dict) -> str:
