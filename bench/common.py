@@ -42,6 +42,33 @@ def device_name() -> str:
     return f"{os.cpu_count()}-core CPU ({cpu_name()}, {platform.machine()}), torch {torch.__version__} CPU"
 
 
+def kept_rows(name: str, redone) -> tuple[list[dict], dict]:
+    """``--append``: the rows of bench/results/<name>.json that this run does not measure again (``redone(row)``
+    is False), each keeping the commit it was measured at, and the earlier run's config."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return [], {}
+    old = json.loads(path.read_text())
+    rows = [r | {"git_commit": r.get("git_commit", old["git_commit"])} for r in old["rows"] if not redone(r)]
+    return rows, old["config"]
+
+
+def merged_config(config: dict, earlier: dict) -> dict:
+    """An appending run's config: its own knobs, with the seeds and noise levels of both runs."""
+    out = dict(config)
+    for key in ("seeds", "noise"):
+        if key in earlier:
+            out[key] = sorted(set(earlier[key]) | set(config[key]))
+    return out
+
+
+def commits(result: dict) -> str:
+    """ "Commit abc1234" or "Commits abc1234, def5678": what a result's rows were measured at (the rows of
+    an appending run carry their own)."""
+    found = sorted({r.get("git_commit", result["git_commit"]) for r in result["rows"]})
+    return ("Commits " if len(found) > 1 else "Commit ") + ", ".join(found)
+
+
 def write_results(name: str, *, config: dict, rows: list[dict], device: str) -> Path:
     """Write bench/results/<name>.json in the BENCH.md shape (rewritten after every row)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -69,6 +96,8 @@ def add_grid_args(ap) -> None:
     ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     ap.add_argument("--epochs-a", type=int, default=8)
     ap.add_argument("--epochs-b", type=int, default=12)
+    ap.add_argument("--append", action="store_true",
+                    help="keep the result file's other rows; replace only the points this run measures")  # fmt: skip
 
 
 def apply_quick(args) -> None:
@@ -76,8 +105,9 @@ def apply_quick(args) -> None:
         args.size, args.seeds, args.noise, args.epochs_a, args.epochs_b = "tiny", [0], [0.4], 3, 4
 
 
-def checkpoint_probs(checkpoint: Path, manifest: Path, rows):
-    """Clean-head probabilities (len(rows), K) of a checkpoint on manifest rows, eval mode, CPU."""
+def checkpoint_probs(checkpoint: Path, manifest: Path, rows, *, head: str = "clean"):
+    """Clean-head (or the first noisy head's) probabilities (len(rows), K) of a checkpoint on manifest rows,
+    eval mode, CPU."""
     import numpy as np
     import torch
 
@@ -88,5 +118,10 @@ def checkpoint_probs(checkpoint: Path, manifest: Path, rows):
     net, meta = load_checkpoint(checkpoint)
     m = read_manifest(manifest, classes=meta.classes)
     x = torch.from_numpy(normalize(load_pixels(m, meta.preprocess)[np.asarray(rows)], meta.preprocess))
+    k = len(meta.classes)
+
+    def logits(chunk):
+        return net(chunk) if head == "clean" else net.forward_both(chunk)[1][:, :k]
+
     with torch.no_grad():
-        return torch.cat([torch.softmax(net(x[i : i + 1024]), 1) for i in range(0, len(x), 1024)]).numpy()
+        return torch.cat([torch.softmax(logits(x[i : i + 1024]), 1) for i in range(0, len(x), 1024)]).numpy()

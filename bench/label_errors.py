@@ -27,6 +27,8 @@ from bench.common import (
     checkpoint_probs,
     device_name,
     git_commit,
+    kept_rows,
+    merged_config,
     write_results,
 )
 from labelaudit.serving.core.policy import DisagreementPolicy
@@ -74,6 +76,9 @@ def main() -> None:
     per_task, val_size, test_size = SIZES[args.size]
     config = vars(args) | {"folds": 2, "per_task": per_task, "policy": DisagreementPolicy((0.0,)).name}
     rows: list[dict] = []
+    if args.append:  # keep the other noise levels and seeds; the points of this run are measured again
+        rows, earlier = kept_rows(args.name, lambda r: r["seed"] in args.seeds and r["noise_requested"] in args.noise)
+        config = merged_config(config, earlier)
     device = device_name()
     git_commit()  # pin the commit the run started from
     for seed in args.seeds:
@@ -101,7 +106,7 @@ def main() -> None:
             theirs = find_label_issues(labels, probs)
             common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, items=len(untrusted))
             for detector, flagged in (("labelaudit", ours), ("cleanlab", theirs)):
-                row = dict(detector=detector, **prf(flagged, truth), **common)
+                row = dict(detector=detector, **prf(flagged, truth), **common, git_commit=git_commit())
                 rows.append(row)
                 console.print(row)
                 write_results(args.name, config=config, rows=rows, device=device)

@@ -26,6 +26,8 @@ from bench.common import (
     checkpoint_probs,
     device_name,
     git_commit,
+    kept_rows,
+    merged_config,
     write_results,
 )
 from labelaudit.training.checkpoint import load_checkpoint
@@ -40,7 +42,9 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     """How the trained model's labels relate to the truth on the untrusted training rows: the accuracy of
     the given labels, of FasTEN's corrected labels ``ŷ`` (the model's argmax where at least ``rho``
     confident, else the given label), and the mean diagonal of the true ``P(ŷ | truth)``, the matrix a
-    method's ``T̂`` should match."""
+    method's ``T̂`` should match; and the diagonal of the final noisy head's ``T̂`` read off the clean
+    ``val`` images, which training never fitted (next to the training-time ``T̂`` from the trusted rows,
+    it shows whether those rows' memorised features bias the estimate)."""
     m = read_manifest(manifest, classes=load_checkpoint(checkpoint)[1].classes)
     rows = np.flatnonzero(m.mask(split="train", trusted=False))
     probs = checkpoint_probs(checkpoint, manifest, rows)
@@ -49,7 +53,13 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     k = probs.shape[1]
     true_t = np.stack([np.bincount(corrected[truth == i], minlength=k) / max(1, (truth == i).sum()) for i in range(k)])
     changed = corrected != given
-    return {
+    heldout = {}
+    if not load_checkpoint(checkpoint)[1].noisy_heads:  # one noisy head: its T̂ on images never trained on
+        val = np.flatnonzero(m.mask(split="val"))
+        noisy = checkpoint_probs(checkpoint, manifest, val, head="noisy")
+        t_val = np.stack([noisy[m.labels[val] == i].mean(0) for i in range(k)])
+        heldout = {"heldout_t_hat_diag_mean": round(float(np.diag(t_val).mean()), 4)}
+    return heldout | {
         "label_acc": round(float((given == truth).mean()), 4),
         "corrected_label_acc": round(float((corrected == truth).mean()), 4),
         "corrections_right": round(float((corrected[changed] == truth[changed]).mean()), 4) if changed.any() else None,
@@ -94,11 +104,15 @@ def main() -> None:
     per_task, val_size, test_size = SIZES[args.size]
     config = vars(args) | {"trusted_fraction": 0.01, "per_task": per_task, "val_size": val_size}
     rows: list[dict] = []
+    if args.append:  # keep every other point; the points of this run are measured again
+        planned = {(m, s, n) for m in [*methods, "classifier_a"] for s in args.seeds for n in args.noise}
+        rows, earlier = kept_rows(args.name, lambda r: (r["method"], r["seed"], r["noise_requested"]) in planned)
+        config = merged_config(config, earlier)
     device = device_name()
     git_commit()  # pin the commit the run started from
 
     def record(**row) -> None:
-        rows.append(row)
+        rows.append(row | {"git_commit": git_commit()})
         write_results(args.name, config=config, rows=rows, device=device)
         console.print(row)
 

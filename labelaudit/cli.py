@@ -163,6 +163,10 @@ def train(
     consistency_weight: Annotated[
         float | None, typer.Option(help="FasTEN: weight of FixMatch-style consistency on untrusted images.")
     ] = None,
+    trusted_heads_only: Annotated[
+        bool | None,
+        typer.Option("--trusted-heads-only", help="FasTEN: trusted images train the heads, not the features."),
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
 ) -> None:
@@ -170,7 +174,8 @@ def train(
     try:
         run_training(manifest, init, out, method=method, epochs=epochs, batch_size=batch_size, lr=lr, arch=arch,
                      trusted_per_class=trusted_per_class, rho=rho, per_labeler=per_labeler,
-                     consistency_weight=consistency_weight, seed=seed, device=device)  # fmt: skip
+                     consistency_weight=consistency_weight, seed=seed, device=device,
+                     trusted_trains_features=None if trusted_heads_only is None else not trusted_heads_only)  # fmt: skip
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
 

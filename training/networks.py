@@ -84,9 +84,14 @@ class TwoHeadNet(nn.Module):
         """Clean-head logits (B, K): the classifier."""
         return self.clean_head(self.dropout(self.features(x)))
 
-    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean logits (B, K), noisy logits (B, H * K)) from one pass through the feature extractor."""
+    def forward_both(self, x: torch.Tensor, *, detach_first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean logits (B, K), noisy logits (B, H * K)) from one pass through the feature extractor.
+
+        ``detach_first``: the first rows' features are detached, so their losses train the heads but
+        not the feature extractor (FasTEN's trusted rows, ``TrainConfig.trusted_trains_features``)."""
         f = self.dropout(self.features(x))
+        if detach_first:
+            f = torch.cat([f[:detach_first].detach(), f[detach_first:]])
         return self.clean_head(f), self.noisy_head(f)
 
     def reset_noisy_heads_to_clean(self) -> None:

@@ -45,6 +45,7 @@ class TrainConfig:
     trusted_per_class: int = 0  # FasTEN: trusted samples per class per iteration; 0 = the whole set
     rho: float = 0.8  # FasTEN: confidence needed to correct a label
     noisy_weight: float = 0.5  # FasTEN: λ, the weight of the noisy head's loss
+    trusted_trains_features: bool = True  # FasTEN: False = trusted rows train the heads only (unbiased T̂)
     per_labeler: bool = False  # FasTEN: one noisy head (and T̂) per labeler with enough items
     min_labeler_items: int = 100  # FasTEN per_labeler: fewer items -> the pooled head
     consistency_weight: float = 0.0  # FasTEN: weight of the FixMatch-style loss on untrusted images; 0 = off

@@ -13,7 +13,7 @@ from labelaudit.training.methods import FasTEN, GoldLossCorrection
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
-from labelaudit.training.transition import estimate_transition
+from labelaudit.training.transition import estimate_transition, forward_corrected_nll
 
 K = 4
 
@@ -72,7 +72,7 @@ class ScriptedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.clean[self._rows(x)] * self.scale
 
-    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_both(self, x: torch.Tensor, detach_first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self._rows(x)
         return self.clean[rows] * self.scale, self.noisy[rows] * self.scale
 
@@ -183,6 +183,39 @@ def test_fasten_trains_on_the_label_from_the_previous_visit():
     )
     torch.testing.assert_close(loss.detach(), expected)
     torch.testing.assert_close(method.t_hat[0], t_hat)  # (H=1, K, K)
+
+
+@pytest.mark.parametrize("trains_features", [True, False])
+def test_fasten_trusted_rows_train_the_features_only_when_asked(trains_features):
+    """``trusted_trains_features=False``: the trusted rows' losses reach the heads, never the feature
+    extractor, so ``T̂`` is read off images the features were not fitted to (docs/methods.md)."""
+    torch.manual_seed(0)
+    data = _random_task()
+    net = TwoHeadNet("cnn_small", K, 1).eval()  # BatchNorm on running statistics: rows stay independent
+    method = FasTEN(_trainer(net, data, trusted_trains_features=trains_features))
+    grads: list[torch.Tensor] = []
+
+    def keep_grad(_module, _inputs, out):
+        out.register_hook(grads.append)  # returns None: the output stays as it is
+
+    net.features.register_forward_hook(keep_grad)
+    batch = next(method.batches(np.random.default_rng(0)))
+    n_t = len(batch.trusted)
+    loss, _ = method.loss(batch)
+    loss.backward()
+
+    trusted_grad, untrusted_grad = grads[0][:n_t], grads[0][n_t:]
+    assert untrusted_grad.abs().sum() > 0
+    assert (trusted_grad.abs().sum() > 0) == trains_features
+    # the heads still learn from the trusted rows: their gradient differs from the untrusted rows' alone
+    with_trusted = net.clean_head.weight.grad.clone()
+    net.zero_grad()
+    method.cfg.trusted_trains_features = True
+    f = net.features(method.trainer.inputs(batch.untrusted))
+    p_u = torch.softmax(net.clean_head(f), 1)
+    y_hat = method.assigned[torch.as_tensor(batch.untrusted)]
+    (0.5 * forward_corrected_nll(p_u, method.t_hat[0], y_hat).mean()).backward()
+    assert not torch.allclose(with_trusted, net.clean_head.weight.grad)
 
 
 def test_fasten_transition_is_the_mean_of_the_per_iteration_estimates_then_resets():

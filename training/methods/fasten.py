@@ -79,7 +79,8 @@ class FasTEN(Method):
         rows_t, rows_u = batch.trusted, batch.untrusted
         n_t = len(rows_t)
         x = torch.cat([self.trainer.inputs(rows_t), self.trainer.inputs(rows_u)])
-        clean, noisy = self.trainer.net.forward_both(x)  # (B_t + B_u, K), (B_t + B_u, H * K)
+        detach = 0 if self.cfg.trusted_trains_features else n_t
+        clean, noisy = self.trainer.net.forward_both(x, detach_first=detach)  # (B_t + B_u, K), (B_t + B_u, H * K)
         noisy = noisy.float().view(len(x), self.heads, self.data.k)  # (B, H, K)
         clean_t, clean_u = clean[:n_t].float(), clean[n_t:].float()
         noisy_t, noisy_u = noisy[:n_t], noisy[n_t:]
