@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -36,7 +38,28 @@ class ClassifyResult(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_name": "labelaudit",
+                    "model_version": "1",
+                    "results": [
+                        {
+                            "index": 0,
+                            "id": "a-1",
+                            "top": [
+                                {"label": "coat", "probability": 0.91},
+                                {"label": "pullover", "probability": 0.06},
+                                {"label": "shirt", "probability": 0.02},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
     model_name: str
     model_version: str
@@ -48,3 +71,45 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(examples=["bad_image"])
     detail: str = Field(examples=["image 0: corrupt or truncated image"])
+
+
+# -- the Open Inference Protocol (KServe v2) under /v2 ----------------------------------------------
+
+
+class V2Tensor(BaseModel):
+    """One input of a v2 inference request: ``data`` in JSON, or ``parameters.binary_data_size`` bytes of
+    the binary tail (the binary tensor extension)."""
+
+    name: str = Field(description="'image_bytes' (BYTES [B], encoded image files) or 'images' (FP32 [B, C, H, W]).")
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: Any = Field(default=None, description="The elements, flat or nested, row-major.")
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    """``POST /v2/models/{name}/infer``: exactly one input; ``probabilities`` FP32 [B, K] comes back."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "r-1",
+                    "inputs": [
+                        {"name": "images", "datatype": "FP32", "shape": [1, 1, 2, 2], "data": [0.1, 0.5, 0.2, 0.9]}
+                    ],
+                    "outputs": [{"name": "probabilities"}],
+                }
+            ]
+        }
+    )
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor] = Field(min_length=1, max_length=1)
+    outputs: list[V2RequestedOutput] | None = None

@@ -49,7 +49,27 @@ class AuditRequest(BaseModel):
 
 
 class AuditResponse(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "item_id": "b-00042",
+                    "labeler_id": "anna",
+                    "human_label": "coat",
+                    "predicted_label": "pullover",
+                    "predicted_probability": 0.94,
+                    "label_probability": 0.03,
+                    "disagrees": True,
+                    "score": 0.91,
+                    "policy": "confident-joint-v1",
+                    "model_name": "labelaudit",
+                    "model_version": "1",
+                    "recorded": True,
+                }
+            ]
+        },
+    )
 
     item_id: str
     labeler_id: str

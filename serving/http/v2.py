@@ -15,14 +15,19 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from labelaudit import __version__
-from labelaudit.errors import LabelAuditError
+from labelaudit.errors import LabelAuditError, describe_errors
+from labelaudit.schemas.api import ErrorResponse, V2InferRequest, V2Tensor
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.http.body import read_body
 
 HEADER = "Inference-Header-Content-Length"
 BYTES_INPUT, TENSOR_INPUT, OUTPUT = "image_bytes", "images", "probabilities"
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 
 
 class V2Error(LabelAuditError):
@@ -38,15 +43,17 @@ def _core(request: Request, name: str, version: str | None = None) -> InferenceC
     return core
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
-    """The JSON part and the binary tail of a (possibly binary-extension) request."""
+def _split_body(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
+    """The JSON part, validated, and the binary tail of a (possibly binary-extension) request."""
     try:
-        if header_length is None:
-            return json.loads(body), b""
-        n = int(header_length)
-        return json.loads(body[:n]), body[n:]
+        n = len(body) if header_length is None else int(header_length)
+        parsed = json.loads(body[:n])
     except (ValueError, UnicodeDecodeError) as exc:
         raise V2Error(f"request is not valid JSON: {exc}") from None
+    try:
+        return V2InferRequest.model_validate(parsed), body[n:]
+    except ValidationError as exc:
+        raise V2Error(describe_errors(exc.errors())) from None
 
 
 def _decode_bytes_elements(raw: bytes) -> list[bytes]:
@@ -64,20 +71,20 @@ def _decode_bytes_elements(raw: bytes) -> list[bytes]:
     return out
 
 
-def _input_payload(spec: dict, tail: bytes, offset: int) -> tuple[Any, int]:
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+def _input_payload(spec: V2Tensor, tail: bytes, offset: int) -> tuple[Any, int]:
+    size = (spec.parameters or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(tail):
-            raise V2Error(f"input {spec.get('name')!r}: binary_data_size does not match the body")
+            raise V2Error(f"input {spec.name!r}: binary_data_size does not match the body")
         return tail[offset : offset + size], offset + size
-    if "data" not in spec:
-        raise V2Error(f"input {spec.get('name')!r} has neither data nor binary_data_size")
-    return spec["data"], offset
+    if "data" not in spec.model_fields_set:
+        raise V2Error(f"input {spec.name!r} has neither data nor binary_data_size")
+    return spec.data, offset
 
 
-def _parse_images(spec: dict, payload: Any) -> list[bytes]:
-    if spec.get("datatype") != "BYTES":
-        raise V2Error(f"{BYTES_INPUT} must be BYTES, got {spec.get('datatype')!r}")
+def _parse_images(spec: V2Tensor, payload: Any) -> list[bytes]:
+    if spec.datatype != "BYTES":
+        raise V2Error(f"{BYTES_INPUT} must be BYTES, got {spec.datatype!r}")
     if isinstance(payload, bytes):
         return _decode_bytes_elements(payload)
     flat = np.asarray(payload, dtype=object).ravel().tolist()
@@ -86,14 +93,17 @@ def _parse_images(spec: dict, payload: Any) -> list[bytes]:
     return [x.encode("latin-1") for x in flat]
 
 
-def _parse_tensor(spec: dict, payload: Any, core: InferenceCore) -> np.ndarray:
+def _parse_tensor(spec: V2Tensor, payload: Any, core: InferenceCore) -> np.ndarray:
     p = core.model.card.preprocess
     expected = [p.channels, p.height, p.width]
-    shape = spec.get("shape")
-    if spec.get("datatype") != "FP32" or not isinstance(shape, list) or shape[1:] != expected or len(shape) != 4:
+    shape = spec.shape
+    if spec.datatype != "FP32" or len(shape) != 4 or shape[1:] != expected or not 1 <= shape[0]:
         raise V2Error(
-            f"{TENSOR_INPUT} must be FP32 with shape [B, {', '.join(map(str, expected))}]; got {spec.get('datatype')} {shape}"
+            f"{TENSOR_INPUT} must be FP32 with shape [B, {', '.join(map(str, expected))}], B at least 1; "
+            f"got {spec.datatype} {shape}"
         )
+    if shape[0] > core.settings.max_images_per_request:
+        raise V2Error(f"{shape[0]} images; send 1 to {core.settings.max_images_per_request}")
     try:
         if isinstance(payload, bytes):
             arr = np.frombuffer(payload, dtype="<f4")
@@ -104,13 +114,10 @@ def _parse_tensor(spec: dict, payload: Any, core: InferenceCore) -> np.ndarray:
         raise V2Error(f"{TENSOR_INPUT}: data does not fit shape {shape}: {exc}") from None
 
 
-def _wants_binary(request_json: dict) -> bool:
-    if (request_json.get("parameters") or {}).get("binary_data_output"):
+def _wants_binary(request: V2InferRequest) -> bool:
+    if (request.parameters or {}).get("binary_data_output"):
         return True
-    for out in request_json.get("outputs") or []:
-        if out.get("name") == OUTPUT and (out.get("parameters") or {}).get("binary_data"):
-            return True
-    return False
+    return any(out.name == OUTPUT and (out.parameters or {}).get("binary_data") for out in request.outputs or [])
 
 
 def build_v2_router(auth: list) -> APIRouter:
@@ -150,31 +157,60 @@ def build_v2_router(auth: list) -> APIRouter:
         core = _core(request, name, version)
         return {"name": core.model.name, "ready": True}
 
-    @router.post("/models/{name}/infer", dependencies=auth)
-    @router.post("/models/{name}/versions/{version}/infer", dependencies=auth)
+    infer_docs = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": V2InferRequest.model_json_schema()},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": f"The binary tensor extension: JSON header ({HEADER} bytes), then the tensors.",
+                },
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The probabilities, FP32 [B, K]",
+                "content": {
+                    "application/json": {
+                        "example": {
+                            "id": "r-1",
+                            "model_name": "labelaudit",
+                            "model_version": "1",
+                            "outputs": [
+                                {"name": OUTPUT, "datatype": "FP32", "shape": [1, 3], "data": [0.9, 0.07, 0.03]}
+                            ],
+                        }
+                    }
+                },
+            }
+        },
+    }
+
+    @router.post("/models/{name}/infer", dependencies=auth, openapi_extra=infer_docs, responses=ERRORS)
+    @router.post(
+        "/models/{name}/versions/{version}/infer", dependencies=auth, openapi_extra=infer_docs, responses=ERRORS
+    )
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         core = _core(request, name, version)
         body = await read_body(request, core.settings.max_body_bytes)
         request_json, tail = _split_body(body, request.headers.get(HEADER))
-        inputs = request_json.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise V2Error(f"send exactly one input: {BYTES_INPUT!r} (encoded images) or {TENSOR_INPUT!r} (tensors)")
-        spec = inputs[0]
+        spec = request_json.inputs[0]
         payload, _ = _input_payload(spec, tail, 0)
-        if spec.get("name") == BYTES_INPUT:
+        if spec.name == BYTES_INPUT:
             images = _parse_images(spec, payload)
             if not images or len(images) > core.settings.max_images_per_request:
                 raise V2Error(f"{len(images)} images; send 1 to {core.settings.max_images_per_request}")
             probs = await core.classify(images)
-        elif spec.get("name") == TENSOR_INPUT:
+        elif spec.name == TENSOR_INPUT:
             probs = await core.infer(_parse_tensor(spec, payload, core))
         else:
-            raise V2Error(f"unknown input {spec.get('name')!r}; expected {BYTES_INPUT!r} or {TENSOR_INPUT!r}")
+            raise V2Error(f"unknown input {spec.name!r}; expected {BYTES_INPUT!r} or {TENSOR_INPUT!r}")
         probs = np.ascontiguousarray(probs, dtype=np.float32)
         out: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)}
         answer = {"model_name": core.model.name, "model_version": core.model.version, "outputs": [out]}
-        if "id" in request_json:
-            answer["id"] = request_json["id"]
+        if request_json.id is not None:
+            answer["id"] = request_json.id
         if not _wants_binary(request_json):
             out["data"] = probs.ravel().tolist()
             return JSONResponse(answer)

@@ -245,3 +245,20 @@ def test_openapi_documents_both_request_forms_and_the_error_shape(client):
     assert "examples" in json.dumps(body["application/json"])
     assert "ErrorResponse" in json.dumps(spec["paths"]["/v1/classify"]["post"]["responses"]["413"])
     assert "/v2/models/{name}/infer" in spec["paths"]
+
+
+def test_openapi_has_an_example_for_every_request_and_response_body(client):
+    """The docs page shows what to send and what comes back, for /v1 and for v2 inference."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def has_example(media: dict) -> bool:
+        if "example" in media or "examples" in media or "examples" in media.get("schema", {}):
+            return True
+        ref = media.get("schema", {}).get("$ref", "")
+        return "examples" in schemas.get(ref.rsplit("/", 1)[-1], {})
+
+    for path, method in (("/v1/classify", "post"), ("/v1/audit", "post"), ("/v2/models/{name}/infer", "post")):
+        op = spec["paths"][path][method]
+        assert has_example(op["requestBody"]["content"]["application/json"]), f"{method} {path}: request"
+        assert has_example(op["responses"]["200"]["content"]["application/json"]), f"{method} {path}: response"

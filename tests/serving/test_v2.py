@@ -73,6 +73,14 @@ def test_bad_v2_requests_are_4xx_with_a_reason(gateway):
         b"{",
         b'{"inputs": []}',
         b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}',
+        b"[]",
+        b'"inputs"',
+        b'{"inputs": [{"name": "images", "parameters": []}]}',
+        b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [1]}]}',
+        b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": "abc"}], "parameters": 5}',
+        b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["x"]}], "outputs": ["p"]}',
+        b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [[1], "a"]}]}',
+        b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28], "data": []}]}',
     ):
         r = httpx.post(url, content=body)
         assert 400 <= r.status_code < 500 and "error" in r.json(), r.text
