@@ -169,12 +169,15 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 autocast + channels_last on CUDA) | bf16 | fp32")
+    ] = None,
 ) -> None:
     """Fine-tune classifier A (or train from scratch) with a noise-robust method."""
     try:
         run_training(manifest, init, out, method=method, epochs=epochs, batch_size=batch_size, lr=lr, arch=arch,
                      trusted_per_class=trusted_per_class, rho=rho, per_labeler=per_labeler,
-                     consistency_weight=consistency_weight, seed=seed, device=device,
+                     consistency_weight=consistency_weight, seed=seed, device=device, precision=precision,
                      trusted_trains_features=None if trusted_heads_only is None else not trusted_heads_only)  # fmt: skip
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc

@@ -79,3 +79,26 @@ def test_glc_refuses_a_manifest_without_trusted_rows(tiny, tmp_path):
 
     with pytest.raises(ManifestError, match="no trusted training rows"):
         train(tiny / "task_a.jsonl", init=None, out=tmp_path, cfg=TrainConfig(method="glc", epochs=1, device="cpu"))
+
+
+@pytest.mark.parametrize("method", ["fasten", "crowd"])
+def test_the_mixed_precision_path_trains_like_fp32_and_exports(tiny, classifier_a, tmp_path, method):
+    """bf16 autocast and channels_last (what CUDA runs by default), taken on CPU: the losses follow the
+    float32 run's up to bf16 rounding, the weights stay float32, and the checkpoint exports with ONNX
+    parity like any other."""
+    from labelaudit.training.export import export_model
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(method=method, epochs=2, device="cpu", precision=precision, per_labeler=method == "fasten")
+        runs[precision] = train(tiny / "task_b.jsonl", init=classifier_a, out=tmp_path / precision, cfg=cfg)
+    losses = {p: np.array([h.train_loss for h in r.meta.metrics.history]) for p, r in runs.items()}
+    assert np.isfinite(losses["bf16"]).all()
+    assert not np.array_equal(losses["bf16"], losses["fp32"])  # autocast really ran: bf16 rounds differently
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.05)
+    assert abs(runs["bf16"].meta.metrics.val_acc - runs["fp32"].meta.metrics.val_acc) <= 0.05
+    net, _ = load_checkpoint(runs["bf16"].checkpoint)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    exported = export_model(runs["bf16"].checkpoint, manifest=tiny / "task_b.jsonl", repo=tmp_path / "repo",
+                            parity_images=200, min_images=200)  # fmt: skip
+    assert exported.parity.argmax_agreement == 1.0
