@@ -311,6 +311,11 @@ def update_docs() -> None:
     for name, title, render in [
         ("train_noise", "Training under label noise (`bench/train_noise.py`)", train_noise_table),
         ("train_probes", "Training variants tried (`bench/train_noise.py --name train_probes`)", train_noise_table),
+        (
+            "train_full",
+            "Training at full size (`bench/train_noise.py --name train_full --size full`)",
+            train_noise_table,
+        ),  # fmt: skip
         ("train_noise_quick", "Training under label noise, quick (`bench/train_noise.py --quick`)", train_noise_table),
         ("label_errors", "Label-error detection (`bench/label_errors.py`)", label_errors_table),
         ("stream", "The Kafka stream (`bench/stream.py`)", stream_table),
