@@ -23,7 +23,7 @@ from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.runtime import open_runtime
 from labelaudit.serving.http.batcher import InFlightLimit, MicroBatcher
 from labelaudit.serving.http.body import BadRequest, parse_json, read_body
-from labelaudit.serving.http.errors import install_error_handlers
+from labelaudit.serving.http.errors import documented_errors, install_error_handlers
 from labelaudit.serving.http.metrics import GatewayMetrics, MeasureRequests
 from labelaudit.serving.http.multipart import parse_form
 from labelaudit.serving.http.v2 import build_v2_router
@@ -31,7 +31,7 @@ from labelaudit.serving.settings import Settings
 
 log = logging.getLogger("labelaudit.http")
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 429, 503)}
+ERRORS = documented_errors(400, 401, 413, 415, 422, 429, 503)
 
 
 def two_body_forms(json_model: type[BaseModel], multipart_fields: dict, *, required: list[str]) -> dict:

@@ -10,9 +10,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labelaudit.errors import LabelAuditError, describe_errors
+from labelaudit.schemas.api import ErrorResponse
 from labelaudit.serving.http.batcher import Overloaded
 
 log = logging.getLogger("labelaudit.http")
+
+
+def documented_errors(*codes: int) -> dict[int, dict]:
+    """OpenAPI ``responses`` for a route's error statuses: every one has the ErrorResponse body."""
+    return {code: {"model": ErrorResponse} for code in codes}
 
 
 def error_response(

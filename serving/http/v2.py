@@ -19,15 +19,16 @@ from pydantic import ValidationError
 
 from labelaudit import __version__
 from labelaudit.errors import LabelAuditError, describe_errors
-from labelaudit.schemas.api import ErrorResponse, V2InferRequest, V2Tensor
+from labelaudit.schemas.api import V2InferRequest, V2Tensor
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.http.body import read_body
+from labelaudit.serving.http.errors import documented_errors
 
 HEADER = "Inference-Header-Content-Length"
 BYTES_INPUT, TENSOR_INPUT, OUTPUT = "image_bytes", "images", "probabilities"
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
+ERRORS = documented_errors(400, 401, 404, 413, 422, 429, 503)
 
 
 class V2Error(LabelAuditError):
