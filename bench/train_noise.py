@@ -45,7 +45,8 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     method's ``T̂`` should match; and the diagonal of the final noisy head's ``T̂`` read off the clean
     ``val`` images, which training never fitted (next to the training-time ``T̂`` from the trusted rows,
     it shows whether those rows' memorised features bias the estimate)."""
-    m = read_manifest(manifest, classes=load_checkpoint(checkpoint)[1].classes)
+    meta = load_checkpoint(checkpoint)[1]
+    m = read_manifest(manifest, classes=meta.classes)
     rows = np.flatnonzero(m.mask(split="train", trusted=False))
     probs = checkpoint_probs(checkpoint, manifest, rows)
     truth, given = m.true_labels()[rows], m.labels[rows]
@@ -54,7 +55,7 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     true_t = np.stack([np.bincount(corrected[truth == i], minlength=k) / max(1, (truth == i).sum()) for i in range(k)])
     changed = corrected != given
     heldout = {}
-    if not load_checkpoint(checkpoint)[1].noisy_heads:  # one noisy head: its T̂ on images never trained on
+    if not meta.noisy_heads:  # one noisy head: its T̂ on images never trained on
         val = np.flatnonzero(m.mask(split="val"))
         noisy = checkpoint_probs(checkpoint, manifest, val, head="noisy")
         t_val = np.stack([noisy[m.labels[val] == i].mean(0) for i in range(k)])
