@@ -303,6 +303,75 @@ def report_scale_table(result: dict) -> str:
     )
 
 
+DECODE_SOURCES = ["as shipped", "upscaled", "tiled"]
+
+
+def _pixels(size: str) -> int:
+    w, h = (int(v) for v in size.split("x"))
+    return w * h
+
+
+def decode_table(result: dict) -> str:
+    """The ``decode`` rows of real_models.json (bench/decode.py): plain Pillow against the ``jpeg_draft`` path,
+    per core, one line per source x resize rule. "" when the file holds no such rows."""
+    points: dict[tuple[str, str, str], dict[str, dict]] = defaultdict(dict)
+    for r in result["rows"]:
+        if r.get("kind") == "decode":
+            points[(r["source"], r["source_size"], r["resize"])][r["decoder"]] = r
+    if not points:
+        return ""
+    lines = ["| source | size | resize | decoded at (draft) | pillow images/s | pillow-draft images/s | draft / pillow "
+             "(aim >= 3) | simplejpeg images/s (reference) | draft vs full decode: mean, max abs diff | draft vs "
+             "training path: max abs diff | load avg |", "|" + " --- |" * 11]  # fmt: skip
+    met, aimed = 0, 0
+    order = sorted(
+        points, key=lambda k: (DECODE_SOURCES.index(k[0]) if k[0] in DECODE_SOURCES else 9, _pixels(k[1]), k[2])
+    )
+    for source, size, rule in order:
+        by = points[(source, size, rule)]
+        plain, draft, sj = by.get("pillow"), by.get("pillow-draft"), by.get("simplejpeg")
+        if not plain or not draft:
+            continue
+        ratio = draft["images_per_s_per_core"] / plain["images_per_s_per_core"]
+        w, h = (int(v) for v in size.split("x"))
+        if w >= 640 and h >= 480:
+            aimed += 1
+            met += ratio >= 3
+        lines.append(
+            f"| {source} | {size} | `{rule}` | {draft.get('decoded_size', '-')} | {plain['images_per_s_per_core']:.0f} "
+            f"| {draft['images_per_s_per_core']:.0f} | {ratio:.2f} | "
+            + (f"{sj['images_per_s_per_core']:.0f} ({sj['images_per_s_per_core'] / plain['images_per_s_per_core']:.2f}x)" if sj else "-")
+            + f" | {draft.get('mean_abs_diff_vs_full_decode', float('nan')):.2f}, {draft.get('max_abs_diff_vs_full_decode', '-')} "
+            f"| {draft.get('max_abs_diff', '-')} | {draft.get('loadavg_1m', '-')} |"
+        )  # fmt: skip
+    c = result["config"].get("decode", {})
+    verdict = (
+        f"Aim (draft at least 3x plain Pillow per core on photos of 640x480 or more): met at {met} of {aimed} points."
+    )
+    if met < aimed:
+        verdict += " **Not met** at the others (ratio column)."
+    return (
+        "### JPEG decoding per core (`bench/decode.py`)\n\n"
+        "JPEG bytes in memory to the model's 224x224x3 uint8 through `pixels_from_bytes` (the one path training and "
+        "serving share), one thread: plain Pillow (`jpeg_draft: false`) against the model card's `jpeg_draft` "
+        "(Pillow's `draft()`, DCT-domain scaling to the smallest of 1, 1/2, 1/4, 1/8 that still covers the resize). "
+        "Images per CPU second of the timing thread, median of "
+        f"{c.get('reps', '?')} repetitions, decoders interleaved. Sources: scikit-learn's two photos as shipped, and "
+        f"made from them at JPEG quality {c.get('jpeg_quality_of_made_sources', 90)}: `upscaled` (smooth, cheap to "
+        "entropy-decode) and `tiled` (the photos side by side at their own scale: a real photo's detail per pixel). "
+        "`shorter_side_center_crop` is crop_pct 0.875 (shorter side to 256). simplejpeg (libjpeg-turbo with M/8 "
+        "scaling) is a reference, not a path labelaudit takes. Differences are in 0..255 levels, of the draft's "
+        "pixels against plain Pillow's and against the training path's (`pixels_from_file`, the same spec). "
+        f"Device: {result['device']}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
+    )
+
+
+def real_models_table(result: dict) -> str:
+    """real_models.json holds rows of several kinds (``decode``, ``loader``, ``ddp``, ``finetune``); each kind
+    renders its own part, and a kind with no rows renders nothing."""
+    return "\n".join(part for part in (decode_table(result),) if part)
+
+
 def update_docs() -> None:
     sections = [
         "# Benchmarks\n",
@@ -321,10 +390,12 @@ def update_docs() -> None:
         ("stream", "The Kafka stream (`bench/stream.py`)", stream_table),
         ("serve", "Serving under load (`bench/serve.py`)", serve_table),
         ("report", "The nightly report (`bench/report.py`)", report_table),
+        ("real_models", "Real models and data (`bench/results/real_models.json`)", real_models_table),
     ]:
         result = _load(name)
-        if result:
-            sections.append(f"## {title}\n\n{render(result)}")
+        text = render(result) if result else ""
+        if text:
+            sections.append(f"## {title}\n\n{text}")
     DOCS.parent.mkdir(exist_ok=True)
     DOCS.write_text("\n".join(sections))
 
