@@ -111,9 +111,9 @@ def checkpoint_probs(checkpoint: Path, manifest: Path, rows, *, head: str = "cle
     import numpy as np
     import torch
 
-    from labelaudit.serving.core.preprocess import normalize
+    from labelaudit.imaging.manifest import load_pixels, read_manifest
+    from labelaudit.imaging.preprocess import normalize
     from labelaudit.training.checkpoint import load_checkpoint
-    from labelaudit.training.manifest import load_pixels, read_manifest
 
     net, meta = load_checkpoint(checkpoint)
     m = read_manifest(manifest, classes=meta.classes)

@@ -31,9 +31,9 @@ from bench.common import (
     merged_config,
     write_results,
 )
+from labelaudit.imaging.manifest import read_manifest
 from labelaudit.serving.core.policy import DisagreementPolicy
 from labelaudit.training.datasets import fashion_mnist
-from labelaudit.training.manifest import read_manifest
 from labelaudit.training.train import TrainConfig, train
 
 console = Console()

@@ -30,9 +30,9 @@ from bench.common import (
     merged_config,
     write_results,
 )
+from labelaudit.imaging.manifest import read_manifest
 from labelaudit.training.checkpoint import load_checkpoint
 from labelaudit.training.datasets import fashion_mnist
-from labelaudit.training.manifest import read_manifest
 from labelaudit.training.train import TrainConfig, train
 
 console = Console()

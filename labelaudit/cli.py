@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from labelaudit.errors import LabelAuditError
+from labelaudit.training.config import TrainConfig as _Defaults  # the defaults --help shows; no torch
 
 if TYPE_CHECKING:
     from labelaudit.serving.settings import Settings
@@ -47,6 +49,18 @@ def _progress() -> Progress:
     )
 
 
+def _epoch_line(m) -> str:
+    val = "-" if m.val_acc is None else f"{m.val_acc:.4f}"
+    extra = "" if m.corrected_fraction is None else f"  corrected {m.corrected_fraction:.3f}"
+    if m.transition_matrix is not None:
+        t = m.transition_matrix
+        extra += f"  mean diag(T) {sum(t[i][i] for i in range(len(t))) / len(t):.3f}"
+    speed = f"{m.images_per_s:.0f} img/s"
+    if m.step_images_per_s is not None and m.loader_images_per_s is not None:
+        speed += f" (step {m.step_images_per_s:.0f}, loader {m.loader_images_per_s:.0f})"
+    return f"val {val}  trusted {m.trusted_acc:.4f}  {speed}{extra}"
+
+
 class RichReporter:
     """Draws one bar per epoch and a line of metrics after it."""
 
@@ -61,15 +75,51 @@ class RichReporter:
         self.progress.update(self.task, advance=1, info=f"loss {loss:.3f}")
 
     def epoch(self, m) -> None:
-        val = "-" if m.val_acc is None else f"{m.val_acc:.4f}"
-        extra = "" if m.corrected_fraction is None else f"  corrected {m.corrected_fraction:.3f}"
-        diag = ""
-        if m.transition_matrix is not None:
-            t = m.transition_matrix
-            diag = f"  mean diag(T) {sum(t[i][i] for i in range(len(t))) / len(t):.3f}"
-        self.progress.update(
-            self.task, info=f"val {val}  trusted {m.trusted_acc:.4f}  {m.images_per_s:.0f} img/s{extra}{diag}"
-        )
+        self.progress.update(self.task, info=_epoch_line(m))
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text)
+
+
+class LineReporter:
+    """Plain lines, flushed as they come, for output that is not a terminal (a log file, CI): a line per
+    epoch, and one every ``every`` seconds within an epoch."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.name, self.total, self.done, self.last = every, "", 0, 0, time.monotonic()
+
+    def phase(self, name: str, total_steps: int) -> None:
+        self.name, self.total, self.done, self.last = name, total_steps, 0, time.monotonic()
+
+    def advance(self, loss: float) -> None:
+        self.done += 1
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            console.print(f"{self.name}: step {self.done}/{self.total}, loss {loss:.3f}", soft_wrap=True)
+
+    def epoch(self, m) -> None:
+        console.print(f"{self.name}: {_epoch_line(m)}", soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        console.print(text, soft_wrap=True)
+
+
+@contextmanager
+def training_progress() -> Iterator[tuple[object, Callable[[int], None]]]:
+    """A reporter and a decoding-progress callback: rich bars on a terminal, plain lines otherwise."""
+    if not console.is_terminal:
+        counted = {"n": 0}
+
+        def decoded(n: int) -> None:
+            counted["n"] += n
+            if counted["n"] % 10_000 < n:
+                console.print(f"decoded {counted['n']:,} images", soft_wrap=True)
+
+        yield LineReporter(), decoded
+        return
+    with _progress() as progress:
+        decode = progress.add_task("decoding images", total=None, info="")
+        yield RichReporter(progress), lambda n: progress.update(decode, advance=n)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -115,70 +165,121 @@ def data(
 
 
 def _train_config(**overrides):
-    from labelaudit.training.train import TrainConfig
+    from labelaudit.training.config import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in overrides.items() if k in known and v is not None})
 
 
-def run_training(manifest: Path, init: str, out: Path, **config):
-    """Train with progress bars and print the outcome; shared by ``train`` and ``demo``."""
+def run_training(manifest: Path, init: str, out: Path, *, init_classes: Path | None = None,
+                 preprocess: dict | None = None, **config):  # fmt: skip
+    """Train with progress (bars on a terminal, lines otherwise) and print the outcome; shared by
+    ``train`` and ``demo``."""
     from labelaudit.training.train import train as train_model
 
     cfg = _train_config(**config)
-    with _progress() as progress:
-        reporter = RichReporter(progress)
-        decode = progress.add_task("decoding images", total=None, info="")
-        result = train_model(
-            manifest,
-            init=None if init == "scratch" else init,
-            out=out,
-            cfg=cfg,
-            reporter=reporter,
-            pixel_progress=lambda n: progress.update(decode, advance=n),
-        )
+    with training_progress() as (reporter, decoded):
+        result = train_model(manifest, init=None if init == "scratch" else init, out=out, cfg=cfg,
+                             reporter=reporter, pixel_progress=decoded, init_classes=init_classes,
+                             preprocess=preprocess)  # fmt: skip
     m, gate = result.meta.metrics, result.meta.gate
+    if m.initial_val_acc is not None or m.initial_trusted_acc is not None:
+        console.print(f"classifier A on task B, untouched: val {m.initial_val_acc}, test {m.initial_test_acc}, "
+                      f"trusted {m.initial_trusted_acc}", soft_wrap=True)  # fmt: skip
     console.print(
         f"[bold]{cfg.method}[/bold] -> {result.checkpoint}: val {m.val_acc}, test {m.test_acc}, "
-        f"trusted {m.trusted_acc:.4f}; gate {'passed' if gate.passed else '[red]FAILED[/red]'}: {gate.reason}"
+        f"trusted {m.trusted_acc:.4f}; gate {'passed' if gate.passed else '[red]FAILED[/red]'}: {gate.reason}",
+        soft_wrap=True,
     )
     return result
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(v) for v in text.split(","))
 
 
 @app.command()
 def train(
     manifest: Annotated[Path, typer.Option(help="JSONL manifest: item_id, image, label, labeler_id, trusted, split.")],
-    init: Annotated[str, typer.Option(help="Classifier A's checkpoint, or 'scratch'.")] = "scratch",
-    method: Annotated[str, typer.Option(help="ce | glc | fasten | crowd (docs/methods.md)")] = "fasten",
+    init: Annotated[
+        str,
+        typer.Option(
+            help="Classifier A: a labelaudit checkpoint, torchvision:<arch>=<weights.pth>, "
+            "timm:<arch>=<weights.pth|.safetensors>, or 'scratch'."
+        ),
+    ] = "scratch",  # fmt: skip
+    init_classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Classifier A's class names: a classes.txt or task A's manifest "
+            "(default: <weights>.classes.txt or classes.txt beside the weights)."
+        ),
+    ] = None,  # fmt: skip
+    method: Annotated[str, typer.Option(help="ce | glc | fasten | crowd (docs/methods.md)")] = _Defaults.method,
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
-    epochs: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
-    arch: Annotated[str | None, typer.Option(help="cnn_small | resnet_small (from scratch only).")] = None,
-    trusted_per_class: Annotated[int | None, typer.Option(help="FasTEN: trusted per class per step; 0 = all.")] = None,
-    rho: Annotated[float | None, typer.Option(help="FasTEN: confidence needed to correct a label.")] = None,
+    epochs: Annotated[int, typer.Option()] = _Defaults.epochs,
+    batch_size: Annotated[int, typer.Option()] = _Defaults.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, warm-up then cosine).")] = _Defaults.lr,
+    arch: Annotated[
+        str, typer.Option(help="From scratch only: cnn_small | resnet_small | torchvision:<name> | timm:<name>.")
+    ] = _Defaults.arch,
+    augment: Annotated[
+        str, typer.Option(help="none | flip | shift | shift-flip | crop-flip (flips are wrong for digits and text).")
+    ] = _Defaults.augment,
+    loader: Annotated[
+        str, typer.Option(help="memory: decode once into a cache | stream: decode in worker processes | auto: by size.")
+    ] = _Defaults.loader,
+    workers: Annotated[
+        int | None, typer.Option(help="stream: decoding processes (default: usable CPUs, max 8).")
+    ] = None,
+    memory_budget_mb: Annotated[
+        float, typer.Option(help="auto: decoded images up to this size are cached.")
+    ] = _Defaults.memory_budget_mb,
+    input_size: Annotated[
+        int | None, typer.Option(help="Classifier A's input side in pixels (default: its architecture's).")
+    ] = None,
+    crop_pct: Annotated[
+        float | None, typer.Option(help="Centre crop share after the resize (timm's crop_pct).")
+    ] = None,
+    resize: Annotated[str | None, typer.Option(help="stretch | shorter_side_center_crop")] = None,
+    interpolation: Annotated[str | None, typer.Option(help="bilinear | bicubic | nearest")] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="Per-channel mean, comma-separated (e.g. 0.485,0.456,0.406).")
+    ] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std, comma-separated.")] = None,
+    channels: Annotated[int | None, typer.Option(help="1 (greyscale) or 3 (RGB).")] = None,
+    trusted_per_class: Annotated[
+        int, typer.Option(help="FasTEN: trusted per class per step; 0 = all.")
+    ] = _Defaults.trusted_per_class,
+    rho: Annotated[float, typer.Option(help="FasTEN: confidence needed to correct a label.")] = _Defaults.rho,
     per_labeler: Annotated[
-        bool | None, typer.Option("--per-labeler", help="FasTEN: one noisy head and T-hat per labeler.")
-    ] = None,
+        bool, typer.Option("--per-labeler", help="FasTEN: one noisy head and T-hat per labeler.")
+    ] = _Defaults.per_labeler,
     consistency_weight: Annotated[
-        float | None, typer.Option(help="FasTEN: weight of FixMatch-style consistency on untrusted images.")
-    ] = None,
+        float, typer.Option(help="FasTEN: weight of FixMatch-style consistency on untrusted images.")
+    ] = _Defaults.consistency_weight,
     trusted_heads_only: Annotated[
-        bool | None,
+        bool,
         typer.Option("--trusted-heads-only", help="FasTEN: trusted images train the heads, not the features."),
-    ] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    ] = not _Defaults.trusted_trains_features,
+    seed: Annotated[int, typer.Option()] = _Defaults.seed,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _Defaults.device,
     precision: Annotated[
-        str | None, typer.Option(help="auto (bf16 autocast + channels_last on CUDA) | bf16 | fp32")
-    ] = None,
+        str, typer.Option(help="auto (bf16 autocast + channels_last on CUDA) | bf16 | fp32")
+    ] = _Defaults.precision,
 ) -> None:
     """Fine-tune classifier A (or train from scratch) with a noise-robust method."""
+    preprocess = {"height": input_size, "width": input_size, "crop_pct": crop_pct, "resize": resize,
+                  "resample": interpolation, "mean": _floats(mean), "std": _floats(std), "channels": channels}  # fmt: skip
+    preprocess = {k: v for k, v in preprocess.items() if v is not None}
     try:
-        run_training(manifest, init, out, method=method, epochs=epochs, batch_size=batch_size, lr=lr, arch=arch,
-                     trusted_per_class=trusted_per_class, rho=rho, per_labeler=per_labeler,
-                     consistency_weight=consistency_weight, seed=seed, device=device, precision=precision,
-                     trusted_trains_features=None if trusted_heads_only is None else not trusted_heads_only)  # fmt: skip
+        run_training(manifest, init, out, init_classes=init_classes, preprocess=preprocess or None, method=method,
+                     epochs=epochs, batch_size=batch_size, lr=lr, arch=arch, augment=augment, loader=loader,
+                     workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
+                     rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, seed=seed,
+                     device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
+                     channels=channels if init == "scratch" else None,
+                     image_size=input_size if init == "scratch" else None)  # fmt: skip
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
 

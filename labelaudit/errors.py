@@ -42,3 +42,9 @@ class ExportRefused(LabelAuditError):
     """The export was stopped: a failed gate, a failed parity check, or an invalid Triton config."""
 
     reason = "export_refused"
+
+
+class ClassifierAError(LabelAuditError):
+    """Classifier A cannot be used: an unknown architecture, or a weights file that does not fit it."""
+
+    reason = "bad_classifier_a"

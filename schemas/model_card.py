@@ -13,7 +13,7 @@ ResizeRule = Literal["stretch", "shorter_side_center_crop"]
 class PreprocessSpec(BaseModel):
     """The exact input pipeline: decode, convert, resize, scale to [0, 1], normalise, lay out NCHW.
 
-    ``labelaudit.serving.core.preprocess`` implements it once; training and serving both import it.
+    ``labelaudit.imaging.preprocess`` implements it once; training and serving both import it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -28,7 +28,20 @@ class PreprocessSpec(BaseModel):
         description="'stretch': resize straight to height x width; 'shorter_side_center_crop': scale the "
         "shorter side to fit, then crop the centre.",
     )
+    crop_pct: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="With 'shorter_side_center_crop': the crop's share of the resized image (timm's crop_pct; "
+        "torchvision's crop_size / resize_size, e.g. 224 / 256 = 0.875). 1.0 crops nothing beyond the aspect.",
+    )
     resample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    jpeg_draft: bool = Field(
+        default=False,
+        description="Decode JPEGs at a reduced scale (Pillow's draft(), DCT-domain scaling) no smaller than the "
+        "resize needs, before the resize. Part of the spec because it changes the pixels: training, export "
+        "parity and serving all follow it.",
+    )
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["float32"] = "float32"
 
@@ -50,7 +63,15 @@ class EpochMetrics(BaseModel):
     trusted_acc: float = Field(description="Accuracy on the trusted set (eval mode, no augmentation).")
     lr: float
     seconds: float
-    images_per_s: float
+    images_per_s: float = Field(description="Images per second of the whole epoch, wall clock.")
+    step_images_per_s: float | None = Field(
+        default=None, description="Images per second of the training steps alone (forward, backward, update)."
+    )
+    loader_images_per_s: float | None = Field(
+        default=None,
+        description="What the data loader can deliver: images per second of reading and decoding, summed over "
+        "its workers. Below step_images_per_s, decoding is the bottleneck.",
+    )
     corrected_fraction: float | None = Field(
         default=None, description="FasTEN: share of untrusted labels replaced by the model's correction."
     )
@@ -84,6 +105,7 @@ class ModelMetrics(BaseModel):
     trusted_acc: float
     initial_trusted_acc: float | None = None
     initial_val_acc: float | None = None
+    initial_test_acc: float | None = None
     history: list[EpochMetrics] = Field(default_factory=list)
 
 

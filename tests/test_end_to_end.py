@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from labelaudit.imaging.preprocess import load_image, preprocess
 from labelaudit.schemas.model_card import ModelCard
-from labelaudit.serving.core.preprocess import load_image, preprocess
 
 pytestmark = pytest.mark.slow
 

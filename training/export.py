@@ -9,7 +9,7 @@ The layout written under ``repo`` (a Triton model repository)::
     <repo>/<name>/<version>/model_card.json
 
 The ONNX graph maps ``images`` (B, C, H, W) float32, already preprocessed by
-``labelaudit.serving.core.preprocess``, to ``probabilities`` (B, K) and ``logits`` (B, K).
+``labelaudit.imaging.preprocess``, to ``probabilities`` (B, K) and ``logits`` (B, K).
 Nothing is written into the repository unless every check passes.
 """
 
@@ -37,10 +37,10 @@ from tritonclient.grpc import model_config_pb2
 
 import labelaudit
 from labelaudit.errors import ExportRefused
+from labelaudit.imaging.manifest import Manifest, load_pixels, read_manifest
+from labelaudit.imaging.preprocess import normalize
 from labelaudit.schemas.model_card import ModelCard, ParityResult, PreprocessSpec
-from labelaudit.serving.core.preprocess import normalize
 from labelaudit.training.checkpoint import CheckpointMeta, load_checkpoint
-from labelaudit.training.manifest import Manifest, load_pixels, read_manifest
 from labelaudit.training.networks import ProbabilityModel, TwoHeadNet
 
 INPUT_NAME = "images"

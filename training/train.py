@@ -1,9 +1,11 @@
 """Fine-tune classifier A on task B's noisy labels with a noise-robust method. Reads top to bottom:
 
-config -> data (manifest, pixels through the model card's preprocessing) -> network (from classifier A
-or scratch) -> the method's epochs, each reporting clean held-out accuracy, trusted accuracy and the
-estimated transition matrix -> final numbers (thresholds for the audit, per-labeler matrices, the
-export gate) -> checkpoint.
+config -> classifier A (a checkpoint, or a torchvision/timm network from the user's weights) -> data
+(the manifest's labels in memory; images through the loader, at the model card's preprocessing) ->
+network (A's backbone, task B's classes mapped onto A's by name, or scratch) -> the method's epochs, each
+reporting clean held-out accuracy, trusted accuracy, the estimated transition matrix and where the time
+went (loader vs step) -> final numbers (thresholds for the audit, per-labeler matrices, the export
+gate) -> checkpoint.
 """
 
 from __future__ import annotations
@@ -12,50 +14,25 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from labelaudit.errors import ManifestError
+from labelaudit.imaging.manifest import Manifest, load_pixels, read_manifest, row_pixels
 from labelaudit.schemas.model_card import EpochMetrics, GateResult, ModelMetrics, PreprocessSpec
-from labelaudit.serving.core.preprocess import normalize
-from labelaudit.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from labelaudit.training.manifest import Manifest, load_pixels, read_manifest
+from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
+from labelaudit.training.backbones import split_arch
+from labelaudit.training.checkpoint import CheckpointMeta, save_checkpoint
+from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map_classes, start_clean_head
+from labelaudit.training.config import TrainConfig
+from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method
+from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.transition import labeler_transition_matrices, per_class_thresholds
-
-
-@dataclass
-class TrainConfig:
-    """Every knob that changes the result. Saved inside the checkpoint and the model card."""
-
-    method: str = "fasten"
-    arch: str = "cnn_small"  # used only when training from scratch; otherwise classifier A's
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.5
-    augment: bool = True  # random shifts of up to 2 px and horizontal flips
-    trusted_per_class: int = 0  # FasTEN: trusted samples per class per iteration; 0 = the whole set
-    rho: float = 0.8  # FasTEN: confidence needed to correct a label
-    noisy_weight: float = 0.5  # FasTEN: λ, the weight of the noisy head's loss
-    trusted_trains_features: bool = True  # FasTEN: False = trusted rows train the heads only (unbiased T̂)
-    per_labeler: bool = False  # FasTEN: one noisy head (and T̂) per labeler with enough items
-    min_labeler_items: int = 100  # FasTEN per_labeler: fewer items -> the pooled head
-    consistency_weight: float = 0.0  # FasTEN: weight of the FixMatch-style loss on untrusted images; 0 = off
-    pseudo_threshold: float = 0.95  # FasTEN consistency: confidence a pseudo-label needs
-    label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast + channels_last on CUDA only
-    image_size: int | None = None  # scratch only; default: the first image's size
-    channels: int | None = None  # scratch only; default: 1 for greyscale images, else 3
 
 
 class Reporter(Protocol):
@@ -64,6 +41,7 @@ class Reporter(Protocol):
     def phase(self, name: str, total_steps: int) -> None: ...
     def advance(self, loss: float) -> None: ...
     def epoch(self, metrics: EpochMetrics) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class SilentReporter:
@@ -76,13 +54,17 @@ class SilentReporter:
     def epoch(self, metrics: EpochMetrics) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        pass
+
 
 @dataclass
 class TaskData:
-    """The whole task on the training device. ``x`` (N, C, H, W) float32; ``labels`` (N,) the labels
-    training may use (labelers' for untrusted rows, checked for trusted and held-out rows)."""
+    """The task: per-row columns on the training device, images through ``images``. ``labels`` (N,) the
+    labels training may use (labelers' for untrusted rows, checked for trusted and held-out rows); rows
+    index the manifest."""
 
-    x: torch.Tensor
+    images: ImageLoader | TensorImages
     labels: torch.Tensor
     is_trusted: torch.Tensor
     k: int
@@ -93,6 +75,7 @@ class TaskData:
     test_rows: np.ndarray
     labeler_ids: np.ndarray
     noisy_groups: list[str] = field(default_factory=lambda: ["*"])  # labeler group of each noisy head
+    spec: PreprocessSpec | None = None  # how uint8 pixels are normalised; None: ``images`` gives model inputs
 
 
 @dataclass
@@ -108,76 +91,64 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment(x: torch.Tensor) -> torch.Tensor:
-    """Random integer shifts of up to 2 px (edges replicated) and horizontal flips. (B, C, H, W)."""
-    b, _, h, w = x.shape
-    theta = torch.zeros(b, 2, 3, device=x.device)
-    flip = torch.rand(b, device=x.device) < 0.5
-    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
-    theta[:, 1, 1] = 1.0
-    shifts = torch.randint(-2, 3, (b, 2), device=x.device).float()
-    theta[:, 0, 2] = shifts[:, 0] * 2 / w
-    theta[:, 1, 2] = shifts[:, 1] * 2 / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
-
-
-def strong_augment(x: torch.Tensor, cutout: int = 10) -> torch.Tensor:
-    """FixMatch-style strong view: rotation ±20°, scale 0.85-1.15, shifts ±3 px, flips, contrast and
-    brightness jitter, Gaussian noise and a cut-out square. (B, C, H, W), normalised inputs."""
-    b, _, h, w = x.shape
-    dev = x.device
-    angle = (torch.rand(b, device=dev) * 2 - 1) * np.pi / 9
-    scale = 0.85 + 0.3 * torch.rand(b, device=dev)
-    flip = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0] = torch.cos(angle) / scale * flip
-    theta[:, 0, 1] = -torch.sin(angle) / scale
-    theta[:, 1, 0] = torch.sin(angle) / scale * flip
-    theta[:, 1, 1] = torch.cos(angle) / scale
-    theta[:, :, 2] = (torch.rand(b, 2, device=dev) * 2 - 1) * 3 * 2 / torch.tensor([w, h], device=dev)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = 1 + (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * 0.4
-    brightness = (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * 0.4
-    out = out * contrast + brightness + 0.1 * torch.randn_like(out)
-    cy, cx = torch.randint(0, h, (b,), device=dev), torch.randint(0, w, (b,), device=dev)
-    ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
-    hole = ((ys - cy[:, None, None]).abs() <= cutout // 2) & ((xs - cx[:, None, None]).abs() <= cutout // 2)
-    return out.masked_fill(hole[:, None], 0.0)
-
-
 class Trainer:
-    """Owns the network, the data and the loop; methods supply batches and losses."""
+    """Owns the network, the data and the loop; methods supply batch plans and losses."""
 
-    def __init__(self, cfg: TrainConfig, net: TwoHeadNet, data: TaskData, reporter: Reporter):
-        self.cfg, self.net, self.data, self.reporter = cfg, net, data, reporter
-        self.device = data.x.device
+    def __init__(
+        self, cfg: TrainConfig, net: TwoHeadNet, data: TaskData, reporter: Reporter, device: torch.device | None = None
+    ):
+        device = device or pick_device(cfg.device)
+        self.cfg, self.net, self.data, self.reporter, self.device = cfg, net, data, reporter, device
         self.init_state = copy.deepcopy(net.state_dict())
         self.rng = np.random.default_rng(cfg.seed)
+        stats = (data.spec.mean, data.spec.std) if data.spec is not None else ((0.0,), (1.0,))
+        self.mean, self.std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in stats)
         # bf16 autocast and channels_last: the CUDA path; ``precision="bf16"`` takes it on CPU too, so
         # that the mixed-precision code runs in CI, where there is no GPU.
-        self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         if self.autocast:
             self.net = self.net.to(memory_format=torch.channels_last)
 
-    def inputs(self, rows: np.ndarray, *, strong: bool = False) -> torch.Tensor:
-        x = self.data.x[torch.as_tensor(rows, device=self.device)]
+    def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) uint8 -> (B, C, H, W) float32 on the device, normalised exactly as
+        ``labelaudit.imaging.preprocess.normalize`` does (same float32 operations, same order).
+        Float tensors are model inputs already (``TensorImages``) and only move to the device."""
+        if pixels.dtype != torch.uint8:
+            return pixels.to(self.device)
+        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
+
+    def load(self, batch: Batch) -> Batch:
+        """Load a batch's images outside ``fit``'s prefetching loop (direct calls of a method's loss)."""
+        fetched = next(iter(self.data.images.batches([batch.rows], purpose="eval")))
+        batch.x = self.to_inputs(fetched.pixels)
+        return batch
+
+    def inputs(self, batch: Batch, *, part: str = "all", strong: bool = False) -> torch.Tensor:
+        """The batch's inputs (trusted rows first), augmented while training. ``part``: all | trusted |
+        untrusted; ``strong``: a FixMatch-style strong view instead of the policy's."""
+        if batch.x is None:
+            self.load(batch)
+        n_t = len(batch.trusted)
+        x = {"all": batch.x, "trusted": batch.x[:n_t], "untrusted": batch.x[n_t:]}[part]
         if strong:
             x = strong_augment(x)
-        elif self.cfg.augment and self.net.training:
-            x = augment(x)
+        elif self.net.training:
+            x = augment(x, self.cfg.augment)
         return x.contiguous(memory_format=torch.channels_last) if self.autocast else x
 
     @torch.no_grad()
-    def predict(self, rows: np.ndarray, batch: int = 2048) -> torch.Tensor:
-        """Clean-head probabilities (len(rows), K), eval mode, no augmentation."""
+    def predict(self, rows: np.ndarray, batch: int = 512) -> torch.Tensor:
+        """Clean-head probabilities (len(rows), K), eval mode, no augmentation, images streamed."""
         was_training = self.net.training
         self.net.eval()
+        plan = [rows[i : i + batch] for i in range(0, len(rows), batch)]
         out = []
-        for start in range(0, len(rows), batch):
+        for fetched in self.data.images.batches(plan, purpose="eval"):
+            x = self.to_inputs(fetched.pixels)
+            x = x.contiguous(memory_format=torch.channels_last) if self.autocast else x
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.net(self.inputs(rows[start : start + batch]))
+                logits = self.net(x)
             out.append(torch.softmax(logits.float(), 1))
         self.net.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.data.k, device=self.device)
@@ -212,51 +183,80 @@ class Trainer:
         opt, sched = self._optimizer(self.cfg.epochs * steps)
         history = []
         for epoch in range(1, self.cfg.epochs + 1):
+            method.start_epoch()
             self.net.train()
-            self.reporter.phase(f"{phase} epoch {epoch}/{self.cfg.epochs}", steps)
-            started, losses, seen = time.perf_counter(), [], 0
-            for batch in method.batches(self.rng):
+            plan = list(method.batches(self.rng))
+            self.reporter.phase(f"{phase} epoch {epoch}/{self.cfg.epochs}", len(plan))
+            started, losses, seen, step_s, load_s = time.perf_counter(), [], 0, 0.0, 0.0
+            fetched_all = self.data.images.batches([b.rows for b in plan])
+            for batch, fetched in zip(plan, fetched_all, strict=True):
+                step_started = time.perf_counter()
+                batch.x = self.to_inputs(fetched.pixels)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     loss, stats = method.loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses.append(stats.loss)
-                seen += len(batch.untrusted) + len(batch.trusted)
+                batch.x = None
+                losses.append(stats.loss)  # .item() inside the loss waited for the device: the time is real
+                seen += len(batch.rows)
+                step_s += time.perf_counter() - step_started
+                load_s += fetched.seconds
                 self.reporter.advance(stats.loss)
             seconds = time.perf_counter() - started
-            corrected = method.end_epoch()
-            t = method.transition()
-            m = EpochMetrics(
-                epoch=epoch, train_loss=float(np.mean(losses)), val_acc=self.accuracy(self.data.val_rows),
-                trusted_acc=self.accuracy(self.data.trusted_rows) or 0.0, lr=sched.get_last_lr()[0],
-                seconds=seconds, images_per_s=seen / max(seconds, 1e-9), corrected_fraction=corrected,
-                transition_matrix=None if t is None else np.round(t, 4).tolist(),
-            )  # fmt: skip
+            m = self._epoch_metrics(method, epoch, losses, sched, seconds, seen, step_s, load_s)
             self.reporter.epoch(m)
             history.append(m)
         return history
+
+    def _epoch_metrics(self, method, epoch, losses, sched, seconds, seen, step_s, load_s) -> EpochMetrics:
+        corrected = method.end_epoch()
+        t = method.transition()
+        decoders = max(1, self.data.images.workers)
+        return EpochMetrics(
+            epoch=epoch, train_loss=float(np.mean(losses)), val_acc=self.accuracy(self.data.val_rows),
+            trusted_acc=self.accuracy(self.data.trusted_rows) or 0.0, lr=sched.get_last_lr()[0],
+            seconds=seconds, images_per_s=seen / max(seconds, 1e-9), corrected_fraction=corrected,
+            step_images_per_s=seen / max(step_s, 1e-9), loader_images_per_s=seen * decoders / max(load_s, 1e-9),
+            transition_matrix=None if t is None else np.round(t, 4).tolist(),
+        )  # fmt: skip
 
 
 # -- data and network ------------------------------------------------------------------------------
 
 
+MEAN_STD_SAMPLE = 2000  # streamed data: images the from-scratch mean and std are measured on
+
+
 def infer_spec(manifest: Manifest, pixels_mean_std: tuple[float, float] | None, cfg: TrainConfig) -> PreprocessSpec:
     """From scratch: size and channels from the first image (or the config), mean/std from the data."""
-    from labelaudit.serving.core.preprocess import load_image
+    from labelaudit.imaging.preprocess import load_image
 
-    first = load_image(str(manifest.path.parent / manifest.records[0].image))
-    channels = cfg.channels or (1 if first.mode in ("L", "I;16", "I", "F", "1", "LA") else 3)
+    first = load_image(str(manifest.image_path(0)))
+    torchvision = split_arch(cfg.arch)[0] == "torchvision"  # its first convolution takes 3 channels
+    grey = first.mode in ("L", "I;16", "I", "F", "1", "LA")
+    channels = cfg.channels or (1 if grey and not torchvision else 3)
     h = w = cfg.image_size or max(first.size)
     mean, std = pixels_mean_std or (0.5, 0.25)
     return PreprocessSpec(height=h, width=w, channels=channels, mean=(mean,) * channels, std=(std,) * channels)
 
 
 def data_spec(manifest: Manifest, cfg: TrainConfig, progress=None) -> PreprocessSpec:
-    """From scratch: the spec of the first image, with mean and std measured on the data."""
-    sample = load_pixels(manifest, infer_spec(manifest, None, cfg), progress=progress).astype(np.float32) / 255.0
-    return infer_spec(manifest, (float(sample.mean()), float(sample.std())), cfg)
+    """From scratch: the spec of the first image, with mean and std measured on the data (all of it when
+    it fits the pixel cache, which this fills, else a random sample of ``MEAN_STD_SAMPLE`` images)."""
+    spec = infer_spec(manifest, None, cfg)
+    if loader_mode(cfg.loader, len(manifest), spec, cfg.memory_budget_mb) == "memory":
+        pixels = load_pixels(manifest, spec, progress=progress)
+    else:
+        rows = np.random.default_rng(cfg.seed).permutation(len(manifest))[:MEAN_STD_SAMPLE]
+        pixels = np.stack([row_pixels(manifest, int(r), spec) for r in np.sort(rows)])
+    total, squares, count = 0.0, 0.0, 0
+    for start in range(0, len(pixels), 4096):  # in chunks: a memory-mapped cache is never read whole
+        chunk = np.asarray(pixels[start : start + 4096], dtype=np.float64) / 255.0
+        total, squares, count = total + chunk.sum(), squares + (chunk**2).sum(), count + chunk.size
+    mean = total / count
+    return infer_spec(manifest, (float(mean), float(np.sqrt(max(squares / count - mean**2, 1e-12)))), cfg)
 
 
 def _rows(manifest: Manifest) -> dict[str, np.ndarray]:
@@ -271,10 +271,16 @@ def _rows(manifest: Manifest) -> dict[str, np.ndarray]:
     }
 
 
-def load_task(
-    manifest: Manifest, spec: PreprocessSpec, cfg: TrainConfig, device: torch.device, progress=None
-) -> TaskData:
-    pixels = load_pixels(manifest, spec, progress=progress)  # (N, H, W, C) uint8, cached
+def open_images(manifest: Manifest, spec: PreprocessSpec, cfg: TrainConfig, device: torch.device,
+                progress=None) -> ImageLoader:  # fmt: skip
+    """The loader for this run; the trusted rows, which ride in many batches, stay decoded in memory."""
+    return ImageLoader(
+        manifest, spec, mode=cfg.loader, workers=cfg.workers, memory_budget_mb=cfg.memory_budget_mb,
+        resident=_rows(manifest)["trusted"], pin_memory=device.type == "cuda", progress=progress,
+    )  # fmt: skip
+
+
+def load_task(manifest: Manifest, images: ImageLoader, cfg: TrainConfig, device: torch.device) -> TaskData:
     labels = manifest.labels
     if cfg.label_source == "true_label":
         labels = manifest.true_labels()
@@ -284,7 +290,7 @@ def load_task(
     is_trusted = np.zeros(len(labels), dtype=bool)
     is_trusted[rows["trusted"]] = True
     return TaskData(
-        x=torch.from_numpy(normalize(pixels, spec)).to(device),
+        images=images, spec=images.dataset.spec,
         labels=torch.as_tensor(labels, device=device),
         is_trusted=torch.as_tensor(is_trusted, device=device),
         k=len(manifest.classes),
@@ -316,42 +322,76 @@ def train(
     cfg: TrainConfig,
     reporter: Reporter | None = None,
     pixel_progress=None,
+    init_classes: Path | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train with ``cfg.method`` from classifier A (``init`` a checkpoint) or from scratch (``None``)."""
+    """Train with ``cfg.method`` from classifier A or from scratch (``init`` None).
+
+    ``init``: a labelaudit checkpoint, ``torchvision:<arch>=<weights>`` or ``timm:<arch>=<weights>``
+    (``training.classifier_a``); ``init_classes``: A's class names, when not beside its weights;
+    ``preprocess``: PreprocessSpec fields overriding what A's architecture implies.
+    """
     reporter = reporter or SilentReporter()
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose from {sorted(METHODS)}")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"unknown precision {cfg.precision!r}; choose from auto, bf16, fp32")
+    _check_config(cfg)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     method_cls = METHODS[cfg.method]
 
-    # 1. data, held to classifier A's classes and preprocessing
-    net_a, init_meta = load_checkpoint(init) if init is not None else (None, None)
-    manifest = read_manifest(
-        manifest_path, classes=init_meta.classes if init_meta else None, require_trusted=method_cls.needs_trusted
-    )
-    if init_meta is not None:
-        classes, spec, arch, init_name = init_meta.classes, init_meta.preprocess, init_meta.arch, Path(init).name
+    # 1. classifier A, and task B's data: classes mapped onto A's by name, A's preprocessing
+    a = None if init is None else load_classifier_a(str(init), classes_file=init_classes, preprocess=preprocess)
+    manifest = read_manifest(manifest_path, require_trusted=method_cls.needs_trusted,
+                             fallback_classes=None if a is None else a.classes)  # fmt: skip
+    if a is not None:
+        spec, arch, init_name = a.preprocess, a.arch, a.name
+        reporter.note(f"classifier A: {a.arch} from {a.name}; preprocessing from {a.preprocess_source}")
     else:
-        classes, arch, init_name = manifest.classes, cfg.arch, "scratch"
-        spec = data_spec(manifest, cfg, pixel_progress)
-    data = load_task(manifest, spec, cfg, device, progress=pixel_progress)
+        spec, arch, init_name = data_spec(manifest, cfg, pixel_progress), cfg.arch, "scratch"
+    images = open_images(manifest, spec, cfg, device, pixel_progress)
+    try:
+        return _train_on(manifest, images, a, arch, init_name, Path(out), cfg, device, method_cls, reporter)
+    finally:
+        images.close()
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose from {sorted(METHODS)}")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown precision {cfg.precision!r}; choose from auto, bf16, fp32")
+    if cfg.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
+    if cfg.loader not in ("auto", "memory", "stream"):
+        raise ValueError(f"unknown loader {cfg.loader!r}; choose from auto, memory, stream")
+
+
+def _network(arch: str, a: ClassifierA | None, manifest: Manifest, spec: PreprocessSpec, heads: int,
+             reporter: Reporter) -> TwoHeadNet:  # fmt: skip
+    """Classifier A's backbone with task B's classes mapped onto its final layer (its noise model reset
+    to "no noise"), or a fresh network."""
+    net = TwoHeadNet(arch, len(manifest.classes), spec.channels, noisy_heads=heads,
+                     backbone=None if a is None else a.backbone)  # fmt: skip
+    if a is not None:
+        mapping = map_classes(a.classes, manifest.classes)
+        start_clean_head(net.clean_head, a.backbone.head, mapping)
+        net.reset_noisy_heads_to_clean()
+        reporter.note(mapping.describe())
+    return net
+
+
+def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls, reporter) -> TrainResult:
+    data = load_task(manifest, images, cfg, device)
+    spec = data.spec
     if cfg.method == "fasten" and cfg.per_labeler:
         data.noisy_groups = labeler_groups(data.labeler_ids, data.untrusted_rows, cfg.min_labeler_items)
 
-    # 2. the network: classifier A's weights (its noise model reset to "no noise"), or fresh ones
-    net = TwoHeadNet(arch, len(classes), spec.channels, noisy_heads=len(data.noisy_groups))
-    if net_a is not None:
-        state = {k: v for k, v in net_a.state_dict().items() if not k.startswith("noisy_head.")}
-        net.load_state_dict(state, strict=False)
-        net.reset_noisy_heads_to_clean()
-    trainer = Trainer(cfg, net.to(device), data, reporter)
+    # 2. the network
+    net = _network(arch, a, manifest, spec, len(data.noisy_groups), reporter)
+    trainer = Trainer(cfg, net.to(device), data, reporter, device)
 
-    # 3. the starting point, for the gate
-    initial_trusted = trainer.accuracy(data.trusted_rows) if init is not None and len(data.trusted_rows) else None
-    initial_val = trainer.accuracy(data.val_rows) if init is not None else None
+    # 3. the starting point, for the gate, and classifier A's own accuracy on task B
+    initial_trusted = trainer.accuracy(data.trusted_rows) if a is not None and len(data.trusted_rows) else None
+    initial_val = trainer.accuracy(data.val_rows) if a is not None else None
+    initial_test = trainer.accuracy(data.test_rows) if a is not None else None
 
     # 4. the method
     method = method_cls(trainer)
@@ -374,23 +414,22 @@ def train(
     metrics = ModelMetrics(
         val_acc=trainer.accuracy(data.val_rows), test_acc=trainer.accuracy(data.test_rows),
         trusted_acc=final_trusted or 0.0, initial_trusted_acc=initial_trusted, initial_val_acc=initial_val,
-        history=history,
+        initial_test_acc=initial_test, history=history,
     )  # fmt: skip
     meta = CheckpointMeta(
-        arch=arch, classes=list(classes), preprocess=spec, method=cfg.method, init=init_name,
+        arch=arch, classes=list(manifest.classes), preprocess=spec, method=cfg.method, init=init_name,
         config=asdict(cfg) | {"device_used": str(device), "torch": torch.__version__},
         metrics=metrics, gate=_gate(initial_trusted, metrics.trusted_acc, init_name),
         transition_matrix=None if final_t is None else np.asarray(final_t).round(4).tolist(),
         labeler_transition_matrices={k: v.round(4).tolist() for k, v in labeler_t.items()},
         labeler_counts=labeler_n, disagreement_thresholds=thresholds.round(4).tolist(),
         thresholds_source="val split" if len(data.val_rows) else "trusted set",
-        data_version=manifest.sha256, manifest=str(Path(manifest_path)),
+        data_version=manifest.sha256, manifest=str(manifest.path.resolve()),
         noisy_heads=data.noisy_groups if len(data.noisy_groups) > 1 else [],
     )  # fmt: skip
 
     # 6. checkpoint (the noise model stays in it; the export takes the clean head only)
-    out_path = Path(out)
-    checkpoint = out_path / "checkpoint.pt" if out_path.suffix != ".pt" else out_path
+    checkpoint = out / "checkpoint.pt" if out.suffix != ".pt" else out
     save_checkpoint(checkpoint, trainer.net.to("cpu").to(memory_format=torch.contiguous_format), meta)
     (checkpoint.parent / "metrics.json").write_text(meta.model_dump_json(indent=2, exclude={"config"}))
     return TrainResult(checkpoint, meta, history)

@@ -1,5 +1,5 @@
 """The model card's preprocessing, mirrored with Pillow and NumPy only, for the peer servers' own venvs
-(labelaudit is not installed there). Same steps as ``labelaudit.serving.core.preprocess``: decode, convert
+(labelaudit is not installed there). Same steps as ``labelaudit.imaging.preprocess``: decode, convert
 the mode (alpha over black, 16-bit rescaled), resize (stretch or shorter side + centre crop), scale to
 [0, 1], standardise per channel, NCHW float32. bench/serve.py checks the peers' probabilities against
 the gateway's on the same images before it times anything.

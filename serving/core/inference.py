@@ -14,8 +14,8 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 
 from labelaudit.errors import ImageError
+from labelaudit.imaging.preprocess import normalize, pixels_from_bytes
 from labelaudit.serving.core.model_repo import ServedModel
-from labelaudit.serving.core.preprocess import decode_image, preprocess
 from labelaudit.serving.settings import Settings
 
 DECODE_SLICES = max(1, min(4, os.cpu_count() or 1))
@@ -39,7 +39,8 @@ class InferenceCore:
                 status_code=413,
             )
         try:
-            return preprocess(decode_image(data, max_pixels=self.settings.max_image_pixels), self.model.card.preprocess)
+            spec = self.model.card.preprocess
+            return normalize(pixels_from_bytes(data, spec, max_pixels=self.settings.max_image_pixels)[None], spec)[0]
         except ImageError as exc:
             raise ImageError(f"image {index}: {exc}", reason=exc.reason, status_code=exc.status_code) from exc
 

@@ -12,9 +12,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from labelaudit.imaging.manifest import read_manifest
 from labelaudit.schemas.stream import IMAGE_SCHEMA, ImageMessage
 from labelaudit.serving.settings import Settings
-from labelaudit.training.manifest import read_manifest
 
 
 def ensure_topics(settings: Settings, partitions: dict[str, int]) -> None:

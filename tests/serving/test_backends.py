@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from labelaudit.imaging.preprocess import load_image, preprocess
 from labelaudit.serving.core.backends import OnnxRuntimeBackend
 from labelaudit.serving.core.model_repo import ModelNotFound, resolve_model
-from labelaudit.serving.core.preprocess import load_image, preprocess
 from labelaudit.serving.settings import Settings
 
 

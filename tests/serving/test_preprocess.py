@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from labelaudit.errors import ImageError
+from labelaudit.imaging.preprocess import decode_image, load_image, normalize, preprocess, to_pixels
 from labelaudit.schemas.model_card import PreprocessSpec
-from labelaudit.serving.core.preprocess import decode_image, load_image, normalize, preprocess, to_pixels
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **options) -> bytes:

@@ -11,8 +11,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from labelaudit.imaging.preprocess import load_image, preprocess
 from labelaudit.serving.core.model_repo import resolve_model
-from labelaudit.serving.core.preprocess import load_image, preprocess
 
 
 @pytest.fixture(scope="module")

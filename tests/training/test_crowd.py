@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labelaudit.training.loader import TensorImages
+from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.crowd import CrowdForward, em_transitions, initial_transitions
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
@@ -52,7 +54,7 @@ def _task(n: int = 48, trusted: int = 8, seed: int = 0) -> TaskData:
     is_trusted[:trusted] = True
     rows = np.arange(n)
     return TaskData(
-        x=torch.from_numpy(rng.normal(size=(n, 1, 12, 12)).astype(np.float32)),
+        images=TensorImages(torch.from_numpy(rng.normal(size=(n, 1, 12, 12)).astype(np.float32))),
         labels=torch.as_tensor(labels),
         is_trusted=torch.as_tensor(is_trusted),
         k=K,
@@ -67,7 +69,7 @@ def _task(n: int = 48, trusted: int = 8, seed: int = 0) -> TaskData:
 
 def _method(data: TaskData) -> CrowdForward:
     torch.manual_seed(0)
-    cfg = TrainConfig(device="cpu", augment=False, batch_size=8, epochs=1, seed=0, min_labeler_items=5)
+    cfg = TrainConfig(device="cpu", augment="none", batch_size=8, epochs=1, seed=0, min_labeler_items=5)
     return CrowdForward(Trainer(cfg, TwoHeadNet("cnn_small", K, 1), data, SilentReporter()))
 
 
@@ -79,10 +81,10 @@ def test_crowd_loss_is_half_trusted_ce_and_half_per_labeler_forward_correction()
     rows_u, rows_t = np.array([8, 9, 10]), data.trusted_rows
     method.trainer.net.eval()  # deterministic logits to compare against
 
-    loss, _ = method.loss(type("B", (), {"trusted": rows_t, "untrusted": rows_u})())
+    loss, _ = method.loss(Batch(untrusted=rows_u, trusted=rows_t))
 
     with torch.no_grad():
-        logits = method.trainer.net(data.x[np.concatenate([rows_t, rows_u])])
+        logits = method.trainer.net(data.images.x[np.concatenate([rows_t, rows_u])])
         ce = F.cross_entropy(logits[: len(rows_t)], data.labels[rows_t])
         p = torch.softmax(logits[len(rows_t) :], 1)
         t_rows = [method.t[0], method.t[1], method.t[0]]  # ann, bob, ann
@@ -97,6 +99,7 @@ def test_crowd_never_rewrites_labels_and_refreshes_row_stochastic_matrices():
     before = data.labels.clone()
     rng = np.random.default_rng(0)
     for _ in range(2):
+        method.start_epoch()  # the EM refresh, as Trainer.fit calls it before each epoch's batches
         for batch in method.batches(rng):
             assert np.array_equal(batch.trusted, data.trusted_rows)
             method.loss(batch)[0].backward()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from labelaudit.imaging.manifest import read_manifest
 from labelaudit.training.datasets import fashion_mnist as fm
 from labelaudit.training.datasets import labelers as lab
-from labelaudit.training.manifest import read_manifest
 
 pytestmark = pytest.mark.skipif(
     not (fm.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelaudit.training.loader import TensorImages
 from labelaudit.training.methods import FasTEN, GoldLossCorrection
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.networks import TwoHeadNet
@@ -27,7 +28,7 @@ def _task(x: torch.Tensor, labels: np.ndarray, trusted_rows: np.ndarray, k: int 
     is_trusted[trusted_rows] = True
     rows = np.arange(n)
     return TaskData(
-        x=x,
+        images=TensorImages(x),
         labels=torch.as_tensor(labels, dtype=torch.int64),
         is_trusted=torch.as_tensor(is_trusted),
         k=k,
@@ -41,7 +42,7 @@ def _task(x: torch.Tensor, labels: np.ndarray, trusted_rows: np.ndarray, k: int 
 
 
 def _trainer(net: nn.Module, data: TaskData, **overrides) -> Trainer:
-    settings = dict(device="cpu", augment=False, batch_size=16, epochs=1, seed=0) | overrides
+    settings = dict(device="cpu", augment="none", batch_size=16, epochs=1, seed=0) | overrides
     cfg = TrainConfig(**settings)
     return Trainer(cfg, net, data, SilentReporter())
 
@@ -211,7 +212,7 @@ def test_fasten_trusted_rows_train_the_features_only_when_asked(trains_features)
     with_trusted = net.clean_head.weight.grad.clone()
     net.zero_grad()
     method.cfg.trusted_trains_features = True
-    f = net.features(method.trainer.inputs(batch.untrusted))
+    f = net.features(method.trainer.inputs(batch, part="untrusted"))
     p_u = torch.softmax(net.clean_head(f), 1)
     y_hat = method.assigned[torch.as_tensor(batch.untrusted)]
     (0.5 * forward_corrected_nll(p_u, method.t_hat[0], y_hat).mean()).backward()
@@ -303,7 +304,7 @@ def test_glc_loss_is_cross_entropy_on_trusted_rows_and_forward_corrected_on_the_
     loss, stats = method.loss(Batch(untrusted=rows))
 
     with torch.no_grad():
-        logits = net(data.x[rows]).double()
+        logits = net(data.images.x[rows]).double()
     p = torch.softmax(logits, 1).numpy()
     y = data.labels[rows].numpy()
     per_row = [

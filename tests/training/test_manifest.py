@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from labelaudit.errors import ManifestError
+from labelaudit.imaging.manifest import load_pixels, read_manifest
 from labelaudit.schemas.model_card import PreprocessSpec
-from labelaudit.training.manifest import load_pixels, read_manifest
 
 SPEC = PreprocessSpec(height=4, width=4, channels=1, mean=(0.5,), std=(0.25,))
 
@@ -146,7 +146,7 @@ def test_a_good_manifest_loads_labels_masks_and_true_labels(tmp_path):
     assert m.labels.tolist() == [1, 0, 0, 1, 0]
     assert m.labels.dtype == np.int64
     assert m.true_labels().tolist() == [1, 1, 0, 1, 0]
-    assert m.line_numbers == [1, 2, 3, 4, 5]
+    assert m.line_numbers.tolist() == [1, 2, 3, 4, 5]
     assert m.mask(split="train").tolist() == [True, True, False, False, True]
     assert m.mask(split="train", trusted=True).tolist() == [True, False, False, False, True]
     assert m.mask(trusted=False).tolist() == [False, True, True, True, False]

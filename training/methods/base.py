@@ -1,4 +1,5 @@
-"""What a method is: a batch plan and a loss, over data the trainer has already put on the device."""
+"""What a method is: a batch plan (row indices) and a loss over the batch's images, which the trainer
+loads for each planned batch (``training.loader``) and puts on the device."""
 
 from __future__ import annotations
 
@@ -17,10 +18,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """Row indices into ``TaskData.x``: the untrusted rows and the trusted rows of one iteration."""
+    """One iteration: manifest rows, untrusted and trusted, and once loaded ``x`` (B_t + B_u, C, H, W),
+    the normalised images on the device, trusted rows first (``Trainer.inputs`` augments them)."""
 
     untrusted: np.ndarray
     trusted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    x: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The rows in the order their images are loaded: trusted first."""
+        return np.concatenate([self.trusted, self.untrusted]) if len(self.trusted) else self.untrusted
 
 
 @dataclass
@@ -43,6 +51,9 @@ class Method:
 
     def prepare(self) -> None:
         """Work before the main epochs (GLC's first training run)."""
+
+    def start_epoch(self) -> None:
+        """Work at the start of every epoch, before its batches are planned (``crowd``'s EM)."""
 
     def rows(self) -> np.ndarray:
         """The rows an epoch runs through in shuffled batches (``Batch.untrusted``)."""

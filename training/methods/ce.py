@@ -12,6 +12,6 @@ class CrossEntropy(Method):
     name = "ce"
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
-        x, y = self.trainer.inputs(batch.untrusted), self.data.labels[batch.untrusted]
+        x, y = self.trainer.inputs(batch), self.data.labels[batch.untrusted]
         loss = F.cross_entropy(self.trainer.net(x), y)
         return loss, StepStats(loss=loss.item(), seen=len(y))

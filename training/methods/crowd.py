@@ -17,8 +17,6 @@ are never rewritten, so nothing can cascade.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -87,13 +85,12 @@ class CrowdForward(Method):
     def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
         return self.data.trusted_rows  # the whole trusted set, every iteration
 
-    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+    def start_epoch(self) -> None:
         self.refresh_transitions()  # once per epoch, before its first batch
-        yield from super().batches(rng)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted
-        x = torch.cat([self.trainer.inputs(rows_t), self.trainer.inputs(rows_u)])
+        x = self.trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
         logits = self.trainer.net(x).float()
         y_t = self.data.labels[rows_t]
         rows_u_t = torch.as_tensor(rows_u, device=self.t.device)

@@ -78,7 +78,7 @@ class FasTEN(Method):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted
         n_t = len(rows_t)
-        x = torch.cat([self.trainer.inputs(rows_t), self.trainer.inputs(rows_u)])
+        x = self.trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
         detach = 0 if self.cfg.trusted_trains_features else n_t
         clean, noisy = self.trainer.net.forward_both(x, detach_first=detach)  # (B_t + B_u, K), (B_t + B_u, H * K)
         noisy = noisy.float().view(len(x), self.heads, self.data.k)  # (B, H, K)
@@ -107,7 +107,7 @@ class FasTEN(Method):
         loss_noisy = F.cross_entropy(own_noisy_u, y_hat)
         loss = loss_clean + self.cfg.noisy_weight * loss_noisy
         if self.cfg.consistency_weight > 0:
-            loss = loss + self.cfg.consistency_weight * self._consistency(rows_u, p_u.detach())
+            loss = loss + self.cfg.consistency_weight * self._consistency(batch, p_u.detach())
 
         with torch.no_grad():  # the label this sample will be trained on at its next visit
             new = correct_labels(p_u.detach(), self.original[rows_u_t], self.cfg.rho)
@@ -115,12 +115,12 @@ class FasTEN(Method):
         changed = int((new != self.original[rows_u_t]).sum())
         return loss, StepStats(loss=loss.item(), corrected=changed, seen=len(rows_u))
 
-    def _consistency(self, rows_u: np.ndarray, p_weak: torch.Tensor) -> torch.Tensor:
+    def _consistency(self, batch: Batch, p_weak: torch.Tensor) -> torch.Tensor:
         """FixMatch on the untrusted images, labels ignored (seed 004): the weak view's confident
         prediction is the target for a strongly augmented view. (B_u, K) -> scalar."""
         confidence, target = p_weak.max(1)
         mask = (confidence >= self.cfg.pseudo_threshold).float()
-        logits = self.trainer.net(self.trainer.inputs(rows_u, strong=True)).float()
+        logits = self.trainer.net(self.trainer.inputs(batch, part="untrusted", strong=True)).float()
         return (F.cross_entropy(logits, target, reduction="none") * mask).mean()
 
     def end_epoch(self) -> float | None:

@@ -26,7 +26,7 @@ class _UntrustedOnly(Method):
         return self.data.untrusted_rows
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
-        x, y = self.trainer.inputs(batch.untrusted), self.data.labels[batch.untrusted]
+        x, y = self.trainer.inputs(batch), self.data.labels[batch.untrusted]
         loss = F.cross_entropy(self.trainer.net(x), y)
         return loss, StepStats(loss=loss.item(), seen=len(y))
 
@@ -48,7 +48,7 @@ class GoldLossCorrection(Method):
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows = batch.untrusted
-        x, y = self.trainer.inputs(rows), self.data.labels[rows]
+        x, y = self.trainer.inputs(batch), self.data.labels[rows]
         trusted = self.data.is_trusted[rows]
         logits = self.trainer.net(x)
         per_sample = torch.where(

@@ -1,0 +1,199 @@
+"""Read and check a training manifest, and load its images as the model will see them.
+
+Every problem is reported with the manifest's file name and line number, so a user can fix the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from labelaudit.errors import ImageError, ManifestError, describe_errors
+from labelaudit.imaging.preprocess import pixels_from_file
+from labelaudit.schemas.manifest import ManifestRecord
+from labelaudit.schemas.model_card import PreprocessSpec
+
+
+@dataclass
+class Manifest:
+    """A checked manifest, held as columns (N,) so that a million rows cost tens of MB and forked data
+    loader workers share them without copying: ``labels`` int indices into ``classes``; ``images`` paths
+    relative to the manifest's folder; ``true_labels`` -1 where a row has none."""
+
+    path: Path
+    classes: list[str]
+    item_ids: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    labeler_ids: np.ndarray
+    trusted: np.ndarray
+    splits: np.ndarray
+    true_labels_or_missing: np.ndarray
+    line_numbers: np.ndarray
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def records(self) -> list[ManifestRecord]:
+        """The rows as records, built on demand (small manifests: the producer, tests)."""
+        return [
+            ManifestRecord(item_id=str(i), image=str(im), label=self.classes[y], labeler_id=str(lab), trusted=bool(t),
+                           split=str(sp), true_label=None if ty < 0 else self.classes[ty])
+            for i, im, y, lab, t, sp, ty in zip(self.item_ids, self.images, self.labels, self.labeler_ids,
+                                                self.trusted, self.splits, self.true_labels_or_missing, strict=True)
+        ]  # fmt: skip
+
+    def image_path(self, row: int) -> Path:
+        return self.path.parent / str(self.images[row])
+
+    def where(self, row: int) -> str:
+        """``task_b.jsonl:17``: the row's place, for error messages."""
+        return f"{self.path.name}:{self.line_numbers[row]}"
+
+    def mask(self, *, split: str | None = None, trusted: bool | None = None) -> np.ndarray:
+        """Boolean (N,) selecting rows by split and trust."""
+        keep = np.ones(len(self), dtype=bool)
+        if split is not None:
+            keep &= self.splits == split
+        if trusted is not None:
+            keep &= self.trusted == trusted
+        return keep
+
+    def true_labels(self) -> np.ndarray | None:
+        """Simulation ground truth, if every row carries it (benchmarks only)."""
+        if (self.true_labels_or_missing < 0).any():
+            return None
+        return self.true_labels_or_missing
+
+
+def _classes_beside(path: Path) -> list[str] | None:
+    candidate = path.parent / "classes.txt"
+    if candidate.exists():
+        return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
+    return None
+
+
+def read_manifest(
+    path: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    require_trusted: bool = False,
+    fallback_classes: Sequence[str] | None = None,
+) -> Manifest:
+    """Parse and check a JSONL manifest.
+
+    The class list labels are held to: ``classes`` if given; otherwise a ``classes.txt`` beside the
+    manifest; otherwise ``fallback_classes`` (classifier A's) when they hold every label; otherwise the
+    sorted set of labels seen.
+    Raises ``ManifestError`` naming the line for: bad JSON, missing or wrong fields, duplicate item ids,
+    missing image files, unknown labels; and, with ``require_trusted``, a manifest with no trusted rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist")
+    digest = hashlib.sha256()
+    columns: dict[str, list] = {k: [] for k in ("item_id", "image", "label", "labeler_id", "trusted", "split",
+                                                 "true_label", "line")}  # fmt: skip
+    seen: dict[str, int] = {}
+    with path.open("rb") as f:
+        for lineno, raw_line in enumerate(f, start=1):
+            digest.update(raw_line)
+            line = raw_line.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            where = f"{path.name}:{lineno}"
+            try:
+                rec = ManifestRecord.model_validate_json(line)
+            except ValidationError as exc:
+                raise ManifestError(f"{where}: {describe_errors(exc.errors(), whole='line')}") from None
+            if rec.item_id in seen:
+                raise ManifestError(f"{where}: item_id {rec.item_id!r} already on line {seen[rec.item_id]}")
+            seen[rec.item_id] = lineno
+            if not (path.parent / rec.image).is_file():
+                raise ManifestError(f"{where}: image file {rec.image!r} not found (relative to {path.parent})")
+            for key, value in (("item_id", rec.item_id), ("image", rec.image), ("label", rec.label),
+                               ("labeler_id", rec.labeler_id), ("trusted", rec.trusted), ("split", rec.split),
+                               ("true_label", rec.true_label), ("line", lineno)):  # fmt: skip
+                columns[key].append(value)
+    if not seen:
+        raise ManifestError(f"{path.name}: the manifest has no rows")
+
+    labels_seen = set(columns["label"])
+    known = list(classes) if classes is not None else _classes_beside(path)
+    if known is None and fallback_classes is not None and labels_seen <= set(fallback_classes):
+        known = list(fallback_classes)
+    if known is None:
+        known = sorted(labels_seen)
+    index = {c: i for i, c in enumerate(known)}
+    for field in ("label", "true_label"):
+        for value, lineno in zip(columns[field], columns["line"], strict=True):
+            if value is not None and value not in index:
+                raise ManifestError(f"{path.name}:{lineno}: unknown {field} {value!r}; the classes are {known}")
+    trusted, splits = np.array(columns["trusted"], dtype=bool), np.array(columns["split"])
+    if require_trusted and not (trusted & (splits == "train")).any():
+        raise ManifestError(
+            f'{path.name}: no trusted training rows ("trusted": true, "split": "train"); this method '
+            "needs the small hand-checked set"
+        )
+    return Manifest(
+        path=path, classes=known, item_ids=np.array(columns["item_id"]), images=np.array(columns["image"]),
+        labels=np.array([index[v] for v in columns["label"]], dtype=np.int64),
+        labeler_ids=np.array(columns["labeler_id"]), trusted=trusted, splits=splits,
+        true_labels_or_missing=np.array([-1 if v is None else index[v] for v in columns["true_label"]], dtype=np.int64),
+        line_numbers=np.array(columns["line"], dtype=np.int64), sha256=digest.hexdigest(),
+    )  # fmt: skip
+
+
+PIXEL_FIELDS = ("height", "width", "channels", "resize", "crop_pct", "resample", "jpeg_draft")
+
+
+def row_pixels(manifest: Manifest, row: int, spec: PreprocessSpec) -> np.ndarray:
+    """One row's image at the model's size, (H, W, C) uint8, by serving's own path
+    (``pixels_from_file``); a bad image is a ``ManifestError`` naming its line."""
+    try:
+        return pixels_from_file(str(manifest.image_path(row)), spec)
+    except (ImageError, OSError) as exc:
+        raise ManifestError(f"{manifest.where(row)}: {manifest.images[row]}: {exc}") from exc
+
+
+def pixel_cache_path(manifest: Manifest, spec: PreprocessSpec, cache_dir: Path | None = None) -> Path:
+    """Where ``load_pixels`` caches: keyed by the manifest's hash and the spec's fields that change
+    pixels (not mean and std, which apply later), so every run on the same data and size shares one."""
+    fields = spec.model_dump(include=set(PIXEL_FIELDS))
+    key = hashlib.sha256((manifest.sha256 + json.dumps(fields, sort_keys=True)).encode()).hexdigest()[:16]
+    return (cache_dir or manifest.path.parent / ".labelaudit-cache") / f"pixels-{key}.npy"
+
+
+def load_pixels(
+    manifest: Manifest,
+    spec: PreprocessSpec,
+    *,
+    cache_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Every image decoded once: (N, H, W, C) uint8, memory-mapped from a ``.npy`` cache (written
+    on the first call, atomically), so a second run on the same data skips the decoding and pages in
+    only what it reads."""
+    cache = pixel_cache_path(manifest, spec, cache_dir)
+    if not cache.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.partial.npy")
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
+                                        shape=(len(manifest), spec.height, spec.width, spec.channels))  # fmt: skip
+        for row in range(len(manifest)):
+            out[row] = row_pixels(manifest, row, spec)
+            if progress:
+                progress(1)
+        out.flush()
+        del out
+        os.replace(partial, cache)
+    return np.load(cache, mmap_mode="r")

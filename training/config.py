@@ -1,0 +1,41 @@
+"""The training run's knobs, in one dataclass that imports no torch, so that the CLI can show every
+default in ``--help`` without loading torch. Saved inside the checkpoint and the model card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+LoaderMode = Literal["auto", "memory", "stream"]
+
+
+@dataclass
+class TrainConfig:
+    """Every knob that changes the result. Saved inside the checkpoint and the model card."""
+
+    method: str = "fasten"
+    arch: str = "cnn_small"  # used only when training from scratch; otherwise classifier A's
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    augment: str = "shift-flip"  # training.augment: none | flip | shift | shift-flip | crop-flip
+    trusted_per_class: int = 0  # FasTEN: trusted samples per class per iteration; 0 = the whole set
+    rho: float = 0.8  # FasTEN: confidence needed to correct a label
+    noisy_weight: float = 0.5  # FasTEN: λ, the weight of the noisy head's loss
+    trusted_trains_features: bool = True  # FasTEN: False = trusted rows train the heads only (unbiased T̂)
+    per_labeler: bool = False  # FasTEN: one noisy head (and T̂) per labeler with enough items
+    min_labeler_items: int = 100  # FasTEN per_labeler: fewer items -> the pooled head
+    consistency_weight: float = 0.0  # FasTEN: weight of the FixMatch-style loss on untrusted images; 0 = off
+    pseudo_threshold: float = 0.95  # FasTEN consistency: confidence a pseudo-label needs
+    label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast + channels_last on CUDA only
+    image_size: int | None = None  # scratch only; default: the first image's size
+    channels: int | None = None  # scratch only; default: 1 for greyscale images (3 for torchvision), else 3
+    loader: LoaderMode = "auto"  # memory: decode once into a cache; stream: decode in workers; auto: by size
+    workers: int | None = None  # stream: decoding processes; default: the usable CPUs, at most 8
+    memory_budget_mb: float = 1024  # auto: the decoded images' size up to which the cache is used
