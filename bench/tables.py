@@ -332,7 +332,7 @@ def decode_table(result: dict) -> str:
         plain, draft, sj = by.get("pillow"), by.get("pillow-draft"), by.get("simplejpeg")
         if not plain or not draft:
             continue
-        ratio = draft["images_per_s_per_core"] / plain["images_per_s_per_core"]
+        ratio = draft.get("vs_pillow") or draft["images_per_s_per_core"] / plain["images_per_s_per_core"]
         w, h = (int(v) for v in size.split("x"))
         if w >= 640 and h >= 480:
             aimed += 1

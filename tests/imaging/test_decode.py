@@ -20,7 +20,7 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from labelaudit.errors import ImageError
-from labelaudit.imaging.manifest import load_pixels, read_manifest
+from labelaudit.imaging.manifest import load_pixels, read_manifest, row_pixels
 from labelaudit.imaging.preprocess import (
     decode_image,
     draft_size,
@@ -223,8 +223,9 @@ def _serving_core(spec: PreprocessSpec) -> InferenceCore:
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("rule", RULES)
 def test_training_and_serving_give_identical_tensors(jpegs, tmp_path, rule, channels, draft):
-    """The training loader (``load_pixels`` on a manifest, then ``normalize``) and the gateway's
-    ``InferenceCore.to_input`` on the same file's bytes: the same float32 tensor, bit for bit."""
+    """The training loader's two sources of pixels, the cache (``load_pixels``) and streaming
+    (``row_pixels``, what its DataLoader workers call), and the gateway's ``InferenceCore.to_input`` on the
+    same file's bytes: the same uint8 pixels, and after ``normalize`` the same float32 tensor, bit for bit."""
     spec = _spec(rule, channels, draft=draft)
     names = sorted(jpegs)
     lines = []
@@ -232,10 +233,13 @@ def test_training_and_serving_give_identical_tensors(jpegs, tmp_path, rule, chan
         (tmp_path / f"{i}.jpg").write_bytes(jpegs[name])
         lines.append(json.dumps({"item_id": str(i), "image": f"{i}.jpg", "label": "ab"[i % 2], "labeler_id": "x"}))
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
-    training = normalize(load_pixels(read_manifest(tmp_path / "m.jsonl"), spec, cache_dir=tmp_path / "cache"), spec)
+    manifest = read_manifest(tmp_path / "m.jsonl")
+    cached = load_pixels(manifest, spec, cache_dir=tmp_path / "cache")
+    training = normalize(cached, spec)
     core = _serving_core(spec)
     for i, name in enumerate(names):
         served = core.to_input(i, jpegs[name])
+        assert np.array_equal(cached[i], row_pixels(manifest, i, spec)), name
         assert served.dtype == training.dtype == np.float32
         assert np.array_equal(training[i], served), name
         # and the two public entry points, file and bytes, agree on the uint8 pixels
