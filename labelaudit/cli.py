@@ -284,7 +284,10 @@ def train(
         raise _fail(exc) from exc
 
 
-def run_export(checkpoint: Path, manifest: Path | None, repo: Path, name: str, version: str, force: bool):
+def run_export(checkpoint: Path, manifest: Path | None, repo: Path, name: str, version: str, force: bool,
+               **options):  # fmt: skip
+    """Export with progress and print the outcome; ``options``: ``export_model``'s parity and Triton
+    settings."""
     from labelaudit.training.checkpoint import load_checkpoint
     from labelaudit.training.export import export_model
 
@@ -300,6 +303,7 @@ def run_export(checkpoint: Path, manifest: Path | None, repo: Path, name: str, v
             version=version,
             force=force,
             progress=lambda n: progress.update(task, advance=n),
+            **options,
         )
     p = result.parity
     console.print(
@@ -318,10 +322,21 @@ def export(
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "labelaudit",
     version: Annotated[str, typer.Option(help="Model version (a positive integer).")] = "1",
     force: Annotated[bool, typer.Option(help="Export even if the model is worse than classifier A.")] = False,
+    parity_images: Annotated[
+        int, typer.Option(help="Images ONNX and torch are compared on (test, val, train).")
+    ] = 1000,
+    min_parity_images: Annotated[
+        int, typer.Option(help="Refuse the export when the manifest has fewer images than this.")
+    ] = 1000,
+    instance_kind: Annotated[str, typer.Option(help="Triton instance_group kind: cpu | gpu.")] = "cpu",
 ) -> None:
     """Write model.onnx (parity-checked), config.pbtxt, labels.txt and the model card."""
+    kinds = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+    if instance_kind not in kinds:
+        raise _fail(ValueError(f"--instance-kind must be cpu or gpu, not {instance_kind!r}"))
     try:
-        run_export(checkpoint, manifest, repo, name, version, force)
+        run_export(checkpoint, manifest, repo, name, version, force, parity_images=parity_images,
+                   min_images=min(min_parity_images, parity_images), instance_kind=kinds[instance_kind])  # fmt: skip
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
 

@@ -37,7 +37,7 @@ from tritonclient.grpc import model_config_pb2
 
 import labelaudit
 from labelaudit.errors import ExportRefused
-from labelaudit.imaging.manifest import Manifest, load_pixels, read_manifest
+from labelaudit.imaging.manifest import Manifest, read_manifest, row_pixels
 from labelaudit.imaging.preprocess import normalize
 from labelaudit.schemas.model_card import ModelCard, ParityResult, PreprocessSpec
 from labelaudit.training.checkpoint import CheckpointMeta, load_checkpoint
@@ -352,16 +352,21 @@ def parity_inputs(
     min_images: int = MIN_PARITY_IMAGES,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Up to ``limit`` manifest images, preprocessed as serving will: (N, C, H, W) float32."""
+    """Up to ``limit`` manifest images, preprocessed as serving will: (N, C, H, W) float32. Only those
+    images are decoded, whatever the manifest's size."""
     manifest = read_manifest(manifest_path, classes=meta.classes)
-    available = min(limit, len(manifest.records))
-    if available < min_images:
+    rows = _parity_rows(manifest, limit)
+    if len(rows) < min_images:
         raise ExportRefused(
-            f"parity needs at least {min_images} images; {manifest_path.name} has {len(manifest.records)} "
-            f"rows and parity_images is {limit}"
+            f"parity needs at least {min_images} images; {manifest_path.name} has {len(manifest)} rows and "
+            f"parity_images is {limit} (--parity-images, --min-parity-images)"
         )
-    pixels = load_pixels(manifest, meta.preprocess, progress=progress)  # (N_all, H, W, C), cached
-    return normalize(pixels[_parity_rows(manifest, limit)], meta.preprocess)
+    pixels = np.empty((len(rows), meta.preprocess.height, meta.preprocess.width, meta.preprocess.channels), np.uint8)
+    for i, row in enumerate(rows):
+        pixels[i] = row_pixels(manifest, int(row), meta.preprocess)
+        if progress:
+            progress(1)
+    return normalize(pixels, meta.preprocess)
 
 
 def _refuse_bad_names(name: str, version: str) -> None:
@@ -397,12 +402,15 @@ def _write_model_files(
     name: str,
     version: str,
     min_images: int,
+    instance_kind: str,
 ) -> tuple[ParityResult, ModelCard]:
     """Write and verify everything under ``staging`` (laid out like ``<repo>/<name>``)."""
     onnx_path = staging / version / "model.onnx"
     export_onnx(net, meta.preprocess, onnx_path)
     parity = check_parity(net, onnx_path, inputs, min_images=min_images)
-    config = render_triton_config(model_name=name, spec=meta.preprocess, num_classes=len(meta.classes))
+    config = render_triton_config(
+        model_name=name, spec=meta.preprocess, num_classes=len(meta.classes), instance_kind=instance_kind
+    )
     (staging / "config.pbtxt").write_text(config)
     (staging / LABELS_FILE).write_text("".join(f"{c}\n" for c in meta.classes))
     card = build_model_card(meta, name=name, version=version, parity=parity, onnx_sha256=_sha256(onnx_path))
@@ -430,6 +438,7 @@ def export_model(
     force: bool = False,
     parity_images: int = MIN_PARITY_IMAGES,
     min_images: int = MIN_PARITY_IMAGES,
+    instance_kind: str = "KIND_CPU",
     progress: Callable[[int], None] | None = None,
 ) -> ExportResult:
     """Export ``checkpoint`` into the Triton repository ``repo`` as ``<name>/<version>``.
@@ -451,7 +460,9 @@ def export_model(
     # Staged inside the repository so the final moves are renames on one filesystem.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=repo))
     try:
-        parity, card = _write_model_files(staging, net, meta, inputs, name=name, version=version, min_images=min_images)
+        parity, card = _write_model_files(
+            staging, net, meta, inputs, name=name, version=version, min_images=min_images, instance_kind=instance_kind
+        )
         _publish(staging, model_dir, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
