@@ -88,10 +88,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.sizes = [2_000, 20_000]
-    rows, _ = kept_rows("real_models", redone=lambda r: r.get("kind") == "loader")
+    rows, earlier = kept_rows("real_models", redone=lambda r: r.get("kind") == "loader")
     name = "real_models_quick" if args.quick else "real_models"
     device = f"{os.cpu_count()}-core CPU ({cpu_name()})"
-    config = {"quick": args.quick, "sizes": args.sizes, "workers": args.workers, "batch": 256}
+    config = earlier | {"loader": {"quick": args.quick, "sizes": args.sizes, "workers": args.workers, "batch": 256}}
     folder = WORK / "loader"
     points = [(n, 224, "stream") for n in args.sizes] + [(args.sizes[0], 28, "memory"), (args.sizes[0], 28, "stream")]
     for n, size, mode in points:

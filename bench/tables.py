@@ -311,6 +311,38 @@ def _pixels(size: str) -> int:
     return w * h
 
 
+def loader_table(result: dict) -> str:
+    """The ``loader`` rows of real_models.json (bench/loader.py): one pass of the training loader, peak RSS
+    against the number of images. "" when the file holds no such rows."""
+    rows = [r for r in result["rows"] if r.get("kind") == "loader"]
+    if not rows:
+        return ""
+    lines = ["| mode | image size | images | workers | peak RSS, main MB | peak RSS, a worker MB | images/s | load avg |",
+             "|" + " --- |" * 8]  # fmt: skip
+    for r in rows:
+        lines.append(f"| `{r['mode']}` | {r['image_size']} | {r['images']:,} | {r['workers']} | {r['peak_rss_mb']:.0f} "
+                     f"| {r['peak_worker_rss_mb']:.0f} | {r['images_per_s']:,.0f} | {r['loadavg_1m']} |")  # fmt: skip
+    stream = sorted((r for r in rows if r["mode"] == "stream" and r["image_size"] == 224), key=lambda r: r["images"])
+    verdict = ""
+    if len(stream) >= 2:
+        small, big = stream[0], stream[-1]
+        verdict = (f"Streaming {big['images']:,} images instead of {small['images']:,} "
+                   f"({big['images'] // small['images']}x) changes the main process's peak RSS by "
+                   f"{big['peak_rss_mb'] - small['peak_rss_mb']:+.0f} MB ({big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x) "
+                   f"and a worker's by {big['peak_worker_rss_mb'] - small['peak_worker_rss_mb']:+.0f} MB; the decoded "
+                   f"images alone would take {big['images'] * 224 * 224 * 3 / 2**30:.0f} GB.")  # fmt: skip
+    return (
+        "### The training loader (`bench/loader.py`)\n\n"
+        "One pass over the images in batches of 256, each size in a fresh process. `stream`: RGB JPEGs at 224 px "
+        "(Fashion-MNIST resized, one distinct file per image), decoded by worker processes; `memory` vs `stream` at "
+        "28 px: the demo's images, cached (after the cache is filled) against decoded each pass.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + verdict
+        + "\n"
+    )
+
+
 def decode_table(result: dict) -> str:
     """The ``decode`` rows of real_models.json (bench/decode.py): plain Pillow against the ``jpeg_draft`` path,
     per core, one line per source x resize rule. "" when the file holds no such rows."""
@@ -369,7 +401,7 @@ def decode_table(result: dict) -> str:
 def real_models_table(result: dict) -> str:
     """real_models.json holds rows of several kinds (``decode``, ``loader``, ``ddp``, ``finetune``); each kind
     renders its own part, and a kind with no rows renders nothing."""
-    return "\n".join(part for part in (decode_table(result),) if part)
+    return "\n".join(part for part in (loader_table(result), decode_table(result)) if part)
 
 
 def update_docs() -> None:

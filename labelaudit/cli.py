@@ -248,6 +248,14 @@ def train(
     ] = None,
     std: Annotated[str | None, typer.Option(help="Per-channel std, comma-separated.")] = None,
     channels: Annotated[int | None, typer.Option(help="1 (greyscale) or 3 (RGB).")] = None,
+    jpeg_draft: Annotated[
+        bool | None,
+        typer.Option(
+            "--jpeg-draft/--no-jpeg-draft",
+            help="Decode JPEGs at the reduced DCT scale the resize allows (default: on for torchvision: "
+            "and timm: classifier A, off otherwise); training and serving then decode alike.",
+        ),
+    ] = None,  # fmt: skip
     trusted_per_class: Annotated[
         int, typer.Option(help="FasTEN: trusted per class per step; 0 = all.")
     ] = _Defaults.trusted_per_class,
@@ -270,7 +278,8 @@ def train(
 ) -> None:
     """Fine-tune classifier A (or train from scratch) with a noise-robust method."""
     preprocess = {"height": input_size, "width": input_size, "crop_pct": crop_pct, "resize": resize,
-                  "resample": interpolation, "mean": _floats(mean), "std": _floats(std), "channels": channels}  # fmt: skip
+                  "resample": interpolation, "mean": _floats(mean), "std": _floats(std), "channels": channels,
+                  "jpeg_draft": jpeg_draft}  # fmt: skip
     preprocess = {k: v for k, v in preprocess.items() if v is not None}
     try:
         run_training(manifest, init, out, init_classes=init_classes, preprocess=preprocess or None, method=method,

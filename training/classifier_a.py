@@ -134,7 +134,9 @@ def _from_checkpoint(path: Path, overrides: dict[str, Any]) -> ClassifierA:
 
 def architecture_preprocess(arch: str, model: nn.Module) -> tuple[PreprocessSpec, str]:
     """The preprocessing an architecture's published weights use: timm's pretrained config, or the
-    transforms of torchvision's default weights (metadata only; nothing is downloaded)."""
+    transforms of torchvision's default weights (metadata only; nothing is downloaded). JPEGs are decoded
+    at the reduced DCT scale the resize allows (``jpeg_draft``: photos are these networks' input, and the
+    fast decode is then the one training and serving share)."""
     family, name = split_arch(arch)
     if family == "timm":
         import timm
@@ -144,7 +146,7 @@ def architecture_preprocess(arch: str, model: nn.Module) -> tuple[PreprocessSpec
         resample = cfg["interpolation"] if cfg["interpolation"] in ("bilinear", "bicubic", "nearest") else "bicubic"
         spec = PreprocessSpec(height=h, width=w, channels=c, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                               resize="shorter_side_center_crop", crop_pct=cfg.get("crop_pct", 1.0),
-                              resample=resample)  # fmt: skip
+                              resample=resample, jpeg_draft=True)  # fmt: skip
         return spec, f"timm's pretrained config for {name}"
     from torchvision import models
 
@@ -152,12 +154,12 @@ def architecture_preprocess(arch: str, model: nn.Module) -> tuple[PreprocessSpec
         t = models.get_model_weights(name).DEFAULT.transforms()
     except (ValueError, KeyError, AttributeError):
         spec = PreprocessSpec(height=224, width=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                              resize="shorter_side_center_crop", crop_pct=224 / 256)  # fmt: skip
+                              resize="shorter_side_center_crop", crop_pct=224 / 256, jpeg_draft=True)  # fmt: skip
         return spec, f"ImageNet defaults (torchvision publishes no weights for {name})"
     crop, resize = t.crop_size[0], t.resize_size[0]
     spec = PreprocessSpec(height=crop, width=crop, channels=3, mean=tuple(t.mean), std=tuple(t.std),
                           resize="shorter_side_center_crop", crop_pct=min(1.0, crop / resize),
-                          resample=t.interpolation.value)  # fmt: skip
+                          resample=t.interpolation.value, jpeg_draft=True)  # fmt: skip
     return spec, f"torchvision's {name} weights transforms"
 
 

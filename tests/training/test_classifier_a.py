@@ -59,7 +59,11 @@ def test_the_architecture_s_published_preprocessing_is_the_default(classifier_a_
     assert (3, timm_a.preprocess.height, timm_a.preprocess.width) == published["input_size"]
     assert timm_a.preprocess.resample == published["interpolation"]
     assert timm_a.preprocess.crop_pct == published["crop_pct"] and timm_a.preprocess.mean == published["mean"]
-    assert timm_a.preprocess.resize == "shorter_side_center_crop"
+    assert (
+        timm_a.preprocess.resize == "shorter_side_center_crop"
+        and timm_a.preprocess.jpeg_draft
+        and tv_a.preprocess.jpeg_draft
+    )
     from torchvision.models import get_model_weights
 
     t = get_model_weights("resnet18").DEFAULT.transforms()  # metadata only: nothing is downloaded
