@@ -311,6 +311,47 @@ def _pixels(size: str) -> int:
     return w * h
 
 
+def finetune_table(result: dict) -> str:
+    """The ``finetune`` rows of real_models.json (bench/finetune.py). "" when there are none."""
+    rows = [r for r in result["rows"] if r.get("kind") == "finetune"]
+    if not rows:
+        return ""
+    lines = ["| classifier A | method | classifier A alone | fine-tuned | epochs (A, B) | images/s | load avg |",
+             "|" + " --- |" * 7]  # fmt: skip
+    for r in rows:
+        lines.append(f"| `{r['arch']}` | {r['method']} | {r['classifier_a_clean_test_acc']:.4f} | "
+                     f"{r['clean_test_acc']:.4f} | {r['classifier_a_epochs']}, {r['epochs']} | "
+                     f"{r['train_images_per_s']:.0f} | {r['loadavg_1m']} |")  # fmt: skip
+    return (
+        "### Classifier A from torchvision and timm (`bench/finetune.py`)\n\n"
+        "Classifier A trained on task A from scratch, saved as the architecture's own state dict, loaded through "
+        "`--init <family>:<arch>=a.pth`, fine-tuned on task B (40% labeler noise, 1% trusted). Clean test "
+        f"accuracy on task B; size `{rows[0]['size']}`, Fashion-MNIST at 28 px as 3 channels.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def ddp_table(result: dict) -> str:
+    """The ``ddp`` rows of real_models.json (bench/ddp.py). "" when there are none."""
+    rows = [r for r in result["rows"] if r.get("kind") == "ddp"]
+    if not rows:
+        return ""
+    tolerance = result["config"].get("ddp", {}).get("tolerance", "?")
+    lines = ["| method | processes | backend | clean test acc | agrees with 1 process | seconds | load avg |",
+             "|" + " --- |" * 7]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['processes']} | {r['backend']} | {r['clean_test_acc']:.4f} | "
+                     f"{'yes' if r['agrees_with_single'] else '**no**'} | {r['seconds']} | {r['loadavg_1m']} |")  # fmt: skip
+    return (
+        "### Several processes (`bench/ddp.py`)\n\n"
+        "`torchrun --nproc-per-node N -m labelaudit train` against one process, same global batch and seed. "
+        f"Agreement: clean test accuracy within {tolerance}. On CPU (gloo) BatchNorm statistics are per process.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def loader_table(result: dict) -> str:
     """The ``loader`` rows of real_models.json (bench/loader.py): one pass of the training loader, peak RSS
     against the number of images. "" when the file holds no such rows."""
@@ -401,7 +442,8 @@ def decode_table(result: dict) -> str:
 def real_models_table(result: dict) -> str:
     """real_models.json holds rows of several kinds (``decode``, ``loader``, ``ddp``, ``finetune``); each kind
     renders its own part, and a kind with no rows renders nothing."""
-    return "\n".join(part for part in (loader_table(result), decode_table(result)) if part)
+    parts = (finetune_table(result), ddp_table(result), loader_table(result), decode_table(result))
+    return "\n".join(part for part in parts if part)
 
 
 def update_docs() -> None:

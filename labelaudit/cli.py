@@ -178,6 +178,9 @@ def run_training(manifest: Path, init: str, out: Path, *, init_classes: Path | N
     from labelaudit.training.train import train as train_model
 
     cfg = _train_config(**config)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone reports
+        return train_model(manifest, init=None if init == "scratch" else init, out=out, cfg=cfg,
+                           init_classes=init_classes, preprocess=preprocess)  # fmt: skip
     with training_progress() as (reporter, decoded):
         result = train_model(manifest, init=None if init == "scratch" else init, out=out, cfg=cfg,
                              reporter=reporter, pixel_progress=decoded, init_classes=init_classes,
@@ -552,6 +555,13 @@ def demo(
     ] = None,
     method: Annotated[str, typer.Option(help="Noise-robust method for task B.")] = "fasten",
     seed: Annotated[int, typer.Option()] = 0,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="Classifier A's network: cnn_small, or a torchvision:/timm: one (e.g. torchvision:resnet18), "
+            "trained on task A from scratch at 3 channels."
+        ),
+    ] = "cnn_small",  # fmt: skip
 ) -> None:
     """The whole job on real data: build task A/B, train classifier A, fine-tune on noisy task B, export
     to ONNX and a Triton repository, serve it, stream task B's labeled images through a real Kafka broker
@@ -577,7 +587,8 @@ def demo(
         data(out=data_dir, noise=0.4, seed=seed, size=size, trusted_fraction=0.01)
         console.rule("classifier A on task A (clean labels)")
         a = run_training(data_dir / "task_a.jsonl", "scratch", out / "runs/classifier_a", method="ce",
-                         epochs=epochs_a, seed=seed)  # fmt: skip
+                         epochs=epochs_a, seed=seed, arch=arch,
+                         channels=None if arch in ("cnn_small", "resnet_small") else 3)  # fmt: skip
         console.rule(f"task B with noisy labels: {method} from classifier A")
         b = run_training(data_dir / "task_b.jsonl", str(a.checkpoint), out / f"runs/{method}", method=method,
                          epochs=epochs_b, seed=seed)  # fmt: skip

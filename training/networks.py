@@ -40,19 +40,22 @@ class TwoHeadNet(nn.Module):
         self.num_classes, self.noisy_heads = num_classes, noisy_heads
         self.noisy_head = nn.Linear(width, num_classes * noisy_heads)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Clean-head logits (B, K): the classifier."""
-        return self.clean_head(self.dropout(self.features(x)))
-
-    def forward_both(self, x: torch.Tensor, *, detach_first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean logits (B, K), noisy logits (B, H * K)) from one pass through the feature extractor.
+    def forward(self, x: torch.Tensor, *, both: bool = False, detach_first: int = 0):
+        """Clean-head logits (B, K): the classifier. ``both``: (clean logits (B, K), noisy logits (B, H * K))
+        from one pass through the feature extractor, in ``forward`` so that DistributedDataParallel sees it.
 
         ``detach_first``: the first rows' features are detached, so their losses train the heads but
         not the feature extractor (FasTEN's trusted rows, ``TrainConfig.trusted_trains_features``)."""
         f = self.dropout(self.features(x))
+        if not both:
+            return self.clean_head(f)
         if detach_first:
             f = torch.cat([f[:detach_first].detach(), f[detach_first:]])
         return self.clean_head(f), self.noisy_head(f)
+
+    def forward_both(self, x: torch.Tensor, *, detach_first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(x, both=True)``."""
+        return self.forward(x, both=True, detach_first=detach_first)
 
     def reset_noisy_heads_to_clean(self) -> None:
         """Start every noise model at "labels are right": each noisy head a copy of the clean head."""

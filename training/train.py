@@ -22,11 +22,13 @@ import torch
 from labelaudit.errors import ManifestError
 from labelaudit.imaging.manifest import Manifest, load_pixels, read_manifest, row_pixels
 from labelaudit.schemas.model_card import EpochMetrics, GateResult, ModelMetrics, PreprocessSpec
+from labelaudit.training import distributed
 from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
 from labelaudit.training.backbones import split_arch
 from labelaudit.training.checkpoint import CheckpointMeta, save_checkpoint
 from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map_classes, start_clean_head
 from labelaudit.training.config import TrainConfig
+from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method
 from labelaudit.training.methods.base import Batch
@@ -95,10 +97,17 @@ class Trainer:
     """Owns the network, the data and the loop; methods supply batch plans and losses."""
 
     def __init__(
-        self, cfg: TrainConfig, net: TwoHeadNet, data: TaskData, reporter: Reporter, device: torch.device | None = None
+        self,
+        cfg: TrainConfig,
+        net: TwoHeadNet,
+        data: TaskData,
+        reporter: Reporter,
+        device: torch.device | None = None,
+        ranks: Ranks | None = None,
     ):
         device = device or pick_device(cfg.device)
         self.cfg, self.net, self.data, self.reporter, self.device = cfg, net, data, reporter, device
+        self.ranks = ranks or Ranks()
         self.init_state = copy.deepcopy(net.state_dict())
         self.rng = np.random.default_rng(cfg.seed)
         stats = (data.spec.mean, data.spec.std) if data.spec is not None else ((0.0,), (1.0,))
@@ -108,6 +117,7 @@ class Trainer:
         self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         if self.autocast:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.model = distributed.wrap(self.net, self.ranks, device)  # what training steps call (DDP or the net)
 
     def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) uint8 -> (B, C, H, W) float32 on the device, normalised exactly as
@@ -139,10 +149,12 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, rows: np.ndarray, batch: int = 512) -> torch.Tensor:
-        """Clean-head probabilities (len(rows), K), eval mode, no augmentation, images streamed."""
+        """Clean-head probabilities (len(rows), K), eval mode, no augmentation, images streamed. With
+        several processes each predicts its slice of ``rows`` and every rank gets them all."""
         was_training = self.net.training
         self.net.eval()
-        plan = [rows[i : i + batch] for i in range(0, len(rows), batch)]
+        mine = self.ranks.shard(rows)
+        plan = [mine[i : i + batch] for i in range(0, len(mine), batch)]
         out = []
         for fetched in self.data.images.batches(plan, purpose="eval"):
             x = self.to_inputs(fetched.pixels)
@@ -151,7 +163,8 @@ class Trainer:
                 logits = self.net(x)
             out.append(torch.softmax(logits.float(), 1))
         self.net.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, self.data.k, device=self.device)
+        local = torch.cat(out) if out else torch.empty(0, self.data.k, device=self.device)
+        return self.ranks.gather_rows(local, len(rows))
 
     def accuracy(self, rows: np.ndarray) -> float | None:
         if len(rows) == 0:
@@ -184,8 +197,8 @@ class Trainer:
         history = []
         for epoch in range(1, self.cfg.epochs + 1):
             method.start_epoch()
-            self.net.train()
-            plan = list(method.batches(self.rng))
+            self.model.train()  # the DDP wrapper too, when there is one
+            plan = [self._my_slice(b) for b in method.batches(self.rng) if len(b.untrusted) >= self.ranks.world]
             self.reporter.phase(f"{phase} epoch {epoch}/{self.cfg.epochs}", len(plan))
             started, losses, seen, step_s, load_s = time.perf_counter(), [], 0, 0.0, 0.0
             fetched_all = self.data.images.batches([b.rows for b in plan])
@@ -200,7 +213,7 @@ class Trainer:
                 sched.step()
                 batch.x = None
                 losses.append(stats.loss)  # .item() inside the loss waited for the device: the time is real
-                seen += len(batch.rows)
+                seen += len(batch.trusted) + len(batch.untrusted) * self.ranks.world  # the global batch
                 step_s += time.perf_counter() - step_started
                 load_s += fetched.seconds
                 self.reporter.advance(stats.loss)
@@ -209,6 +222,14 @@ class Trainer:
             self.reporter.epoch(m)
             history.append(m)
         return history
+
+    def _my_slice(self, batch: Batch) -> Batch:
+        """This rank's part of a global batch: its slice of the untrusted rows, all the trusted rows."""
+        return (
+            batch
+            if not self.ranks.active
+            else Batch(untrusted=self.ranks.shard(batch.untrusted), trusted=batch.trusted)
+        )
 
     def _epoch_metrics(self, method, epoch, losses, sched, seconds, seen, step_s, load_s) -> EpochMetrics:
         corrected = method.end_epoch()
@@ -331,24 +352,41 @@ def train(
     (``training.classifier_a``); ``init_classes``: A's class names, when not beside its weights;
     ``preprocess``: PreprocessSpec fields overriding what A's architecture implies.
     """
-    reporter = reporter or SilentReporter()
     _check_config(cfg)
+    ranks, rank_device, created = distributed.start(cfg.device)
+    reporter = (reporter or SilentReporter()) if ranks.is_main else SilentReporter()
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    device = rank_device or pick_device(cfg.device)
     method_cls = METHODS[cfg.method]
+    if ranks.active and cfg.consistency_weight > 0:
+        raise ValueError("consistency_weight (a second forward pass per step) is not supported with several processes")
+    try:
+        return _train(manifest_path, init, Path(out), cfg, reporter, pixel_progress, init_classes, preprocess,
+                      ranks, device, method_cls)  # fmt: skip
+    finally:
+        if created:
+            distributed.stop()
+
+
+def _train(manifest_path, init, out, cfg, reporter, pixel_progress, init_classes, preprocess, ranks, device,
+           method_cls) -> TrainResult:  # fmt: skip
 
     # 1. classifier A, and task B's data: classes mapped onto A's by name, A's preprocessing
     a = None if init is None else load_classifier_a(str(init), classes_file=init_classes, preprocess=preprocess)
     manifest = read_manifest(manifest_path, require_trusted=method_cls.needs_trusted,
                              fallback_classes=None if a is None else a.classes)  # fmt: skip
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 fills the pixel cache first; the others then map it
     if a is not None:
         spec, arch, init_name = a.preprocess, a.arch, a.name
         reporter.note(f"classifier A: {a.arch} from {a.name}; preprocessing from {a.preprocess_source}")
     else:
         spec, arch, init_name = data_spec(manifest, cfg, pixel_progress), cfg.arch, "scratch"
     images = open_images(manifest, spec, cfg, device, pixel_progress)
+    if ranks.is_main:
+        ranks.barrier()
     try:
-        return _train_on(manifest, images, a, arch, init_name, Path(out), cfg, device, method_cls, reporter)
+        return _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls, reporter, ranks)
     finally:
         images.close()
 
@@ -378,7 +416,7 @@ def _network(arch: str, a: ClassifierA | None, manifest: Manifest, spec: Preproc
     return net
 
 
-def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls, reporter) -> TrainResult:
+def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls, reporter, ranks) -> TrainResult:
     data = load_task(manifest, images, cfg, device)
     spec = data.spec
     if cfg.method == "fasten" and cfg.per_labeler:
@@ -386,7 +424,8 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
 
     # 2. the network
     net = _network(arch, a, manifest, spec, len(data.noisy_groups), reporter)
-    trainer = Trainer(cfg, net.to(device), data, reporter, device)
+    net.noisy_head.requires_grad_(method_cls.trains_noisy_head)
+    trainer = Trainer(cfg, net.to(device), data, reporter, device, ranks)
 
     # 3. the starting point, for the gate, and classifier A's own accuracy on task B
     initial_trusted = trainer.accuracy(data.trusted_rows) if a is not None and len(data.trusted_rows) else None
@@ -418,7 +457,7 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     )  # fmt: skip
     meta = CheckpointMeta(
         arch=arch, classes=list(manifest.classes), preprocess=spec, method=cfg.method, init=init_name,
-        config=asdict(cfg) | {"device_used": str(device), "torch": torch.__version__},
+        config=asdict(cfg) | {"device_used": str(device), "processes": ranks.world, "torch": torch.__version__},
         metrics=metrics, gate=_gate(initial_trusted, metrics.trusted_acc, init_name),
         transition_matrix=None if final_t is None else np.asarray(final_t).round(4).tolist(),
         labeler_transition_matrices={k: v.round(4).tolist() for k, v in labeler_t.items()},
@@ -430,6 +469,8 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
 
     # 6. checkpoint (the noise model stays in it; the export takes the clean head only)
     checkpoint = out / "checkpoint.pt" if out.suffix != ".pt" else out
-    save_checkpoint(checkpoint, trainer.net.to("cpu").to(memory_format=torch.contiguous_format), meta)
-    (checkpoint.parent / "metrics.json").write_text(meta.model_dump_json(indent=2, exclude={"config"}))
+    if ranks.is_main:  # rank 0 alone writes; the others wait until it has
+        save_checkpoint(checkpoint, trainer.net.to("cpu").to(memory_format=torch.contiguous_format), meta)
+        (checkpoint.parent / "metrics.json").write_text(meta.model_dump_json(indent=2, exclude={"config"}))
+    ranks.barrier()
     return TrainResult(checkpoint, meta, history)

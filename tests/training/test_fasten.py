@@ -70,11 +70,10 @@ class ScriptedNet(nn.Module):
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0, 0, 0].round().long()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clean[self._rows(x)] * self.scale
-
-    def forward_both(self, x: torch.Tensor, detach_first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, both: bool = False, detach_first: int = 0):
         rows = self._rows(x)
+        if not both:
+            return self.clean[rows] * self.scale
         return self.clean[rows] * self.scale, self.noisy[rows] * self.scale
 
 

@@ -43,6 +43,7 @@ class Method:
 
     name = "base"
     needs_trusted = False
+    trains_noisy_head = False  # False: the noisy head gets no gradient (and no DDP synchronisation)
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer

@@ -13,5 +13,5 @@ class CrossEntropy(Method):
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         x, y = self.trainer.inputs(batch), self.data.labels[batch.untrusted]
-        loss = F.cross_entropy(self.trainer.net(x), y)
+        loss = F.cross_entropy(self.trainer.model(x), y)
         return loss, StepStats(loss=loss.item(), seen=len(y))

@@ -91,7 +91,7 @@ class CrowdForward(Method):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted
         x = self.trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
-        logits = self.trainer.net(x).float()
+        logits = self.trainer.model(x).float()
         y_t = self.data.labels[rows_t]
         rows_u_t = torch.as_tensor(rows_u, device=self.t.device)
         p_u = torch.softmax(logits[len(rows_t) :], 1)

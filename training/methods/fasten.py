@@ -41,6 +41,7 @@ def labeler_groups(labeler_ids: np.ndarray, untrusted_rows: np.ndarray, min_item
 class FasTEN(Method):
     name = "fasten"
     needs_trusted = True
+    trains_noisy_head = True
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -80,7 +81,7 @@ class FasTEN(Method):
         n_t = len(rows_t)
         x = self.trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
         detach = 0 if self.cfg.trusted_trains_features else n_t
-        clean, noisy = self.trainer.net.forward_both(x, detach_first=detach)  # (B_t + B_u, K), (B_t + B_u, H * K)
+        clean, noisy = self.trainer.model(x, both=True, detach_first=detach)  # (B_t + B_u, K), (B_t + B_u, H * K)
         noisy = noisy.float().view(len(x), self.heads, self.data.k)  # (B, H, K)
         clean_t, clean_u = clean[:n_t].float(), clean[n_t:].float()
         noisy_t, noisy_u = noisy[:n_t], noisy[n_t:]
@@ -111,7 +112,8 @@ class FasTEN(Method):
 
         with torch.no_grad():  # the label this sample will be trained on at its next visit
             new = correct_labels(p_u.detach(), self.original[rows_u_t], self.cfg.rho)
-            self.assigned[rows_u_t] = new
+            corrected_rows, corrected = self.trainer.ranks.gather_pairs(rows_u_t, new)  # every rank's batch slice
+            self.assigned[corrected_rows] = corrected
         changed = int((new != self.original[rows_u_t]).sum())
         return loss, StepStats(loss=loss.item(), corrected=changed, seen=len(rows_u))
 
@@ -120,7 +122,7 @@ class FasTEN(Method):
         prediction is the target for a strongly augmented view. (B_u, K) -> scalar."""
         confidence, target = p_weak.max(1)
         mask = (confidence >= self.cfg.pseudo_threshold).float()
-        logits = self.trainer.net(self.trainer.inputs(batch, part="untrusted", strong=True)).float()
+        logits = self.trainer.model(self.trainer.inputs(batch, part="untrusted", strong=True)).float()
         return (F.cross_entropy(logits, target, reduction="none") * mask).mean()
 
     def end_epoch(self) -> float | None:

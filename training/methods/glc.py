@@ -27,7 +27,7 @@ class _UntrustedOnly(Method):
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         x, y = self.trainer.inputs(batch), self.data.labels[batch.untrusted]
-        loss = F.cross_entropy(self.trainer.net(x), y)
+        loss = F.cross_entropy(self.trainer.model(x), y)
         return loss, StepStats(loss=loss.item(), seen=len(y))
 
 
@@ -50,7 +50,7 @@ class GoldLossCorrection(Method):
         rows = batch.untrusted
         x, y = self.trainer.inputs(batch), self.data.labels[rows]
         trusted = self.data.is_trusted[rows]
-        logits = self.trainer.net(x)
+        logits = self.trainer.model(x)
         per_sample = torch.where(
             trusted,
             F.cross_entropy(logits, y, reduction="none"),
