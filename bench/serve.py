@@ -1,28 +1,44 @@
 """Serving under closed-loop load: requests/s and p50/p99 latency at several concurrencies, ours next to
 the in-process limits and to two peer servers, side by side in one run, on one exported model and the
-same real task-B PNG images (Fashion-MNIST, 28x28 greyscale, a few hundred bytes each).
+same real images. Two models (``--model``):
+
+- ``fmnist`` (the default): a CE model trained a moment on task B, and task B's test PNGs (Fashion-MNIST,
+  28x28 greyscale, a few hundred bytes each). Results in bench/results/serve.json.
+- ``resnet18-224``: torchvision's ResNet-18 (``TwoHeadNet("torchvision:resnet18", 10, 3)``, seeded random
+  weights, BatchNorm statistics taken from the photos so that answers vary by photo) behind an ImageNet-style
+  card: 224x224 RGB, shorter side + centre crop with crop_pct 0.875 (shorter side to 256), bilinear,
+  ImageNet mean/std, ``jpeg_draft`` off so the peers mirror it exactly. Saved as a labelaudit checkpoint and
+  exported by ``export_model`` (parity on the 64 photos). The payload: 64 distinct 640x480 JPEG photos
+  (quality 90), crops and rescales of the real photos that scikit-learn (``china.jpg``, ``flower.jpg``) and
+  matplotlib (``grace_hopper.jpg``) ship; nothing is downloaded. One JPEG per request (``--multi-images``,
+  4 by default here, per request in the extra rows). Results in bench/results/serve_resnet18.json, every
+  row with ``model: "resnet18-224"``; model and photos are built once (about a minute) in
+  bench/work/serve-resnet18. Defaults sized to ResNet-18 on 2 cores: concurrency 1, 8, 32; 15 s per point
+  after 5 s of warm-up (a request of c x n images waits about c x n / 40 s, which the warm-up covers).
 
     python -m bench.serve --quick      # about 4 minutes: 3 s per point
     python -m bench.serve              # about 10 minutes: 10 s per point (writes bench/results/serve.json)
+    python -m bench.serve --model resnet18-224   # about 11 minutes: 15 s per point after 5 s of warm-up
 
 Systems (rows' ``system``; ``body`` says what travels):
 
-- ``ort_tensors`` (body ``tensors``): in process, no HTTP. Each request is a ready (n, 1, 28, 28) float32
-  tensor submitted to the gateway's own MicroBatcher (same settings) in front of the same onnxruntime
-  backend. The limit: batching plus onnxruntime, nothing else.
-- ``ort_decode`` (body ``bytes``): in process, no HTTP. Each request is PNG bytes through the gateway's
-  own InferenceCore (decode and preprocess in worker threads, then the MicroBatcher and onnxruntime) and
+- ``ort_tensors`` (body ``tensors``): in process, no HTTP. Each request is a ready (n, C, H, W) float32
+  tensor ((n, 1, 28, 28) for fmnist, (n, 3, 224, 224) for resnet18-224) submitted to the gateway's own
+  MicroBatcher (same settings) in front of the same onnxruntime backend. The limit: batching plus
+  onnxruntime, nothing else.
+- ``ort_decode`` (body ``bytes``): in process, no HTTP. Each request is the image bytes through the
+  gateway's own InferenceCore (decode and preprocess in worker threads, then the MicroBatcher and onnxruntime) and
   its top-3: everything the gateway does except HTTP.
 - ``gateway`` (body ``multipart``, the common client path, ``curl -F files=@x.png``; ``json`` rows send
   base64 in JSON): ``labelaudit serve`` as a user starts it (uvicorn subprocess, embedded onnxruntime,
   default settings) on a free loopback port; POST /v1/classify with top_k=3.
 - ``peer_mlserver`` (body ``v2_json_base64``): MLServer from PyPI serving the same model.onnx with its
   adaptive batching (max_batch_size 64 requests, max_batch_time 2 ms: the gateway's defaults) through
-  bench/peers/mlserver_runtime.py, which decodes the same PNG bytes (a KServe v2 BYTES input, base64 on
+  bench/peers/mlserver_runtime.py, which decodes the same image bytes (a KServe v2 BYTES input, base64 on
   REST) with the same preprocessing. POST /v2/models/labelaudit/infer.
 - ``peer_bentoml`` (body ``multipart``): BentoML from PyPI, bench/peers/bentoml_service.py: the same
-  model.onnx behind ``@bentoml.api(batchable=True, max_batch_size=64)``; BentoML opens the uploaded PNG
-  as a Pillow image, the service preprocesses it the same way. POST /classify.
+  model.onnx behind ``@bentoml.api(batchable=True, max_batch_size=64)``; BentoML opens the uploaded image
+  (PNG or JPEG) as a Pillow image, the service preprocesses it the same way. POST /classify.
 
 Peers run onnxruntime with the gateway's session options. Before timing, every system's probabilities
 on the same images are checked against the in-process core's.
@@ -32,11 +48,13 @@ previous one answered (closed loop). Each point runs a warm-up, then a fixed win
 when it finishes inside the window (requests_per_s = those / window), latencies are those of the
 successful ones, errors are counted by status (``n_429``...) or exception name. HTTP load comes from
 one httpx.AsyncClient per point (pool = concurrency, keep-alive, ``Accept-Encoding: identity``), with
-request bodies encoded once up front so the client spends as little CPU as it can.
+request bodies encoded once up front so the client spends as little CPU as it can. ``--duration`` and
+``--warmup``, when given, override ``--quick``'s 3 s and 1 s.
 
 Client and servers share the machine's cores (2 on the dev machines, shared with other work): every
 HTTP row pays for its client too. Rows carry the CPU seconds the load generator and the server used per
-request, so that cost can be read. Writes bench/results/serve.json (serve_quick.json with --quick).
+request, so that cost can be read. Writes bench/results/serve.json (serve_quick.json with --quick); with
+``--model resnet18-224``, serve_resnet18.json (serve_resnet18_quick.json); ``--name`` overrides either.
 """
 
 from __future__ import annotations
@@ -63,6 +81,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from PIL import Image
 from rich.console import Console
 
 from bench.common import SIZES, WORK, cpu_name, write_results
@@ -72,6 +91,16 @@ console = Console()
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_DIR = Path(__file__).parent / "peers"
 SERVE_WORK = WORK / "serve"
+RESNET_WORK = WORK / "serve-resnet18"
+MODELS = {"fmnist": SERVE_WORK, "resnet18-224": RESNET_WORK}  # --model -> its work folder
+RESULT_NAMES = {"fmnist": "serve", "resnet18-224": "serve_resnet18"}  # --model -> its results file
+# --model -> the defaults of --duration, --warmup, --concurrency, --multi-images. ResNet-18 serves some 20 to 60
+# images/s on 2 cores, so a closed loop of c requests of n images answers each in about c * n / 40 s: the
+# warm-up has to cover that (steady state before the window), and the window a few times over.
+DEFAULTS = {
+    "fmnist": {"duration": 10.0, "warmup": 2.0, "concurrency": [1, 8, 32, 64], "multi_images": 8},
+    "resnet18-224": {"duration": 15.0, "warmup": 5.0, "concurrency": [1, 8, 32], "multi_images": 4},
+}
 TOP_K = 3
 Send = Callable[[int], Awaitable[int | str]]  # request number -> HTTP status (200 = ok) or exception name
 
@@ -99,6 +128,173 @@ def test_images(data: Path, n: int) -> list[bytes]:
     """The first ``n`` PNG files of task B's test split, as bytes."""
     rows = [json.loads(line) for line in (data / "task_b.jsonl").read_text().splitlines()]
     return [(data / r["image"]).read_bytes() for r in rows if r["split"] == "test"][:n]
+
+
+# -- resnet18-224: real JPEG photos and an ImageNet-style ResNet-18 ---------------------------------------
+
+PHOTO_SIZE = (640, 480)
+PHOTO_QUALITY = 90
+N_PHOTOS = 64  # distinct photos: the payloads cycle over them, and export parity runs on all of them
+SEED = 0
+LOGIT_SPREAD = 2.0  # std of the logits across classes, mean over the photos: probabilities neither flat nor one-hot
+# Imagenette's ten ImageNet classes, as names only: the weights are random, the answers mean nothing.
+RESNET_CLASSES = ["tench", "english_springer", "cassette_player", "chain_saw", "church", "french_horn",
+                  "garbage_truck", "gas_pump", "golf_ball", "parachute"]  # fmt: skip
+
+
+def resnet_spec():
+    """ImageNet-style eval preprocessing (torchvision's Resize(256) + CenterCrop(224)); no JPEG draft, so
+    the peers' standalone mirror (bench/peers/preprocess.py) decodes exactly as labelaudit does."""
+    from labelaudit.schemas.model_card import PreprocessSpec
+
+    return PreprocessSpec(height=224, width=224, channels=3, resize="shorter_side_center_crop", crop_pct=0.875,
+                          resample="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                          jpeg_draft=False)  # fmt: skip
+
+
+def source_photos() -> list[tuple[str, Image.Image]]:
+    """The real photos installed packages ship: scikit-learn's china.jpg and flower.jpg (640x427) and
+    matplotlib's grace_hopper.jpg (512x600). scikit-learn is found, not imported (its import is slow)."""
+    import importlib.util
+
+    import matplotlib
+
+    sklearn = importlib.util.find_spec("sklearn")
+    if sklearn is None or not sklearn.origin:
+        raise SystemExit("--model resnet18-224 needs scikit-learn's sample photos: pip install -e .[bench]")
+    images = Path(sklearn.origin).parent / "datasets" / "images"
+    grace_hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    paths = [images / "china.jpg", images / "flower.jpg", grace_hopper]
+    return [(p.stem, Image.open(p).convert("RGB")) for p in paths]
+
+
+def make_photos(folder: Path, n: int = N_PHOTOS, seed: int = SEED) -> list[Path]:
+    """``n`` distinct 640x480 JPEG photos (quality 90), taking the sources in turn: a random 4:3 box of each
+    (60 to 100% of the largest that fits), rescaled (bicubic) to 640x480, mirrored half the time."""
+    rng = np.random.default_rng(seed)
+    sources = source_photos()
+    out_w, out_h = PHOTO_SIZE
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        stem, src = sources[i % len(sources)]
+        box_w = min(src.width, src.height * out_w / out_h) * rng.uniform(0.6, 1.0)
+        box_h = box_w * out_h / out_w
+        left, top = rng.uniform(0, src.width - box_w), rng.uniform(0, src.height - box_h)
+        img = src.resize(PHOTO_SIZE, Image.Resampling.BICUBIC, box=(left, top, left + box_w, top + box_h))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        paths.append(folder / f"{i:02d}-{stem}.jpg")
+        img.save(paths[-1], "JPEG", quality=PHOTO_QUALITY)
+    if len({p.read_bytes() for p in paths}) != n:
+        raise RuntimeError("the made photos are not all distinct")
+    return paths
+
+
+def _recipe() -> dict:
+    """What the resnet18-224 work folder was built from: a change rebuilds it."""
+    return {"version": 2, "photos": N_PHOTOS, "size": PHOTO_SIZE, "quality": PHOTO_QUALITY, "seed": SEED,
+            "classes": RESNET_CLASSES, "logit_spread": LOGIT_SPREAD,
+            "preprocess": resnet_spec().model_dump(mode="json")}  # fmt: skip
+
+
+def build_resnet18(work: Path) -> tuple[Path, list[Path]]:
+    """The photos, a manifest of them (split ``test``, labels round the classes), a seeded random ResNet-18
+    saved as a labelaudit checkpoint with a hand-built CheckpointMeta, exported by ``export_model`` with
+    parity on all the photos. Returns (model repository, photo paths); built once per recipe."""
+    recipe, repo, photos = work / "recipe.json", work / "repo", work / "photos"
+    if recipe.exists() and json.loads(recipe.read_text()) == json.loads(json.dumps(_recipe())):
+        if (repo / "labelaudit" / "1" / "model_card.json").exists():
+            return repo, sorted(photos.glob("*.jpg"))
+    import hashlib
+
+    import torch
+
+    from labelaudit.imaging.preprocess import normalize, pixels_from_file
+    from labelaudit.schemas.model_card import GateResult, ModelMetrics
+    from labelaudit.training.checkpoint import CheckpointMeta, save_checkpoint
+    from labelaudit.training.export import export_model
+    from labelaudit.training.networks import TwoHeadNet
+
+    shutil.rmtree(work, ignore_errors=True)
+    paths = make_photos(photos)
+    manifest = photos / "manifest.jsonl"
+    rows = [{"item_id": p.stem, "image": p.name, "label": RESNET_CLASSES[i % len(RESNET_CLASSES)],
+             "labeler_id": "bench", "split": "test"} for i, p in enumerate(paths)]  # fmt: skip
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = resnet_spec()
+    x = torch.from_numpy(normalize(np.stack([pixels_from_file(str(p), spec) for p in paths]), spec))
+    torch.manual_seed(SEED)
+    net = TwoHeadNet("torchvision:resnet18", len(RESNET_CLASSES), spec.channels)
+    calibrate(net, x)
+    meta = CheckpointMeta(
+        arch="torchvision:resnet18", classes=RESNET_CLASSES, preprocess=spec, method="untrained", init="scratch",
+        config={"bench": "bench/serve.py --model resnet18-224", "seed": SEED,
+                "weights": "seeded random init; BatchNorm statistics from the photos; clean head scaled to a logit "
+                           f"spread of {LOGIT_SPREAD}"},
+        metrics=ModelMetrics(trusted_acc=0.0),
+        gate=GateResult(passed=True, metric="trusted_acc", initial=None, final=0.0,
+                        reason="a benchmark model with random weights, exported only to time serving"),
+        disagreement_thresholds=[1 / len(RESNET_CLASSES)] * len(RESNET_CLASSES),
+        thresholds_source="none: a benchmark model (1/K for every class)",
+        data_version=hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest=str(manifest),
+    )  # fmt: skip
+    checkpoint = work / "resnet18.pt"
+    save_checkpoint(checkpoint, net, meta)
+    export_model(checkpoint, manifest=manifest, repo=repo, parity_images=N_PHOTOS, min_images=N_PHOTOS)
+    recipe.write_text(json.dumps(_recipe()))
+    return repo, paths
+
+
+def calibrate(net, x) -> None:
+    """Random weights with BatchNorm's initial statistics (mean 0, var 1) answer nearly alike for every photo
+    (seed 0: the same top class for all, at 0.39 to 0.41), unlike a trained model. So that the answers (and
+    the parity checks' probabilities) vary by photo as a trained model's do: the BatchNorm statistics of one
+    training-mode pass over ``x`` (momentum None: exactly that batch's), then
+    the clean head's bias centred (every class's mean logit over ``x`` 0, so the top class varies) and the
+    head scaled so the logits spread by LOGIT_SPREAD across classes; the noisy head copies it."""
+    import torch
+    from torch import nn
+
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        net.train()(x)
+        net.eval()
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.1
+        net.clean_head.bias.sub_(net(x).mean(dim=0))  # each class's mean logit over the photos 0: varied answers
+        scale = LOGIT_SPREAD / float(net(x).std(dim=1).mean())
+        net.clean_head.weight.mul_(scale)
+        net.clean_head.bias.mul_(scale)
+        net.reset_noisy_heads_to_clean()
+
+
+@dataclass
+class Workload:
+    """The model repository to serve and the images to send, for one ``--model``."""
+
+    repo: Path
+    images: list[bytes]
+    payload: str  # for the results' config
+
+
+def workload(model: str, work: Path) -> Workload:
+    if model == "fmnist":
+        data, repo = build_model(work)
+        images = test_images(data, 256)
+        mean = np.mean([len(i) for i in images])
+        return Workload(repo, images, f"task-B test PNGs, {len(images)} distinct, mean {mean:.0f} bytes")
+    repo, paths = build_resnet18(work)
+    images = [p.read_bytes() for p in paths]
+    mean = np.mean([len(i) for i in images])
+    payload = (f"{len(images)} distinct {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG photos (quality {PHOTO_QUALITY}, mean "
+               f"{mean:.0f} bytes), crops and rescales of scikit-learn's china.jpg and flower.jpg and matplotlib's "
+               "grace_hopper.jpg")  # fmt: skip
+    return Workload(repo, images, payload)
 
 
 def groups(images: list[bytes], per_request: int, n: int) -> list[list[bytes]]:
@@ -210,9 +406,10 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(name: str, cmd: list[str], *, port: int, ready: str, env: dict, cwd: Path) -> Server:
-    """Start ``cmd`` in a session of its own and wait until ``ready`` (a path on ``port``) answers 200."""
-    log = SERVE_WORK / f"{name}.log"
+def start_server(name: str, cmd: list[str], *, port: int, ready: str, env: dict, cwd: Path, work: Path) -> Server:
+    """Start ``cmd`` in a session of its own and wait until ``ready`` (a path on ``port``) answers 200; its
+    output goes to ``work``/<name>.log."""
+    log = work / f"{name}.log"
     proc = subprocess.Popen(cmd, cwd=cwd, env=os.environ | env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     server = Server(name, proc, f"http://127.0.0.1:{port}", log)
@@ -236,15 +433,15 @@ def _workers_note() -> str:
     return f"{n} uvicorn worker{'s' if n != 1 else ''}"
 
 
-def start_gateway(repo: Path) -> Server:
+def start_gateway(repo: Path, *, work: Path) -> Server:
     (port,) = free_ports(1)
-    env = {"LABELAUDIT_STORE_URL": f"sqlite:///{SERVE_WORK / 'gateway-audit.db'}"}  # never into the checkout
+    env = {"LABELAUDIT_STORE_URL": f"sqlite:///{work / 'gateway-audit.db'}"}  # never into the checkout
     cmd = [sys.executable, "-m", "labelaudit.cli", "serve", "--model-repo", str(repo), "--port", str(port)]
-    return start_server("gateway", cmd, port=port, ready="/readyz", env=env, cwd=SERVE_WORK)
+    return start_server("gateway", cmd, port=port, ready="/readyz", env=env, cwd=work, work=work)
 
 
-def start_mlserver(venv: Path, onnx_path: Path, *, workers: int) -> Server:
-    root = SERVE_WORK / "mlserver"
+def start_mlserver(venv: Path, onnx_path: Path, *, workers: int, work: Path) -> Server:
+    root = work / "mlserver"
     shutil.rmtree(root, ignore_errors=True)
     (root / "labelaudit").mkdir(parents=True)
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -259,16 +456,16 @@ def start_mlserver(venv: Path, onnx_path: Path, *, workers: int) -> Server:
     }))  # fmt: skip
     cmd = [str(venv / "bin" / "mlserver"), "start", str(root)]
     return start_server("mlserver", cmd, port=http_port, ready="/v2/models/labelaudit/ready",
-                        env={"PYTHONPATH": str(PEERS_DIR)}, cwd=root)  # fmt: skip
+                        env={"PYTHONPATH": str(PEERS_DIR)}, cwd=root, work=work)  # fmt: skip
 
 
-def start_bentoml(venv: Path, model_dir: Path, *, workers: int) -> Server:
+def start_bentoml(venv: Path, model_dir: Path, *, workers: int, work: Path) -> Server:
     (port,) = free_ports(1)
     env = {"BENCH_MODEL_DIR": str(model_dir), "BENCH_WORKERS": str(workers), "BENTOML_DO_NOT_TRACK": "True",
-           "BENTOML_HOME": str(SERVE_WORK / "bentoml_home")}  # fmt: skip
+           "BENTOML_HOME": str(work / "bentoml_home")}  # fmt: skip
     cmd = [str(venv / "bin" / "bentoml"), "serve", "bentoml_service:Classifier", "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
-    return start_server("bentoml", cmd, port=port, ready="/readyz", env=env, cwd=PEERS_DIR)
+    return start_server("bentoml", cmd, port=port, ready="/readyz", env=env, cwd=PEERS_DIR, work=work)
 
 
 # -- request bodies, encoded once ----------------------------------------------------------------------
@@ -289,6 +486,11 @@ def _encoded(**request_kwargs) -> tuple[bytes, str]:
     return request.read(), request.headers["content-type"]
 
 
+def _file(i: int, img: bytes) -> tuple[str, bytes, str]:
+    """A multipart file part: (file name, bytes, content type) as a client would send this image."""
+    return (f"{i}.jpg", img, "image/jpeg") if img[:3] == b"\xff\xd8\xff" else (f"{i}.png", img, "image/png")
+
+
 def _gateway_probs(answer: dict, classes: list[str]) -> np.ndarray:
     return np.asarray([[{t["label"]: t["probability"] for t in r["top"]}.get(c, 0.0) for c in classes]
                        for r in answer["results"]])  # fmt: skip
@@ -296,7 +498,7 @@ def _gateway_probs(answer: dict, classes: list[str]) -> np.ndarray:
 
 def gateway_http(payloads: list[list[bytes]], classes: list[str], *, body: str, top_k: int = TOP_K) -> Http:
     if body == "multipart":
-        bodies = [_encoded(files=[("files", (f"{i}.png", img, "image/png")) for i, img in enumerate(p)],
+        bodies = [_encoded(files=[("files", _file(i, img)) for i, img in enumerate(p)],
                            data={"top_k": str(top_k)}) for p in payloads]  # fmt: skip
     else:
         bodies = [_encoded(json={"images": [{"id": str(i), "data": base64.b64encode(img).decode()}
@@ -318,7 +520,7 @@ def mlserver_http(payloads: list[list[bytes]]) -> Http:
 
 
 def bentoml_http(payloads: list[list[bytes]]) -> Http:
-    bodies = [_encoded(files=[("images", (f"{i}.png", img, "image/png")) for i, img in enumerate(p)])
+    bodies = [_encoded(files=[("images", _file(i, img)) for i, img in enumerate(p)])
               for p in payloads]  # fmt: skip
     return Http("/classify", bodies, lambda a: np.asarray(a, dtype=np.float32))
 
@@ -425,17 +627,18 @@ def plan(args) -> list[Point]:
 
 
 async def run(args) -> None:
-    SERVE_WORK.mkdir(parents=True, exist_ok=True)
-    data, repo = build_model(SERVE_WORK)
+    work = MODELS[args.model]
+    work.mkdir(parents=True, exist_ok=True)
+    load = workload(args.model, work)
+    repo, images = load.repo, load.images
     model_dir = repo / "labelaudit" / "1"
-    images = test_images(data, 256)
     classes = json.loads((model_dir / "model_card.json").read_text())["classes"]
     import onnxruntime
 
     device = (f"{os.cpu_count()}-core CPU ({cpu_name()}, {platform.machine()}), onnxruntime {onnxruntime.__version__} "
               f"CPU provider; load generator and servers share these cores")  # fmt: skip
     config = {k: v for k, v in vars(args).items()} | {
-        "payload": f"task-B test PNGs, {len(images)} distinct, mean {np.mean([len(i) for i in images]):.0f} bytes",
+        "payload": load.payload,
         "gateway_settings": "defaults (max_batch_size 64, max_batch_delay_ms 2, max_queue_images 1024, http_workers "
         f"{os.environ.get('LABELAUDIT_HTTP_WORKERS', '0')}: {_workers_note()})",
         "peer_versions": peer_versions(args),
@@ -447,7 +650,7 @@ async def run(args) -> None:
     try:
         async with in_process(repo) as runtime:
             expected = await runtime[0].classify(images[:8])
-            servers = start_servers(args, repo, model_dir, {p.system for p in points})
+            servers = start_servers(args, repo, model_dir, {p.system for p in points}, work=work)
             https = check_parity(servers, points, images, classes, expected)
             for concurrency in args.concurrency:  # systems side by side at each concurrency
                 for p in points:
@@ -486,11 +689,11 @@ def peer_versions(args) -> dict:
     return out
 
 
-def start_servers(args, repo: Path, model_dir: Path, systems: set[str]) -> dict[str, Server]:
+def start_servers(args, repo: Path, model_dir: Path, systems: set[str], *, work: Path) -> dict[str, Server]:
     servers: dict[str, Server] = {}
     try:
         if "gateway" in systems:
-            servers["gateway"] = start_gateway(repo)
+            servers["gateway"] = start_gateway(repo, work=work)
         for system, venv, start, workers in [
             ("peer_mlserver", Path(args.peers_venv), start_mlserver, args.mlserver_workers),
             ("peer_bentoml", Path(args.bentoml_venv), start_bentoml, args.bentoml_workers),
@@ -501,7 +704,7 @@ def start_servers(args, repo: Path, model_dir: Path, systems: set[str]) -> dict[
                 console.print(f"[yellow]{system}: no virtualenv at {venv} (run scripts/peers.sh); skipped")
                 continue
             target = model_dir / "model.onnx" if system == "peer_mlserver" else model_dir
-            servers[system] = start(venv, target, workers=workers)
+            servers[system] = start(venv, target, workers=workers, work=work)
     except BaseException:
         for server in servers.values():
             server.stop()
@@ -561,7 +764,7 @@ async def measure(p: Point, concurrency: int, args, images, runtime, servers, ht
             result = await closed_loop(send, cpu=cpu_reader(server.proc.pid), **loop)
         after = gateway_batches(server) if p.system == "gateway" else None
     mean_batch = (after[0] - before[0]) / max(1, after[1] - before[1]) if before else None
-    return finish_row(p, concurrency, result, mean_batch)
+    return finish_row(p, concurrency, result, mean_batch, model=args.model)
 
 
 def gateway_batches(server: Server) -> tuple[float, float]:
@@ -571,11 +774,12 @@ def gateway_batches(server: Server) -> tuple[float, float]:
     return float(found.get("sum", 0)), float(found.get("count", 0))
 
 
-def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | None) -> dict:
+def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | None, *, model: str) -> dict:
     ok = result["requests_per_s"] * result["duration_s"]
     per_request = {f"{k}_cpu_ms_per_request": round(1000 * v / ok, 3) if v is not None and ok else None
                    for k, v in result.pop("cpu_s").items()}  # fmt: skip
     return {
+        "model": model,
         "system": p.system,
         "body": p.body,
         "concurrency": concurrency,
@@ -591,11 +795,19 @@ def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
-    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each window")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    ap.add_argument("--multi-images", type=int, default=8, help="images per request of the extra rows (0 or 1: none)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="fmnist",
+                    help="fmnist: task B's 28 px PNGs (default); resnet18-224: ResNet-18 on 640x480 JPEG photos")  # fmt: skip
+    ap.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up (unless given)")
+    ap.add_argument(
+        "--duration", type=float, default=None, help="seconds measured per point (default 10, 15 for resnet18-224)"
+    )
+    ap.add_argument(
+        "--warmup", type=float, default=None, help="seconds of load before each window (default 2, 5 for resnet18-224)"
+    )
+    ap.add_argument("--concurrency", type=int, nargs="+", default=None,
+                    help="default 1 8 32 64 (fmnist), 1 8 32 (resnet18-224)")  # fmt: skip
+    ap.add_argument("--multi-images", type=int, default=None,
+                    help="images per request of the extra rows (0 or 1: none; default 8, 4 for resnet18-224)")  # fmt: skip
     ap.add_argument("--systems", nargs="+", default=["ort_tensors", "ort_decode", "gateway", "peer_mlserver",
                                                      "peer_bentoml"])  # fmt: skip
     ap.add_argument("--peers-venv", default=str(ROOT / ".venv-peers"), help="MLServer's (scripts/peers.sh)")
@@ -605,11 +817,14 @@ def main() -> None:
     ap.add_argument(
         "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's HTTP client"
     )
-    ap.add_argument("--name", default=None, help="results file name (default serve, or serve_quick with --quick)")
+    ap.add_argument("--name", default=None, help="results file name (default serve or serve_resnet18 by --model, "
+                    "with _quick after it with --quick)")  # fmt: skip
     args = ap.parse_args()
-    if args.quick:
-        args.duration, args.warmup = 3.0, 1.0
-    args.name = args.name or ("serve_quick" if args.quick else "serve")
+    defaults = DEFAULTS[args.model] | ({"duration": 3.0, "warmup": 1.0} if args.quick else {})
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.name = args.name or RESULT_NAMES[args.model] + ("_quick" if args.quick else "")
     asyncio.run(run(args))
 
 

@@ -1,8 +1,9 @@
 """The model card's preprocessing, mirrored with Pillow and NumPy only, for the peer servers' own venvs
 (labelaudit is not installed there). Same steps as ``labelaudit.imaging.preprocess``: decode, convert
-the mode (alpha over black, 16-bit rescaled), resize (stretch or shorter side + centre crop), scale to
-[0, 1], standardise per channel, NCHW float32. bench/serve.py checks the peers' probabilities against
-the gateway's on the same images before it times anything.
+the mode (alpha over black, 16-bit rescaled), resize (stretch, or shorter side + centre crop, the resize
+scale divided by the card's ``crop_pct`` first), scale to [0, 1], standardise per channel, NCHW float32.
+A card with ``jpeg_draft`` is refused: the mirror decodes JPEGs in full. bench/serve.py checks the peers'
+probabilities against the gateway's on the same images before it times anything.
 
 Not labelaudit code: the peers load it from bench/peers/ (MLServer via PYTHONPATH, BentoML beside its service).
 """
@@ -30,6 +31,9 @@ class CardPreprocess:
         self.output_name = card.get("onnx_outputs", ["probabilities"])[0]
         self.height, self.width, self.channels = spec["height"], spec["width"], spec["channels"]
         self.resize_rule, self.resample = spec.get("resize", "stretch"), _RESAMPLE[spec.get("resample", "bilinear")]
+        self.crop_pct = float(spec.get("crop_pct", 1.0))  # 'shorter_side_center_crop': the crop's share of the resize
+        if spec.get("jpeg_draft"):
+            raise ValueError(f"{card_path}: jpeg_draft is not mirrored here (JPEGs are decoded in full)")
         self.mean = np.asarray(spec["mean"], dtype=np.float32)
         self.std = np.asarray(spec["std"], dtype=np.float32)
 
@@ -51,7 +55,7 @@ class CardPreprocess:
             return img
         if self.resize_rule == "stretch":
             return img.resize((self.width, self.height), self.resample)
-        scale = max(self.width / img.width, self.height / img.height)
+        scale = max(self.width / img.width, self.height / img.height) / self.crop_pct  # as labelaudit's _scaled_size
         w, h = max(self.width, round(img.width * scale)), max(self.height, round(img.height * scale))
         img = img.resize((w, h), self.resample)
         left, top = (w - self.width) // 2, (h - self.height) // 2
