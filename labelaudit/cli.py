@@ -172,7 +172,8 @@ def _train_config(**overrides):
 
 
 def run_training(manifest: Path, init: str, out: Path, *, init_classes: Path | None = None,
-                 preprocess: dict | None = None, **config):  # fmt: skip
+                 preprocess: dict | None = None, val_manifest: Path | None = None,
+                 test_manifest: Path | None = None, **config):  # fmt: skip
     """Train with progress (bars on a terminal, lines otherwise) and print the outcome; shared by
     ``train`` and ``demo``."""
     from labelaudit.training.train import train as train_model
@@ -180,11 +181,12 @@ def run_training(manifest: Path, init: str, out: Path, *, init_classes: Path | N
     cfg = _train_config(**config)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone reports
         return train_model(manifest, init=None if init == "scratch" else init, out=out, cfg=cfg,
-                           init_classes=init_classes, preprocess=preprocess)  # fmt: skip
+                           init_classes=init_classes, preprocess=preprocess, val_manifest=val_manifest,
+                           test_manifest=test_manifest)  # fmt: skip
     with training_progress() as (reporter, decoded):
         result = train_model(manifest, init=None if init == "scratch" else init, out=out, cfg=cfg,
                              reporter=reporter, pixel_progress=decoded, init_classes=init_classes,
-                             preprocess=preprocess)  # fmt: skip
+                             preprocess=preprocess, val_manifest=val_manifest, test_manifest=test_manifest)  # fmt: skip
     m, gate = result.meta.metrics, result.meta.gate
     if m.initial_val_acc is not None or m.initial_trusted_acc is not None:
         console.print(f"classifier A on task B, untouched: val {m.initial_val_acc}, test {m.initial_test_acc}, "
@@ -204,6 +206,12 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @app.command()
 def train(
     manifest: Annotated[Path, typer.Option(help="JSONL manifest: item_id, image, label, labeler_id, trusted, split.")],
+    val_manifest: Annotated[
+        Path | None, typer.Option(help="Clean held-out images in a manifest of their own (added as split val).")
+    ] = None,
+    test_manifest: Annotated[
+        Path | None, typer.Option(help="Clean test images in a manifest of their own (added as split test).")
+    ] = None,
     init: Annotated[
         str,
         typer.Option(
@@ -286,6 +294,7 @@ def train(
     preprocess = {k: v for k, v in preprocess.items() if v is not None}
     try:
         run_training(manifest, init, out, init_classes=init_classes, preprocess=preprocess or None, method=method,
+                     val_manifest=val_manifest, test_manifest=test_manifest,
                      epochs=epochs, batch_size=batch_size, lr=lr, arch=arch, augment=augment, loader=loader,
                      workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
                      rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, seed=seed,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "stream"))  # streamkit: the scripts' helpers, one module for all
-from classifier_a_kit import TASK_A_PREPROCESS, train_raw_classifier_a  # noqa: E402
 from streamkit import run_script  # noqa: E402
+from trainkit import TASK_A_PREPROCESS, one_torch_thread, train_raw_classifier_a  # noqa: E402
 
 from labelaudit.ports import free_port  # noqa: E402
 
@@ -31,14 +31,11 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def model_repo(tiny_data, tmp_path_factory) -> Path:
     """A Triton model repository holding ``labelaudit/1``: CE for one epoch on task B, exported for real."""
-    import torch
 
     from labelaudit.training.export import export_model
     from labelaudit.training.train import TrainConfig, train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         runs = tmp_path_factory.mktemp("runs")
         result = train(
             tiny_data / "task_b.jsonl", init=None, out=runs, cfg=TrainConfig(method="ce", epochs=1, device="cpu")
@@ -47,8 +44,6 @@ def model_repo(tiny_data, tmp_path_factory) -> Path:
         export_model(
             result.checkpoint, manifest=tiny_data / "task_b.jsonl", repo=repo, parity_images=200, min_images=200
         )
-    finally:
-        torch.set_num_threads(threads)
     return repo
 
 
@@ -83,20 +78,15 @@ def store_url(request, tmp_path) -> str:
 @pytest.fixture(scope="session")
 def classifier_a_file(tiny_data, tmp_path_factory):
     """``classifier_a_file("torchvision" | "timm")``: the weights file (cached for the session)."""
-    import torch
 
     made: dict[str, Path] = {}
 
     def make(family: str) -> Path:
         if family not in made:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with one_torch_thread():
                 made[family] = train_raw_classifier_a(
                     family, tiny_data / "task_a.jsonl", tmp_path_factory.mktemp(f"classifier-a-{family}")
                 )
-            finally:
-                torch.set_num_threads(threads)
         return made[family]
 
     return make
@@ -106,21 +96,16 @@ def classifier_a_file(tiny_data, tmp_path_factory):
 def resnet_repo(tiny_data, classifier_a_file, tmp_path_factory) -> Path:
     """A Triton repository holding a torchvision ResNet-18 fine-tuned on task B with FasTEN from a
     classifier A loaded through ``torchvision:resnet18=a.pth``, exported for real."""
-    import torch
 
     from labelaudit.training.export import export_model
     from labelaudit.training.train import TrainConfig, train
 
     weights = classifier_a_file("torchvision")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         result = train(tiny_data / "task_b.jsonl", init=f"torchvision:resnet18={weights}",
                        out=tmp_path_factory.mktemp("resnet-run"), preprocess=TASK_A_PREPROCESS,
                        cfg=TrainConfig(method="fasten", epochs=1, device="cpu"))  # fmt: skip
         repo = tmp_path_factory.mktemp("resnet-repo")
         export_model(result.checkpoint, manifest=tiny_data / "task_b.jsonl", repo=repo, parity_images=200,
                      min_images=200)  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     return repo

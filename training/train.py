@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from labelaudit.errors import ManifestError
-from labelaudit.imaging.manifest import Manifest, load_pixels, read_manifest, row_pixels
+from labelaudit.imaging.manifest import Manifest, load_pixels, read_manifest, row_pixels, with_held_out
 from labelaudit.schemas.model_card import EpochMetrics, GateResult, ModelMetrics, PreprocessSpec
 from labelaudit.training import distributed
 from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
@@ -345,12 +345,15 @@ def train(
     pixel_progress=None,
     init_classes: Path | None = None,
     preprocess: dict[str, Any] | None = None,
+    val_manifest: Path | None = None,
+    test_manifest: Path | None = None,
 ) -> TrainResult:
     """Train with ``cfg.method`` from classifier A or from scratch (``init`` None).
 
     ``init``: a labelaudit checkpoint, ``torchvision:<arch>=<weights>`` or ``timm:<arch>=<weights>``
     (``training.classifier_a``); ``init_classes``: A's class names, when not beside its weights;
-    ``preprocess``: PreprocessSpec fields overriding what A's architecture implies.
+    ``preprocess``: PreprocessSpec fields overriding what A's architecture implies;
+    ``val_manifest``/``test_manifest``: clean held-out images in their own files (added as those splits).
     """
     _check_config(cfg)
     ranks, rank_device, created = distributed.start(cfg.device)
@@ -361,20 +364,22 @@ def train(
     if ranks.active and cfg.consistency_weight > 0:
         raise ValueError("consistency_weight (a second forward pass per step) is not supported with several processes")
     try:
+        held_out = {"val": val_manifest, "test": test_manifest}
         return _train(manifest_path, init, Path(out), cfg, reporter, pixel_progress, init_classes, preprocess,
-                      ranks, device, method_cls)  # fmt: skip
+                      ranks, device, method_cls, held_out)  # fmt: skip
     finally:
         if created:
             distributed.stop()
 
 
 def _train(manifest_path, init, out, cfg, reporter, pixel_progress, init_classes, preprocess, ranks, device,
-           method_cls) -> TrainResult:  # fmt: skip
+           method_cls, held_out) -> TrainResult:  # fmt: skip
 
     # 1. classifier A, and task B's data: classes mapped onto A's by name, A's preprocessing
     a = None if init is None else load_classifier_a(str(init), classes_file=init_classes, preprocess=preprocess)
     manifest = read_manifest(manifest_path, require_trusted=method_cls.needs_trusted,
                              fallback_classes=None if a is None else a.classes)  # fmt: skip
+    manifest = with_held_out(manifest, **held_out)
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fills the pixel cache first; the others then map it
     if a is not None:

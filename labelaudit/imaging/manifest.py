@@ -38,6 +38,7 @@ class Manifest:
     true_labels_or_missing: np.ndarray
     line_numbers: np.ndarray
     sha256: str
+    origins: np.ndarray | None = None  # per row, the file it came from when manifests were joined
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,7 +58,8 @@ class Manifest:
 
     def where(self, row: int) -> str:
         """``task_b.jsonl:17``: the row's place, for error messages."""
-        return f"{self.path.name}:{self.line_numbers[row]}"
+        name = self.path.name if self.origins is None else self.origins[row]
+        return f"{name}:{self.line_numbers[row]}"
 
     def mask(self, *, split: str | None = None, trusted: bool | None = None) -> np.ndarray:
         """Boolean (N,) selecting rows by split and trust."""
@@ -73,6 +75,36 @@ class Manifest:
         if (self.true_labels_or_missing < 0).any():
             return None
         return self.true_labels_or_missing
+
+
+def with_held_out(manifest: Manifest, *, val: str | Path | None = None, test: str | Path | None = None) -> Manifest:
+    """``manifest`` with the rows of separate ``val`` and ``test`` manifests added under those splits (their
+    labels held to ``manifest``'s classes, their image paths made absolute). Item ids must stay unique."""
+    parts = [(manifest, None)] + [(read_manifest(path, classes=manifest.classes), split)
+                                  for split, path in (("val", val), ("test", test)) if path is not None]  # fmt: skip
+    if len(parts) == 1:
+        return manifest
+    seen: dict[str, str] = {}
+    for part, _ in parts:
+        for row, item in enumerate(part.item_ids):
+            if item in seen:
+                raise ManifestError(f"{part.where(row)}: item_id {item!r} is already in {seen[item]}")
+            seen[str(item)] = part.path.name
+
+    def column(name: str, part: Manifest, split: str | None) -> np.ndarray:
+        if name == "images":
+            return np.array([str(part.image_path(r).resolve()) for r in range(len(part))])
+        if name == "splits" and split is not None:
+            return np.full(len(part), split)
+        if name == "origins":
+            return part.origins if part.origins is not None else np.full(len(part), part.path.name)
+        return getattr(part, name)
+
+    names = ("item_ids", "images", "labels", "labeler_ids", "trusted", "splits", "true_labels_or_missing",
+             "line_numbers", "origins")  # fmt: skip
+    joined = {n: np.concatenate([column(n, part, split) for part, split in parts]) for n in names}
+    digest = hashlib.sha256("".join(part.sha256 for part, _ in parts).encode()).hexdigest()
+    return Manifest(path=manifest.path, classes=manifest.classes, sha256=digest, **joined)
 
 
 def _classes_beside(path: Path) -> list[str] | None:

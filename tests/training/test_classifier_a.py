@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from classifier_a_kit import CLASSIFIER_A, TASK_A_PREPROCESS
+from trainkit import CLASSIFIER_A, TASK_A_PREPROCESS
 
 from labelaudit.errors import ClassifierAError
 from labelaudit.training.classifier_a import load_classifier_a, map_classes, parse_init, start_clean_head

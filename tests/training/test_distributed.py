@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trainkit import one_torch_thread
 
 from labelaudit.training.distributed import Ranks
 
@@ -33,14 +34,10 @@ LOSS_TOLERANCE = 0.05
 def classifier_a(tiny_data, tmp_path_factory) -> Path:
     from labelaudit.training.train import TrainConfig, train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         out = tmp_path_factory.mktemp("ddp-a")
         return train(tiny_data / "task_a.jsonl", init=None, out=out,
                      cfg=TrainConfig(method="ce", epochs=8, device="cpu")).checkpoint  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(tiny_data: Path, init: Path, out: Path, method: str, processes: int) -> dict:

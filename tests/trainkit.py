@@ -1,9 +1,26 @@
-"""Classifier A as teams have it, for the tests: a torchvision or timm network trained a moment on task A
-by a bare torch loop (no labelaudit code), saved as the team would save it."""
+"""Training helpers for the tests: one torch thread around a fixture's training, and classifier A as teams
+have it (a torchvision or timm network trained a moment on task A by a bare torch loop, no labelaudit
+code, saved as the team would save it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors train faster on one thread, and OpenMP spin-waits badly on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 TASK_A_PREPROCESS = {"height": 28, "width": 28, "resize": "stretch", "mean": (0.29,) * 3, "std": (0.35,) * 3}
 CLASSIFIER_A = {"torchvision": ("torchvision:resnet18", "a.pth"), "timm": ("timm:resnet10t", "a.safetensors")}
