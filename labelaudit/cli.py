@@ -654,7 +654,9 @@ def _print_summary(meta, exported) -> None:
     for col in ("model", "clean val acc", "clean test acc", "trusted acc"):
         table.add_column(col)
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    table.add_row("classifier A, untouched", fmt(m.initial_val_acc), "-", fmt(m.initial_trusted_acc))
+    table.add_row(
+        "classifier A, untouched", fmt(m.initial_val_acc), fmt(m.initial_test_acc), fmt(m.initial_trusted_acc)
+    )
     table.add_row(f"{meta.method} from classifier A", fmt(m.val_acc), fmt(m.test_acc), fmt(m.trusted_acc))
     console.print(table)
     labelers = Table(title="per-labeler agreement with the model's estimate of the truth (diag of T_l)")

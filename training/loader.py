@@ -155,6 +155,10 @@ class ImageLoader:
         """The pixels of each planned batch of rows, in order."""
         if not plan:
             return
+        if not self.workers:  # in this process: no DataLoader, which would also draw from torch's RNG
+            for rows in plan:
+                yield self.dataset.__getitems__(rows.tolist())
+            return
         loader, sampler = self._loader(purpose)
         sampler.batches = plan
         yield from loader
