@@ -95,7 +95,8 @@ def photos(args) -> None:
 
     device = pick_device("auto")
     manifest = make_images(WORK / "loader" / "px224", args.photos, 224)
-    rows, _ = kept_rows("gpu_train", redone=lambda r: r.get("input_size") == "3x224x224")
+    name = "gpu_train_quick" if args.quick else "gpu_train"  # a CPU smoke run never lands in gpu_train.json
+    rows, _ = kept_rows(name, redone=lambda r: r.get("input_size") == "3x224x224")
     for arch in args.photo_archs:
         cfg = TrainConfig(method="ce", arch=arch, channels=3, image_size=224, batch_size=256, epochs=args.epochs,
                           loader="stream", augment="crop-flip")  # fmt: skip
@@ -108,7 +109,7 @@ def photos(args) -> None:
                          loader_images_per_s=round(best.loader_images_per_s or 0, 1),
                          raw_step_images_per_s=round(raw, 1), ratio=round(best.images_per_s / raw, 3),
                          images=args.photos, device=device_name()))  # fmt: skip
-        write_results("gpu_train", config=vars(args), rows=rows, device=device_name())
+        write_results(name, config=vars(args), rows=rows, device=device_name())
 
 
 if __name__ == "__main__":

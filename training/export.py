@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,7 +86,7 @@ def export_onnx(net: TwoHeadNet, spec: PreprocessSpec, path: Path, *, opset: int
     dummy = torch.zeros(2, spec.channels, spec.height, spec.width, dtype=torch.float32)
     batch_axis = {0: "batch"}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _plain_attention():
         # The TorchScript exporter is chosen on purpose (it writes opset 17 in one inline file, offline);
         # its deprecation notices would only repeat on every export.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -101,6 +102,18 @@ def export_onnx(net: TwoHeadNet, spec: PreprocessSpec, path: Path, *, opset: int
             do_constant_folding=True,
         )
     check_onnx(path)
+
+
+@contextmanager
+def _plain_attention() -> Iterator[None]:
+    """nn.MultiheadAttention's inference fast path (``aten::_native_multi_head_attention``, taken under
+    no_grad in eval mode: torchvision's ViTs) has no ONNX form; the plain path computes the same."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def check_onnx(path: Path) -> None:

@@ -31,17 +31,28 @@ LOSS_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
-def classifier_a(tiny_data, tmp_path_factory) -> Path:
+def ddp_data(tmp_path_factory) -> Path:
+    """Task A/B with 2,000 images each: at the tiny size (600) a run barely leaves chance and two honest
+    runs already differ by more than the tolerance."""
+    from labelaudit.training.datasets import fashion_mnist
+
+    out = tmp_path_factory.mktemp("ddp-data")
+    fashion_mnist.build(out, noise=0.4, seed=5, per_task=2000, val_size=300, test_size=500)
+    return out
+
+
+@pytest.fixture(scope="module")
+def classifier_a(ddp_data, tmp_path_factory) -> Path:
     from labelaudit.training.train import TrainConfig, train
 
     with one_torch_thread():
         out = tmp_path_factory.mktemp("ddp-a")
-        return train(tiny_data / "task_a.jsonl", init=None, out=out,
-                     cfg=TrainConfig(method="ce", epochs=8, device="cpu")).checkpoint  # fmt: skip
+        return train(ddp_data / "task_a.jsonl", init=None, out=out,
+                     cfg=TrainConfig(method="ce", epochs=6, device="cpu")).checkpoint  # fmt: skip
 
 
-def _train(tiny_data: Path, init: Path, out: Path, method: str, processes: int) -> dict:
-    args = ["-m", "labelaudit", "train", "--manifest", str(tiny_data / "task_b.jsonl"), "--init", str(init),
+def _train(data: Path, init: Path, out: Path, method: str, processes: int) -> dict:
+    args = ["-m", "labelaudit", "train", "--manifest", str(data / "task_b.jsonl"), "--init", str(init),
             "--method", method, "--epochs", "2", "--device", "cpu", "--augment", "none", "--seed", "1",
             "--out", str(out)]  # fmt: skip
     if processes > 1:
@@ -56,11 +67,11 @@ def _train(tiny_data: Path, init: Path, out: Path, method: str, processes: int) 
 
 
 @pytest.mark.parametrize("method", ["fasten", "crowd"])
-def test_two_gloo_processes_train_what_one_process_trains(method, tiny_data, classifier_a, tmp_path):
-    one = _train(tiny_data, classifier_a, tmp_path / "one", method, 1)
-    two = _train(tiny_data, classifier_a, tmp_path / "two", method, 2)
+def test_two_gloo_processes_train_what_one_process_trains(method, ddp_data, classifier_a, tmp_path):
+    one = _train(ddp_data, classifier_a, tmp_path / "one", method, 1)
+    two = _train(ddp_data, classifier_a, tmp_path / "two", method, 2)
 
-    assert one["metrics"]["val_acc"] > 0.15  # above chance (0.1): agreeing on a constant would prove little
+    assert one["metrics"]["val_acc"] > 0.5  # a model that learned: agreeing near chance would prove little
     for key in ("val_acc", "test_acc", "trusted_acc"):
         assert abs(two["metrics"][key] - one["metrics"][key]) <= ACC_TOLERANCE, (key, one["metrics"], two["metrics"])
     for a, b in zip(one["metrics"]["history"], two["metrics"]["history"], strict=True):
@@ -68,18 +79,18 @@ def test_two_gloo_processes_train_what_one_process_trains(method, tiny_data, cla
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoint.pt", "metrics.json"]
     saved = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert saved["meta"]["config"]["processes"] == 2
-    same = (_test_predictions(tmp_path / "one", tiny_data) == _test_predictions(tmp_path / "two", tiny_data)).mean()
+    same = (_test_predictions(tmp_path / "one", ddp_data) == _test_predictions(tmp_path / "two", ddp_data)).mean()
     assert same >= 0.9, f"the two models predict the same class on {same:.0%} of the test images"
 
 
-def _test_predictions(run: Path, tiny_data: Path) -> np.ndarray:
+def _test_predictions(run: Path, data: Path) -> np.ndarray:
     """The checkpoint's predicted class for each test image of task B. (N_test,)"""
     from labelaudit.imaging.manifest import load_pixels, read_manifest
     from labelaudit.imaging.preprocess import normalize
     from labelaudit.training.checkpoint import load_checkpoint
 
     net, meta = load_checkpoint(run / "checkpoint.pt")
-    manifest = read_manifest(tiny_data / "task_b.jsonl", classes=meta.classes)
+    manifest = read_manifest(data / "task_b.jsonl", classes=meta.classes)
     rows = np.flatnonzero(manifest.mask(split="test"))
     x = normalize(np.asarray(load_pixels(manifest, meta.preprocess))[rows], meta.preprocess)
     with torch.no_grad():
