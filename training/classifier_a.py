@@ -37,7 +37,6 @@ class ClassifierA:
     preprocess: PreprocessSpec
     name: str  # for the model card: the weights file's name
     preprocess_source: str  # where ``preprocess`` came from, said to the user
-    checkpoint_state: dict[str, torch.Tensor] | None = None  # a labelaudit checkpoint's whole network
 
 
 @dataclass

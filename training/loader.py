@@ -48,8 +48,9 @@ class ManifestImages(Dataset):
     def keep_resident(self, rows: np.ndarray) -> None:
         """Decode ``rows`` now and serve them from memory from then on (before workers start)."""
         rows = np.unique(rows)
-        self.resident = np.stack([row_pixels(self.manifest, int(r), self.spec) for r in rows]) if len(rows) else (
-            self.resident)  # fmt: skip
+        if not len(rows):
+            return
+        self.resident = np.stack([row_pixels(self.manifest, int(r), self.spec) for r in rows])
         self.slot[rows] = np.arange(len(rows))
 
     def __len__(self) -> int:
