@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from labelaudit.schemas.fields import Identifier
+
+TopK = Annotated[int, Field(ge=1, le=1000, description="How many classes to return per image, best first.")]
 
 
 class ImagePayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str = Field(description="The encoded image file (PNG, JPEG, ...), base64.", min_length=1)
-    id: str | None = Field(default=None, description="Echoed back, to match results to images.")
+    id: Identifier | None = Field(default=None, description="Echoed back, to match results to images.")
 
 
 class ClassifyRequest(BaseModel):
@@ -23,7 +27,15 @@ class ClassifyRequest(BaseModel):
     )
 
     images: list[ImagePayload] = Field(min_length=1)
-    top_k: int = Field(default=3, ge=1, le=1000)
+    top_k: TopK = 3
+
+
+class ClassifyForm(BaseModel):
+    """multipart/form-data form of ``POST /v1/classify``: file parts ``files`` (each file's name comes back as
+    its result's ``id``) and an optional text field ``top_k``, checked as ``ClassifyRequest``'s."""
+
+    files: list[bytes] = Field(min_length=1, description="The encoded image files (PNG, JPEG, ...).")
+    top_k: TopK = 3
 
 
 class TopClass(BaseModel):

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelaudit.schemas.fields import Identifier
+
 
 class AuditRecord(BaseModel):
     """Unique on (item_id, labeler_id, model_version): a replayed message writes nothing twice."""
@@ -32,7 +34,15 @@ class AuditRecord(BaseModel):
     created_at: datetime
 
 
-class AuditRequest(BaseModel):
+class AuditFields(BaseModel):
+    """The human side of ``POST /v1/audit``, the same in both of its forms."""
+
+    item_id: Identifier
+    labeler_id: Identifier
+    label: Identifier = Field(description="The human label, one of the model's classes.")
+
+
+class AuditRequest(AuditFields):
     """JSON form of ``POST /v1/audit``: one image with its human label."""
 
     model_config = ConfigDict(
@@ -42,10 +52,13 @@ class AuditRequest(BaseModel):
         },
     )
 
-    item_id: str = Field(min_length=1, max_length=200)
-    labeler_id: str = Field(min_length=1, max_length=200)
-    label: str = Field(min_length=1, max_length=200, description="The human label, one of the model's classes.")
     image: str = Field(min_length=1, description="The encoded image file, base64.")
+
+
+class AuditForm(AuditFields):
+    """multipart/form-data form of ``POST /v1/audit``: a file part ``image`` and the three text fields."""
+
+    image: bytes = Field(description="The encoded image file (PNG, JPEG, ...).")
 
 
 class AuditResponse(BaseModel):

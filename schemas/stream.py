@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from labelaudit.schemas.fields import Identifier
+
 IMAGE_SCHEMA = "labelaudit.image.v1"
 RELABEL_SCHEMA = "labelaudit.relabel.v1"
 
@@ -40,13 +42,13 @@ class ImageMessage(BaseModel):
     )
 
     schema_: Literal["labelaudit.image.v1"] = Field(alias="schema", description="Message schema and version.")
-    item_id: str = Field(min_length=1, max_length=200, description="Also the message key.")
+    item_id: Identifier = Field(description="Also the message key.")
     image_b64: str | None = Field(default=None, min_length=1, description="The encoded image file, base64.")
     image_uri: str | None = Field(
         default=None, min_length=1, description="Instead of the bytes: a file:// URI the consumer can read."
     )
-    label: str | None = Field(default=None, min_length=1, max_length=200, description="The human label.")
-    labeler_id: str | None = Field(default=None, min_length=1, max_length=200)
+    label: Identifier | None = Field(default=None, description="The human label.")
+    labeler_id: Identifier | None = None
     sent_at: datetime | None = None
 
     @model_validator(mode="after")

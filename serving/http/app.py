@@ -6,6 +6,7 @@ import base64
 import binascii
 import logging
 import secrets
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -15,17 +16,24 @@ from pydantic import BaseModel
 
 from labelaudit import __version__
 from labelaudit.errors import LabelAuditError
-from labelaudit.schemas.api import ClassifyRequest, ClassifyResponse, ClassifyResult, ErrorResponse, TopClass
-from labelaudit.schemas.audit import AuditRequest, AuditResponse
+from labelaudit.schemas.api import (
+    ClassifyForm,
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassifyResult,
+    ErrorResponse,
+    TopClass,
+)
+from labelaudit.schemas.audit import AuditForm, AuditRequest, AuditResponse
 from labelaudit.schemas.model_card import ModelCard
 from labelaudit.serving.core.audit import AuditItem, Auditor
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.runtime import open_runtime
 from labelaudit.serving.http.batcher import InFlightLimit, MicroBatcher
-from labelaudit.serving.http.body import BadRequest, parse_json, read_body
+from labelaudit.serving.http.body import BadRequest, parse_fields, parse_json, read_body
 from labelaudit.serving.http.errors import documented_errors, install_error_handlers
 from labelaudit.serving.http.metrics import GatewayMetrics, MeasureRequests
-from labelaudit.serving.http.multipart import parse_form
+from labelaudit.serving.http.multipart import Form, parse_form
 from labelaudit.serving.http.v2 import build_v2_router
 from labelaudit.serving.settings import Settings
 
@@ -34,18 +42,23 @@ log = logging.getLogger("labelaudit.http")
 ERRORS = documented_errors(400, 401, 413, 415, 422, 429, 503)
 
 
-def two_body_forms(json_model: type[BaseModel], multipart_fields: dict, *, required: list[str]) -> dict:
-    """OpenAPI for a route that reads its body itself: JSON (a pydantic model) or multipart form fields."""
-    multipart = {"type": "object", "properties": multipart_fields, "required": required}
+def two_body_forms(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict:
+    """OpenAPI for a route that reads its body itself: JSON or multipart form fields, each a pydantic model
+    (the models the route validates with, so the documented limits are the enforced ones)."""
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": json_model.model_json_schema()},
-                "multipart/form-data": {"schema": multipart},
+                "multipart/form-data": {"schema": form_model.model_json_schema()},
             },
         }
     }
+
+
+def text_fields(form: Form, names: Iterable[str]) -> dict[str, str]:
+    """The text fields of ``form`` that it has, for a form model (a missing one is the model's to report)."""
+    return {name: value for name in names if (value := form.text(name)) is not None}
 
 
 async def images_from_request(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
@@ -59,10 +72,9 @@ async def images_from_request(request: Request, settings: Settings) -> tuple[lis
         if not files:
             raise BadRequest("multipart body has no 'files' part", reason="no_images", status_code=422)
         images = [f.data for f in files]
-        top_k = form.text("top_k") or "3"
-        if not top_k.isdigit() or not 1 <= int(top_k) <= 1000:
-            raise BadRequest("top_k must be an integer from 1 to 1000", reason="invalid_request", status_code=422)
-        ids, k = [f.filename for f in files], int(top_k)
+        top_k = {"top_k": value} if (value := form.text("top_k")) else {}  # empty: the default, as in a web form
+        parsed = parse_fields(ClassifyForm, {"files": images, **top_k})
+        ids, k = [f.filename for f in files], parsed.top_k
     elif content_type.startswith("application/json"):
         parsed = parse_json(ClassifyRequest, body)
         images = []
@@ -100,15 +112,10 @@ async def audit_item_from_request(request: Request, settings: Settings) -> Audit
         return AuditItem(item_id=parsed.item_id, labeler_id=parsed.labeler_id, label=parsed.label, image=image)
     if content_type.startswith("multipart/form-data"):
         form = parse_form(body, content_type, max_parts=12)
-        upload = form.files("image")
-        fields = {f: form.text(f) for f in ("item_id", "labeler_id", "label")}
-        missing = [f for f, v in fields.items() if not v]
-        if not upload or missing:
-            detail = "multipart needs a file 'image' and text fields item_id, labeler_id, label"
-            raise BadRequest(
-                f"{detail}; missing or empty: {missing or ['image']}", reason="invalid_request", status_code=422
-            )
-        return AuditItem(image=upload[0].data, **fields)
+        fields = text_fields(form, ["item_id", "labeler_id", "label"])
+        image = {"image": upload[0].data} if (upload := form.files("image")) else {}
+        parsed = parse_fields(AuditForm, {**fields, **image})
+        return AuditItem(item_id=parsed.item_id, labeler_id=parsed.labeler_id, label=parsed.label, image=parsed.image)
     raise BadRequest(
         f"unsupported content type {content_type!r}; send multipart/form-data or application/json",
         reason="unsupported_media_type",
@@ -175,14 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=ClassifyResponse,
         responses=ERRORS,
         dependencies=auth,
-        openapi_extra=two_body_forms(
-            ClassifyRequest,
-            {
-                "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3},
-            },
-            required=["files"],
-        ),
+        openapi_extra=two_body_forms(ClassifyRequest, ClassifyForm),
     )
     async def classify(request: Request) -> ClassifyResponse:
         """Top-k classes for one or many images (multipart ``files``, or JSON with base64 ``data``)."""
@@ -202,14 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=AuditResponse,
         responses=ERRORS,
         dependencies=auth,
-        openapi_extra=two_body_forms(
-            AuditRequest,
-            {
-                "image": {"type": "string", "format": "binary"},
-                **{f: {"type": "string", "minLength": 1} for f in ("item_id", "labeler_id", "label")},
-            },
-            required=["image", "item_id", "labeler_id", "label"],
-        ),
+        openapi_extra=two_body_forms(AuditRequest, AuditForm),
     )
     async def audit(request: Request) -> AuditResponse:
         """Classify one image, judge its human label, record the verdict (the same policy and store as

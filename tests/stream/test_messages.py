@@ -95,3 +95,14 @@ def test_relabel_request_id_is_stable_across_redeliveries():
     assert key == b"b-1" and request.request_id == "b-1/anna/1"
     assert RelabelRequest.model_validate_json(again).request_id == request.request_id
     assert json.loads(value)["schema"] == "labelaudit.relabel.v1"
+
+
+@pytest.mark.parametrize("field", ["item_id", "labeler_id", "label"])
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\x85"], ids=["NUL", "ESC", "DEL", "NEL"])
+def test_control_characters_in_ids_and_labels_are_dead_letters(field, char):
+    """PostgreSQL refuses NUL in text: such a message would fail the store on every retry. It is refused
+    here, with the sentence the HTTP routes answer for the same field."""
+    with pytest.raises(BadMessage) as info:
+        parse_record(record(body(**{field: f"b{char}1"}), key=None), **LIMITS)
+    assert info.value.reason == "invalid_message"
+    assert f"{field}: control character U+{ord(char):04X} at position 1" in str(info.value)
