@@ -13,6 +13,7 @@ import struct
 from typing import Any
 
 import numpy as np
+import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -21,7 +22,7 @@ from labelaudit import __version__
 from labelaudit.errors import LabelAuditError, describe_errors
 from labelaudit.schemas.api import V2InferRequest, V2Tensor
 from labelaudit.serving.core.inference import InferenceCore
-from labelaudit.serving.http.body import read_body
+from labelaudit.serving.http.body import ascii_int, read_body
 from labelaudit.serving.http.errors import documented_errors
 
 HEADER = "Inference-Header-Content-Length"
@@ -46,10 +47,14 @@ def _core(request: Request, name: str, version: str | None = None) -> InferenceC
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
     """The JSON part, validated, and the binary tail of a (possibly binary-extension) request."""
+    n = len(body) if header_length is None else ascii_int(header_length)
+    if n is None or n > len(body):
+        raise V2Error(f"{HEADER} must be the JSON part's length in bytes, 0 to {len(body)}; got {header_length!r}")
     try:
-        n = len(body) if header_length is None else int(header_length)
-        parsed = json.loads(body[:n])
-    except (ValueError, UnicodeDecodeError) as exc:
+        # The parser /v1 uses (pydantic's): the same nesting limit (json.loads recursed until RecursionError, a
+        # 500), no lone surrogates; NaN and Infinity are read, and refused in the tensor with a clearer reason.
+        parsed = pydantic_core.from_json(body[:n])
+    except ValueError as exc:
         raise V2Error(f"request is not valid JSON: {exc}") from None
     try:
         return V2InferRequest.model_validate(parsed), body[n:]
@@ -91,7 +96,17 @@ def _parse_images(spec: V2Tensor, payload: Any) -> list[bytes]:
     flat = np.asarray(payload, dtype=object).ravel().tolist()
     if not all(isinstance(x, str) for x in flat):
         raise V2Error(f"{BYTES_INPUT} JSON data must be strings (base64 is not implied; send binary)")
-    return [x.encode("latin-1") for x in flat]
+    images = []
+    for i, text in enumerate(flat):
+        try:
+            images.append(text.encode("latin-1"))  # one byte per character, as tritonclient writes them
+        except UnicodeEncodeError as exc:
+            raise V2Error(
+                f"{BYTES_INPUT}[{i}] has a character above U+00FF at position {exc.start}: a JSON BYTES element "
+                "carries one byte per character (U+0000 to U+00FF); send images as binary data",
+                status_code=422,
+            ) from None
+    return images
 
 
 def _parse_tensor(spec: V2Tensor, payload: Any, core: InferenceCore) -> np.ndarray:
@@ -110,9 +125,28 @@ def _parse_tensor(spec: V2Tensor, payload: Any, core: InferenceCore) -> np.ndarr
             arr = np.frombuffer(payload, dtype="<f4")
         else:
             arr = np.asarray(payload, dtype=np.float32).ravel()
-        return arr.reshape(shape).astype(np.float32, copy=False)
-    except (ValueError, TypeError) as exc:
+        tensor = arr.reshape(shape).astype(np.float32, copy=False)
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: a JSON integer past float's range
         raise V2Error(f"{TENSOR_INPUT}: data does not fit shape {shape}: {exc}") from None
+    if not np.isfinite(tensor).all():
+        where = np.argwhere(~np.isfinite(tensor))[0].tolist()
+        raise V2Error(f"{TENSOR_INPUT} is not finite (NaN or infinity) at {where}", status_code=422)
+    return tensor
+
+
+def _finite_outputs(probs: np.ndarray) -> np.ndarray:
+    """The probabilities, or a 422 when the model's output for these inputs is not finite: JSON cannot carry
+    NaN or infinity (the answer failed as a 500), and as binary they would be no answer either. Finite
+    inputs of a wild scale (1e38) overflow the model's float32 arithmetic."""
+    bad = ~np.isfinite(probs).all(axis=tuple(range(1, probs.ndim)))
+    if bad.any():
+        raise V2Error(
+            f"the model's output is not finite (NaN or infinity) for image(s) {np.flatnonzero(bad).tolist()}: "
+            "the input is far outside what the model was trained on (see the model card's preprocessing)",
+            reason="non_finite_output",
+            status_code=422,
+        )
+    return probs
 
 
 def _wants_binary(request: V2InferRequest) -> bool:
@@ -207,7 +241,7 @@ def build_v2_router(auth: list) -> APIRouter:
             probs = await core.infer(_parse_tensor(spec, payload, core))
         else:
             raise V2Error(f"unknown input {spec.name!r}; expected {BYTES_INPUT!r} or {TENSOR_INPUT!r}")
-        probs = np.ascontiguousarray(probs, dtype=np.float32)
+        probs = _finite_outputs(np.ascontiguousarray(probs, dtype=np.float32))
         out: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)}
         answer = {"model_name": core.model.name, "model_version": core.model.version, "outputs": [out]}
         if request_json.id is not None:

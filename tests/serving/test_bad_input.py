@@ -1,16 +1,19 @@
 """Bad input gets a 4xx with a reason, never a 500 (issue 16): control characters and over-long ids on
-every form of /v1/audit, multipart fields checked by the same models as JSON, and top_k and
-Content-Length that only look like numbers."""
+every form of /v1/audit, multipart fields checked by the same models as JSON, top_k and Content-Length
+that only look like numbers, and v2 requests that used to crash the route."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import json
+import struct
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from httpkit import connect, post, read_response
 from PIL import Image
 from starlette.requests import Request
 
@@ -121,3 +124,94 @@ def test_content_length_is_read_as_ascii_digits_only(declared):
         return chunks.pop(0)
 
     assert asyncio.run(read_body(Request(scope, receive), 10)) == b"abc"
+
+
+# -- /v2 on a real server: every bad body is a 4xx and the keep-alive connection stays up -------------
+
+
+def v2_images(data, *, shape=(1, 1, 28, 28), **extra) -> bytes:
+    spec = {"name": "images", "datatype": "FP32", "shape": list(shape), "data": data}
+    return json.dumps({"inputs": [spec], **extra}).encode()  # json.dumps writes NaN and Infinity as such
+
+
+def v2_binary_images(values: np.ndarray) -> tuple[bytes, dict]:
+    raw = values.astype("<f4").tobytes()
+    spec = {"name": "images", "datatype": "FP32", "shape": [1, 1, 28, 28], "parameters": {"binary_data_size": len(raw)}}
+    header = json.dumps({"inputs": [spec]}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def deep(levels: int) -> bytes:
+    return (
+        b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1], "data": '
+        + b"[" * levels
+        + b"]" * levels
+        + b"}]}"
+    )
+
+
+BAD_V2 = {
+    "nan": (v2_images([float("nan")] + [0.0] * 783), "not finite"),
+    "infinity": (v2_images([float("inf")] + [0.0] * 783), "not finite"),
+    "1e400": (v2_images([0.0] * 783 + [1e400]), "not finite"),
+    "huge-integer": (v2_images([0.0] * 784).replace(b"0.0]", b"1" + b"0" * 400 + b"]"), ""),
+    "1e38": (v2_images([1e38] * 784), "not finite"),  # finite input, overflowing model: NaN/inf out
+    "1e38-binary-out": (v2_images([1e38] * 784, parameters={"binary_data_output": True}), "not finite"),
+    "bytes-above-latin-1": (
+        json.dumps(
+            {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["\u0100"]}]}
+        ).encode(),
+        "U+00FF",
+    ),
+    "lone-surrogate": (
+        b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["\\ud800"]}]}',
+        "",
+    ),
+    "deep-json": (deep(100_000), ""),
+    "deep-json-within-limit": (deep(150), ""),
+}
+
+
+def test_bad_v2_bodies_are_4xx_and_keep_the_connection(gateway):
+    url = "/v2/models/labelaudit/infer"
+    binary_nan, binary_headers = v2_binary_images(np.full(784, np.nan, dtype=np.float32))
+    cases = [*((name, body, {}, words) for name, (body, words) in BAD_V2.items()),
+             ("nan-binary", binary_nan, binary_headers, "not finite")]  # fmt: skip
+    with connect(gateway) as sock:
+        for name, body, headers, words in cases:
+            sock.sendall(post(url, body, headers=headers))
+            status, _, answer = read_response(sock)
+            assert 400 <= status < 500, f"{name}: {status} {answer[:300]!r}"
+            assert words in json.loads(answer)["error"], f"{name}: {answer[:300]!r}"
+        sock.sendall(post(url, v2_images([0.5] * 784)))  # the same connection still serves
+        status, _, answer = read_response(sock)
+        assert status == 200 and np.isfinite(json.loads(answer)["outputs"][0]["data"]).all()
+
+
+def test_v1_and_v2_refuse_the_same_deep_json(client):
+    body = deep(100_000)
+    v1 = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    v2 = client.post("/v2/models/labelaudit/infer", content=body)
+    assert v1.status_code == 422 and 400 <= v2.status_code < 500
+    assert "recursion limit" in v1.json()["detail"] and "recursion limit" in v2.json()["error"]
+
+
+def test_v2_binary_header_length_must_be_plain_digits(client):
+    body, _ = v2_binary_images(np.zeros(784, dtype=np.float32))
+    for bad in ("²".encode("latin-1"), b"-5", b" 7", str(len(body) + 1).encode()):
+        r = client.post("/v2/models/labelaudit/infer", content=body, headers={"Inference-Header-Content-Length": bad})
+        assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
+
+
+def test_v2_bytes_json_data_is_one_byte_per_character(client):
+    """Characters up to U+00FF are the bytes 0 to 255 (latin-1): a PNG sent that way decodes."""
+    spec = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [GOOD.decode("latin-1")]}
+    r = client.post("/v2/models/labelaudit/infer", json={"inputs": [spec]})
+    assert r.status_code == 200, r.text
+    packed = struct.pack("<I", len(GOOD)) + GOOD  # the same image through the binary extension
+    spec = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(packed)}}
+    header = json.dumps({"inputs": [spec]}).encode()
+    binary = client.post("/v2/models/labelaudit/infer", content=header + packed,
+                         headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    assert binary.status_code == 200
+    np.testing.assert_allclose(r.json()["outputs"][0]["data"], json.loads(binary.content)["outputs"][0]["data"])
