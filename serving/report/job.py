@@ -16,9 +16,19 @@ from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.render import render_html
 from labelaudit.serving.report.thumbnails import load_thumbnails
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 STEPS = 9  # progress ticks: the build's six steps (SQL), thumbnails, figures and page, files
 QUEUE_COLUMNS = ("rank", "item_id", "labeler_id", "human_label", "predicted_label", "predicted_probability",
                  "label_probability", "score", "other_labels", "agreeing_labels", "created_at")  # fmt: skip
+
+
+def spreadsheet_cell(value: object) -> object:
+    """``value`` for a CSV that people open in a spreadsheet: a string that starts like a formula gets a
+    leading ``'`` so it stays text (OWASP's CSV injection rule; an item id like ``=HYPERLINK(...)`` would
+    otherwise run). Numbers are written as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 class ReportError(LabelAuditError):
@@ -96,7 +106,6 @@ def _write(folder: Path, report: Report, html: str) -> Written:
         writer = csv.writer(f)
         writer.writerow([*QUEUE_COLUMNS, "model_name", "model_version"])
         for q in report.relabel_queue:
-            writer.writerow(
-                [getattr(q, c) for c in QUEUE_COLUMNS] + [report.model.model_name, report.model.model_version]
-            )
+            cells = [getattr(q, c) for c in QUEUE_COLUMNS] + [report.model.model_name, report.model.model_version]
+            writer.writerow([spreadsheet_cell(cell) for cell in cells])
     return Written(folder, *paths, report)
