@@ -87,7 +87,13 @@ class Settings(BaseSettings):
 
     # -- security --------------------------------------------------------------------------------
     api_key: SecretStr | None = None
-    """When set, every request needs ``Authorization: Bearer <key>`` (or ``X-API-Key``)."""
+    """When set, the API needs ``Authorization: Bearer <key>`` (or ``X-API-Key``): ``/v1/classify``,
+    ``/v1/audit``, ``/v1/models`` and the v2 model routes (metadata, readiness, inference). Open without it,
+    on purpose: the probes (``/healthz``, ``/readyz``, ``/v2/health/live``, ``/v2/health/ready``, and the v2
+    server metadata ``/v2``), which the kubelet calls without credentials; ``/metrics``, which Prometheus
+    scrapes without them; and the API's description (``/docs``, ``/redoc``, ``/openapi.json``). None of
+    them carries an image, a label or a verdict; keep the port off the internet all the same (the chart's
+    NetworkPolicy)."""
 
     # -- the Kafka stream (labelaudit consume / produce) ------------------------------------------
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
