@@ -26,6 +26,25 @@ class LabelAuditError(Exception):
             self.status_code = status_code
 
 
+class Unavailable(LabelAuditError):
+    """Something the audit depends on is away for now (the store, the inference server): nothing is wrong
+    with the input. HTTP answers 503 with ``Retry-After``; the consumer retries the whole batch with backoff
+    and never dead-letters for it."""
+
+    status_code = 503
+    reason = "unavailable"
+
+    def __init__(self, message: str, *, reason: str | None = None, retry_after_s: float = 5.0):
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(Unavailable):
+    """The audit store cannot be reached or lost its connection (a database restart, a network cut)."""
+
+    reason = "store_unavailable"
+
+
 class ImageError(LabelAuditError):
     """An image that cannot be decoded or converted to the model's input."""
 

@@ -21,6 +21,9 @@ RELABEL_SCHEMA = "labelaudit.relabel.v1"
 # Headers added to a dead letter (values are UTF-8): why it failed and where it came from.
 DLQ_REASON, DLQ_ERROR = "labelaudit.dlq.reason", "labelaudit.dlq.error"
 DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET = "labelaudit.dlq.topic", "labelaudit.dlq.partition", "labelaudit.dlq.offset"
+# Set when the DLQ could not take the record whole: the original value's size in bytes; the value and key
+# carried are their first bytes (the original stays at topic/partition/offset while the topic keeps it).
+DLQ_TRUNCATED = "labelaudit.dlq.truncated"
 
 
 class ImageMessage(BaseModel):

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     store_url: SecretStr = SecretStr("sqlite:///labelaudit-audit.db")
     """Where verdicts go: ``sqlite:///path.db`` (default, WAL) or ``postgresql://user:pw@host/db`` (a secret:
     the URL may carry a password)."""
+    store_timeout_s: float = Field(default=5.0, gt=0)
+    """How long a PostgreSQL write waits for a live connection (the server restarting) before the gateway
+    answers 503 with Retry-After; the consumer keeps retrying the batch."""
+    ready_requires_store: bool = True
+    """``/readyz`` answers 503 while the audit store does not answer. Every replica shares the store, so
+    during an outage all of them leave the Service at once, /v1/classify included: turn this off when
+    classification must stay up while audits cannot be recorded (those then answer 503 themselves)."""
 
     http_workers: int = Field(default=0, ge=0)
     """Gateway processes (uvicorn workers) sharing the port; each has its own model session and batcher.
@@ -84,6 +91,11 @@ class Settings(BaseSettings):
     """Largest encoded image accepted."""
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     """Decompression-bomb guard: width x height above this is refused."""
+    max_decoding_pixels: int = Field(default=120_000_000, gt=0)
+    """The gateway's admission by decoding work: pixels (width x height as the images' headers declare them)
+    that one worker decodes at once. A request declaring more in all is refused (413, reason
+    ``too_many_pixels``); one that does not fit yet waits, and past as many pixels waiting it gets 429. Raise
+    it for requests carrying many large photos."""
 
     # -- security --------------------------------------------------------------------------------
     api_key: SecretStr | None = None
@@ -113,6 +125,15 @@ class Settings(BaseSettings):
     """Messages per poll, audited as one batch (one inference call, one store transaction, one commit)."""
     consume_max_inflight_batches: int = Field(default=3, ge=1)
     """Batches polled but not yet committed; past it the partitions are paused until the model catches up."""
+    consume_poison_attempts: int = Field(default=3, ge=1)
+    """A failing batch is split until the record that fails is alone; tried this many times alone, it goes
+    to the DLQ with reason ``processing_error`` and the rest is audited. A store or backend that is away
+    (``StoreUnavailable``, ``BackendUnavailable``) is waited out instead, never dead-lettered."""
+    consume_retry_max_s: float = Field(default=30.0, gt=0)
+    """The longest pause between two retries of a failing batch (the backoff doubles up to it)."""
+    consume_drain_timeout_s: float = Field(default=30.0, gt=0)
+    """On SIGTERM or a rebalance: how long to wait for the batches in flight; those still failing then are
+    left uncommitted (the next owner replays them) and the consumer exits."""
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     """A larger message on the images topic goes to the DLQ (reason ``message_too_large``)."""

@@ -58,6 +58,17 @@ def postgres_url() -> str:
     shutil.rmtree(where, ignore_errors=True)
 
 
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test's own, to stop and start mid-test: ``{"dir", "port", "url"}``."""
+    where = tempfile.mkdtemp(prefix="labelaudit-pg-own-")  # under /tmp: as root it runs as the postgres user
+    port = str(free_port())
+    run_script("scripts/postgres.sh", "start", where, port)
+    yield {"dir": where, "port": port, "url": run_script("scripts/postgres.sh", "url", where).strip()}
+    run_script("scripts/postgres.sh", "stop", where)
+    shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path) -> str:
     """Each test gets an empty store of each kind."""

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from labelaudit.errors import LabelAuditError
+from labelaudit.errors import Unavailable
 from labelaudit.serving.core.model_repo import ServedModel
 from labelaudit.serving.settings import Settings, intra_op_threads
 
@@ -28,8 +28,7 @@ _OPT_LEVELS = {
 }
 
 
-class BackendUnavailable(LabelAuditError):
-    status_code = 503
+class BackendUnavailable(Unavailable):
     reason = "backend_unavailable"
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from labelaudit.errors import ImageError
 from labelaudit.imaging.preprocess import normalize, pixels_from_bytes
+from labelaudit.serving.core.admission import PixelBudget, declared_pixels
 from labelaudit.serving.core.model_repo import ServedModel
 from labelaudit.serving.settings import Settings
 
@@ -22,9 +23,19 @@ DECODE_SLICES = max(1, min(4, os.cpu_count() or 1))
 
 
 class InferenceCore:
-    def __init__(self, model: ServedModel, infer: Callable[[np.ndarray], Awaitable[np.ndarray]], settings: Settings):
+    def __init__(
+        self,
+        model: ServedModel,
+        infer: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        settings: Settings,
+        *,
+        budget: PixelBudget | None = None,
+    ):
         self.model, self.infer, self.settings = model, infer, settings
         self.classes = model.card.classes
+        # The gateway's admission by declared pixels (see admission.py); the consumer decodes one batch at
+        # a time and needs none.
+        self.budget = budget
         # Entered around decoding: the gateway's micro-batcher sets it (MicroBatcher.coming) to know which
         # requests are on their way to it.
         self.coming: Callable[[], AbstractContextManager] = nullcontext
@@ -63,8 +74,12 @@ class InferenceCore:
         names = list(range(len(images))) if names is None else names
         if not images:
             return []
-        with self.coming():
-            return await self._decode(images, names)
+        if self.budget is None:
+            with self.coming():
+                return await self._decode(images, names)
+        async with self.budget.hold(sum(map(declared_pixels, images))):
+            with self.coming():
+                return await self._decode(images, names)
 
     async def _decode(self, images: list[bytes], names: list[int | str]) -> list:
         loop = asyncio.get_running_loop()  # run_in_executor: to_thread's context copy is per-request overhead

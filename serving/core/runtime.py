@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labelaudit.serving.core.admission import PixelBudget
 from labelaudit.serving.core.audit import Auditor
 from labelaudit.serving.core.backends import Backend, OnnxRuntimeBackend, TritonBackend
 from labelaudit.serving.core.inference import InferenceCore
@@ -43,16 +44,19 @@ def chunked(backend: Backend, max_batch_size: int):
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings, *, wrap_infer=None) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, *, wrap_infer=None, budget: PixelBudget | None = None
+) -> AsyncIterator[Runtime]:
     """``wrap_infer(backend)`` returns the inference callable the core uses (the gateway puts its
-    micro-batcher there); by default the backend is called in chunks of ``max_batch_size``."""
+    micro-batcher there); by default the backend is called in chunks of ``max_batch_size``. ``budget``:
+    admission by declared pixels before decoding (the gateway's)."""
     model = resolve_model(settings.model_repo, settings.model_name, settings.model_version)
     backend = open_backend(model, settings)
     store = None
     try:
         infer = wrap_infer(backend) if wrap_infer else chunked(backend, settings.max_batch_size)
-        core = InferenceCore(model, infer, settings)
-        store = open_store(settings.store_url.get_secret_value())
+        core = InferenceCore(model, infer, settings, budget=budget)
+        store = open_store(settings.store_url.get_secret_value(), timeout_s=settings.store_timeout_s)
         yield Runtime(model, backend, core, store, Auditor(core, store))
     finally:
         await backend.close()

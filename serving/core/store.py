@@ -3,6 +3,10 @@
 SQLite (WAL, synchronous=FULL so a commit survives a crash) is the default; PostgreSQL through psycopg
 (``postgresql://...``) for teams with a database server. ``write`` says, per record, whether it was new;
 duplicates are ignored, never doubled.
+
+A store that is away (PostgreSQL restarting, SQLite locked past its busy timeout) raises
+``StoreUnavailable``: the gateway answers 503 with Retry-After, the consumer retries the batch. Any other
+error (a row the database refuses) is the record's own problem and propagates as it is.
 """
 
 from __future__ import annotations
@@ -11,10 +15,16 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from labelaudit.errors import StoreUnavailable
 from labelaudit.schemas.audit import AuditRecord
+
+if TYPE_CHECKING:
+    import psycopg
 
 COLUMNS = (
     "item_id", "labeler_id", "human_label", "predicted_label", "label_probability", "predicted_probability",
@@ -38,6 +48,7 @@ CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);
 
 class AuditStore(Protocol):
     def write(self, records: list[AuditRecord]) -> list[bool]: ...
+    def ready(self) -> bool: ...
     def count(self) -> int: ...
     def select(self, sql: str, params: tuple = ()) -> list[tuple]: ...
     def close(self) -> None: ...
@@ -76,14 +87,22 @@ class SqliteStore:
         placeholders = ", ".join("?" for _ in COLUMNS)
         sql = f"INSERT OR IGNORE INTO audit_records ({', '.join(COLUMNS)}) VALUES ({placeholders})"
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")  # waits out another writer up to the busy timeout
+            except sqlite3.OperationalError as exc:  # locked past it, disk I/O: the store, not the records
+                raise StoreUnavailable(f"SQLite store: {exc}") from exc
             try:
                 new = [self._conn.execute(sql, _row(r)).rowcount == 1 for r in records]
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreUnavailable(f"SQLite store: {exc}") from exc
                 raise
             return new
+
+    def ready(self) -> bool:
+        return True  # a local file: when it cannot be written, ``write`` says why
 
     def count(self) -> int:
         with self._lock:
@@ -114,18 +133,45 @@ CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);
 
 
 class PostgresStore:
-    """The same table in PostgreSQL; a commit is durable (synchronous_commit stays on)."""
+    """The same table in PostgreSQL; a commit is durable (synchronous_commit stays on).
 
-    def __init__(self, url: str):
-        import psycopg  # only needed for this store
+    Connections come from a psycopg_pool pool that checks each one before handing it out, so after the
+    server restarts the next write gets a fresh connection instead of failing on a dead one. While the
+    server is away, a call waits up to ``timeout_s`` for a connection, then raises ``StoreUnavailable``.
+    """
 
-        self._conn = psycopg.connect(url, autocommit=False)
-        self._lock = threading.Lock()
-        with self._conn.transaction():
+    def __init__(self, url: str, *, timeout_s: float = 5.0, max_connections: int = 4):
+        from psycopg_pool import ConnectionPool  # only needed for this store
+
+        self.timeout_s = timeout_s
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": max(2, round(timeout_s))},
+            name="labelaudit-store",
+            open=False,
+        )
+        self._pool.open(wait=True, timeout=30.0)  # at start a database that is not there is an error
+        with self._connection() as conn:
             # Two processes creating the table at once would race; an advisory lock serialises them.
-            self._conn.execute("SELECT pg_advisory_xact_lock(724716)")
-            self._conn.execute(POSTGRES_SCHEMA)
-        self._conn.commit()
+            conn.execute("SELECT pg_advisory_xact_lock(724716)")
+            conn.execute(POSTGRES_SCHEMA)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection in a transaction, committed on exit; a lost or missing server is
+        ``StoreUnavailable``, an error about the statement itself propagates."""
+        import psycopg
+
+        try:
+            with self._pool.connection(timeout=self.timeout_s) as conn:
+                yield conn
+        except psycopg.OperationalError as exc:  # includes the pool's PoolTimeout
+            raise StoreUnavailable(
+                f"PostgreSQL store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
 
     def write(self, records: list[AuditRecord]) -> list[bool]:
         """All records in one INSERT and one transaction; True where the record was new."""
@@ -137,8 +183,8 @@ class PostgresStore:
             "ON CONFLICT (item_id, labeler_id, model_version) DO NOTHING RETURNING item_id, labeler_id, model_version"
         )
         params = [value for r in records for value in _row(r)]
-        with self._lock, self._conn.transaction():
-            inserted = set(self._conn.execute(sql, params).fetchall())
+        with self._connection() as conn:
+            inserted = set(conn.execute(sql, params).fetchall())
         new = []
         for r in records:  # the first of two identical keys in one batch is the new one
             key = (r.item_id, r.labeler_id, r.model_version)
@@ -146,9 +192,18 @@ class PostgresStore:
             inserted.discard(key)
         return new
 
+    def ready(self) -> bool:
+        """The server answers a trivial query within the timeout."""
+        try:
+            with self._connection() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except StoreUnavailable:
+            return False
+
     def count(self) -> int:
-        with self._lock, self._conn.transaction():
-            return self._conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+        with self._connection() as conn:
+            return conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
 
     def select(self, sql: str, params: tuple = ()) -> list[tuple]:
         """As ``SqliteStore.select``: ``?`` placeholders become psycopg's ``%s`` (a literal ``%`` is kept).
@@ -157,19 +212,19 @@ class PostgresStore:
         statistics are stale (freshly filled, not yet analysed) the planner picks nested loops that make
         their joins quadratic (measured: 16 s instead of 0.05 s on 3,000 records).
         """
-        with self._lock, self._conn.transaction():
-            self._conn.execute("SET LOCAL enable_nestloop = off")
-            return self._conn.execute(sql.replace("%", "%%").replace("?", "%s"), params).fetchall()
+        with self._connection() as conn:
+            conn.execute("SET LOCAL enable_nestloop = off")
+            return conn.execute(sql.replace("%", "%%").replace("?", "%s"), params).fetchall()
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._pool.close()
 
 
-def open_store(url: str) -> AuditStore:
-    """``sqlite:///path/to/file.db`` or ``postgresql://user:password@host:port/database``."""
+def open_store(url: str, *, timeout_s: float = 5.0) -> AuditStore:
+    """``sqlite:///path/to/file.db`` or ``postgresql://user:password@host:port/database``; ``timeout_s``:
+    how long a PostgreSQL call waits for a connection before ``StoreUnavailable``."""
     if url.startswith("sqlite:///"):
         return SqliteStore(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
+        return PostgresStore(url, timeout_s=timeout_s)
     raise ValueError(f"unsupported store URL {url.split(':', 1)[0]!r}: use sqlite:///path.db or postgresql://host/db")

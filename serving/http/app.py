@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -15,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from labelaudit import __version__
-from labelaudit.errors import LabelAuditError
+from labelaudit.errors import LabelAuditError, StoreUnavailable
 from labelaudit.schemas.api import (
     ClassifyForm,
     ClassifyRequest,
@@ -26,6 +27,7 @@ from labelaudit.schemas.api import (
 )
 from labelaudit.schemas.audit import AuditForm, AuditRequest, AuditResponse
 from labelaudit.schemas.model_card import ModelCard
+from labelaudit.serving.core.admission import PixelBudget
 from labelaudit.serving.core.audit import AuditItem, Auditor
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.runtime import open_runtime
@@ -146,7 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.batcher = InFlightLimit(backend.infer, max_queue_images=settings.max_queue_images)
             return app.state.batcher.submit
 
-        async with open_runtime(settings, wrap_infer=gather) as runtime:
+        budget = PixelBudget(settings.max_decoding_pixels)
+        async with open_runtime(settings, wrap_infer=gather, budget=budget) as runtime:
             await app.state.batcher.start()
             app.state.core, app.state.backend, app.state.auditor = runtime.core, runtime.backend, runtime.auditor
             runtime.core.coming = getattr(app.state.batcher, "coming", runtime.core.coming)
@@ -225,10 +228,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz(request: Request) -> dict[str, str]:
-        """The model is loaded and the backend answers."""
+        """The model is loaded, the backend answers and (unless ``ready_requires_store`` is off) so does
+        the audit store."""
         core = getattr(request.app.state, "core", None)
         if core is None or not await request.app.state.backend.ready():
             raise LabelAuditError("model or backend not ready", reason="not_ready", status_code=503)
+        if settings.ready_requires_store and not await asyncio.to_thread(request.app.state.auditor.store.ready):
+            raise StoreUnavailable("the audit store does not answer")
         return {"status": "ready", "model": core.model.name, "version": core.model.version}
 
     app.include_router(build_v2_router(auth))

@@ -19,18 +19,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from labelaudit.errors import LabelAuditError
+from labelaudit.serving.core.admission import Overloaded
 
 Release = Literal["full", "timeout", "idle"]
-
-
-class Overloaded(LabelAuditError):
-    status_code = 429
-    reason = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class BatchObserver(Protocol):

@@ -41,7 +41,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LabelAuditError)
     async def _ours(request: Request, exc: LabelAuditError) -> JSONResponse:
-        return error_response(request, exc.status_code, exc.reason, str(exc))
+        retry = getattr(exc, "retry_after_s", None)  # 503s for a store or backend that is away for now
+        headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else None
+        return error_response(request, exc.status_code, exc.reason, str(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,9 +14,16 @@ item, labeler and model version), so nothing is written twice; the relabel topic
 again, with the same ``request_id``. Step 2 runs in a worker thread while the main thread keeps polling,
 so at most ``consume_max_inflight_batches`` batches are in flight; past that the partitions are paused
 and ``poll`` only keeps the group membership alive, so memory stays flat and a slow model or store never
-gets the consumer thrown out of its group. A batch whose audit fails as a whole (the backend or the
-store unreachable) is retried with backoff, never skipped. SIGTERM or SIGINT: finish the batches in
-flight, commit, leave the group, exit.
+gets the consumer thrown out of its group.
+
+One bad message never stops the stream. A batch whose audit fails because the store or the backend is
+away (``Unavailable``) is retried whole with backoff, never skipped. Any other failure is the batch's
+content: the batch is split in halves until the record that fails is alone, that record is tried
+``consume_poison_attempts`` times and then dead-lettered with reason ``processing_error``, and the rest
+is audited. Retries wait on the worker's event loop, so the main thread keeps settling the batches that
+are done and committing the partitions a failing batch does not hold. SIGTERM or SIGINT (or a
+rebalance): batches in backoff give up, the others finish within ``consume_drain_timeout_s``, what is
+done is committed, the rest is left for a replay; then the consumer leaves the group and exits.
 """
 
 from __future__ import annotations
@@ -32,15 +39,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from labelaudit.errors import LabelAuditError
+from labelaudit.errors import LabelAuditError, Unavailable
 from labelaudit.serving.core.audit import Stages
 from labelaudit.serving.core.runtime import Runtime, open_runtime
 from labelaudit.serving.settings import Settings
-from labelaudit.serving.stream.messages import dead_letter_headers, parse_record, relabel_request
+from labelaudit.serving.stream.messages import dead_letter, parse_record, relabel_request
 from labelaudit.serving.stream.producer import ensure_topics
 
 log = logging.getLogger("labelaudit.stream")
@@ -50,6 +57,20 @@ BATCH_SECONDS = Histogram("labelaudit_consumer_batch_seconds", "Poll-to-commit t
 LAG = Gauge("labelaudit_consumer_lag", "Messages behind the partition's end", ["topic", "partition"])
 PAUSED = Gauge("labelaudit_consumer_paused", "1 while the partitions are paused for back-pressure")
 RETRIES = Counter("labelaudit_consumer_batch_retries_total", "Batches retried after a failed audit")
+# The frame limit for fetches: above any topic's max.message.bytes we expect (the broker default is 1 MiB;
+# teams raise it to a few MiB for images). kafka-python allocates per frame received, not this much.
+RECORD_FRAME_MAX_BYTES = 128 * 1_048_576
+SPLITS = Counter("labelaudit_consumer_batch_splits_total", "Failing batches split to isolate a poison record")
+
+
+class ProcessingError(LabelAuditError):
+    """A record whose audit failed alone, again and again, for a reason that is not a bad input we know."""
+
+    reason = "processing_error"
+
+
+class Abandoned(Exception):
+    """A failing batch gave up because the consumer is stopping or losing its partitions."""
 
 
 @dataclass
@@ -70,13 +91,30 @@ class BatchResult:
     audited: int
     new: int
 
+    def __add__(self, other: BatchResult) -> BatchResult:
+        return BatchResult(
+            self.records + other.records, self.relabels + other.relabels, self.dead + other.dead,
+            self.audited + other.audited, self.new + other.new,
+        )  # fmt: skip
+
 
 @dataclass
 class _InFlight:
     records: list
     future: Future
     polled_at: float = field(default_factory=time.monotonic)
-    attempts: int = 1
+    settled: bool = False  # produced and acknowledged; committed once no earlier batch holds its partitions
+    abandoned: bool = False  # gave up while stopping: never committed here, replayed by the next owner
+    produce_again_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Per partition, the first offset and the offset to commit after it (records are in poll order).
+        self.starts: dict[TopicPartition, int] = {}
+        self.ends: dict[TopicPartition, int] = {}
+        for r in self.records:
+            tp = TopicPartition(r.topic, r.partition)
+            self.starts.setdefault(tp, r.offset)
+            self.ends[tp] = r.offset + 1
 
 
 class StreamConsumer:
@@ -85,6 +123,7 @@ class StreamConsumer:
         self.stop_when_idle_s, self.max_messages = stop_when_idle_s, max_messages
         self.stats = ConsumerStats()
         self._stop = threading.Event()
+        self._giving_up = threading.Event()  # set while draining: batches in backoff stop retrying
         self._inflight: deque[_InFlight] = deque()
         self._committed: dict[TopicPartition, int] = {}  # what this process committed, for the lag metric
         self._loop = asyncio.new_event_loop()
@@ -127,6 +166,91 @@ class StreamConsumer:
                 relabels.append(relabel_request(verdict))
         return BatchResult(records, relabels, dead, audited, new)
 
+    async def _audit_resilient(self, records: list) -> BatchResult:
+        """``_audit``, waiting out a store or backend that is away and isolating the records that fail.
+
+        ``Unavailable``: the same records again after a backoff, for as long as it lasts. Any other error:
+        the batch is split in halves, recursively, until each failing record is alone; everything else is
+        audited first, then each failing record is tried up to ``consume_poison_attempts`` times in all
+        and dead-lettered if it still fails. Raises ``Abandoned`` when the consumer drains meanwhile.
+        """
+        try:
+            return await self._audit_waiting(records)
+        except Abandoned:
+            raise
+        except Exception as exc:
+            result, failing = await self._isolate(records, exc)
+        for record, exc in failing:
+            result += await self._retry_alone(record, exc)
+        return result
+
+    async def _audit_waiting(self, records: list) -> BatchResult:
+        waits = 0
+        while True:
+            try:
+                return await self._audit(records)
+            except Unavailable as exc:
+                waits += 1
+                RETRIES.inc()
+                await self._pause(
+                    waits, f"{len(records)} records wait for the {exc.reason.removesuffix('_unavailable')}: {exc}"
+                )
+
+    async def _isolate(self, records: list, exc: Exception) -> tuple[BatchResult, list[tuple[object, Exception]]]:
+        """A batch that failed with ``exc``, split until each failing record is alone: (what the good
+        parts gave, the failing records with their errors, each tried once alone)."""
+        if len(records) == 1:
+            self._log_alone(records[0], 1, exc)
+            return BatchResult([], [], [], 0, 0), [(records[0], exc)]
+        SPLITS.inc()
+        log.warning("a batch of %d failed (%s: %s); splitting it to find the records that fail", len(records),
+                    type(exc).__name__, exc)  # fmt: skip
+        mid = len(records) // 2
+        result, failing = BatchResult([], [], [], 0, 0), []
+        for half in (records[:mid], records[mid:]):
+            try:
+                result += await self._audit_waiting(half)
+            except Abandoned:
+                raise
+            except Exception as half_exc:
+                part, part_failing = await self._isolate(half, half_exc)
+                result, failing = result + part, failing + part_failing
+        return result, failing
+
+    async def _retry_alone(self, record, exc: Exception) -> BatchResult:
+        """A record that failed alone once: tried again after a backoff until ``consume_poison_attempts``
+        tries in all, then dead-lettered with reason ``processing_error``."""
+        attempts = self.settings.consume_poison_attempts
+        for attempt in range(2, attempts + 1):
+            await self._pause(attempt - 1, "a record that failed alone is tried again")
+            try:
+                return await self._audit_waiting([record])
+            except Abandoned:
+                raise
+            except Exception as again:
+                exc = again
+                self._log_alone(record, attempt, exc)
+        # The cause's type only: its text may hold the host's paths or data (the log has it all).
+        error = ProcessingError(f"failed {attempts} times alone: {type(exc).__name__}")
+        return BatchResult([record], [], [(record, error)], 0, 0)
+
+    def _log_alone(self, record, attempt: int, exc: Exception) -> None:
+        log.warning("%s[%d]@%d failed alone (try %d of %d)", record.topic, record.partition, record.offset, attempt,
+                    self.settings.consume_poison_attempts, exc_info=exc)  # fmt: skip
+
+    async def _pause(self, attempt: int, why: str) -> None:
+        """Back off before retry ``attempt`` (0.5 s doubling, up to ``consume_retry_max_s``), on this event
+        loop so the main thread goes on; ``Abandoned`` as soon as the consumer drains."""
+        delay = min(self.settings.consume_retry_max_s, 0.5 * 2 ** min(attempt, 10))
+        log.error("%s; retrying in %.1fs (attempt %d)", why, delay, attempt)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self._giving_up.is_set():
+                raise Abandoned
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        if self._giving_up.is_set():
+            raise Abandoned
+
     # -- the Kafka side (main thread) -----------------------------------------------------------------
 
     def _clients(self) -> tuple[KafkaConsumer, KafkaProducer]:
@@ -142,8 +266,10 @@ class StreamConsumer:
             fetch_max_bytes=fetch_bytes,
             max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes + 1024),
             # kafka-python refuses network frames above 1 MB by default, whatever fetch_max_bytes says:
-            # a fetch of several images would fail forever ("Invalid frame length").
-            receive_message_max_bytes=fetch_bytes + 1_048_576,
+            # a fetch of several images would fail forever ("Invalid frame length"). The broker hands out
+            # one record above the fetch sizes whole (to make progress), so the frame limit must also pass
+            # the largest record a topic may hold, or that one record stalls the partition for good.
+            receive_message_max_bytes=max(fetch_bytes, RECORD_FRAME_MAX_BYTES) + 1_048_576,
             client_id="labelaudit-consumer",
         )
         producer = KafkaProducer(
@@ -163,23 +289,88 @@ class StreamConsumer:
         except KafkaError as exc:
             log.warning("could not check or create the output topics (%s); they must exist", exc)
 
-    def _finish(self, consumer: KafkaConsumer, producer: KafkaProducer, result: BatchResult) -> None:
-        """Produce, wait for the acknowledgements, then commit: in that order, or not at all."""
+    def _produce(self, producer: KafkaProducer, result: BatchResult) -> None:
+        """Send the dead letters and relabel requests and wait until the broker acknowledged every one
+        (raises ``KafkaError`` if it did not). A dead letter too large for the DLQ whole (the producer's
+        ``max_request_size`` or the topic's ``max.message.bytes``) is sent again truncated."""
         s = self.settings
-        futures = [
-            producer.send(s.kafka_dlq_topic, key=r.key, value=r.value, headers=dead_letter_headers(r, exc))
-            for r, exc in result.dead
-        ]
-        futures += [producer.send(s.kafka_relabel_topic, key=k, value=v) for k, v in result.relabels]
+
+        def send_dead(record, exc, *, truncate: bool = False):
+            letter = dead_letter(record, exc, truncate=truncate)
+            return producer.send(s.kafka_dlq_topic, key=letter.key, value=letter.value, headers=letter.headers)
+
+        dead = [(send_dead(r, exc), r, exc) for r, exc in result.dead]
+        relabels = [producer.send(s.kafka_relabel_topic, key=k, value=v) for k, v in result.relabels]
         producer.flush()
-        for f in futures:
+        again = []
+        for future, r, exc in dead:
+            try:
+                future.get(timeout=60)
+            except MessageSizeTooLargeError:
+                log.warning("dead letter %s[%d]@%d is too large for the DLQ; sending it truncated", r.topic,
+                            r.partition, r.offset)  # fmt: skip
+                again.append(send_dead(r, exc, truncate=True))
+        producer.flush()
+        for f in again + relabels:
             f.get(timeout=60)  # raises if the broker did not take it: then nothing is committed
+
+    def _settle(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        """Produce the output of every finished batch, in any order, then commit what is contiguous."""
+        for batch in self._inflight:
+            if batch.settled or batch.abandoned or not batch.future.done():
+                continue
+            if time.monotonic() < batch.produce_again_at:
+                continue
+            try:
+                result = batch.future.result()
+            except Abandoned:
+                batch.abandoned = True
+                continue
+            try:
+                self._produce(producer, result)
+            except KafkaError as exc:  # the broker did not acknowledge: produce again shortly, never skip
+                RETRIES.inc()
+                log.error("producing a batch's output failed (%s); trying again in 1s", exc)
+                batch.produce_again_at = time.monotonic() + 1.0
+                continue
+            batch.settled = True
+            self._count(result)
+        self._commit(consumer)
+
+    def _commit(self, consumer: KafkaConsumer) -> None:
+        """Commit each partition up to the first record of its oldest batch not yet settled (a batch still
+        retrying holds back its own partitions only), and forget the batches committed whole."""
+        held: dict[TopicPartition, int] = {}  # partition -> first offset not yet settled
+        for batch in self._inflight:
+            if not batch.settled:
+                for tp, start in batch.starts.items():
+                    held[tp] = min(held.get(tp, start), start)
         offsets: dict[TopicPartition, int] = {}
-        for r in result.records:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
-        consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-        self._committed.update(offsets)
+        done = []
+        for batch in self._inflight:
+            if not batch.settled:
+                continue
+            free = {tp: end for tp, end in batch.ends.items() if tp not in held or end <= held[tp]}
+            for tp, end in free.items():
+                offsets[tp] = max(offsets.get(tp, -1), end)
+            if len(free) == len(batch.ends):
+                done.append(batch)
+        offsets = {tp: o for tp, o in offsets.items() if o > self._committed.get(tp, -1)}
+        if offsets:
+            try:
+                consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+                self._committed.update(offsets)
+            except CommitFailedError as exc:  # the group moved on; the partitions' new owner replays them
+                log.warning("commit refused after a rebalance (%s); the new owner replays %d records", exc,
+                            sum(len(b.records) for b in done))  # fmt: skip
+            except KafkaError as exc:  # the broker is away: the batches stay, a later settle commits them
+                log.error("committing failed (%s); trying again", exc)
+                return
+        for batch in done:
+            self._inflight.remove(batch)
+            BATCH_SECONDS.observe(time.monotonic() - batch.polled_at)
+
+    def _count(self, result: BatchResult) -> None:
         for r, exc in result.dead:
             log.warning("dead letter %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset, exc.reason, exc)
         MESSAGES.labels("audited").inc(result.audited)
@@ -190,38 +381,24 @@ class StreamConsumer:
             st.dead_lettered + len(result.dead), st.relabels + len(result.relabels), st.batches + 1,
         )  # fmt: skip
 
-    def _settle_head(self, consumer, producer, *, block: bool) -> bool:
-        """Finish the oldest batch if it is done (or wait for it); False when it is still running."""
-        head = self._inflight[0]
-        if not block and not head.future.done():
-            return False
+    def _drain(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        """Before stopping or giving up the partitions: let the batches running finish (up to
+        ``consume_drain_timeout_s``), give up those waiting to retry, commit what is done, forget the rest
+        (uncommitted, so replayed by whoever owns the partition next)."""
+        self._giving_up.set()
+        deadline = time.monotonic() + self.settings.consume_drain_timeout_s
         try:
-            result = head.future.result()
-        except Exception as exc:  # the whole batch failed: backend or store down. Retry, never skip.
-            RETRIES.inc()
-            delay = min(30.0, 0.5 * 2 ** min(head.attempts, 6))
-            log.error("batch of %d failed (attempt %d: %s); retrying in %.1fs", len(head.records), head.attempts,
-                      exc, delay)  # fmt: skip
-            time.sleep(delay)
-            head.future, head.attempts = self._submit(self._audit(head.records)), head.attempts + 1
-            return False
-        try:
-            self._finish(consumer, producer, result)
-        except CommitFailedError as exc:  # the group moved on; the partition's new owner replays the batch
-            log.warning("commit refused after a rebalance (%s); the new owner replays %d records", exc,
-                        len(head.records))  # fmt: skip
-        except KafkaError as exc:  # the broker did not acknowledge: produce and commit again later
-            RETRIES.inc()
-            log.error("producing or committing a batch failed (%s); retrying in 1s", exc)
-            time.sleep(1.0)
-            return False
-        BATCH_SECONDS.observe(time.monotonic() - head.polled_at)
-        self._inflight.popleft()
-        return True
-
-    def _drain(self, consumer, producer) -> None:
-        while self._inflight:
-            self._settle_head(consumer, producer, block=True)
+            while time.monotonic() < deadline and any(not (b.settled or b.abandoned) for b in self._inflight):
+                self._settle(consumer, producer)
+                time.sleep(0.02)
+            self._settle(consumer, producer)
+            left = [b for b in self._inflight if not b.settled]
+            if left:
+                log.warning("%d batches (%d records) left uncommitted; they will be consumed again", len(left),
+                            sum(len(b.records) for b in left))  # fmt: skip
+            self._inflight.clear()
+        finally:
+            self._giving_up.clear()
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         """The group's lag as ``kafka-consumer-groups.sh`` shows it: log end offset minus committed offset."""
@@ -262,8 +439,8 @@ class StreamConsumer:
         last_report = last_lag = time.monotonic()
         try:
             while not self._stop.is_set():
-                while self._inflight and self._settle_head(consumer, producer, block=False):
-                    pass
+                if self._inflight:
+                    self._settle(consumer, producer)
                 full = len(self._inflight) >= s.consume_max_inflight_batches
                 if full and not consumer.paused():
                     consumer.pause(*consumer.assignment())
@@ -273,7 +450,7 @@ class StreamConsumer:
                 polled = consumer.poll(timeout_ms=20 if self._inflight else 500)
                 records = [r for batch in polled.values() for r in batch]
                 if records:
-                    self._inflight.append(_InFlight(records, self._submit(self._audit(records))))
+                    self._inflight.append(_InFlight(records, self._submit(self._audit_resilient(records))))
                     self.stats.last_message_at = time.monotonic()
                 if time.monotonic() - last_lag > 1:
                     self._update_lag(consumer)
@@ -288,6 +465,7 @@ class StreamConsumer:
         finally:
             consumer.close(autocommit=False)
             producer.close(timeout=30)
+            self._giving_up.set()  # a batch still retrying gives up, so the runtime can close
             self._submit(self._exit.aclose()).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
         log.info("stopped: audited %d, dead letters %d", self.stats.audited, self.stats.dead_lettered)

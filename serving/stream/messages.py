@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from pathlib import Path
+import os
+import stat
+from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
@@ -18,6 +20,7 @@ from labelaudit.schemas.stream import (
     DLQ_PARTITION,
     DLQ_REASON,
     DLQ_TOPIC,
+    DLQ_TRUNCATED,
     IMAGE_SCHEMA,
     ImageMessage,
     RelabelRequest,
@@ -32,18 +35,39 @@ class BadMessage(LabelAuditError):
 
 
 def read_image_uri(uri: str, max_bytes: int) -> bytes:
-    """``file://`` URIs (or plain absolute paths) only: the consumer never fetches from the network."""
+    """A regular file named by a ``file://`` URI (or a plain absolute path), at most ``max_bytes`` read.
+
+    The consumer never fetches from the network, and never reads what is not a regular file: a device
+    (``/dev/zero``) or a FIFO has no size to check and an endless or blocking read. The errors name the
+    cause, not the path (they travel in the DLQ's headers).
+    """
     parsed = urlparse(uri)
     if parsed.scheme not in ("", "file"):
         raise BadMessage(f"image_uri scheme {parsed.scheme!r} is not supported; use file://", reason="unsupported_uri")
-    path = Path(unquote(parsed.path))
+    if parsed.netloc not in ("", "localhost"):
+        raise BadMessage("image_uri names another host; only local files are read", reason="unsupported_uri")
+    path = unquote(parsed.path)
+    if not os.path.isabs(path):
+        raise BadMessage("image_uri must be an absolute path", reason="unsupported_uri")
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise BadMessage(f"{path}: {size} bytes, above the limit of {max_bytes}", reason="image_too_large")
-        return path.read_bytes()
-    except OSError as exc:
-        raise BadMessage(f"cannot read {path}: {exc.strerror}", reason="image_unreadable") from exc
+        # O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for a regular file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise BadMessage(f"image_uri cannot be opened: {getattr(exc, 'strerror', None) or exc}",
+                         reason="image_unreadable") from exc  # fmt: skip
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+        raise BadMessage(f"image_uri is {kind}, not a regular file", reason="image_unreadable")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(max_bytes + 1)  # bounded even if the file grows after the check
+        except OSError as exc:
+            raise BadMessage(f"image_uri cannot be read: {exc.strerror}", reason="image_unreadable") from exc
+    if len(data) > max_bytes:
+        raise BadMessage(f"image_uri's file is above the limit of {max_bytes} bytes", reason="image_too_large")
+    return data
 
 
 def parse_record(record, *, max_message_bytes: int, max_image_bytes: int) -> AuditItem:
@@ -80,8 +104,24 @@ def parse_record(record, *, max_message_bytes: int, max_image_bytes: int) -> Aud
     )
 
 
-def dead_letter_headers(record, error: LabelAuditError) -> list[tuple[str, bytes]]:
-    """The original headers, then why it failed and where it came from."""
+# A dead letter the DLQ topic refuses whole (above the producer's max_request_size or the topic's
+# max.message.bytes) is sent again with this much of its value and key, and DLQ_TRUNCATED set.
+TRUNCATED_VALUE_BYTES, TRUNCATED_KEY_BYTES, TRUNCATED_HEADERS_BYTES = 16_384, 1_024, 16_384
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter(record, error: LabelAuditError, *, truncate: bool = False) -> DeadLetter:
+    """The record for the DLQ: the original key, value and headers, then why it failed and where it came
+    from. ``truncate``: for a record the DLQ cannot take whole, the first bytes of its value and key, its
+    headers only if small, and ``DLQ_TRUNCATED`` giving the original value's size; the original stays
+    on its topic (``DLQ_TOPIC``, ``DLQ_PARTITION``, ``DLQ_OFFSET``) for as long as the topic keeps it."""
+    key, value, headers = record.key, record.value, list(record.headers or [])
     ours = {
         DLQ_REASON: error.reason,
         DLQ_ERROR: str(error)[:2000],
@@ -89,7 +129,13 @@ def dead_letter_headers(record, error: LabelAuditError) -> list[tuple[str, bytes
         DLQ_PARTITION: str(record.partition),
         DLQ_OFFSET: str(record.offset),
     }
-    return list(record.headers or []) + [(k, v.encode()) for k, v in ours.items()]
+    if truncate:
+        ours[DLQ_TRUNCATED] = str(len(value or b""))
+        key = key[:TRUNCATED_KEY_BYTES] if key is not None else None
+        value = value[:TRUNCATED_VALUE_BYTES] if value is not None else None
+        if sum(len(k) + len(v or b"") for k, v in headers) > TRUNCATED_HEADERS_BYTES:
+            headers = []
+    return DeadLetter(key, value, headers + [(k, v.encode()) for k, v in ours.items()])
 
 
 def relabel_request(record: AuditRecord) -> tuple[bytes, bytes]:

@@ -175,3 +175,67 @@ class Stream:
 
 def relabel_ids(records) -> set[str]:
     return {json.loads(r.value)["request_id"] for r in records}
+
+
+def good_messages(tiny_data, n: int, *, offset: int = 0):
+    """``n`` distinct items cycling over task B's real images (item ids suffixed #round)."""
+    from labelaudit.serving.stream.producer import image_messages
+
+    base = list(image_messages(tiny_data / "task_b.jsonl", split=None, by_uri=False, limit=None))
+    out = []
+    for i in range(offset, offset + n):
+        m = base[i % len(base)]
+        out.append(m.model_copy(update={"item_id": f"{m.item_id}#{i // len(base)}"}))
+    return out
+
+
+def counts(url: str) -> tuple[int, int]:
+    [(total, distinct)] = store_query(url, "SELECT COUNT(*), COUNT(DISTINCT item_id) FROM audit_records")
+    return total, distinct
+
+
+def store_disagreements(url: str) -> set[str]:
+    rows = store_query(url, "SELECT item_id, labeler_id, model_version FROM audit_records WHERE disagrees = 1")
+    return {"/".join(row) for row in rows}
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def store_count(url: str) -> int:
+    try:
+        return counts(url)[0]
+    except Exception:  # the consumer has not created the table yet
+        return 0
+
+
+def refuse_in_store(url: str, item_prefix: str) -> None:
+    """Make the store itself refuse verdicts whose item_id starts with ``item_prefix`` (a trigger that
+    raises): a record that fails in processing for a reason no input check knows about."""
+    from labelaudit.serving.core.store import open_store
+
+    open_store(url).close()  # the table
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_records "
+                f"WHEN NEW.item_id LIKE '{item_prefix}%' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            )
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.item_id LIKE '{item_prefix}%' THEN RAISE EXCEPTION 'refused by a trigger'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION refuse()")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from streamkit import Stream
-from test_consumer import counts, good_messages
+from streamkit import Stream, counts, good_messages
 
 from labelaudit.serving.core import runtime
 from labelaudit.serving.core.store import open_store
@@ -39,7 +38,7 @@ def test_a_slow_store_pauses_the_partitions_and_the_group_holds(
     stream = Stream(broker, model_repo, url, tmp_path)
     n, poll_interval_s = 1_200, 4.0
     produce(stream.settings(), good_messages(tiny_data, n), partitions=2)
-    monkeypatch.setattr(runtime, "open_store", lambda u: SlowStore(open_store(u), delay_s=0.7))
+    monkeypatch.setattr(runtime, "open_store", lambda u, **kw: SlowStore(open_store(u, **kw), delay_s=0.7))
 
     settings = stream.settings(
         model_repo=model_repo, store_url=url, kafka_group_id=f"group-{stream.name}", consume_batch_size=50,

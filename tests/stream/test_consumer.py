@@ -16,46 +16,10 @@ import threading
 import time
 
 import pytest
-from streamkit import relabel_ids, store_query
+from streamkit import counts, good_messages, relabel_ids, store_count, store_disagreements, store_query, wait_for
 
 from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC, IMAGE_SCHEMA
-from labelaudit.serving.stream.producer import image_messages, produce
-
-
-def good_messages(tiny_data, n: int, *, offset: int = 0):
-    """``n`` distinct items cycling over task B's real images (item ids suffixed #round)."""
-    base = list(image_messages(tiny_data / "task_b.jsonl", split=None, by_uri=False, limit=None))
-    out = []
-    for i in range(offset, offset + n):
-        m = base[i % len(base)]
-        out.append(m.model_copy(update={"item_id": f"{m.item_id}#{i // len(base)}"}))
-    return out
-
-
-def counts(url: str) -> tuple[int, int]:
-    [(total, distinct)] = store_query(url, "SELECT COUNT(*), COUNT(DISTINCT item_id) FROM audit_records")
-    return total, distinct
-
-
-def store_disagreements(url: str) -> set[str]:
-    rows = store_query(url, "SELECT item_id, labeler_id, model_version FROM audit_records WHERE disagrees = 1")
-    return {"/".join(row) for row in rows}
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def store_count(url: str) -> int:
-    try:
-        return counts(url)[0]
-    except Exception:  # the consumer has not created the table yet
-        return 0
+from labelaudit.serving.stream.producer import produce
 
 
 def test_ten_thousand_messages_make_exactly_ten_thousand_records(stream, tiny_data):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 
 from labelaudit.schemas.audit import AuditRecord
-from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, IMAGE_SCHEMA, RelabelRequest
-from labelaudit.serving.stream.messages import BadMessage, dead_letter_headers, parse_record, relabel_request
+from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TRUNCATED, IMAGE_SCHEMA, RelabelRequest
+from labelaudit.serving.stream.messages import BadMessage, dead_letter, parse_record, read_image_uri, relabel_request
 
 LIMITS = {"max_message_bytes": 10_000, "max_image_bytes": 5_000}
 
@@ -76,11 +77,44 @@ def test_a_message_without_a_key_is_accepted():
     assert parse_record(record(body(), key=None), **LIMITS).item_id == "b-1"
 
 
-def test_dead_letter_headers_keep_the_originals_and_add_the_cause():
-    headers = dead_letter_headers(record(b"x", headers=[("trace", b"t1")]), BadMessage("nope", reason="bad_json"))
-    as_dict = dict(headers)
-    assert headers[0] == ("trace", b"t1")
+def test_a_dead_letter_keeps_the_original_and_adds_the_cause():
+    letter = dead_letter(record(b"x", headers=[("trace", b"t1")]), BadMessage("nope", reason="bad_json"))
+    as_dict = dict(letter.headers)
+    assert (letter.key, letter.value, letter.headers[0]) == (b"b-1", b"x", ("trace", b"t1"))
     assert as_dict[DLQ_REASON] == b"bad_json" and as_dict[DLQ_OFFSET] == b"41"
+    assert DLQ_TRUNCATED not in as_dict
+
+
+def test_a_truncated_dead_letter_keeps_a_prefix_and_says_how_large_the_original_was():
+    big = b"{" + b"x" * 9_000_000
+    letter = dead_letter(record(big, key=b"k" * 5000), BadMessage("big", reason="message_too_large"), truncate=True)
+    as_dict = dict(letter.headers)
+    assert letter.value == big[: len(letter.value)] and 0 < len(letter.value) <= 16_384
+    assert len(letter.key) <= 1024 and as_dict[DLQ_TRUNCATED] == b"9000001"
+    assert as_dict[DLQ_REASON] == b"message_too_large"
+
+
+def test_an_image_uri_that_is_not_a_regular_file_is_refused_without_reading(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # no writer: a blocking open would hang here
+    for uri in ("file:///dev/zero", f"file://{fifo}", str(tmp_path), "file:///dev/null"):
+        with pytest.raises(BadMessage) as info:
+            read_image_uri(uri, 1024)
+        assert info.value.reason == "image_unreadable"
+        assert str(tmp_path) not in str(info.value)  # the DLQ's error header names the cause, not the path
+
+
+def test_an_image_uri_is_read_up_to_its_limit(tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"p" * 100)
+    assert read_image_uri(image.as_uri(), 100) == b"p" * 100
+    with pytest.raises(BadMessage, match="limit") as info:
+        read_image_uri(image.as_uri(), 99)
+    assert info.value.reason == "image_too_large"
+    for uri in ("https://example.com/a.png", "file://otherhost/a.png", "relative/a.png"):
+        with pytest.raises(BadMessage) as info:
+            read_image_uri(uri, 100)
+        assert info.value.reason == "unsupported_uri"
 
 
 def test_relabel_request_id_is_stable_across_redeliveries():
