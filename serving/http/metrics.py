@@ -4,14 +4,19 @@ every process writes its values to files in that folder and ``/metrics`` merges 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from starlette.requests import ClientDisconnect
+
+log = logging.getLogger("labelaudit.http")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before its answer: no response is sent
 
 
 class GatewayMetrics:
@@ -67,7 +72,13 @@ class GatewayMetrics:
 class MeasureRequests:
     """Plain ASGI middleware: requests and latency per route and status. (Starlette's ``@app.middleware``
     wraps every response in extra tasks and streams; measured at about a quarter of the gateway's Python
-    time per request.)"""
+    time per request.)
+
+    A client that closes its connection while its body is being read (``ClientDisconnect`` out of
+    ``request.stream()``) is counted as status 499 and logged in one line: nothing is wrong with the
+    server, and there is nobody to answer. (Unhandled, it was counted as a 500 and logged with two
+    tracebacks, this app's and uvicorn's.) A client that leaves after its body was read is not seen: uvicorn
+    drops the answer without telling the app, which counts the status it answered."""
 
     def __init__(self, app, metrics: GatewayMetrics):
         self.app, self.metrics = app, metrics
@@ -86,6 +97,10 @@ class MeasureRequests:
 
         try:
             await self.app(scope, receive, send_and_note)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED
+            log.info("%s %s: the client closed the connection before sending its whole body", scope["method"],
+                     scope["path"])  # fmt: skip
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")  # the router fills scope["route"] in place
             self.metrics.requests.labels(route=path, status=str(status)).inc()
