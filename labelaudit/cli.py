@@ -378,6 +378,7 @@ def serve(
     import uvicorn
 
     from labelaudit.serving.http.app import create_app
+    from labelaudit.serving.http.server import server_options
     from labelaudit.serving.settings import Settings, intra_op_threads, usable_cpus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -393,7 +394,8 @@ def serve(
     workers = settings.http_workers if workers is None else workers
     workers = workers or usable_cpus()
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=settings.http_access_log)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=settings.http_access_log,
+                    **server_options(settings))  # fmt: skip
         return
     # Each worker process builds its own app (and model session) from the same environment.
     os.environ["LABELAUDIT_MODEL_REPO"] = str(settings.model_repo)
@@ -401,7 +403,8 @@ def serve(
     with shared_metrics_dir(settings) as folder:
         logging.getLogger("labelaudit.http").info("the %d workers' metrics are merged from %s", workers, folder)
         uvicorn.run("labelaudit.serving.http.app:create_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="info", access_log=settings.http_access_log)  # fmt: skip
+                    log_level="info", access_log=settings.http_access_log,
+                    **server_options(settings, workers=True))  # fmt: skip
 
 
 @contextmanager

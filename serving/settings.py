@@ -91,6 +91,23 @@ class Settings(BaseSettings):
     """Largest encoded image accepted."""
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     """Decompression-bomb guard: width x height above this is refused."""
+
+    # -- slow clients (each one holds a connection; uvicorn has no timeout of its own for a request) --
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection must deliver a whole request head (request line and headers) this long after it opens
+    or after the first byte of its next request; otherwise it is closed without an answer. uvicorn has
+    no such timeout: a client that sent half a header, or nothing, held its connection for ever."""
+    http_body_timeout_s: float = Field(default=60.0, gt=0)
+    """A request's whole body must arrive this long after the route starts reading it; otherwise the answer
+    is 408 ``body_timeout`` and the connection is closed. It is a deadline for the body, not a gap between
+    reads (nginx's ``client_body_timeout``), so a client that trickles a byte at a time is cut too: 60 s
+    moves the default 32 MiB body at about 4.5 Mbit/s. Behind a proxy that buffers bodies (nginx does by
+    default) the body arrives at once and the proxy's own timeouts are the ones clients meet."""
+    http_keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    """uvicorn's ``timeout_keep_alive``: an idle keep-alive connection is closed this long after its last
+    response (uvicorn's default). Behind a proxy that keeps upstream connections open, set it above the
+    proxy's idle timeout for them (ingress-nginx ``upstream-keepalive-timeout``, 60 s), or the proxy may
+    send a request down a connection the gateway is closing and answer 502."""
     max_decoding_pixels: int = Field(default=120_000_000, gt=0)
     """The gateway's admission by decoding work: pixels (width x height as the images' headers declare them)
     that one worker decodes at once. A request declaring more in all is refused (413, reason

@@ -65,7 +65,7 @@ def text_fields(form: Form, names: Iterable[str]) -> dict[str, str]:
 
 async def images_from_request(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
     """(encoded images, ids, top_k) from multipart ``files`` or JSON ``{"images": [{"data": base64}]}``."""
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
     content_type = request.headers.get("content-type", "")
     limit = settings.max_images_per_request
     if content_type.startswith("multipart/form-data"):
@@ -103,7 +103,7 @@ async def images_from_request(request: Request, settings: Settings) -> tuple[lis
 
 async def audit_item_from_request(request: Request, settings: Settings) -> AuditItem:
     """One ``AuditItem`` from JSON (base64 ``image``) or multipart (file ``image`` and text fields)."""
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         parsed = parse_json(AuditRequest, body)

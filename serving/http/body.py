@@ -1,7 +1,8 @@
-"""Reading request bodies with a size cap, shared by the /v1 and /v2 routes."""
+"""Reading request bodies with a size cap and a deadline, shared by the /v1 and /v2 routes."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -16,6 +17,14 @@ class BadRequest(LabelAuditError):
     reason = "bad_request"
 
 
+class BodyTimeout(BadRequest):
+    """The client stopped sending its body: 408, and the connection is closed (what was not read of the body
+    would otherwise be taken for the next request)."""
+
+    status_code = 408
+    reason = "body_timeout"
+
+
 def ascii_int(text: str | None) -> int | None:
     """``text`` as a non-negative integer when it is ASCII digits only, else None. (``str.isdigit`` is also
     true of "²" and "٣", which ``int`` then refuses or reads as another number.)"""
@@ -24,19 +33,29 @@ def ascii_int(text: str | None) -> int | None:
     return None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes and with 408 when it has not
+    all arrived ``timeout_s`` seconds after the reading began."""
     declared = ascii_int(request.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise BadRequest(
             f"body of {declared} bytes is above the limit of {limit}", reason="body_too_large", status_code=413
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"body is above the limit of {limit} bytes", reason="body_too_large", status_code=413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(
+                        f"body is above the limit of {limit} bytes", reason="body_too_large", status_code=413
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {timeout_s:g} s ({size} bytes came"
+            + (f" of {declared})" if declared is not None else ")")
+        ) from None
     return b"".join(chunks)
 
 

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from labelaudit.errors import LabelAuditError, describe_errors
 from labelaudit.schemas.api import ErrorResponse
 from labelaudit.serving.http.batcher import Overloaded
+from labelaudit.serving.http.body import BodyTimeout
 
 log = logging.getLogger("labelaudit.http")
 
@@ -34,6 +35,12 @@ def error_response(
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BodyTimeout)
+    async def _slow_body(request: Request, exc: BodyTimeout) -> JSONResponse:
+        # The rest of the body may still come: the connection cannot carry another request, so it is closed.
+        log.info("408 on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(request, exc.status_code, exc.reason, str(exc), headers={"Connection": "close"})
+
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         retry = str(max(1, round(exc.retry_after_s)))

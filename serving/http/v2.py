@@ -228,7 +228,7 @@ def build_v2_router(auth: list) -> APIRouter:
     )
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         core = _core(request, name, version)
-        body = await read_body(request, core.settings.max_body_bytes)
+        body = await read_body(request, core.settings.max_body_bytes, core.settings.http_body_timeout_s)
         request_json, tail = _split_body(body, request.headers.get(HEADER))
         spec = request_json.inputs[0]
         payload, _ = _input_payload(spec, tail, 0)

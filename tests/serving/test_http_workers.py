@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from labelaudit.ports import free_port
 from labelaudit.serving.settings import Settings
 
 REQUESTS = 40
+HEADER_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,7 @@ def two_workers(model_repo, tmp_path):
         "TMPDIR": str(tmp),
         "LABELAUDIT_STORE_URL": f"sqlite:///{tmp_path / 'audit.db'}",
         "LABELAUDIT_ORT_INTRA_OP_THREADS": "1",
+        "LABELAUDIT_HTTP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     }
     if "PYTHONPATH" in os.environ:  # the workers run the code the tests import
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
@@ -130,6 +133,16 @@ def test_metrics_of_serve_workers_2_count_every_worker(two_workers, pngs):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert not list(tmp.glob("labelaudit-metrics-*"))  # the folder serve made is gone
+
+
+def test_serve_workers_close_a_connection_whose_request_head_never_ends(two_workers):
+    """The worker processes load the header deadline by name and read its timeout from their settings."""
+    url = two_workers[0]
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gate")
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server, not by this socket's timeout
+        assert HEADER_TIMEOUT_S * 0.9 <= time.monotonic() - started < HEADER_TIMEOUT_S + 3
 
 
 def test_serve_makes_a_private_metrics_folder_and_removes_it(monkeypatch):

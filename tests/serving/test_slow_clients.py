@@ -1,5 +1,7 @@
-"""Slow and vanishing clients against a real uvicorn server (a thread): a client that leaves mid-body is
-counted as 499 and logged in one line, not a 500 with two tracebacks."""
+"""Slow and vanishing clients against a real uvicorn server (a thread, the options ``labelaudit serve``
+passes): a client that leaves mid-body is counted as 499 and logged in one line, not a 500 with two
+tracebacks; one that stalls mid-body gets 408 and its connection closed; one that never finishes its
+headers, or sends nothing, is disconnected; keep-alive connections are closed when idle."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import time
 import httpx
 import pytest
 import uvicorn
-from httpkit import connect, request_head
+from httpkit import closed_by_server, connect, post, read_response, request_head
 
 from labelaudit.ports import free_port
 from labelaudit.serving.http.app import create_app
+from labelaudit.serving.http.server import server_options
 from labelaudit.serving.settings import Settings
 
+TIMEOUT_S = 1.0  # the header, body and keep-alive timeouts of this server
 LEAVERS = 20
 
 
@@ -27,10 +31,14 @@ def server(model_repo, tmp_path_factory):
         model_repo=model_repo,
         ort_intra_op_threads=1,
         store_url=f"sqlite:///{tmp_path_factory.mktemp('slow') / 'audit.db'}",
+        http_header_timeout_s=TIMEOUT_S,
+        http_body_timeout_s=TIMEOUT_S,
+        http_keep_alive_timeout_s=TIMEOUT_S,
     )
     port = free_port()
-    # log_config=None: uvicorn's records reach caplog
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, **server_options(settings)
+    )  # fmt: skip  (log_config=None: records reach caplog)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -78,3 +86,60 @@ def test_a_client_that_leaves_mid_body_is_a_499_in_one_line_not_a_500(server, ca
     lines = [r for r in caplog.records if "closed the connection" in r.getMessage()]
     assert len(lines) == LEAVERS and all(r.exc_info is None for r in lines)
     assert not [r for r in caplog.records if r.exc_info or "Exception in ASGI" in r.getMessage()]
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_its_connection_closed(server):
+    before = requests_by_status(server).get("408", 0.0)
+    with connect(server, timeout_s=10) as sock:
+        sock.sendall(request_head("POST", "/v1/audit", length=50_000, content_type="application/json"))
+        sock.sendall(b'{"item_id": "b-1", "image": "')
+        started = time.monotonic()
+        status, headers, body = read_response(sock)
+        waited = time.monotonic() - started
+        assert status == 408 and b"body_timeout" in body and headers["connection"] == "close", body
+        assert TIMEOUT_S * 0.9 <= waited < TIMEOUT_S + 2, waited
+        sock.settimeout(2)
+        assert closed_by_server(sock)
+    assert requests_by_status(server).get("408", 0.0) - before == 1
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /v1/classify HTTP/1.1\r\nHost: gateway\r\nContent-Le"],
+    ids=["nothing", "half-a-header"],
+)
+def test_a_client_that_never_finishes_its_request_head_is_disconnected(server, sent):
+    with connect(server, timeout_s=10) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        assert closed_by_server(sock)  # blocks until the server closes (or the socket's 10 s timeout)
+        assert TIMEOUT_S * 0.9 <= time.monotonic() - started < TIMEOUT_S + 2
+
+
+def test_the_head_deadline_starts_again_with_each_request_on_a_connection(server):
+    with connect(server, timeout_s=10) as sock:
+        for _ in range(3):  # a request head in pieces, within the deadline, then another
+            for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: gateway\r\n", b"\r\n"):
+                sock.sendall(piece)
+                time.sleep(TIMEOUT_S / 4)
+            assert read_response(sock)[0] == 200
+        sock.sendall(b"GET /heal")  # the start of a request that never ends
+        started = time.monotonic()
+        assert closed_by_server(sock)
+        assert time.monotonic() - started < TIMEOUT_S + 2
+
+
+def test_an_idle_keep_alive_connection_is_closed(server):
+    with connect(server, timeout_s=10) as sock:
+        sock.sendall(request_head("GET", "/healthz"))
+        assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        assert closed_by_server(sock)
+        assert TIMEOUT_S * 0.9 <= time.monotonic() - started < TIMEOUT_S + 2
+
+
+def test_a_whole_request_is_still_served(server):
+    with connect(server) as sock:
+        sock.sendall(post("/v1/classify", b'{"images": []}'))
+        status, _, body = read_response(sock)
+        assert status == 422 and b"invalid_request" in body
