@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     """Largest encoded image accepted."""
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     """Decompression-bomb guard: width x height above this is refused."""
+    max_decoding_pixels: int = Field(default=120_000_000, gt=0)
+    """The gateway's admission by decoding work: pixels (width x height as the images' headers declare them)
+    that one worker decodes at once. A request declaring more in all is refused (413, reason
+    ``too_many_pixels``); one that does not fit yet waits, and past as many pixels waiting it gets 429. Raise
+    it for requests carrying many large photos."""
 
     # -- slow clients (each one holds a connection; uvicorn has no timeout of its own for a request) --
     http_header_timeout_s: float = Field(default=10.0, gt=0)
@@ -108,11 +113,6 @@ class Settings(BaseSettings):
     response (uvicorn's default). Behind a proxy that keeps upstream connections open, set it above the
     proxy's idle timeout for them (ingress-nginx ``upstream-keepalive-timeout``, 60 s), or the proxy may
     send a request down a connection the gateway is closing and answer 502."""
-    max_decoding_pixels: int = Field(default=120_000_000, gt=0)
-    """The gateway's admission by decoding work: pixels (width x height as the images' headers declare them)
-    that one worker decodes at once. A request declaring more in all is refused (413, reason
-    ``too_many_pixels``); one that does not fit yet waits, and past as many pixels waiting it gets 429. Raise
-    it for requests carrying many large photos."""
 
     # -- security --------------------------------------------------------------------------------
     api_key: SecretStr | None = None
