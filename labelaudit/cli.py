@@ -226,7 +226,9 @@ def train(
             "(default: <weights>.classes.txt or classes.txt beside the weights)."
         ),
     ] = None,  # fmt: skip
-    method: Annotated[str, typer.Option(help="ce | glc | fasten | crowd (docs/methods.md)")] = _Defaults.method,
+    method: Annotated[
+        str, typer.Option(help="ce | glc | fasten | crowd | crowdmix (docs/methods.md)")
+    ] = _Defaults.method,
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
     epochs: Annotated[int, typer.Option()] = _Defaults.epochs,
     batch_size: Annotated[int, typer.Option()] = _Defaults.batch_size,
@@ -281,6 +283,9 @@ def train(
         bool,
         typer.Option("--trusted-heads-only", help="FasTEN: trusted images train the heads, not the features."),
     ] = not _Defaults.trusted_trains_features,
+    mixup_alpha: Annotated[
+        float, typer.Option(help="crowdmix: mixup weight drawn from Beta(alpha, alpha); 0 = no mixing.")
+    ] = _Defaults.mixup_alpha,
     seed: Annotated[int, typer.Option()] = _Defaults.seed,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _Defaults.device,
     precision: Annotated[
@@ -297,8 +302,8 @@ def train(
                      val_manifest=val_manifest, test_manifest=test_manifest,
                      epochs=epochs, batch_size=batch_size, lr=lr, arch=arch, augment=augment, loader=loader,
                      workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
-                     rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, seed=seed,
-                     device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
+                     rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, mixup_alpha=mixup_alpha,
+                     seed=seed, device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
                      channels=channels if init == "scratch" else None,
                      image_size=input_size if init == "scratch" else None)  # fmt: skip
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:

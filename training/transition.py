@@ -44,6 +44,24 @@ def forward_corrected_nll(clean_probs: torch.Tensor, t: torch.Tensor, noisy_labe
     return -torch.log(picked.clamp_min(EPS))
 
 
+def mixed_forward_nll(
+    clean_probs: torch.Tensor,
+    t_a: torch.Tensor,
+    labels_a: torch.Tensor,
+    t_b: torch.Tensor,
+    labels_b: torch.Tensor,
+    lam: float,
+) -> torch.Tensor:
+    """Per-sample annot-mix loss (Herde et al., ECAI 2024) for images mixed ``lam : 1 - lam``:
+    ``lam · -log((T_aᵀ p)[y_a]) + (1 - lam) · -log((T_bᵀ p)[y_b])``, each label pushed through its own
+    labeler's matrix. ``clean_probs`` (B, K) of the mixed images; ``t_a``, ``t_b`` (B, K, K) or (K, K);
+    labels (B,). At ``lam = 1`` it is ``forward_corrected_nll(p, t_a, labels_a)``. (B,)"""
+    loss = lam * forward_corrected_nll(clean_probs, t_a, labels_a)
+    if lam < 1.0:
+        loss = loss + (1.0 - lam) * forward_corrected_nll(clean_probs, t_b, labels_b)
+    return loss
+
+
 def correct_labels(clean_probs: torch.Tensor, original_labels: torch.Tensor, rho: float) -> torch.Tensor:
     """FasTEN's safe correction: the clean head's argmax where its confidence is at least ``rho``,
     else the ORIGINAL label. Always computed from the original label, so a correction never sticks

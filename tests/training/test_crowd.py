@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from labelaudit.training.loader import TensorImages
 from labelaudit.training.methods.base import Batch
-from labelaudit.training.methods.crowd import CrowdForward, em_transitions, initial_transitions
+from labelaudit.training.methods.crowd import CrowdForward, CrowdMix, em_transitions, initial_transitions
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
+from labelaudit.training.transition import mixed_forward_nll
 
 K = 4
 
@@ -67,10 +68,10 @@ def _task(n: int = 48, trusted: int = 8, seed: int = 0) -> TaskData:
     )
 
 
-def _method(data: TaskData) -> CrowdForward:
+def _method(data: TaskData, kind: type[CrowdForward] = CrowdForward, **cfg) -> CrowdForward:
     torch.manual_seed(0)
-    cfg = TrainConfig(device="cpu", augment="none", batch_size=8, epochs=1, seed=0, min_labeler_items=5)
-    return CrowdForward(Trainer(cfg, TwoHeadNet("cnn_small", K, 1), data, SilentReporter()))
+    cfg = TrainConfig(device="cpu", augment="none", batch_size=8, epochs=1, seed=0, min_labeler_items=5, **cfg)
+    return kind(Trainer(cfg, TwoHeadNet("cnn_small", K, 1), data, SilentReporter()))
 
 
 def test_crowd_loss_is_half_trusted_ce_and_half_per_labeler_forward_correction():
@@ -108,3 +109,39 @@ def test_crowd_never_rewrites_labels_and_refreshes_row_stochastic_matrices():
     assert not torch.allclose(method.t, initial_transitions(3, K, "cpu"))  # EM moved it
     assert method.transition().shape == (K, K)
     assert set(method.labeler_transitions()) == {"ann", "bob"}
+
+
+def test_the_mixed_loss_takes_each_label_through_its_own_matrix():
+    p = torch.tensor([[0.8, 0.2]])
+    t_a, t_b = torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.eye(2)
+    got = mixed_forward_nll(p, t_a, torch.tensor([1]), t_b, torch.tensor([0]), 0.3)
+    # (T_aᵀ p)[1] = 0.8 * 0.1 + 0.2 * 0.8 = 0.24; (T_bᵀ p)[0] = 0.8
+    torch.testing.assert_close(got, torch.tensor([0.3 * -np.log(0.24) + 0.7 * -np.log(0.8)], dtype=torch.float32))
+
+
+def test_crowdmix_without_mixing_is_crowd():
+    data = _task()
+    crowd, mix = _method(data), _method(data, CrowdMix, mixup_alpha=0.0)
+    for m in (crowd, mix):
+        m.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
+        m.trainer.net.eval()
+    batch = dict(untrusted=np.array([8, 9, 10, 11]), trusted=data.trusted_rows)
+    torch.testing.assert_close(mix.loss(Batch(**batch))[0], crowd.loss(Batch(**batch))[0])
+
+
+def test_crowdmix_feeds_the_network_mixed_untrusted_images_and_clean_trusted_ones():
+    data = _task()
+    method = _method(data, CrowdMix, mixup_alpha=1.0)
+    seen = []
+    method.trainer.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    rows_u, rows_t = np.array([8, 9, 10, 11]), data.trusted_rows
+    draw = np.random.default_rng([0, 7919])  # the method's own stream, replayed
+    lam, partner = draw.beta(1.0, 1.0), draw.permutation(len(rows_u))
+
+    method.loss(Batch(untrusted=rows_u, trusted=rows_t))
+
+    x = data.images.x
+    torch.testing.assert_close(seen[0][: len(rows_t)], x[rows_t])
+    expected = lam * x[rows_u] + (1 - lam) * x[rows_u[partner]]
+    torch.testing.assert_close(seen[0][len(rows_t) :], expected.float(), rtol=1e-5, atol=1e-6)
+    assert 0 < lam < 1 and not np.array_equal(partner, np.arange(len(rows_u)))

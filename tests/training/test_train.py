@@ -42,7 +42,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny, classifier_a, tmp
     assert any(not torch.equal(runs["other"][k], v) for k, v in runs["first"].items() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("method", ["ce", "glc", "fasten", "crowd"])
+@pytest.mark.parametrize("method", ["ce", "glc", "fasten", "crowd", "crowdmix"])
 def test_every_method_reports_accuracy_and_transition_matrix_each_epoch(tiny, classifier_a, tmp_path, method):
     result = train(
         tiny / "task_b.jsonl", init=classifier_a, out=tmp_path, cfg=TrainConfig(method=method, epochs=2, device="cpu")
@@ -81,7 +81,7 @@ def test_glc_refuses_a_manifest_without_trusted_rows(tiny, tmp_path):
         train(tiny / "task_a.jsonl", init=None, out=tmp_path, cfg=TrainConfig(method="glc", epochs=1, device="cpu"))
 
 
-@pytest.mark.parametrize("method", ["fasten", "crowd"])
+@pytest.mark.parametrize("method", ["fasten", "crowd", "crowdmix"])
 def test_the_mixed_precision_path_trains_like_fp32_and_exports(tiny, classifier_a, tmp_path, method):
     """bf16 autocast and channels_last (what CUDA runs by default), taken on CPU: the losses follow the
     float32 run's up to bf16 rounding, the weights stay float32, and the checkpoint exports with ONNX

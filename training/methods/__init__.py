@@ -2,7 +2,7 @@
 
 from labelaudit.training.methods.base import Method
 from labelaudit.training.methods.ce import CrossEntropy
-from labelaudit.training.methods.crowd import CrowdForward
+from labelaudit.training.methods.crowd import CrowdForward, CrowdMix
 from labelaudit.training.methods.fasten import FasTEN
 from labelaudit.training.methods.glc import GoldLossCorrection
 
@@ -11,6 +11,7 @@ METHODS: dict[str, type[Method]] = {
     "glc": GoldLossCorrection,
     "fasten": FasTEN,
     "crowd": CrowdForward,
+    "crowdmix": CrowdMix,
 }
 
-__all__ = ["METHODS", "Method", "CrossEntropy", "CrowdForward", "GoldLossCorrection", "FasTEN"]
+__all__ = ["METHODS", "Method", "CrossEntropy", "CrowdForward", "CrowdMix", "GoldLossCorrection", "FasTEN"]
