@@ -68,6 +68,8 @@ def _from_folder(folder: Path, item_ids: list[str]) -> dict[str, Path]:
     root = folder.resolve()
     found = {}
     for item_id in item_ids:
+        if "\x00" in item_id:  # a store written before ids were checked: no file can have that name
+            continue
         for ext in EXTENSIONS:
             path = (root / f"{item_id}{ext}").resolve()
             if path.parent == root and path.is_file():  # an item id never walks out of the folder

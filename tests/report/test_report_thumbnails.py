@@ -39,6 +39,8 @@ def test_from_a_manifest_relative_to_it(tmp_path):
 def test_from_a_folder_never_outside_it(tmp_path):
     png(tmp_path / "imgs" / "x.png")
     png(tmp_path / "secret.png")
-    got = load_thumbnails(tmp_path / "imgs", ["x", "../secret", "y"])
+    got = load_thumbnails(
+        tmp_path / "imgs", ["x", "../secret", "y", "x\x00.png"]
+    )  # NUL: a store from before ids were checked
     assert sorted(got) == ["x"]
     assert load_thumbnails(None, ["x"]) == {}
