@@ -508,6 +508,137 @@ def decode_table(result: dict) -> str:
     )
 
 
+def _yes_no(value) -> str:
+    return "-" if value is None else ("yes" if value else "**no**")
+
+
+def _crash_table(rows: list[dict]) -> str:
+    lines = ["| store | consumers | messages | kill -9 | broker restarts | store restarts | lost | duplicated | "
+             "poison sent | poison dead-lettered | dead letters | good dead-lettered | relabel topic = store | "
+             "stalled | consumer exits | wall s | load avg (max) |", "|" + " --- |" * 17]  # fmt: skip
+    for r in rows:
+        exits = r.get("unexpected_exits", 0)
+        lines.append(
+            f"| {r['store']} | {r['consumers']} | {r['messages']:,} | {r['kills']} | {r['broker_restarts']} | "
+            f"{r['store_restarts']} | {r['lost']:,} | {r['duplicated']} | {r['poison_sent']} | "
+            f"{r['poison_dead_lettered']} | {r.get('dead_lettered', '-')} | {r.get('good_dead_lettered', '-')} | "
+            f"{_yes_no(r.get('relabel_matches_store'))} | {'**yes**' if r['stalled'] else 'no'} | {exits} | "
+            f"{r['seconds']:.0f} | {r.get('load_avg_1m', '-')} ({r.get('load_avg_1m_max', '-')}) |"
+        )
+    notes = []
+    for r in rows:
+        reasons = ", ".join(f"{k} {v}" for k, v in r.get("dead_lettered_by_reason", {}).items()) or "none"
+        notes.append(f"- {r['store']}: dead letters by `labelaudit.dlq.reason`: {reasons}.")
+        if r.get("events"):
+            notes.append("  Events (seconds from the first message produced): " + ", ".join(
+                f"{e['event'].replace('_', ' ')} at {e['at_s']:.0f}" + (" (failed)" if e.get("error") else "")
+                for e in r["events"]) + ".")  # fmt: skip
+        if r["stalled"]:
+            notes.append(f"  Stalled: {r.get('stall_reason')}; poison in the uncommitted window of the lagging "
+                         f"partitions: {', '.join(r.get('stall_suspects') or []) or 'none'}; committed "
+                         f"{r.get('committed')} of {r.get('end_offset')} offsets.")  # fmt: skip
+        if r["stalled"] and r.get("consumer_errors"):
+            notes.append("  The consumers' errors, most frequent first: " + "; ".join(
+                f"`{m}` x{n}" for m, n in list(r["consumer_errors"].items())[:3]) + ".")  # fmt: skip
+        if r.get("unexpected_exits"):
+            notes.append(f"  {r['unexpected_exits']} consumer(s) exited by themselves (restarted by the harness).")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _poison_table(rows: list[dict]) -> str:
+    """Per poison kind and store: sent, dead-lettered (with the reasons given), written to the store."""
+    kinds = sorted({k for r in rows for k in r.get("poison_by_kind", {})})
+    if not kinds:
+        return ""
+    lines = ["| poison kind | expected reason | " + " | ".join(f"{r['store']}: dead-lettered / sent (reasons), stored"
+                                                        for r in rows) + " |",
+             "|" + " --- |" * (2 + len(rows))]  # fmt: skip
+    for kind in kinds:
+        expected = next(r["poison_by_kind"][kind]["expected"] for r in rows if kind in r.get("poison_by_kind", {}))
+        cells = []
+        for r in rows:
+            k = r.get("poison_by_kind", {}).get(kind)
+            if not k:
+                cells.append("-")
+                continue
+            reasons = ", ".join(f"{a} {b}" for a, b in k["reasons"].items())
+            cell = f"{k['dead_lettered']} / {k['sent']}" + (f" ({reasons})" if reasons else "")
+            if k["dead_lettered"] < k["sent"]:
+                cell = f"**{cell}**"
+            cells.append(cell + (f", **stored {k['stored']}**" if k["stored"] else ""))
+        lines.append(f"| `{kind}` | {expected} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _soak_table(rows: list[dict]) -> str:
+    lines = ["| store | workers | seconds | req/s | requests | bad | errors_5xx | p99 ms first / last window | "
+             "RSS MB first / last window | rss_growth | 5xx on bad requests | 429 | load avg |",
+             "|" + " --- |" * 13]  # fmt: skip
+    for r in rows:
+        growth = "-" if r.get("rss_growth") is None else f"{r['rss_growth']:+.1%}"
+        lines.append(
+            f"| {r['store']} | {r['workers']} | {r['seconds']:.0f} (+{r['warmup_s']:.0f} warm-up) | {r['rate']:.0f} | "
+            f"{r['requests']:,} | {r['bad_requests']:,} | {r['errors_5xx']} | {r['p99_ms_first_minute']} / "
+            f"{r['p99_ms_last_minute']} | {r['rss_mb_first_minute']} / {r['rss_mb_last_minute']} | {growth} | "
+            f"{r.get('bad_5xx', '-')} | {r.get('n_429', '-')} | {r.get('load_avg_1m', '-')} |"
+        )
+    notes = []
+    for r in rows:
+        kinds = "; ".join(f"`{k}` " + ", ".join(f"{s} x{n}" for s, n in v.items()) for k, v in r["bad_by_kind"].items())
+        notes.append(f"- {r['store']}: bad requests, by kind and answer: {kinds}.")
+        if r.get("errors_by_kind"):
+            notes.append(
+                "  Good requests that failed: " + ", ".join(f"{k} x{v}" for k, v in r["errors_by_kind"].items())
+            )
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def reliability_table(result: dict) -> str:
+    """bench/results/reliability.json: the crash run (kills, restarts, poison) per store, and the soak."""
+    c = result["config"]
+    crash = [r for r in result["rows"] if r["kind"] == "crash"]
+    soak = [r for r in result["rows"] if r["kind"] == "soak"]
+    changed = sorted(
+        {p for r in result["rows"] for p in r.get("uncommitted_changes", c.get("uncommitted_changes", []))}
+    )
+    parts = [
+        f"`bench/reliability.py{' --quick' if c.get('quick') else ''}`: what tests/stream and tests/serving "
+        f"drive in small, at size. Device: {result['device']}. {commits(result)}, {result['date']}."
+        + (
+            f" The tree had uncommitted changes in {', '.join(f'`{p}`' for p in changed)} (other work in "
+            "progress): the code that ran is the commit plus those."
+            if changed
+            else ""
+        )
+        + (f"\n\nNote: {c['note']}" if c.get("note") else "")
+    ]
+    if crash:
+        parts.append(
+            f"**Crash.** {crash[0]['messages']:,} messages produced at {crash[0].get('rate', 0):.0f}/s to a "
+            f"{c.get('partitions', 4)}-partition topic on a real broker, audited by {crash[0]['consumers']} "
+            "`labelaudit consume` processes in one group; at random moments of the production window a consumer "
+            "is `kill -9`ed and restarted, the broker is stopped and started once, and PostgreSQL too (not SQLite). "
+            f"{c.get('poison', 0.01):.1%} of the messages are poison, every kind in turn. Lost: good messages "
+            "without a verdict in the store at the end; duplicated: rows beyond one per (item, labeler, model "
+            f"version). Stalled: no committed-offset progress for {c.get('stall_seconds', 120):.0f} s with lag "
+            "above 0 (the harness then stops waiting and counts what is there, so a stalled run's losses are mostly "
+            "messages never reached).\n\n" + _crash_table(crash)
+        )
+        poison = _poison_table(crash)
+        if poison:
+            parts.append("Poison, per kind (bold: not all dead-lettered, or written to the store):\n\n" + poison)
+    if soak:
+        parts.append(
+            "**Soak.** `labelaudit serve` (uvicorn workers) under an open-loop load with "
+            f"{c.get('bad_fraction', 0.1):.0%} bad requests (the gateway's body limit set to "
+            f"{c.get('soak_body_limit', 0):,} bytes for the oversize ones). errors_5xx: good requests answered "
+            "500-599 or not at all, warm-up included; p99 of good requests and mean RSS of the worker processes "
+            f"in the first and the last window of {soak[0].get('window_s', 60):.0f} s after the warm-up; "
+            "rss_growth = last / first - 1.\n\n" + _soak_table(soak)
+        )
+    return "\n\n".join(part.rstrip("\n") for part in parts) + "\n"
+
+
 def real_models_table(result: dict) -> str:
     """real_models.json holds rows of several kinds (``decode``, ``loader``, ``ddp``, ``finetune``); each kind
     renders its own part, and a kind with no rows renders nothing."""
@@ -539,6 +670,8 @@ def update_docs() -> None:
         ),  # fmt: skip
         ("report", "The nightly report (`bench/report.py`)", report_table),
         ("real_models", "Real models and data (`bench/results/real_models.json`)", real_models_table),
+        ("reliability", "Reliability at size (`bench/reliability.py`)", reliability_table),
+        ("reliability_quick", "Reliability, quick (`bench/reliability.py --quick`)", reliability_table),
     ]:
         result = _load(name)
         text = render(result) if result else ""
