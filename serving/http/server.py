@@ -3,8 +3,9 @@
 uvicorn bounds the wait between requests (``timeout_keep_alive``) but not a request's arrival: any byte
 disarms the keep-alive timer, and nothing rearms it until a response is sent. So a client that opens a
 connection and sends nothing, or half a header line, holds the connection for ever (uvicorn's issue 157
-has asked for ``--timeout-request-start`` since 2018). ``HeaderDeadline`` adds that deadline to uvicorn's
-httptools protocol; the body's deadline is the app's (``read_body``, 408).
+has asked for ``--timeout-request-start`` since 2018), and httptools buffers a request head of any size
+(10 MB was accepted). ``HeaderDeadline`` adds that deadline and a 64 KiB cap (431) to uvicorn's httptools
+protocol; the body's deadline is the app's (``read_body``, 408).
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # no httptools (uvicorn without [standard]): h11 serves, without a header deadline
     HttpToolsProtocol = None
+
+
+# A request line and headers above this are refused (nginx's large_client_header_buffers is 4 x 8 KiB).
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b'content-length: 89\r\n\r\n{"error": "headers_too_large", "detail": "the request line and headers pass 65536 bytes"}'
+)
 
 
 @functools.cache
@@ -40,8 +49,19 @@ if HttpToolsProtocol is not None:
 
         def connection_made(self, transport) -> None:
             self._head_deadline = None
+            self._head_bytes = 0
             super().connection_made(transport)
             self._arm_head_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_deadline is None or self.transport.is_closing():
+                return  # no request head in progress: these bytes were a body, or the head is done
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:  # httptools buffers a head of any size: bound it
+                log.info("closed a connection from %s: a request head above %d bytes", self.client, MAX_HEAD_BYTES)
+                self.transport.write(HEAD_TOO_LARGE)
+                self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -57,6 +77,7 @@ if HttpToolsProtocol is not None:
 
         def _arm_head_deadline(self) -> None:
             if self._head_deadline is None:
+                self._head_bytes = 0
                 seconds = self.header_timeout_s or _header_timeout_from_settings()
                 self._head_deadline = self.loop.call_later(seconds, self._head_deadline_passed)
 

@@ -39,7 +39,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError, NoBrokersAvailable
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -423,7 +423,11 @@ class StreamConsumer:
         self._worker.start()
         self._submit(self._open_runtime()).result()
         self.ensure_topics()
-        consumer, producer = self._clients()
+        clients = self._connect()
+        if clients is None:  # stopped before the broker answered
+            self._close_runtime()
+            return self.stats
+        consumer, producer = clients
         outer = self
 
         class DrainOnRevoke(ConsumerRebalanceListener):
@@ -465,11 +469,29 @@ class StreamConsumer:
         finally:
             consumer.close(autocommit=False)
             producer.close(timeout=30)
-            self._giving_up.set()  # a batch still retrying gives up, so the runtime can close
-            self._submit(self._exit.aclose()).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._close_runtime()
         log.info("stopped: audited %d, dead letters %d", self.stats.audited, self.stats.dead_lettered)
         return self.stats
+
+    def _connect(self) -> tuple[KafkaConsumer, KafkaProducer] | None:
+        """The clients, once a broker answers: a consumer (re)started while the brokers are away waits for
+        them with backoff instead of exiting. None if asked to stop meanwhile."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                return self._clients()
+            except NoBrokersAvailable:
+                attempt += 1
+                delay = min(self.settings.consume_retry_max_s, 0.5 * 2 ** min(attempt, 10))
+                log.error("no broker at %s answers; trying again in %.1fs", self.settings.kafka_bootstrap_servers,
+                          delay)  # fmt: skip
+                self._stop.wait(delay)
+        return None
+
+    def _close_runtime(self) -> None:
+        self._giving_up.set()  # a batch still retrying gives up, so the runtime can close
+        self._submit(self._exit.aclose()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
     def _should_stop(self, consumer: KafkaConsumer) -> bool:
         if self.max_messages is not None and self.stats.audited + self.stats.dead_lettered >= self.max_messages:

@@ -143,3 +143,18 @@ def test_a_whole_request_is_still_served(server):
         sock.sendall(post("/v1/classify", b'{"images": []}'))
         status, _, body = read_response(sock)
         assert status == 422 and b"invalid_request" in body
+
+
+def test_a_request_head_above_its_cap_gets_431_and_the_connection_closed(server):
+    with connect(server) as sock:
+        head = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n" + b"X-Padding: " + b"a" * 200_000
+        try:
+            sock.sendall(head)  # never ends: the cap, not the deadline, must stop it
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close before every byte is sent
+        status, _, body = read_response(sock)
+        assert status == 431 and b"headers_too_large" in body
+        assert closed_by_server(sock)
+    with connect(server) as sock:  # a long but sane head is still served
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"a" * 30_000 + b"\r\n\r\n")
+        assert read_response(sock)[0] == 200

@@ -103,3 +103,18 @@ def test_a_postgres_restart_mid_stream_is_waited_out(stream, tiny_data, own_post
     assert stream.committed_total() == n
     assert "wait for the store" in stream.consumer_log(0)  # it did see the outage, and waited
     assert not any(r for r in stream.read_topic(stream.dlq_topic)), "an outage dead-lettered good messages"
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_consumer_started_while_the_broker_is_down_waits_for_it(stream, tiny_data, broker):
+    n = 200
+    broker.stop()
+    try:
+        proc = stream.start_consumer("--max-messages", str(n), LABELAUDIT_CONSUME_RETRY_MAX_S="2")
+        wait_for(lambda: "no broker at" in stream.consumer_log(0), 120, "the consumer to wait for the broker")
+        assert proc.poll() is None, stream.consumer_log(0)  # waiting, not exited
+    finally:
+        broker.start()
+    produce(stream.settings(), good_messages(tiny_data, n), partitions=2)
+    assert stream.wait(proc, timeout=240) == 0, stream.consumer_log(0)
+    assert counts(stream.store_url) == (n, n)
