@@ -283,6 +283,10 @@ def train(
         bool,
         typer.Option("--trusted-heads-only", help="FasTEN: trusted images train the heads, not the features."),
     ] = not _Defaults.trusted_trains_features,
+    held_out_estimate: Annotated[
+        bool,
+        typer.Option("--held-out-estimate", help="FasTEN: T-hat from the trusted half the cross-entropy skips."),
+    ] = _Defaults.held_out_estimate,
     mixup_alpha: Annotated[
         float, typer.Option(help="crowdmix: mixup weight drawn from Beta(alpha, alpha); 0 = no mixing.")
     ] = _Defaults.mixup_alpha,
@@ -303,6 +307,7 @@ def train(
                      epochs=epochs, batch_size=batch_size, lr=lr, arch=arch, augment=augment, loader=loader,
                      workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
                      rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, mixup_alpha=mixup_alpha,
+                     held_out_estimate=held_out_estimate,
                      seed=seed, device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
                      channels=channels if init == "scratch" else None,
                      image_size=input_size if init == "scratch" else None)  # fmt: skip

@@ -26,6 +26,7 @@ class TrainConfig:
     rho: float = 0.8  # FasTEN: confidence needed to correct a label
     noisy_weight: float = 0.5  # FasTEN: λ, the weight of the noisy head's loss
     trusted_trains_features: bool = True  # FasTEN: False = trusted rows train the heads only (unbiased T̂)
+    held_out_estimate: bool = False  # FasTEN: T̂ from the trusted half the clean loss does not fit this epoch
     per_labeler: bool = False  # FasTEN: one noisy head (and T̂) per labeler with enough items
     min_labeler_items: int = 100  # FasTEN per_labeler: fewer items -> the pooled head
     consistency_weight: float = 0.0  # FasTEN: weight of the FixMatch-style loss on untrusted images; 0 = off

@@ -12,6 +12,7 @@ from torch import nn
 from labelaudit.training.loader import TensorImages
 from labelaudit.training.methods import FasTEN, GoldLossCorrection
 from labelaudit.training.methods.base import Batch
+from labelaudit.training.methods.fasten import stratified_halves
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
 from labelaudit.training.transition import estimate_transition, forward_corrected_nll
@@ -77,11 +78,11 @@ class ScriptedNet(nn.Module):
         return self.clean[rows] * self.scale, self.noisy[rows] * self.scale
 
 
-def _scripted_method(labels: list[int], trusted_rows: list[int], k: int = 3, rho: float = 0.8):
+def _scripted_method(labels: list[int], trusted_rows: list[int], k: int = 3, rho: float = 0.8, **overrides):
     n = len(labels)
     x = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 1, 2, 2).contiguous()
     net = ScriptedNet(n, k)
-    method = FasTEN(_trainer(net, _task(x, np.array(labels), np.array(trusted_rows), k), rho=rho))
+    method = FasTEN(_trainer(net, _task(x, np.array(labels), np.array(trusted_rows), k), rho=rho, **overrides))
     return method, net
 
 
@@ -247,6 +248,45 @@ def test_fasten_keeps_the_previous_row_for_a_class_missing_from_the_trusted_batc
 
     torch.testing.assert_close(method.t_hat[0, 1:], first[1:])
     torch.testing.assert_close(method.t_hat[0, 0], torch.softmax(net.noisy[0], 0))
+
+
+def test_stratified_halves_split_every_class_evenly_and_lose_nothing():
+    rows = np.arange(100, 131)
+    labels = np.array([0] * 10 + [1] * 11 + [2] * 10)
+    first, second = stratified_halves(rows, labels, np.random.default_rng(0))
+    assert sorted(np.concatenate([first, second]).tolist()) == rows.tolist()
+    for c in range(3):
+        a, b = (np.isin(half, rows[labels == c]).sum() for half in (first, second))
+        assert abs(int(a) - int(b)) <= 1
+
+
+def test_fasten_held_out_estimate_reads_t_hat_off_the_half_the_cross_entropy_does_not_fit():
+    labels = [0, 1, 2, 0, 1, 2, 0, 1]  # rows 0-5 trusted (two per class), 6 and 7 untrusted
+    method, net = _scripted_method(labels, trusted_rows=[0, 1, 2, 3, 4, 5], held_out_estimate=True)
+    rng = np.random.default_rng(0)
+    halves = []
+    for _ in range(2):
+        method.start_epoch()
+        halves.append((method._fit.copy(), method._estimate.copy()))
+    assert sorted(np.concatenate(halves[0]).tolist()) == [0, 1, 2, 3, 4, 5]
+    assert set(halves[0][0]) == set(halves[1][1])  # the halves swap roles every epoch
+    fit, estimate = halves[1]
+    batch = Batch(untrusted=np.array([6, 7]), trusted=method.trusted_batch(rng))
+    net.noisy[estimate] = torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 0.0], [1.0, 1.0, 4.0]])[labels_of(estimate, labels)]
+    net.clean[fit] = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])[labels_of(fit, labels)]
+
+    first = method.loss(batch)[0].item()
+    expected = torch.softmax(torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 0.0], [1.0, 1.0, 4.0]]), 1)
+    torch.testing.assert_close(method.t_hat[0], expected)  # every row from the estimating half only
+    net.noisy[fit] = torch.full((len(fit), 3), 9.0) * torch.eye(3)[[2, 0, 1]]  # the fitting half's noisy view...
+    net.clean[estimate] = torch.tensor([-9.0, 9.0, 9.0])  # ...and the estimating half's clean logits: unseen
+    method.assigned = method.original.clone()
+    assert method.loss(batch)[0].item() == pytest.approx(first, rel=1e-6)
+    torch.testing.assert_close(method.t_hat[0], expected)
+
+
+def labels_of(rows: np.ndarray, labels: list[int]) -> list[int]:
+    return [labels[r] for r in rows]
 
 
 def test_fasten_batches_are_class_balanced_and_cover_every_untrusted_row_once():

@@ -14,6 +14,11 @@ Choices where the paper leaves room (docs/methods.md): the trusted and untrusted
 forward pass (one backward per iteration, BatchNorm sees both); the "half and half" is an equal
 weighting of the two means; a class missing from a trusted batch keeps its previous ``T̂`` row.
 
+Option ``held_out_estimate`` (the fix the literature points to for ``T̂`` read off images the network has
+memorised): every epoch the trusted set is split in two class-stratified halves that swap roles from one
+epoch to the next; the clean loss's cross-entropy sees one half, ``T̂`` is estimated on the other, whose
+images get no gradient that epoch.
+
 Our extension (``TrainConfig.per_labeler``): one noisy head per labeler with enough items (the rest
 share a pooled head), so ``T̂_l`` is estimated per labeler every iteration from the same trusted batch
 and each untrusted sample is corrected through its own labeler's matrix. A spammer's ``T̂_l`` tends to
@@ -58,16 +63,34 @@ class FasTEN(Method):
         self.t_hat = torch.eye(k, device=device).repeat(self.heads, 1, 1)  # (H, K, K)
         self._t_sum = torch.zeros(self.heads, k, k, device=device)
         self._t_count = 0
+        # held_out_estimate: this epoch's halves of the trusted set (fit: cross-entropy, estimate: T̂)
+        self._fit, self._estimate = self.data.trusted_rows, self.data.trusted_rows
+        self._halves: tuple[np.ndarray, np.ndarray] | None = None
+        self._epoch = 0
 
     # -- batches ---------------------------------------------------------------------------------
     def rows(self) -> np.ndarray:
         return self.data.untrusted_rows
 
+    def start_epoch(self) -> None:
+        self._epoch += 1
+        if not self.cfg.held_out_estimate:
+            return
+        if self._halves is None:
+            self._halves = stratified_halves(self.data.trusted_rows, self.data.labels[self.data.trusted_rows].cpu().numpy(),
+                                             np.random.default_rng([self.cfg.seed, 104729]))  # fmt: skip
+        first, second = self._halves
+        self._fit, self._estimate = (first, second) if self._epoch % 2 else (second, first)
+
     def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
-        rows = self.data.trusted_rows
+        if not self.cfg.held_out_estimate:
+            return self._per_class(self.data.trusted_rows, rng)
+        return np.concatenate([self._per_class(self._fit, rng), self._per_class(self._estimate, rng)])
+
+    def _per_class(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         per_class = self.cfg.trusted_per_class
         if per_class <= 0:
-            return rows  # the whole trusted set, every iteration
+            return rows  # the whole set, every iteration
         labels = self.data.labels[rows].cpu().numpy()
         picks = []
         for c in np.unique(labels):
@@ -86,15 +109,20 @@ class FasTEN(Method):
         clean_t, clean_u = clean[:n_t].float(), clean[n_t:].float()
         noisy_t, noisy_u = noisy[:n_t], noisy[n_t:]
         y_t = self.data.labels[rows_t]
+        # Which trusted rows the cross-entropy fits and which estimate T̂: all of them both ways, or
+        # (held_out_estimate) this epoch's two halves.
+        fit = torch.as_tensor(~np.isin(rows_t, self._estimate) if self.cfg.held_out_estimate else np.ones(n_t, bool),
+                              device=y_t.device)  # fmt: skip
+        est = ~fit if self.cfg.held_out_estimate else fit
         rows_u_t = torch.as_tensor(rows_u, device=self.assigned.device)
         y_hat = self.assigned[rows_u_t]
         head_u = self.head_of_row[rows_u_t]
 
         with torch.no_grad():  # every head's T̂ from the same trusted batch
-            p_noisy_t = torch.softmax(noisy_t, 2)
+            p_noisy_t = torch.softmax(noisy_t[est], 2)
             self.t_hat = torch.stack(
                 [
-                    estimate_transition(p_noisy_t[:, h], y_t, self.data.k, fallback=self.t_hat[h])
+                    estimate_transition(p_noisy_t[:, h], y_t[est], self.data.k, fallback=self.t_hat[h])
                     for h in range(self.heads)
                 ]
             )
@@ -103,7 +131,7 @@ class FasTEN(Method):
 
         p_u = torch.softmax(clean_u, 1)
         t_u = self.t_hat[head_u] if self.heads > 1 else self.t_hat[0]  # (B_u, K, K) or (K, K)
-        loss_clean = 0.5 * F.cross_entropy(clean_t, y_t) + 0.5 * forward_corrected_nll(p_u, t_u, y_hat).mean()
+        loss_clean = 0.5 * F.cross_entropy(clean_t[fit], y_t[fit]) + 0.5 * forward_corrected_nll(p_u, t_u, y_hat).mean()
         own_noisy_u = noisy_u[torch.arange(len(rows_u), device=noisy_u.device), head_u]  # (B_u, K)
         loss_noisy = F.cross_entropy(own_noisy_u, y_hat)
         loss = loss_clean + self.cfg.noisy_weight * loss_noisy
@@ -139,3 +167,15 @@ class FasTEN(Method):
         weights = torch.bincount(self.head_of_row[rows], minlength=self.heads).float()
         weights = weights / weights.sum().clamp_min(1)
         return torch.einsum("h,hij->ij", weights, per_head).cpu().numpy()
+
+
+def stratified_halves(rows: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` split in two halves with each class divided between them as evenly as it goes (an odd
+    one out goes to either half at random, so the halves stay the same size on average). (N,) -> two."""
+    first, second = [], []
+    for c in np.unique(labels):
+        mine = rng.permutation(rows[labels == c])
+        cut = len(mine) // 2 + (len(mine) % 2 and rng.random() < 0.5)
+        first.append(mine[:cut])
+        second.append(mine[cut:])
+    return np.concatenate(first), np.concatenate(second)
