@@ -227,7 +227,7 @@ def train(
         ),
     ] = None,  # fmt: skip
     method: Annotated[
-        str, typer.Option(help="ce | glc | fasten | crowd | crowdmix (docs/methods.md)")
+        str, typer.Option(help="ce | glc | fasten | crowd | crowdmix | mentormix (docs/methods.md)")
     ] = _Defaults.method,
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
     epochs: Annotated[int, typer.Option()] = _Defaults.epochs,
@@ -288,8 +288,11 @@ def train(
         typer.Option("--held-out-estimate", help="FasTEN: T-hat from the trusted half the cross-entropy skips."),
     ] = _Defaults.held_out_estimate,
     mixup_alpha: Annotated[
-        float, typer.Option(help="crowdmix: mixup weight drawn from Beta(alpha, alpha); 0 = no mixing.")
+        float, typer.Option(help="crowdmix, mentormix: mixup weight from Beta(alpha, alpha); 0 = no mixing.")
     ] = _Defaults.mixup_alpha,
+    mentormix_gamma: Annotated[
+        float, typer.Option(help="mentormix: loss quantile below which an example counts as clean.")
+    ] = _Defaults.mentormix_gamma,
     seed: Annotated[int, typer.Option()] = _Defaults.seed,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _Defaults.device,
     precision: Annotated[
@@ -307,7 +310,7 @@ def train(
                      epochs=epochs, batch_size=batch_size, lr=lr, arch=arch, augment=augment, loader=loader,
                      workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
                      rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, mixup_alpha=mixup_alpha,
-                     held_out_estimate=held_out_estimate,
+                     held_out_estimate=held_out_estimate, mentormix_gamma=mentormix_gamma,
                      seed=seed, device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
                      channels=channels if init == "scratch" else None,
                      image_size=input_size if init == "scratch" else None)  # fmt: skip

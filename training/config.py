@@ -31,7 +31,9 @@ class TrainConfig:
     min_labeler_items: int = 100  # FasTEN per_labeler: fewer items -> the pooled head
     consistency_weight: float = 0.0  # FasTEN: weight of the FixMatch-style loss on untrusted images; 0 = off
     pseudo_threshold: float = 0.95  # FasTEN consistency: confidence a pseudo-label needs
-    mixup_alpha: float = 1.0  # crowdmix: λ ~ Beta(α, α) per batch; 0 = no mixing (crowd's loss)
+    mixup_alpha: float = 1.0  # crowdmix, mentormix: λ ~ Beta(α, α) per batch; 0 = no mixing
+    mentormix_gamma: float = 0.6  # mentormix: the loss quantile below which an example counts as clean
+    mentormix_burn_in: float = 0.2  # mentormix: fraction of the epochs in which every example counts
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -42,7 +42,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny, classifier_a, tmp
     assert any(not torch.equal(runs["other"][k], v) for k, v in runs["first"].items() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("method", ["ce", "glc", "fasten", "crowd", "crowdmix"])
+@pytest.mark.parametrize("method", ["ce", "glc", "fasten", "crowd", "crowdmix", "mentormix"])
 def test_every_method_reports_accuracy_and_transition_matrix_each_epoch(tiny, classifier_a, tmp_path, method):
     result = train(
         tiny / "task_b.jsonl", init=classifier_a, out=tmp_path, cfg=TrainConfig(method=method, epochs=2, device="cpu")

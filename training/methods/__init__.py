@@ -5,6 +5,7 @@ from labelaudit.training.methods.ce import CrossEntropy
 from labelaudit.training.methods.crowd import CrowdForward, CrowdMix
 from labelaudit.training.methods.fasten import FasTEN
 from labelaudit.training.methods.glc import GoldLossCorrection
+from labelaudit.training.methods.mentormix import MentorMix
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
@@ -12,6 +13,7 @@ METHODS: dict[str, type[Method]] = {
     "fasten": FasTEN,
     "crowd": CrowdForward,
     "crowdmix": CrowdMix,
+    "mentormix": MentorMix,
 }
 
-__all__ = ["METHODS", "Method", "CrossEntropy", "CrowdForward", "CrowdMix", "GoldLossCorrection", "FasTEN"]
+__all__ = ["METHODS", "Method", "CrossEntropy", "CrowdForward", "CrowdMix", "GoldLossCorrection", "FasTEN", "MentorMix"]
