@@ -192,7 +192,7 @@ def run_training(manifest: Path, init: str, out: Path, *, init_classes: Path | N
         console.print(f"classifier A on task B, untouched: val {m.initial_val_acc}, test {m.initial_test_acc}, "
                       f"trusted {m.initial_trusted_acc}", soft_wrap=True)  # fmt: skip
     console.print(
-        f"[bold]{cfg.method}[/bold] -> {result.checkpoint}: val {m.val_acc}, test {m.test_acc}, "
+        f"[bold]{result.meta.method}[/bold] -> {result.checkpoint}: val {m.val_acc}, test {m.test_acc}, "
         f"trusted {m.trusted_acc:.4f}; gate {'passed' if gate.passed else '[red]FAILED[/red]'}: {gate.reason}",
         soft_wrap=True,
     )
@@ -227,7 +227,7 @@ def train(
         ),
     ] = None,  # fmt: skip
     method: Annotated[
-        str, typer.Option(help="ce | glc | fasten | crowd | crowdmix | mentormix (docs/methods.md)")
+        str, typer.Option(help="auto | ce | glc | fasten | crowd | crowdmix | mentormix (docs/methods.md)")
     ] = _Defaults.method,
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
     epochs: Annotated[int, typer.Option()] = _Defaults.epochs,

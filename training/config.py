@@ -13,7 +13,8 @@ LoaderMode = Literal["auto", "memory", "stream"]
 class TrainConfig:
     """Every knob that changes the result. Saved inside the checkpoint and the model card."""
 
-    method: str = "fasten"
+    method: str = "fasten"  # or "auto": chosen from what the data has (training.methods.auto)
+    method_choice: str = ""  # what "auto" saw and chose, for the checkpoint and the model card
     arch: str = "cnn_small"  # used only when training from scratch; otherwise classifier A's
     epochs: int = 10
     batch_size: int = 128

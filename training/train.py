@@ -11,6 +11,7 @@ gate) -> checkpoint.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from labelaudit.training.config import TrainConfig
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method
+from labelaudit.training.methods.auto import choose_method
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
@@ -360,7 +362,7 @@ def train(
     reporter = (reporter or SilentReporter()) if ranks.is_main else SilentReporter()
     torch.manual_seed(cfg.seed)
     device = rank_device or pick_device(cfg.device)
-    method_cls = METHODS[cfg.method]
+    method_cls = None if cfg.method == "auto" else METHODS[cfg.method]  # auto: chosen once the data is read
     if ranks.active and cfg.consistency_weight > 0:
         raise ValueError("consistency_weight (a second forward pass per step) is not supported with several processes")
     try:
@@ -377,8 +379,15 @@ def _train(manifest_path, init, out, cfg, reporter, pixel_progress, init_classes
 
     # 1. classifier A, and task B's data: classes mapped onto A's by name, A's preprocessing
     a = None if init is None else load_classifier_a(str(init), classes_file=init_classes, preprocess=preprocess)
-    manifest = read_manifest(manifest_path, require_trusted=method_cls.needs_trusted,
+    manifest = read_manifest(manifest_path, require_trusted=method_cls is not None and method_cls.needs_trusted,
                              fallback_classes=None if a is None else a.classes)  # fmt: skip
+    if method_cls is None:
+        train_rows = manifest.mask(split="train")
+        choice = choose_method(trusted=manifest.trusted[train_rows], labeler_ids=manifest.labeler_ids[train_rows],
+                               classes=len(manifest.classes), min_labeler_items=cfg.min_labeler_items)  # fmt: skip
+        cfg = dataclasses.replace(cfg, method=choice.method, method_choice=choice.reason)
+        method_cls = METHODS[choice.method]
+        reporter.note(choice.reason)
     manifest = with_held_out(manifest, **held_out)
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fills the pixel cache first; the others then map it
@@ -397,8 +406,8 @@ def _train(manifest_path, init, out, cfg, reporter, pixel_progress, init_classes
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose from {sorted(METHODS)}")
+    if cfg.method not in METHODS and cfg.method != "auto":
+        raise ValueError(f"unknown method {cfg.method!r}; choose from auto, {', '.join(sorted(METHODS))}")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"unknown precision {cfg.precision!r}; choose from auto, bf16, fp32")
     if cfg.augment not in AUGMENTATIONS:

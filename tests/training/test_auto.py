@@ -1,0 +1,52 @@
+"""``--method auto``: the choice per data shape (trusted set or not, labeler ids or not), and a real run
+that records what it chose and why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelaudit.training.methods.auto import CHOICES, choose_method
+from labelaudit.training.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def rows(trusted: int, labelers: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    ids = ["qa"] * trusted + [name for name, n in labelers.items() for _ in range(n)]
+    return np.array([True] * trusted + [False] * (len(ids) - trusted)), np.array(ids)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "labelers", "expected"),
+    [
+        (50, {"ann": 300, "bob": 300}, "crowd"),  # both: per-labeler matrices with a trusted anchor
+        (50, {"": 600}, "fasten"),  # a trusted set, labels without labeler ids
+        (50, {"ann": 590, "bob": 10}, "fasten"),  # one labeler with enough labels is no crowd
+        (3, {"ann": 300, "bob": 300}, "mentormix"),  # fewer trusted rows than classes: no usable set
+        (0, {"": 600}, "mentormix"),
+    ],
+)
+def test_auto_chooses_by_what_the_data_has(trusted, labelers, expected):
+    is_trusted, ids = rows(trusted, labelers)
+    choice = choose_method(trusted=is_trusted, labeler_ids=ids, classes=10, min_labeler_items=100)
+    assert choice.method == expected
+    assert choice.reason.startswith("auto: ") and choice.reason.endswith(f"-> {expected}")
+
+
+def test_every_data_shape_has_a_choice():
+    assert set(CHOICES) == {(t, lab) for t in (True, False) for lab in (True, False)}
+
+
+def test_an_auto_run_records_the_method_it_chose_and_why(tiny_data, tmp_path):
+    cfg = TrainConfig(method="auto", epochs=1, device="cpu", min_labeler_items=20)  # tiny: ~60 labels each
+    result = train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=cfg)
+    assert result.meta.method == "crowd"  # task B: five labelers and a trusted set
+    assert result.meta.config["method_choice"].endswith("-> crowd")
+    no_trusted = train(
+        tiny_data / "task_a.jsonl",
+        init=None,
+        out=tmp_path / "a",
+        cfg=TrainConfig(method="auto", epochs=1, device="cpu"),
+    )
+    assert no_trusted.meta.method == "mentormix"
