@@ -136,6 +136,9 @@ def data(
     seed: Annotated[int, typer.Option(help="Data seed (the recipe is deterministic for a seed).")] = 0,
     size: Annotated[str, typer.Option(help="tiny | small | full (30,000 images per task).")] = "small",
     trusted_fraction: Annotated[float, typer.Option(help="Share of task B's training images checked by hand.")] = 0.01,
+    unlabeled: Annotated[
+        int, typer.Option(help="More task-B training images without a label (semi-supervised training).")
+    ] = 0,
 ) -> None:
     """Build task A and task B from Debian's Fashion-MNIST, with simulated noisy labelers."""
     from labelaudit.training.datasets import fashion_mnist
@@ -144,7 +147,7 @@ def data(
         raise _fail(ValueError(f"--size must be one of {sorted(SIZES)}"))
     per_task, val_size, test_size = SIZES[size]
     with _progress() as progress:
-        task = progress.add_task("writing images", total=2 * per_task + test_size, info="")
+        task = progress.add_task("writing images", total=2 * per_task + test_size + unlabeled, info="")
         try:
             report = fashion_mnist.build(
                 out,
@@ -154,6 +157,7 @@ def data(
                 val_size=val_size,
                 test_size=test_size,
                 trusted_fraction=trusted_fraction,
+                unlabeled=unlabeled,
                 progress=lambda n: progress.update(task, advance=n),
             )
         except (FileNotFoundError, ValueError) as exc:
@@ -283,6 +287,9 @@ def train(
         bool,
         typer.Option("--trusted-heads-only", help="FasTEN: trusted images train the heads, not the features."),
     ] = not _Defaults.trusted_trains_features,
+    unlabeled_weight: Annotated[
+        float, typer.Option(help="Semi-supervised: weight of the EMA teacher's consistency on unlabeled rows; 0 = off.")
+    ] = _Defaults.unlabeled_weight,
     held_out_estimate: Annotated[
         bool,
         typer.Option("--held-out-estimate", help="FasTEN: T-hat from the trusted half the cross-entropy skips."),
@@ -311,6 +318,7 @@ def train(
                      workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
                      rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, mixup_alpha=mixup_alpha,
                      held_out_estimate=held_out_estimate, mentormix_gamma=mentormix_gamma,
+                     unlabeled_weight=unlabeled_weight,
                      seed=seed, device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
                      channels=channels if init == "scratch" else None,
                      image_size=input_size if init == "scratch" else None)  # fmt: skip

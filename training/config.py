@@ -31,7 +31,10 @@ class TrainConfig:
     per_labeler: bool = False  # FasTEN: one noisy head (and T̂) per labeler with enough items
     min_labeler_items: int = 100  # FasTEN per_labeler: fewer items -> the pooled head
     consistency_weight: float = 0.0  # FasTEN: weight of the FixMatch-style loss on untrusted images; 0 = off
-    pseudo_threshold: float = 0.95  # FasTEN consistency: confidence a pseudo-label needs
+    pseudo_threshold: float = 0.95  # consistency (FasTEN's, the EMA teacher's): confidence a pseudo-label needs
+    unlabeled_weight: float = 0.0  # semi-supervised: weight of the EMA teacher's consistency loss; 0 = off
+    ema_decay: float = 0.99  # semi-supervised: the teacher's moving average of the weights, per step
+    doubt_threshold: float = 0.5  # semi-supervised with crowd: posterior of its label below which a row is doubted
     mixup_alpha: float = 1.0  # crowdmix, mentormix: λ ~ Beta(α, α) per batch; 0 = no mixing
     mentormix_gamma: float = 0.6  # mentormix: the loss quantile below which an example counts as clean
     mentormix_burn_in: float = 0.2  # mentormix: fraction of the epochs in which every example counts

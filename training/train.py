@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from labelaudit.errors import ManifestError
-from labelaudit.imaging.manifest import Manifest, load_pixels, read_manifest, row_pixels, with_held_out
+from labelaudit.imaging.manifest import UNLABELED, Manifest, load_pixels, read_manifest, row_pixels, with_held_out
 from labelaudit.schemas.model_card import EpochMetrics, GateResult, ModelMetrics, PreprocessSpec
 from labelaudit.training import distributed
 from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
@@ -36,6 +36,7 @@ from labelaudit.training.methods.auto import choose_method
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
+from labelaudit.training.semi import EmaTeacher
 from labelaudit.training.transition import labeler_transition_matrices, per_class_thresholds
 
 
@@ -78,6 +79,7 @@ class TaskData:
     val_rows: np.ndarray
     test_rows: np.ndarray
     labeler_ids: np.ndarray
+    unlabeled_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # label: UNLABELED
     noisy_groups: list[str] = field(default_factory=lambda: ["*"])  # labeler group of each noisy head
     spec: PreprocessSpec | None = None  # how uint8 pixels are normalised; None: ``images`` gives model inputs
 
@@ -120,6 +122,7 @@ class Trainer:
         if self.autocast:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model = distributed.wrap(self.net, self.ranks, device)  # what training steps call (DDP or the net)
+        self.semi = EmaTeacher(self) if cfg.unlabeled_weight > 0 else None  # semi-supervised (training.semi)
 
     def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) uint8 -> (B, C, H, W) float32 on the device, normalised exactly as
@@ -136,13 +139,15 @@ class Trainer:
         batch.x = self.to_inputs(fetched.pixels)
         return batch
 
-    def inputs(self, batch: Batch, *, part: str = "all", strong: bool = False) -> torch.Tensor:
-        """The batch's inputs (trusted rows first), augmented while training. ``part``: all | trusted |
-        untrusted; ``strong``: a FixMatch-style strong view instead of the policy's."""
+    def inputs(self, batch: Batch, *, part: str = "labeled", strong: bool = False) -> torch.Tensor:
+        """The batch's inputs, augmented while training. ``part``: labeled (trusted rows, then untrusted) |
+        trusted | untrusted | unlabeled; ``strong``: a FixMatch-style strong view instead of the policy's."""
         if batch.x is None:
             self.load(batch)
-        n_t = len(batch.trusted)
-        x = {"all": batch.x, "trusted": batch.x[:n_t], "untrusted": batch.x[n_t:]}[part]
+        n_t, n_l = len(batch.trusted), len(batch.trusted) + len(batch.untrusted)
+        parts = {"labeled": slice(0, n_l), "trusted": slice(0, n_t), "untrusted": slice(n_t, n_l),
+                 "unlabeled": slice(n_l, None)}  # fmt: skip
+        x = batch.x[parts[part]]
         if strong:
             x = strong_augment(x)
         elif self.net.training:
@@ -201,6 +206,9 @@ class Trainer:
             method.start_epoch()
             self.model.train()  # the DDP wrapper too, when there is one
             plan = [self._my_slice(b) for b in method.batches(self.rng) if len(b.untrusted) >= self.ranks.world]
+            if self.semi is not None:
+                self.semi.refresh_pool(method)
+                plan = [self.semi.attach(b) for b in plan]
             self.reporter.phase(f"{phase} epoch {epoch}/{self.cfg.epochs}", len(plan))
             started, losses, seen, step_s, load_s = time.perf_counter(), [], 0, 0.0, 0.0
             fetched_all = self.data.images.batches([b.rows for b in plan])
@@ -209,10 +217,14 @@ class Trainer:
                 batch.x = self.to_inputs(fetched.pixels)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     loss, stats = method.loss(batch)
+                    if self.semi is not None:
+                        loss = loss + self.semi.loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+                if self.semi is not None:
+                    self.semi.update()
                 batch.x = None
                 losses.append(stats.loss)  # .item() inside the loss waited for the device: the time is real
                 seen += len(batch.trusted) + len(batch.untrusted) * self.ranks.world  # the global batch
@@ -283,12 +295,15 @@ def data_spec(manifest: Manifest, cfg: TrainConfig, progress=None) -> Preprocess
 
 
 def _rows(manifest: Manifest) -> dict[str, np.ndarray]:
-    train = manifest.mask(split="train")
+    """Row indices by role: ``train`` the labeled training rows (``trusted`` and ``untrusted``), ``unlabeled``
+    the training images without a label (only the semi-supervised option reads them), ``val``, ``test``."""
+    train = manifest.mask(split="train", labeled=True)
     trusted = manifest.mask(split="train", trusted=True)
     return {
         "train": np.flatnonzero(train),
         "trusted": np.flatnonzero(trusted),
         "untrusted": np.flatnonzero(train & ~trusted),
+        "unlabeled": np.flatnonzero(manifest.mask(split="train", labeled=False)),
         "val": np.flatnonzero(manifest.mask(split="val")),
         "test": np.flatnonzero(manifest.mask(split="test")),
     }
@@ -306,9 +321,10 @@ def open_images(manifest: Manifest, spec: PreprocessSpec, cfg: TrainConfig, devi
 def load_task(manifest: Manifest, images: ImageLoader, cfg: TrainConfig, device: torch.device) -> TaskData:
     labels = manifest.labels
     if cfg.label_source == "true_label":
-        labels = manifest.true_labels()
-        if labels is None:
+        truth = manifest.true_labels()
+        if truth is None:
             raise ManifestError(f"{manifest.path.name}: label_source=true_label needs true_label on every row")
+        labels = np.where(labels == UNLABELED, UNLABELED, truth)  # the oracle: clean labels, not more of them
     rows = _rows(manifest)
     is_trusted = np.zeros(len(labels), dtype=bool)
     is_trusted[rows["trusted"]] = True
@@ -318,7 +334,8 @@ def load_task(manifest: Manifest, images: ImageLoader, cfg: TrainConfig, device:
         is_trusted=torch.as_tensor(is_trusted, device=device),
         k=len(manifest.classes),
         train_rows=rows["train"], trusted_rows=rows["trusted"], untrusted_rows=rows["untrusted"],
-        val_rows=rows["val"], test_rows=rows["test"], labeler_ids=manifest.labeler_ids,
+        unlabeled_rows=rows["unlabeled"], val_rows=rows["val"], test_rows=rows["test"],
+        labeler_ids=manifest.labeler_ids,
     )  # fmt: skip
 
 
@@ -363,8 +380,11 @@ def train(
     torch.manual_seed(cfg.seed)
     device = rank_device or pick_device(cfg.device)
     method_cls = None if cfg.method == "auto" else METHODS[cfg.method]  # auto: chosen once the data is read
-    if ranks.active and cfg.consistency_weight > 0:
-        raise ValueError("consistency_weight (a second forward pass per step) is not supported with several processes")
+    if ranks.active and (cfg.consistency_weight > 0 or cfg.unlabeled_weight > 0):
+        raise ValueError(
+            "consistency_weight and unlabeled_weight (a second forward pass per step) are not supported with "
+            "several processes"
+        )
     try:
         held_out = {"val": val_manifest, "test": test_manifest}
         return _train(manifest_path, init, Path(out), cfg, reporter, pixel_progress, init_classes, preprocess,

@@ -20,11 +20,14 @@ from labelaudit.imaging.preprocess import pixels_from_file
 from labelaudit.schemas.manifest import ManifestRecord
 from labelaudit.schemas.model_card import PreprocessSpec
 
+UNLABELED = -1  # ``Manifest.labels`` of an unlabeled training image
+
 
 @dataclass
 class Manifest:
     """A checked manifest, held as columns (N,) so that a million rows cost tens of MB and forked data
-    loader workers share them without copying: ``labels`` int indices into ``classes``; ``images`` paths
+    loader workers share them without copying: ``labels`` int indices into ``classes`` (``UNLABELED`` for an
+    unlabeled training image, whose ``labeler_ids`` entry is ''); ``images`` paths
     relative to the manifest's folder; ``true_labels`` -1 where a row has none."""
 
     path: Path
@@ -47,8 +50,9 @@ class Manifest:
     def records(self) -> list[ManifestRecord]:
         """The rows as records, built on demand (small manifests: the producer, tests)."""
         return [
-            ManifestRecord(item_id=str(i), image=str(im), label=self.classes[y], labeler_id=str(lab), trusted=bool(t),
-                           split=str(sp), true_label=None if ty < 0 else self.classes[ty])
+            ManifestRecord(item_id=str(i), image=str(im), label=self.classes[y] if y >= 0 else None,
+                           labeler_id=str(lab) if y >= 0 else None, trusted=bool(t), split=str(sp),
+                           true_label=None if ty < 0 else self.classes[ty])
             for i, im, y, lab, t, sp, ty in zip(self.item_ids, self.images, self.labels, self.labeler_ids,
                                                 self.trusted, self.splits, self.true_labels_or_missing, strict=True)
         ]  # fmt: skip
@@ -61,13 +65,15 @@ class Manifest:
         name = self.path.name if self.origins is None else self.origins[row]
         return f"{name}:{self.line_numbers[row]}"
 
-    def mask(self, *, split: str | None = None, trusted: bool | None = None) -> np.ndarray:
-        """Boolean (N,) selecting rows by split and trust."""
+    def mask(self, *, split: str | None = None, trusted: bool | None = None, labeled: bool | None = None) -> np.ndarray:
+        """Boolean (N,) selecting rows by split, trust and whether they carry a label."""
         keep = np.ones(len(self), dtype=bool)
         if split is not None:
             keep &= self.splits == split
         if trusted is not None:
             keep &= self.trusted == trusted
+        if labeled is not None:
+            keep &= (self.labels != UNLABELED) == labeled
         return keep
 
     def true_labels(self) -> np.ndarray | None:
@@ -159,7 +165,7 @@ def read_manifest(
     if not seen:
         raise ManifestError(f"{path.name}: the manifest has no rows")
 
-    labels_seen = set(columns["label"])
+    labels_seen = set(columns["label"]) - {None}
     known = list(classes) if classes is not None else _classes_beside(path)
     if known is None and fallback_classes is not None and labels_seen <= set(fallback_classes):
         known = list(fallback_classes)
@@ -178,8 +184,8 @@ def read_manifest(
         )
     return Manifest(
         path=path, classes=known, item_ids=np.array(columns["item_id"]), images=np.array(columns["image"]),
-        labels=np.array([index[v] for v in columns["label"]], dtype=np.int64),
-        labeler_ids=np.array(columns["labeler_id"]), trusted=trusted, splits=splits,
+        labels=np.array([UNLABELED if v is None else index[v] for v in columns["label"]], dtype=np.int64),
+        labeler_ids=np.array([v or "" for v in columns["labeler_id"]]), trusted=trusted, splits=splits,
         true_labels_or_missing=np.array([-1 if v is None else index[v] for v in columns["true_label"]], dtype=np.int64),
         line_numbers=np.array(columns["line"], dtype=np.int64), sha256=digest.hexdigest(),
     )  # fmt: skip

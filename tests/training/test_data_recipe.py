@@ -49,7 +49,8 @@ def test_manifests_parse_with_the_trusted_set_required(built):
 
     assert a.classes == b.classes == list(fm.CLASSES)  # from classes.txt, in the recipe's order
     assert len(a.records) == 600 and len(b.records) == 600 + 200
-    assert report.counts == {"task_a": 600, "task_b_train": 500, "trusted": 10, "task_b_val": 100, "task_b_test": 200}
+    expected = {"task_a": 600, "task_b_train": 500, "trusted": 10, "task_b_val": 100, "task_b_test": 200}
+    assert report.counts == expected | {"task_b_unlabeled": 0}
     assert b.mask(split="val").sum() == 100 and b.mask(split="test").sum() == 200
     assert a.mask(split="val").sum() == 100 and not a.mask(trusted=True).any()
 
@@ -141,6 +142,19 @@ def test_build_refuses_impossible_sizes(tmp_path):
     for bad in (dict(per_task=0), dict(per_task=30_001), dict(per_task=100, val_size=100)):
         with pytest.raises(ValueError, match="val_size < per_task"):
             fm.build(tmp_path, **{**SIZE, **bad})
+
+
+def test_unlabeled_images_come_from_outside_both_tasks_and_carry_no_label(tmp_path, built):
+    report = fm.build(tmp_path, noise=NOISE, seed=0, unlabeled=150, **SIZE)
+    manifest = read_manifest(report.task_b_manifest, require_trusted=True)
+    unlabeled = [r for r in manifest.records if r.label is None]
+    assert len(unlabeled) == 150 and report.counts["task_b_unlabeled"] == 150
+    assert all(r.split == "train" and not r.trusted and r.labeler_id is None and r.true_label for r in unlabeled)
+    # the labeled rows are those of the build without unlabeled images, byte for byte
+    first = [r for r in _rows(built["first"][1] / "task_b.jsonl")]
+    assert [r for r in _rows(report.task_b_manifest) if "label" in r] == first
+    with pytest.raises(ValueError, match="unlabeled images"):
+        fm.build(tmp_path / "x", noise=NOISE, seed=0, unlabeled=60_000, **SIZE)
 
 
 def test_camera_b_is_uint8_28x28_and_deterministic_for_a_seeded_rng():

@@ -119,17 +119,25 @@ def build(
     val_size: int = 2_000,
     test_size: int = 10_000,
     trusted_fraction: float = 0.01,
+    unlabeled: int = 0,
     source: Path = FASHION_MNIST_DIR,
     progress=None,
 ) -> BuildReport:
-    """Write images and manifests for task A and task B under ``out_dir``. See the module docstring."""
+    """Write images and manifests for task A and task B under ``out_dir``. See the module docstring.
+
+    ``unlabeled``: that many more task-B training images (through camera B) without a label, from the
+    Fashion-MNIST training images neither task uses (60,000 - 2 x ``per_task`` of them)."""
     k = len(CLASSES)
     if not 0 < per_task <= 30_000 or not 0 < val_size < per_task:
         raise ValueError("need 0 < val_size < per_task <= 30000")
+    if not 0 <= unlabeled <= 60_000 - 2 * per_task:
+        raise ValueError(f"{unlabeled} unlabeled images: only {60_000 - 2 * per_task} are left beside two tasks of "
+                         f"{per_task}; choose a smaller size or fewer")  # fmt: skip
     rng = np.random.default_rng(seed)
     train_x, train_y, test_x, test_y = load_fashion_mnist(source)
     order = rng.permutation(len(train_x))
     a_idx, b_idx = order[:per_task], order[30_000 : 30_000 + per_task]
+    spare = np.concatenate([order[30_000 + per_task :], order[per_task:30_000]])[:unlabeled]
     test_idx = np.arange(min(test_size, len(test_x)))
 
     # Task B images through camera B, one RNG stream per image so that any subset is reproducible.
@@ -170,6 +178,13 @@ def build(
         else:
             row = dict(label=CLASSES[noisy_of[i]], labeler_id=labeler_of[i], trusted=False, split="train")
         rows_b.append(dict(item_id=item, image=f"images/task_b/{item}.png", **row, true_label=true))
+    for i, src in enumerate(spare):
+        item = f"bu-{i:05d}"
+        pixels = camera_b(train_x[src], np.random.default_rng([seed, 3, i]))
+        Image.fromarray(pixels, mode="L").save(images_b / f"{item}.png")
+        tick(1)
+        rows_b.append(dict(item_id=item, image=f"images/task_b/{item}.png", split="train",
+                           true_label=CLASSES[train_y[src]]))  # fmt: skip
     for i in range(len(bt_x)):
         item = f"bt-{i:05d}"
         Image.fromarray(bt_x[i], mode="L").save(images_b / f"{item}.png")
@@ -213,5 +228,5 @@ def build(
     }
     (out_dir / "labelers.json").write_text(json.dumps(truth, indent=2) + "\n")
     counts = {"task_a": len(rows_a), "task_b_train": len(b_train), "trusted": len(trusted),
-              "task_b_val": val_size, "task_b_test": len(bt_x)}  # fmt: skip
+              "task_b_val": val_size, "task_b_test": len(bt_x), "task_b_unlabeled": unlabeled}  # fmt: skip
     return BuildReport(out_dir, task_a, task_b, noise, float(wrong.mean()), severity, counts)

@@ -16,19 +16,26 @@ if TYPE_CHECKING:
     from labelaudit.training.train import TaskData, Trainer
 
 
+def _no_rows() -> np.ndarray:
+    return np.empty(0, dtype=np.int64)
+
+
 @dataclass
 class Batch:
-    """One iteration: manifest rows, untrusted and trusted, and once loaded ``x`` (B_t + B_u, C, H, W),
-    the normalised images on the device, trusted rows first (``Trainer.inputs`` augments them)."""
+    """One iteration: manifest rows, trusted, untrusted and (semi-supervised) unlabeled, and once loaded
+    ``x`` (B_t + B_u + B_x, C, H, W), the normalised images on the device in that order (``Trainer.inputs``
+    gives the parts, augmented)."""
 
     untrusted: np.ndarray
-    trusted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    trusted: np.ndarray = field(default_factory=_no_rows)
+    unlabeled: np.ndarray = field(default_factory=_no_rows)  # no supervised loss ever reads these rows
     x: torch.Tensor | None = None
 
     @property
     def rows(self) -> np.ndarray:
-        """The rows in the order their images are loaded: trusted first."""
-        return np.concatenate([self.trusted, self.untrusted]) if len(self.trusted) else self.untrusted
+        """The rows in the order their images are loaded: trusted, untrusted, unlabeled."""
+        parts = [p for p in (self.trusted, self.untrusted, self.unlabeled) if len(p)]
+        return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else self.untrusted)
 
 
 @dataclass
@@ -80,6 +87,11 @@ class Method:
         return None
 
     @torch.no_grad()
+    def doubted_rows(self) -> np.ndarray:
+        """Labeled rows whose label the method doubts, trained like unlabeled ones by the semi-supervised
+        option; none by default (``crowd``: its labeler-aware posterior)."""
+        return np.empty(0, dtype=np.int64)
+
     def transition(self) -> np.ndarray | None:
         """The current estimate of T. Default: GLC's estimator with the clean head on the trusted set,
         which for a model fitted to noisy labels shows the noise it has learned."""

@@ -50,6 +50,15 @@ def em_transitions(
     return t.float()
 
 
+def label_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``q_n(ȳ_n)``: the posterior that item ``n``'s given label is its true class, from the network's
+    ``probs`` (N, K) and each item's labeler matrix ``t`` (N, K, K): ``p(ȳ) T[ȳ, ȳ] / Σ_i p(i) T[i, ȳ]``. (N,)"""
+    idx = torch.arange(len(labels), device=labels.device)
+    column = t[idx, :, labels]  # (N, K): T[i, ȳ_n]
+    joint = probs.double() * column.double()
+    return (joint[idx, labels] / joint.sum(1).clamp_min(1e-12)).float()
+
+
 def initial_transitions(heads: int, k: int, device, diagonal: float = 0.5) -> torch.Tensor:
     """A start that trusts labels half the time: (H, K, K)."""
     t = torch.full((k, k), (1 - diagonal) / (k - 1), device=device)
@@ -71,13 +80,23 @@ class CrowdForward(Method):
             [index.get(str(lid), index[POOLED_GROUP]) for lid in self.data.labeler_ids], device=device
         )
         self.t = initial_transitions(len(groups), self.data.k, device)  # (H, K, K)
+        self.doubted = np.empty(0, dtype=np.int64)
 
     def refresh_transitions(self) -> None:
-        """The E and M steps over every untrusted item, with the current network as the prior."""
+        """The E and M steps over every untrusted item, with the current network as the prior; and the
+        items whose label the resulting posterior doubts."""
         rows = self.data.untrusted_rows
         rows_t = torch.as_tensor(rows, device=self.t.device)
         probs = self.trainer.predict(rows)
-        self.t = em_transitions(probs, self.data.labels[rows_t], self.head_of_row[rows_t], self.t)
+        labels, heads = self.data.labels[rows_t], self.head_of_row[rows_t]
+        self.t = em_transitions(probs, labels, heads, self.t)
+        belief = label_posterior(probs, self.t[heads], labels)  # (N,)
+        self.doubted = rows[(belief < self.cfg.doubt_threshold).cpu().numpy()]
+
+    def doubted_rows(self) -> np.ndarray:
+        """Untrusted rows whose label has posterior below ``doubt_threshold`` given the network and the
+        labeler's matrix (as of this epoch's EM)."""
+        return self.doubted
 
     def rows(self) -> np.ndarray:
         return self.data.untrusted_rows
