@@ -5,8 +5,12 @@ levels and seeds, with a 1% trusted set. Writes bench/results/train_noise.json a
     python bench/train_noise.py              # small data, 3 seeds x 20/40/60% noise (CPU: about an hour)
     python bench/train_noise.py --size full --epochs-a 15 --epochs-b 30   # on a GPU
 
-A method may carry TrainConfig overrides, a variant with its own row: ``fasten:rho=0.95,epochs=30``.
-Variants of what was tried go to their own file (``--name train_probes``), not the main table.
+A method may carry TrainConfig overrides, a variant with its own row: ``fasten:rho=0.95,epochs=30``;
+``no_trusted=1`` trains it on task B with the trusted rows removed (a team without a hand-checked set:
+``mentormix:no_trusted=1`` against ``ce:no_trusted=1``). ``--unlabeled N`` builds task B with N more
+images without a label (the semi-supervised option trains on them: ``crowd:unlabeled_weight=1``; the
+other methods ignore them). Variants of what was tried go to their own file (``--name train_probes``),
+not the main table.
 """
 
 from __future__ import annotations
@@ -68,11 +72,14 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     }
 
 
+BENCH_KEYS = {"no_trusted": False}  # variant keys of the benchmark itself, not TrainConfig fields
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
     """``"fasten:rho=0.95,epochs=30"`` -> ``("fasten", {"rho": 0.95, "epochs": 30})``; each value takes
     the type of TrainConfig's field, an unknown field or a bad value fails before anything trains."""
     name, _, rest = spec.partition(":")
-    defaults = vars(TrainConfig())
+    defaults = vars(TrainConfig()) | BENCH_KEYS
     overrides: dict = {}
     for pair in filter(None, rest.split(",")):
         key, _, value = pair.partition("=")
@@ -84,6 +91,17 @@ def parse_method(spec: str) -> tuple[str, dict]:
         except ValueError:
             raise SystemExit(f"{spec}: {key}={value!r} is not a {kind.__name__}") from None
     return name, overrides
+
+
+def without_trusted(manifest: Path) -> Path:
+    """``manifest`` beside itself with its trusted rows removed: what a team with no hand-checked set has."""
+    import json
+
+    out = manifest.with_name(manifest.stem + "_no_trusted.jsonl")
+    if not out.exists():
+        rows = [line for line in manifest.read_text().splitlines() if not json.loads(line).get("trusted")]
+        out.write_text("\n".join(rows) + "\n")
+    return out
 
 
 def untouched_test_acc(checkpoint: Path, manifest: Path) -> float:
@@ -99,6 +117,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["ce", "glc", "fasten", "crowd", "oracle"])
     ap.add_argument("--arch", default="cnn_small")
     ap.add_argument("--name", default="train_noise")
+    ap.add_argument("--unlabeled", type=int, default=0, help="task-B images without a label (data recipe)")
     args = ap.parse_args()
     apply_quick(args)
     methods = {spec: parse_method(spec) for spec in args.methods}
@@ -120,10 +139,12 @@ def main() -> None:
     for seed in args.seeds:
         classifier_a = None
         for noise in args.noise:
-            data = WORK / f"{args.size}-seed{seed}-noise{noise}"
+            data = WORK / (
+                f"{args.size}-seed{seed}-noise{noise}" + (f"-unlabeled{args.unlabeled}" if args.unlabeled else "")
+            )
             if not (data / "task_b.jsonl").exists():
                 built = fashion_mnist.build(data, noise=noise, seed=seed, per_task=per_task, val_size=val_size,
-                                            test_size=test_size)  # fmt: skip
+                                            test_size=test_size, unlabeled=args.unlabeled)  # fmt: skip
                 actual = built.noise_actual
             else:
                 import json
@@ -136,10 +157,15 @@ def main() -> None:
                 classifier_a = a.checkpoint
                 console.print(f"classifier A seed {seed}: task A val {a.meta.metrics.val_acc:.4f} "
                               f"({time.perf_counter() - started:.0f}s)")  # fmt: skip
-            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, trusted_fraction=0.01)
+            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, trusted_fraction=0.01,
+                          unlabeled=args.unlabeled)  # fmt: skip
             record(method="classifier_a", clean_test_acc=untouched_test_acc(classifier_a, data / "task_b.jsonl"),
                    epochs=0, train_images_per_s=None, **common)  # fmt: skip
             for method, (base, overrides) in methods.items():
+                overrides = dict(overrides)
+                manifest = data / "task_b.jsonl"
+                if overrides.pop("no_trusted", False):
+                    manifest = without_trusted(manifest)
                 cfg = TrainConfig(**{
                     "method": "ce" if base == "oracle" else base,
                     "label_source": "true_label" if base == "oracle" else "label",
@@ -147,7 +173,7 @@ def main() -> None:
                 } | overrides)  # fmt: skip
                 started = time.perf_counter()
                 out = WORK / f"runs/{data.name}-{method.replace(':', '-').replace(',', '-').replace('=', '')}"
-                r = train(data / "task_b.jsonl", init=classifier_a, out=out, cfg=cfg)
+                r = train(manifest, init=classifier_a, out=out, cfg=cfg)
                 diagnostics = {}
                 if cfg.method == "fasten":  # is T̂ as noisy as the labels it corrects for?
                     t_hat = r.meta.transition_matrix
