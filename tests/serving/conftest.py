@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import pytest
-import uvicorn
+from gatewaykit import running_gateway
 
-from labelaudit.ports import free_port
-from labelaudit.serving.http.app import create_app
 from labelaudit.serving.settings import Settings
 
 
@@ -29,16 +25,5 @@ def audit_store_in_tmp(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gateway(model_repo):
-    port = free_port()
-    app = create_app(Settings(model_repo=model_repo, ort_intra_op_threads=1))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_gateway(Settings(model_repo=model_repo, ort_intra_op_threads=1)) as url:
+        yield url.removeprefix("http://")

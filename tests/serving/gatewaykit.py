@@ -29,9 +29,11 @@ def small_png() -> bytes:
 
 
 @contextmanager
-def running_gateway(settings: Settings):
+def running_gateway(settings: Settings, **uvicorn_options):
+    """The gateway for ``settings`` as a real uvicorn server in a thread: yields ``http://127.0.0.1:PORT``."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    options = {"log_level": "warning"} | uvicorn_options
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

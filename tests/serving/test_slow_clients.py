@@ -8,16 +8,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
+from gatewaykit import running_gateway
 from httpkit import closed_by_server, connect, post, read_response, request_head
 
-from labelaudit.ports import free_port
-from labelaudit.serving.http.app import create_app
 from labelaudit.serving.http.server import server_options
 from labelaudit.serving.settings import Settings
 
@@ -35,20 +32,9 @@ def server(model_repo, tmp_path_factory):
         http_body_timeout_s=TIMEOUT_S,
         http_keep_alive_timeout_s=TIMEOUT_S,
     )
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, **server_options(settings)
-    )  # fmt: skip  (log_config=None: records reach caplog)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the gateway did not start"
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    # log_config=None: records reach caplog
+    with running_gateway(settings, log_config=None, **server_options(settings)) as url:
+        yield url.removeprefix("http://")
 
 
 def requests_by_status(address: str) -> dict[str, float]:
