@@ -1,4 +1,5 @@
-"""The one entry point: ``labelaudit data | train | export | demo``. The top floor; nothing imports it."""
+"""The one entry point: ``labelaudit data | train | export | serve | consume | produce | report | demo``. The
+top floor; nothing imports it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The one settings class for every labelaudit process (``LABELAUDIT_`` environment variables).
 
 Built once at start (``Settings()``), logged once with secrets hidden (``Settings.redacted()``).
-Nothing else in the code reads the environment.
+Nothing else in the serving code reads the environment (``labelaudit demo`` hands settings to the processes
+it starts through it, and reads where the Kafka script is: ``LABELAUDIT_KAFKA_SCRIPT``).
 """
 
 from __future__ import annotations
