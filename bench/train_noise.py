@@ -51,7 +51,7 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     it shows whether those rows' memorised features bias the estimate)."""
     meta = load_checkpoint(checkpoint)[1]
     m = read_manifest(manifest, classes=meta.classes)
-    rows = np.flatnonzero(m.mask(split="train", trusted=False))
+    rows = np.flatnonzero(m.mask(split="train", trusted=False, labeled=True))
     probs = checkpoint_probs(checkpoint, manifest, rows)
     truth, given = m.true_labels()[rows], m.labels[rows]
     corrected = np.where(probs.max(1) >= rho, probs.argmax(1), given)
