@@ -11,7 +11,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labelaudit.errors import LabelAuditError, describe_errors
 from labelaudit.schemas.api import ErrorResponse
-from labelaudit.serving.http.batcher import Overloaded
 from labelaudit.serving.http.body import BodyTimeout
 
 log = logging.getLogger("labelaudit.http")
@@ -41,14 +40,9 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("408 on %s %s: %s", request.method, request.url.path, exc)
         return error_response(request, exc.status_code, exc.reason, str(exc), headers={"Connection": "close"})
 
-    @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        retry = str(max(1, round(exc.retry_after_s)))
-        return error_response(request, 429, exc.reason, str(exc), headers={"Retry-After": retry})
-
     @app.exception_handler(LabelAuditError)
     async def _ours(request: Request, exc: LabelAuditError) -> JSONResponse:
-        retry = getattr(exc, "retry_after_s", None)  # 503s for a store or backend that is away for now
+        retry = getattr(exc, "retry_after_s", None)  # 429 Overloaded, 503 Unavailable: when to come back
         headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else None
         return error_response(request, exc.status_code, exc.reason, str(exc), headers=headers)
 

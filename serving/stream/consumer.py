@@ -238,10 +238,14 @@ class StreamConsumer:
         log.warning("%s[%d]@%d failed alone (try %d of %d)", record.topic, record.partition, record.offset, attempt,
                     self.settings.consume_poison_attempts, exc_info=exc)  # fmt: skip
 
+    def _backoff(self, attempt: int) -> float:
+        """Seconds before retry ``attempt``: 0.5 s doubling, up to ``consume_retry_max_s``."""
+        return min(self.settings.consume_retry_max_s, 0.5 * 2 ** min(attempt, 10))
+
     async def _pause(self, attempt: int, why: str) -> None:
         """Back off before retry ``attempt`` (0.5 s doubling, up to ``consume_retry_max_s``), on this event
         loop so the main thread goes on; ``Abandoned`` as soon as the consumer drains."""
-        delay = min(self.settings.consume_retry_max_s, 0.5 * 2 ** min(attempt, 10))
+        delay = self._backoff(attempt)
         log.error("%s; retrying in %.1fs (attempt %d)", why, delay, attempt)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
@@ -482,7 +486,7 @@ class StreamConsumer:
                 return self._clients()
             except NoBrokersAvailable:
                 attempt += 1
-                delay = min(self.settings.consume_retry_max_s, 0.5 * 2 ** min(attempt, 10))
+                delay = self._backoff(attempt)
                 log.error("no broker at %s answers; trying again in %.1fs", self.settings.kafka_bootstrap_servers,
                           delay)  # fmt: skip
                 self._stop.wait(delay)
