@@ -198,11 +198,12 @@ async def audit_stream(stream: Stream, repo: Path, store_urls: list[str], classe
 # -- measuring -------------------------------------------------------------------------------------
 
 
-def report_json(store_url: str, window, out: Path, classes: list[str]):
+def report_json(store_url: str, window, out: Path, classes: list[str], repo: Path | None = None):
+    """The report as ``labelaudit report --model-repo repo`` writes it (the model's confusion from its card)."""
     from labelaudit.serving.report.job import run_report
 
     t = time.perf_counter()
-    written = run_report(store_url, window, out, classes=classes, class_source="the model card")
+    written = run_report(store_url, window, out, classes=classes, class_source="the model card", model_repo=repo)
     return written.report, time.perf_counter() - t
 
 
@@ -219,8 +220,10 @@ def compare(rates: dict[str, float], errors: dict[str, tuple[int, int]], flagged
     ids = sorted(errors)
     true = [errors[a][0] / errors[a][1] for a in ids]
     rho = float(spearmanr([rates[a] for a in ids], true).statistic)
+    mae = float(np.mean([abs(rates[a] - t) for a, t in zip(ids, true, strict=True)]))
     noisy, oracle = truly_noisy(errors), oracle_flagged(errors)
-    row = dict(labelers=len(ids), spearman_vs_true_error=round(rho, 4), truly_noisy=noisy, oracle_flagged=oracle,
+    row = dict(labelers=len(ids), spearman_vs_true_error=round(rho, 4), mean_abs_error=round(mae, 4),
+               truly_noisy=noisy, oracle_flagged=oracle,
                above_pool_rate=above_pool_rate(errors),
                per_labeler={a: {"true_error": round(t, 4), "estimate": round(rates[a], 4)} for a, t in zip(ids, true, strict=True)})  # fmt: skip
     if flagged is not None:
@@ -412,7 +415,7 @@ def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, s
     common = dict(kind="quality", seed=seed, noise=args.noise, multi=share)
     for scope, (window, nights) in scopes.items():
         errors = true_error_rates(stream, nights)
-        timed = {store: report_json(url, window, work / store, classes) for store, url in urls.items()}
+        timed = {store: report_json(url, window, work / store, classes, repo) for store, url in urls.items()}
         same = _comparable(timed["sqlite"][0]) == _comparable(timed["postgres"][0])
         for store, (r, secs) in timed.items():
             record(**common, detector="labelaudit", data="all", scope=scope, store=store, records=r.headline.records,
@@ -420,14 +423,14 @@ def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, s
                    **labelaudit_row(r, errors))  # fmt: skip
         if not multi.any():  # every item has one label: no agreement to use, no multi-annotator baseline
             continue
-        for row in _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common):
+        for row in _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common, repo):
             record(**row)
 
 
-def _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common) -> list[dict]:
+def _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common, repo) -> list[dict]:
     in_scope = np.isin(stream.night, list(nights))
     rows = []
-    r, secs = report_json(multi_url, window, work / "multi", classes)
+    r, secs = report_json(multi_url, window, work / "multi", classes, repo)
     errors_m = true_error_rates(stream, nights, multi)
     rows.append(dict(**common, detector="labelaudit", data="multi_labeled_only", scope=scope, store="sqlite",
                      records=r.headline.records, seconds=round(secs, 2), peak_rss_mb=None,

@@ -323,15 +323,18 @@ def report_table(result: dict) -> str:
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in quality:
         cells[(r["multi"], r["scope"], r["detector"], r["data"])].append(r)
-    lines = ["| items with 3 labels | scope | detector | labels of | Spearman vs true error (mean, min) | flagged = truly noisy | flagged = oracle's | runs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| items with 3 labels | scope | detector | labels of | estimates from | mean abs error of the estimate | Spearman vs true error (mean, min) | flagged = truly noisy | flagged = oracle's | runs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for (multi, scope, detector, data), rs in sorted(
         cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2])
     ):
         rho = [r["spearman_vs_true_error"] for r in rs]
         flags = [(r["flagged_equals_truly_noisy"], r["flagged_equals_oracle"]) for r in rs if "flagged" in r]
         hits = [f"{sum(f[i] for f in flags)}/{len(flags)}" if flags else "-" for i in (0, 1)]
-        lines.append(f"| {multi:.0%} | {scope} | {detector} | {data} | {np.mean(rho):.3f}, {min(rho):.2f} | {hits[0]} | "
+        mae = [r["mean_abs_error"] for r in rs if "mean_abs_error" in r]
+        sources = sorted({x["source"] for r in rs for x in r["per_labeler"].values() if "source" in x}) or ["-"]
+        lines.append(f"| {multi:.0%} | {scope} | {detector} | {data} | {', '.join(sources)} | "
+                     f"{f'{np.mean(mae):.3f}' if mae else '-'} | {np.mean(rho):.3f}, {min(rho):.2f} | {hits[0]} | "
                      f"{hits[1]} | {len(rs)} |")  # fmt: skip
     pg = [r for r in result["rows"] if r.get("kind") == "quality" and r.get("store") == "postgres"]
     same = sum(bool(r.get("same_report_sqlite_postgres")) for r in pg)

@@ -529,7 +529,11 @@ def report(
         Path | None, typer.Option(help="Thumbnails: a JSONL manifest (item_id, image) or a folder of <item_id>.png.")
     ] = None,
     model_repo: Annotated[
-        Path | None, typer.Option(help="Name the classes from the model card here (default: the classes in the store).")
+        Path | None,
+        typer.Option(
+            help="The model cards: the classes' names (default: those in the store) and the model's "
+            "confusion, which turns one-label-per-item disagreement into labelers' error rates."
+        ),
     ] = None,
     model_version: Annotated[
         str | None, typer.Option(help="Report this model version (default: the window's latest).")
@@ -563,8 +567,8 @@ def report(
             task = progress.add_task(f"report {window.label}", total=STEPS, info="")
             written = run_report(
                 settings.store_url.get_secret_value(), window, out, images=images, classes=classes,
-                class_source=source, model_version=model_version, nights_back=nights, top=top, alpha=alpha,
-                step=lambda name: progress.update(task, advance=1, info=name),
+                class_source=source, model_version=model_version, model_repo=model_repo, nights_back=nights, top=top,
+                alpha=alpha, step=lambda name: progress.update(task, advance=1, info=name),
             )  # fmt: skip
             progress.update(task, completed=STEPS, info="done")
     except (LabelAuditError, ValueError) as exc:

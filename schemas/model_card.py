@@ -142,6 +142,12 @@ class ModelCard(BaseModel):
         "a candidate error."
     )
     thresholds_source: str = Field(description="Which images the thresholds were computed on.")
+    confusion: list[list[int]] | None = Field(
+        default=None,
+        description="C[i][k]: how many held-out images of true class i the model labels k (the same images as "
+        "the thresholds; optimistic when that is the trusted set, which training fitted). The report "
+        "deconvolves each labeler's disagreement with the model by it.",
+    )
     parity: ParityResult | None = None
     data_version: str = Field(description="sha256 of the training manifest.")
     code_version: str = Field(description="labelaudit version and git commit, if known.")
@@ -153,6 +159,8 @@ class ModelCard(BaseModel):
         k = len(self.classes)
         if len(self.disagreement_thresholds) != k:
             raise ValueError(f"disagreement_thresholds needs {k} values, one per class")
+        if self.confusion is not None and (len(self.confusion) != k or any(len(r) != k for r in self.confusion)):
+            raise ValueError(f"confusion must be {k} x {k}")
         matrices = list(self.labeler_transition_matrices.values())
         if self.transition_matrix is not None:
             matrices.append(self.transition_matrix)

@@ -94,14 +94,16 @@ class Transition(_Model):
 
 class ErrorEstimate(_Model):
     """A labeler's estimated error rate and its 95% interval, and where it comes from: ``agreement``
-    (with the other labelers on shared items, one-coin Dawid–Skene moments, bootstrap interval) or, where
-    the labeler shares too few items, ``disagreement`` (its disagreement rate and Wilson interval, which
-    also counts the model's own mistakes)."""
+    (with the other labelers on shared items, one-coin Dawid–Skene moments, bootstrap interval); where the
+    labeler shares too few items, ``model`` (its disagreement with the model, deconvolved with the model's
+    confusion measured on clean held-out images, from the model card; bootstrap interval); without a card
+    that has one, ``disagreement`` (its disagreement rate and Wilson interval, which also counts the
+    model's own mistakes)."""
 
     rate: float | None
     low: float | None
     high: float | None
-    source: Literal["agreement", "disagreement"]
+    source: Literal["agreement", "model", "disagreement"]
 
 
 class LabelerRow(_Model):

@@ -38,6 +38,7 @@ class CheckpointMeta(BaseModel):
     labeler_counts: dict[str, int] = Field(default_factory=dict)
     disagreement_thresholds: list[float]
     thresholds_source: str
+    confusion: list[list[int]] | None = None  # (K, K) counts of (true class, model's label) on held-out rows
     data_version: str
     manifest: str
     noisy_heads: list[str] = Field(

@@ -340,6 +340,7 @@ def build_model_card(
         labeler_counts=meta.labeler_counts,
         disagreement_thresholds=meta.disagreement_thresholds,
         thresholds_source=meta.thresholds_source,
+        confusion=meta.confusion,
         parity=parity,
         data_version=meta.data_version,
         code_version=code_version(),

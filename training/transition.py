@@ -102,3 +102,10 @@ def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, k: int) -> np.nd
         if mine.any():
             out[c] = float(probs[mine, c].mean())
     return out
+
+
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+    """``C[i, j]``: how many items of class ``i`` the model labels ``j``. (N,), (N,) -> (K, K) int."""
+    out = np.zeros((k, k), dtype=np.int64)
+    np.add.at(out, (labels, predicted), 1)
+    return out

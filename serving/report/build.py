@@ -31,6 +31,7 @@ from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.report import aggregate as agg
 from labelaudit.serving.report.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.serving.report.agreement import estimate as agreement_estimates
+from labelaudit.serving.report.deconvolve import ErrorRate, ModelConfusion, error_rates, labeler_tables
 from labelaudit.serving.report.stats import fisher_greater, holm, wilson
 
 THIN = 20  # fewer labels than this: the page says the interval is wide
@@ -75,10 +76,12 @@ def build_report(
     nights_back: int = 14,
     top: int = 50,
     alpha: float = 0.05,
+    model_confusion: Callable[[str, str], ModelConfusion | None] = lambda name, version: None,
     step: Callable[[str], None] = lambda name: None,
 ) -> Report:
     """The report for ``window``: the model given by ``model_version`` (default: the one with the window's
-    latest record) and its verdicts; the other models in the window are listed, not counted."""
+    latest record) and its verdicts; the other models in the window are listed, not counted.
+    ``model_confusion(name, version)``: that model's confusion from its card, if there is one."""
     since, until = _iso(window.since), _iso(window.until)
     step("models in the window")
     window_span = agg.span(store, since, until)
@@ -124,7 +127,16 @@ def build_report(
     queue = agg.relabel_queue(store, scope, top)
 
     people = [x for x in pairs if UNKNOWN_LABELER not in x[:2]]
-    labelers, flag = _labelers(cells, classes, alpha, agreement_estimates(people, len(classes)))
+    confusion = model_confusion(chosen.model_name, chosen.model_version)
+    if confusion is None:
+        notes.append("No model card with the model's confusion was given (--model-repo): a labeler who shares few "
+                     "items with others is judged by its disagreement rate, which counts the model's mistakes too.")  # fmt: skip
+    elif "trusted" in confusion.source:
+        notes.append(f"The model's confusion in its card was measured on the {confusion.source}, which training "
+                     "fitted: it understates the model's mistakes, so labelers' error rates from the model lean "
+                     "toward their disagreement rates.")  # fmt: skip
+    model_errors = _model_errors(cells, confusion)
+    labelers, flag = _labelers(cells, classes, alpha, agreement_estimates(people, len(classes)), model_errors)
     headline = _headline(totals, cells, nights, chosen, window, multi_items)
     notes += _notes(totals, cells, headline, labelers, nights_back)
     return Report(
@@ -199,7 +211,17 @@ def _transition(cells: list[agg.Cell], classes: list[str]) -> Transition:
     return Transition(classes=classes, counts=counts, rows=rows)
 
 
-def _labelers(cells: list[agg.Cell], classes: list[str], alpha: float, est: Estimates) -> tuple[list[LabelerRow], FlagTest]:  # fmt: skip
+def _model_errors(cells: list[agg.Cell], confusion: ModelConfusion | None) -> dict[str, ErrorRate]:
+    """Each labeler's error rate deconvolved from its (model's label, human label) counts; {} without a card."""
+    if confusion is None:
+        return {}
+    rows = [(c.labeler_id, c.predicted, c.human, c.labels) for c in cells]
+    return error_rates(labeler_tables(rows, confusion.classes), confusion.counts)
+
+
+def _labelers(
+    cells: list[agg.Cell], classes: list[str], alpha: float, est: Estimates, model_errors: dict[str, ErrorRate]
+) -> tuple[list[LabelerRow], FlagTest]:
     mine: dict[str, list[agg.Cell]] = defaultdict(list)
     for c in cells:
         mine[c.labeler_id].append(c)
@@ -212,7 +234,7 @@ def _labelers(cells: list[agg.Cell], classes: list[str], alpha: float, est: Esti
         i = by_id.get(a)
         rows.append(LabelerRow(
             labeler_id=a, labels=n, multi_labeled=sum(c.multi_labeled for c in mine[a]), disagreement=rate(k, n),
-            estimated_error=_estimated_error(rate(k, n), est, i), relabel_requests=sum(c.relabel_requests for c in mine[a]),
+            estimated_error=_estimated_error(rate(k, n), est, i, model_errors.get(a)), relabel_requests=sum(c.relabel_requests for c in mine[a]),
             test=flag.test.get(a), p_value=flag.p.get(a), p_adjusted=flag.adjusted.get(a), flagged=a in flag.flagged,
             flag_round=flag.flagged.get(a), transition=_transition(mine[a], classes),
             note=_labeler_note(a, n, a in flag.p, flag.test.get(a)),
@@ -277,12 +299,14 @@ def _flag_p_values(
     return p, test
 
 
-def _estimated_error(disagreement: Rate, est: Estimates, i: int | None) -> ErrorEstimate:
-    if i is None or np.isnan(est.error[i]):
-        return ErrorEstimate(
-            rate=disagreement.rate, low=disagreement.low, high=disagreement.high, source="disagreement"
-        )
-    return ErrorEstimate(rate=float(est.error[i]), low=float(est.low[i]), high=float(est.high[i]), source="agreement")
+def _estimated_error(disagreement: Rate, est: Estimates, i: int | None, model: ErrorRate | None) -> ErrorEstimate:
+    """Agreement with other labelers where identified, else the model-deconvolved rate, else disagreement."""
+    if i is not None and not np.isnan(est.error[i]):
+        return ErrorEstimate(rate=float(est.error[i]), low=float(est.low[i]), high=float(est.high[i]),
+                             source="agreement")  # fmt: skip
+    if model is not None:
+        return ErrorEstimate(rate=model.rate, low=model.low, high=model.high, source="model")
+    return ErrorEstimate(rate=disagreement.rate, low=disagreement.low, high=disagreement.high, source="disagreement")
 
 
 def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> str | None:

@@ -9,10 +9,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+
 from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.report import Report, Window
+from labelaudit.serving.core.model_repo import ModelNotFound, resolve_model
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
+from labelaudit.serving.report.deconvolve import ModelConfusion
 from labelaudit.serving.report.render import render_html
 from labelaudit.serving.report.thumbnails import load_thumbnails
 
@@ -58,6 +62,24 @@ def span_window(since: datetime, until: datetime) -> Window:
     return Window(since=since, until=until, label=f"{since:%Y-%m-%dT%H%M}--{until:%Y-%m-%dT%H%M}")
 
 
+def card_confusion(repo: Path | None) -> Callable[[str, str], ModelConfusion | None]:
+    """``(name, version) ->`` the confusion in ``<repo>/<name>/<version>/model_card.json``; None without a
+    repository, a card, or a confusion in it (cards exported before it was recorded)."""
+
+    def lookup(name: str, version: str) -> ModelConfusion | None:
+        if repo is None:
+            return None
+        try:
+            card = resolve_model(repo, name, version).card
+        except ModelNotFound:
+            return None
+        if card.confusion is None:
+            return None
+        return ModelConfusion(card.classes, np.asarray(card.confusion, dtype=float), card.thresholds_source)
+
+    return lookup
+
+
 def store_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite:///") else "postgresql"
 
@@ -71,12 +93,14 @@ def run_report(
     classes: list[str] | None = None,
     class_source: str = "the classes seen in the store",
     model_version: str | None = None,
+    model_repo: Path | None = None,
     nights_back: int = 14,
     top: int = 50,
     alpha: float = 0.05,
     step: Callable[[str], None] = lambda name: None,
 ) -> Written:
-    """Aggregate the store for ``window`` and write the three files; returns where they are."""
+    """Aggregate the store for ``window`` and write the three files; returns where they are. ``model_repo``:
+    where the reported model's card is, for its confusion (labelers' error rates from one label per item)."""
     if store_url.startswith("sqlite:///") and not Path(store_url.removeprefix("sqlite:///")).is_file():
         raise ReportError(f"no audit store at {store_url.removeprefix('sqlite:///')}")
     if images is not None and not images.exists():
@@ -85,7 +109,7 @@ def run_report(
     try:
         report = build_report(store, window=window, store_kind=store_kind(store_url), classes=classes,
                               class_source=class_source, model_version=model_version, nights_back=nights_back,
-                              top=top, alpha=alpha, step=step)  # fmt: skip
+                              top=top, alpha=alpha, model_confusion=card_confusion(model_repo), step=step)  # fmt: skip
     finally:
         store.close()
     step("thumbnails")

@@ -80,17 +80,24 @@ def confusion_heatmap(confusion: Confusion) -> str:
     return _uri(fig)
 
 
+ESTIMATES = (  # the labeler's estimated error rate, by where it comes from: (source, colour, legend)
+    ("agreement", "#e67e22", "agreement between labelers"),
+    ("model", "#8e44ad", "disagreement with the model, less the model's measured mistakes"),
+)
+
+
 def labeler_rates(rows: list[LabelerRow], pooled: Rate) -> str:
     fig = Figure(figsize=(6.4, 0.42 * len(rows) + 1.4))
     ax = fig.subplots()
     names = [r.labeler_id or "(no labeler id)" for r in rows]
     _rate_dots(ax, names, [r.disagreement for r in rows], [FLAG if r.flagged else OK for r in rows])
     y = np.arange(len(rows))[::-1] - 0.25
-    agreed = [(yi, r.estimated_error) for yi, r in zip(y, rows, strict=True) if r.estimated_error.source == "agreement"]
-    if agreed:
-        e = np.array([[100 * x.rate, 100 * (x.rate - x.low), 100 * (x.high - x.rate)] for _, x in agreed])
-        ax.errorbar(e[:, 0], [yi for yi, _ in agreed], xerr=e[:, 1:].T, fmt="D", color="#e67e22", capsize=2,
-                    markersize=4, label="estimated error rate (agreement between labelers, bootstrap)")  # fmt: skip
+    for source, colour, how in ESTIMATES:
+        mine = [(yi, r.estimated_error) for yi, r in zip(y, rows, strict=True) if r.estimated_error.source == source]
+        if mine:
+            e = np.array([[100 * x.rate, 100 * (x.rate - x.low), 100 * (x.high - x.rate)] for _, x in mine])
+            ax.errorbar(e[:, 0], [yi for yi, _ in mine], xerr=e[:, 1:].T, fmt="D", color=colour, capsize=2,
+                        markersize=4, label=f"estimated error rate ({how}, bootstrap)")  # fmt: skip
     if pooled.rate is not None:
         ax.axvline(
             100 * pooled.rate, color=POOL, ls="--", lw=1, label=f"disagreement, all labels {100 * pooled.rate:.1f}%"

@@ -185,7 +185,12 @@ def _method(report: Report) -> str:
         "how often it agrees with them (each labeler right with its own probability, wrong labels spread over the "
         "other classes: the one-coin Dawid–Skene model, fitted to the pair table by least squares; 95% interval "
         "from a parametric bootstrap). No model is involved, so it also sees the mistakes a labeler shares with "
-        "the model. Elsewhere it is the disagreement rate, which also counts the model's own mistakes.</p>"
+        "the model. Elsewhere, given the model card (<code>--model-repo</code>), it comes from the labeler's "
+        "disagreement with the model, less the model's own mistakes as measured on clean held-out images (its "
+        "confusion in the card; Dawid–Skene EM with the model as an annotator of known confusion; 95% interval "
+        "from a bootstrap of both). That assumes the labeler and the model err independently given the true "
+        "class, so a labeler who errs on the images the model finds hard, toward the model's own guess, reads "
+        "low. Without a card it is the disagreement rate, which also counts the model's own mistakes.</p>"
         "<p>Disagreement intervals are 95% Wilson score intervals. A <b>relabel request</b> is the serving policy's own verdict "
         f"(confident disagreement), stored with each record. Classes from: {escape(report.class_source)}.</p></div>"
     )

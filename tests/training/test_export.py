@@ -54,6 +54,7 @@ def _meta(*, passed: bool = True, manifest: str = "manifest.jsonl") -> Checkpoin
         transition_matrix=np.eye(10).tolist(),
         disagreement_thresholds=[0.5] * 10,
         thresholds_source="val",
+        confusion=(np.eye(10, dtype=int) * 90 + 1).tolist(),
         data_version="0" * 64,
         manifest=manifest,
     )
@@ -209,6 +210,7 @@ def test_model_card_copies_meta_and_round_trips() -> None:
     assert (card.init, card.method, card.architecture) == ("classifier_a.pt", "fasten", "cnn_small")
     assert card.training_config == meta.config
     assert card.gate == meta.gate and card.metrics == meta.metrics
+    assert card.confusion == meta.confusion  # the report deconvolves labelers' disagreement by it
     assert card.parity == PARITY and card.onnx_sha256 == "ab" * 32
     assert card.code_version.startswith(labelaudit.__version__)
     assert card.created_at.tzinfo is not None

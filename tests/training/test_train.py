@@ -64,6 +64,9 @@ def test_every_method_reports_accuracy_and_transition_matrix_each_epoch(tiny, cl
         "qa",
     }
     assert len(meta.disagreement_thresholds) == 10 and meta.thresholds_source == "val split"
+    confusion = np.array(meta.confusion)  # (true, model's label) on the val split: the report deconvolves by it
+    val_acc = np.trace(confusion) / confusion.sum()
+    assert confusion.shape == (10, 10) and val_acc == pytest.approx(meta.metrics.val_acc, abs=1e-6)
     assert (tmp_path / "metrics.json").is_file()
 
 
