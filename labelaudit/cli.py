@@ -688,14 +688,13 @@ def _print_summary(meta, exported) -> None:
     )
     table.add_row(f"{meta.method} from classifier A", fmt(m.val_acc), fmt(m.test_acc), fmt(m.trusted_acc))
     console.print(table)
-    labelers = Table(title="per-labeler agreement with the model's estimate of the truth (diag of T_l)")
-    labelers.add_column("labeler")
-    labelers.add_column("items")
-    labelers.add_column("estimated accuracy")
-    for lid, t in sorted(meta.labeler_transition_matrices.items()):
-        n = meta.labeler_counts.get(lid, 0)
-        acc = sum(t[i][i] for i in range(len(t))) / len(t)
-        labelers.add_row(lid, str(n), f"{acc:.3f}")
+    labelers = Table(title="per labeler, on its training items: disagreement with the model, and its error rate "
+                     "(the model's measured mistakes taken out)")  # fmt: skip
+    for col in ("labeler", "items", "disagreement", "estimated error rate (95% interval)"):
+        labelers.add_column(col)
+    for lid, e in meta.labeler_error_rates.items():
+        labelers.add_row(lid, f"{meta.labeler_counts.get(lid, 0):,}", f"{e.disagreement:.3f}",
+                         f"{e.rate:.3f} ({e.low:.3f}-{e.high:.3f})")  # fmt: skip
     console.print(labelers)
     console.print(f"Triton model repository: {exported.model_dir.parent}\nmodel card: {exported.card_path}")
 

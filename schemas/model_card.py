@@ -99,6 +99,15 @@ class ParityResult(BaseModel):
     tolerance: float
 
 
+class LabelerErrorRate(BaseModel):
+    """A labeler's estimated error rate with its 95% interval (``labelaudit.deconvolve``)."""
+
+    rate: float
+    low: float
+    high: float
+    disagreement: float = Field(description="Its raw disagreement with the model's label, for comparison.")
+
+
 class ModelMetrics(BaseModel):
     val_acc: float | None = None
     test_acc: float | None = None
@@ -136,6 +145,13 @@ class ModelCard(BaseModel):
         "model's posterior (so it works with one label per item).",
     )
     labeler_counts: dict[str, int] = Field(default_factory=dict)
+    labeler_error_rates: dict[str, LabelerErrorRate] = Field(
+        default_factory=dict,
+        description="Per labeler_id: its error rate on the training rows, its disagreement with the model's "
+        "label there less the model's own mistakes (``confusion``), Dawid-Skene EM with the model as an annotator "
+        "of known confusion. The model fitted those labels, so a rate reads low where it memorised them; the "
+        "nightly report makes the same estimate on images the model never trained on.",
+    )
     disagreement_thresholds: list[float] = Field(
         description="Per class k: the mean predicted probability of k over held-out images labeled k "
         "(confident learning's per-class threshold). A human label k whose probability falls below it is "

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from labelaudit.schemas.model_card import GateResult, ModelMetrics, PreprocessSpec
+from labelaudit.schemas.model_card import GateResult, LabelerErrorRate, ModelMetrics, PreprocessSpec
 from labelaudit.training.networks import TwoHeadNet
 
 FORMAT = "labelaudit-checkpoint-v1"
@@ -39,6 +39,7 @@ class CheckpointMeta(BaseModel):
     disagreement_thresholds: list[float]
     thresholds_source: str
     confusion: list[list[int]] | None = None  # (K, K) counts of (true class, model's label) on held-out rows
+    labeler_error_rates: dict[str, LabelerErrorRate] = Field(default_factory=dict)
     data_version: str
     manifest: str
     noisy_heads: list[str] = Field(

@@ -341,6 +341,7 @@ def build_model_card(
         disagreement_thresholds=meta.disagreement_thresholds,
         thresholds_source=meta.thresholds_source,
         confusion=meta.confusion,
+        labeler_error_rates=meta.labeler_error_rates,
         parity=parity,
         data_version=meta.data_version,
         code_version=code_version(),

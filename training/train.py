@@ -37,7 +37,12 @@ from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.semi import EmaTeacher
-from labelaudit.training.transition import confusion_counts, labeler_transition_matrices, per_class_thresholds
+from labelaudit.training.transition import (
+    confusion_counts,
+    labeler_error_rates,
+    labeler_transition_matrices,
+    per_class_thresholds,
+)
 
 
 class Reporter(Protocol):
@@ -483,6 +488,12 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     labeler_t, labeler_n = labeler_transition_matrices(
         posterior, labels_np[data.train_rows], data.labeler_ids[data.train_rows], data.k
     )
+    confusion = confusion_counts(data.labels[held_out].cpu().numpy(), held_probs.argmax(1), data.k)
+    untrusted = ~trusted_in_train
+    labeler_errors = labeler_error_rates(
+        posterior[untrusted].argmax(1), labels_np[data.train_rows[untrusted]],
+        data.labeler_ids[data.train_rows[untrusted]], confusion,
+    )  # fmt: skip
     final_t = history[-1].transition_matrix if history else None
     metrics = ModelMetrics(
         val_acc=trainer.accuracy(data.val_rows), test_acc=trainer.accuracy(data.test_rows),
@@ -497,7 +508,7 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
         labeler_transition_matrices={k: v.round(4).tolist() for k, v in labeler_t.items()},
         labeler_counts=labeler_n, disagreement_thresholds=thresholds.round(4).tolist(),
         thresholds_source="val split" if len(data.val_rows) else "trusted set",
-        confusion=confusion_counts(data.labels[held_out].cpu().numpy(), held_probs.argmax(1), data.k).tolist(),
+        confusion=confusion.tolist(), labeler_error_rates=labeler_errors,
         data_version=manifest.sha256, manifest=str(manifest.path.resolve()),
         noisy_heads=data.noisy_groups if len(data.noisy_groups) > 1 else [],
     )  # fmt: skip

@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from labelaudit.deconvolve import error_rates, labeler_tables
+from labelaudit.schemas.model_card import LabelerErrorRate
+
 EPS = 1e-8
 
 
@@ -109,3 +112,20 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.nd
     out = np.zeros((k, k), dtype=np.int64)
     np.add.at(out, (labels, predicted), 1)
     return out
+
+
+def labeler_error_rates(
+    predicted: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, confusion: np.ndarray
+) -> dict[str, LabelerErrorRate]:
+    """Each labeler's error rate on its training rows: its disagreement with the model's label less the
+    model's measured mistakes (``labelaudit.deconvolve``). (N,) predicted and given labels, labeler ids;
+    ``confusion`` (K, K) counts on held-out rows."""
+    rows = [(str(a), int(p), int(y), 1) for a, p, y in zip(labeler_ids, predicted, labels, strict=True)]
+    k = confusion.shape[0]
+    tables = labeler_tables(rows, list(range(k)))
+    rates = error_rates(tables, confusion)
+    return {
+        a: LabelerErrorRate(rate=round(r.rate, 4), low=round(r.low, 4), high=round(r.high, 4),
+                            disagreement=round(1 - float(np.trace(tables[a][:, :k])) / tables[a].sum(), 4))
+        for a, r in sorted(rates.items())
+    }  # fmt: skip

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
+from labelaudit.deconvolve import ErrorRate, ModelConfusion, error_rates, labeler_tables
 from labelaudit.schemas.report import (
     ClassRow,
     Confusion,
@@ -31,7 +32,6 @@ from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.report import aggregate as agg
 from labelaudit.serving.report.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.serving.report.agreement import estimate as agreement_estimates
-from labelaudit.serving.report.deconvolve import ErrorRate, ModelConfusion, error_rates, labeler_tables
 from labelaudit.serving.report.stats import fisher_greater, holm, wilson
 
 THIN = 20  # fewer labels than this: the page says the interval is wide

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from labelaudit.deconvolve import ModelConfusion
 from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.report import Report, Window
 from labelaudit.serving.core.model_repo import ModelNotFound, resolve_model
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
-from labelaudit.serving.report.deconvolve import ModelConfusion
 from labelaudit.serving.report.render import render_html
 from labelaudit.serving.report.thumbnails import load_thumbnails
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from reportkit import CLASSES, NIGHT, fill, record
 
+from labelaudit.deconvolve import ModelConfusion, error_rates, fit, labeler_tables
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
-from labelaudit.serving.report.deconvolve import ModelConfusion, error_rates, fit, labeler_tables
 from labelaudit.serving.report.job import card_confusion, night_window
 
 

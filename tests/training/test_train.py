@@ -67,6 +67,10 @@ def test_every_method_reports_accuracy_and_transition_matrix_each_epoch(tiny, cl
     confusion = np.array(meta.confusion)  # (true, model's label) on the val split: the report deconvolves by it
     val_acc = np.trace(confusion) / confusion.sum()
     assert confusion.shape == (10, 10) and val_acc == pytest.approx(meta.metrics.val_acc, abs=1e-6)
+    errors = meta.labeler_error_rates  # the card's per-labeler error rates, one label per training item
+    assert set(errors) == {f"labeler-{i}" for i in range(1, 6)}
+    assert all(0 <= e.low <= e.rate <= e.high <= 1 for e in errors.values())
+    assert errors["labeler-5"].rate > errors["labeler-1"].rate  # the spammer reads worse than the reliable one
     assert (tmp_path / "metrics.json").is_file()
 
 

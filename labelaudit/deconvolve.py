@@ -28,6 +28,7 @@ model does not know (always wrong), so tables are (K, K + extra).
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,12 +118,15 @@ class ModelConfusion:
     source: str  # which images, for the report's notes
 
 
-def labeler_tables(cells: list[tuple[str, str, str, int]], classes: list[str]) -> dict[str, np.ndarray]:
+def labeler_tables(
+    cells: Iterable[tuple[str, Hashable, Hashable, int]], classes: Sequence[Hashable]
+) -> dict[str, np.ndarray]:
     """(labeler, model's label, human label, labels) rows -> labeler -> (K, J) counts in ``classes``' order,
     human labels outside ``classes`` in extra columns (J >= K). Rows whose model label is not in
     ``classes`` (another model's) are left out."""
+    cells = list(cells)
     index = {c: i for i, c in enumerate(classes)}
-    extra = sorted({human for _, _, human, _ in cells} - index.keys())
+    extra = sorted({human for _, _, human, _ in cells} - index.keys(), key=str)
     column = index | {c: len(classes) + i for i, c in enumerate(extra)}
     tables: dict[str, np.ndarray] = {}
     for labeler, predicted, human, n in cells:
