@@ -1,7 +1,13 @@
 """How well does the trained model find the wrong labels in task B's training set? Precision, recall
-and F1 against the simulation's known truth, for labelaudit's disagreement policy and for cleanlab's
-``find_label_issues`` on the SAME out-of-sample probabilities (2-fold cross-fitting: FasTEN from
-classifier A trained without a fold predicts that fold; the trusted rows are in both).
+and F1 against the simulation's known truth, for labelaudit's two disagreement policies and for
+cleanlab's ``find_label_issues`` on the SAME out-of-sample probabilities (2-fold cross-fitting: a model
+from classifier A trained without a fold predicts that fold; the trusted rows are in both; ``--method``,
+default ``crowd``, what ``auto`` picks for this data).
+
+- ``labelaudit`` (``confident-joint-v1``): the per-class thresholds of the model that did not see the row.
+- ``labelaudit-posterior`` (``labeler-posterior-v1``): the posterior that the label is right, from the
+  model's probabilities and the labeler's matrix, each labeler's ``T_l`` estimated by Dawid-Skene EM on
+  the rows the fold's model trained on (what a model card can carry), never on the judged fold.
 
     python bench/label_errors.py --quick
     python bench/label_errors.py          # small data, 3 seeds x 20/40/60% noise
@@ -32,7 +38,7 @@ from bench.common import (
     write_results,
 )
 from labelaudit.imaging.manifest import read_manifest
-from labelaudit.serving.core.policy import DisagreementPolicy
+from labelaudit.serving.core.policy import DisagreementPolicy, LabelerPosteriorPolicy
 from labelaudit.training.datasets import fashion_mnist
 from labelaudit.training.train import TrainConfig, train
 
@@ -48,33 +54,56 @@ def prf(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "flagged": int(flagged.sum()), "true_errors": int(truth.sum())}  # fmt: skip
 
 
-def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, folds: int = 2):
-    """Out-of-sample probabilities for every untrusted training row, and the thresholds of each fold's model."""
+def labeler_matrices(checkpoint: Path, manifest, manifest_path: Path, rows: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Each labeler's ``T_l`` (K, K) by Dawid-Skene EM (50 steps) over ``rows`` with the model's probabilities
+    as the prior, and the matrices pooled by item count for labelers without one."""
+    import torch
+
+    from labelaudit.training.methods.crowd import em_transitions, initial_transitions
+
+    probs = torch.as_tensor(checkpoint_probs(checkpoint, manifest_path, rows))
+    ids = np.asarray(manifest.labeler_ids)[rows]
+    names = sorted(set(ids.tolist()))
+    groups = torch.as_tensor([names.index(a) for a in ids])
+    labels = torch.as_tensor(manifest.labels[rows])
+    t = em_transitions(probs, labels, groups, initial_transitions(len(names), probs.shape[1], "cpu"), steps=50)
+    weights = torch.bincount(groups, minlength=len(names)).double()
+    pooled = torch.einsum("h,hij->ij", weights / weights.sum(), t.double()).numpy()
+    return {a: t[h].numpy() for h, a in enumerate(names)}, pooled
+
+
+def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, method: str, folds: int = 2):
+    """Out-of-sample probabilities for every untrusted training row, the thresholds of each fold's model,
+    and the labeler matrices (with the pooled one) each fold's model estimated on its own training rows."""
     manifest = read_manifest(data / "task_b.jsonl")
     lines = (data / "task_b.jsonl").read_text().splitlines()
     untrusted = np.flatnonzero(manifest.mask(split="train", trusted=False))
     fold_of = np.random.default_rng(seed).integers(0, folds, size=len(untrusted))
     probs = np.zeros((len(untrusted), len(manifest.classes)))
     thresholds = np.zeros_like(probs)
+    matrices: list[tuple[dict, np.ndarray]] = []
     for f in range(folds):
         held = set(untrusted[fold_of == f].tolist())
         subset = data / f"task_b_without_fold{f}.jsonl"
         subset.write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in held))
-        r = train(subset, init=classifier_a, out=WORK / f"runs/{data.name}-fold{f}",
-                  cfg=TrainConfig(method="fasten", epochs=epochs, seed=seed))  # fmt: skip
+        r = train(subset, init=classifier_a, out=WORK / f"runs/{data.name}-{method}-fold{f}",
+                  cfg=TrainConfig(method=method, epochs=epochs, seed=seed))  # fmt: skip
         probs[fold_of == f] = checkpoint_probs(r.checkpoint, data / "task_b.jsonl", untrusted[fold_of == f])
         thresholds[fold_of == f] = r.meta.disagreement_thresholds
-    return manifest, untrusted, probs, thresholds
+        matrices.append(labeler_matrices(r.checkpoint, manifest, data / "task_b.jsonl", untrusted[fold_of != f]))
+    return manifest, untrusted, probs, thresholds, [matrices[f] for f in fold_of]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_grid_args(ap)
     ap.add_argument("--name", default="label_errors")
+    ap.add_argument("--method", default="crowd", help="the model whose probabilities judge the labels")
     args = ap.parse_args()
     apply_quick(args)
     per_task, val_size, test_size = SIZES[args.size]
-    config = vars(args) | {"folds": 2, "per_task": per_task, "policy": DisagreementPolicy((0.0,)).name}
+    config = vars(args) | {"folds": 2, "per_task": per_task,
+                           "policies": [DisagreementPolicy((0.0,)).name, LabelerPosteriorPolicy({}, np.eye(2)).name]}  # fmt: skip
     rows: list[dict] = []
     if args.append:  # keep the other noise levels and seeds; the points of this run are measured again
         rows, earlier = kept_rows(args.name, lambda r: r["seed"] in args.seeds and r["noise_requested"] in args.noise)
@@ -95,7 +124,9 @@ def main() -> None:
                     train(data / "task_a.jsonl", init=None, out=a_ckpt.parent,
                           cfg=TrainConfig(method="ce", epochs=args.epochs_a, seed=seed))  # fmt: skip
                 classifier_a = a_ckpt
-            manifest, untrusted, probs, thresholds = cross_fit(data, classifier_a, seed=seed, epochs=args.epochs_b)
+            manifest, untrusted, probs, thresholds, matrices = cross_fit(
+                data, classifier_a, seed=seed, epochs=args.epochs_b, method=args.method
+            )
             labels = manifest.labels[untrusted]
             truth = labels != manifest.true_labels()[untrusted]
             # Each row judged by the thresholds of the model that did not see it.
@@ -103,9 +134,15 @@ def main() -> None:
                 DisagreementPolicy(tuple(t)).judge(p, y).disagrees
                 for p, y, t in zip(probs, labels, thresholds, strict=True)
             ])  # fmt: skip
+            ids = np.asarray(manifest.labeler_ids)[untrusted]
+            posterior = np.array([
+                LabelerPosteriorPolicy(*m).judge_batch(p[None], np.array([y]), [a])[0][0]
+                for p, y, a, m in zip(probs, labels, ids, matrices, strict=True)
+            ])  # fmt: skip
             theirs = find_label_issues(labels, probs)
-            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, items=len(untrusted))
-            for detector, flagged in (("labelaudit", ours), ("cleanlab", theirs)):
+            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, items=len(untrusted),
+                          method=args.method)  # fmt: skip
+            for detector, flagged in (("labelaudit", ours), ("labelaudit-posterior", posterior), ("cleanlab", theirs)):
                 row = dict(detector=detector, **prf(flagged, truth), **common, git_commit=git_commit())
                 rows.append(row)
                 console.print(row)

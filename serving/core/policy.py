@@ -47,3 +47,34 @@ class DisagreementPolicy:
         """One image: ``probs`` (K,)."""
         disagrees, score, predicted = self.judge_batch(probs[None], np.array([label]))
         return Verdict(int(predicted[0]), bool(disagrees[0]), float(score[0]), float(probs[label]))
+
+
+@dataclass(frozen=True)
+class LabelerPosteriorPolicy:
+    """``labeler-posterior-v1``: flag a label the posterior says is more likely wrong than right.
+
+    Each labeler's matrix ``T_l[i, j]`` = P(labeler says j | true class i) comes from the model card
+    (``labeler_transition_matrices``); a labeler without one gets ``pooled``. The posterior of item ``n``'s
+    true class is ``q_n(i) ∝ p_n(i) · T_l[i, ȳ_n]`` (the model's probabilities as the prior, the labeler's
+    habits as the likelihood of what it said), and the label is flagged where ``q_n(ȳ_n) < 1/2``. A careful
+    labeler's label survives a doubtful model; a spammer's does not survive a confident one; a confuser's
+    swap of a known pair is flagged more readily than an unheard-of confusion. Score: ``1 - q_n(ȳ_n)``.
+    """
+
+    matrices: dict[str, np.ndarray]  # labeler_id -> (K, K)
+    pooled: np.ndarray  # (K, K), for labelers without their own matrix
+    name: str = "labeler-posterior-v1"
+
+    def posterior(self, probs: np.ndarray, labels: np.ndarray, labeler_ids: list[str]) -> np.ndarray:
+        """``q`` (N, K): each item's true class given the model's ``probs`` (N, K) and its label (N,)."""
+        columns = np.stack([self.matrices.get(a, self.pooled)[:, y] for a, y in zip(labeler_ids, labels, strict=True)])
+        q = probs * columns  # (N, K): p(i) T[i, ȳ]
+        return q / np.maximum(q.sum(1, keepdims=True), 1e-12)
+
+    def judge_batch(
+        self, probs: np.ndarray, labels: np.ndarray, labeler_ids: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``probs`` (N, K), ``labels`` (N,), one labeler id per item -> (disagrees (N,), score (N,), predicted (N,))."""
+        q = self.posterior(probs, labels, labeler_ids)
+        right = q[np.arange(len(labels)), labels]
+        return right < 0.5, 1.0 - right, q.argmax(1)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labelaudit.serving.core.policy import DisagreementPolicy
+from labelaudit.serving.core.policy import DisagreementPolicy, LabelerPosteriorPolicy
 
 POLICY = DisagreementPolicy(thresholds=(0.6, 0.3, 0.5))
 
@@ -50,3 +51,29 @@ def test_batch_equals_one_by_one_and_scores_stay_in_range(k, seed):
         assert abs(v.score - scores[i]) < 1e-12
     assert ((0 <= scores) & (scores <= 1)).all()
     assert not (flags & (predicted == labels)).any()  # agreeing with the label is never a flag
+
+
+# -- labeler-posterior-v1 --------------------------------------------------------------------------
+
+
+def test_the_posterior_weighs_the_model_against_the_labelers_habits():
+    """K = 2, the model says class 1 with p = 0.7 while the label says 0. A careful labeler (right 95%):
+    q(0) = 0.3 * 0.95 / (0.3 * 0.95 + 0.7 * 0.05) = 0.89, kept. A coin-flipper (right 50%):
+    q(0) = 0.3 * 0.5 / (0.3 * 0.5 + 0.7 * 0.5) = 0.3, flagged with score 0.7."""
+    careful = np.array([[0.95, 0.05], [0.05, 0.95]])
+    coin = np.full((2, 2), 0.5)
+    policy = LabelerPosteriorPolicy({"careful": careful, "coin": coin}, pooled=coin)
+    probs = np.array([[0.3, 0.7], [0.3, 0.7], [0.3, 0.7]])
+    flags, scores, predicted = policy.judge_batch(probs, np.array([0, 0, 0]), ["careful", "coin", "stranger"])
+    assert flags.tolist() == [False, True, True]  # a labeler the card does not know gets the pooled matrix
+    np.testing.assert_allclose(scores, [1 - 0.285 / 0.32, 0.7, 0.7], atol=1e-9)
+    assert predicted.tolist() == [0, 1, 1]
+
+
+def test_a_confusers_known_swap_is_doubted_more_than_an_unheard_of_confusion():
+    """The labeler swaps classes 0 and 1 half the time and never confuses 2: its label 0 on an image the
+    model puts at 0.5 / 0.5 between 1 and 2 points to 1, not 2."""
+    t = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]) * 0.98 + 0.02 / 3
+    policy = LabelerPosteriorPolicy({"swapper": t}, pooled=np.eye(3))
+    q = policy.posterior(np.array([[0.1, 0.45, 0.45]]), np.array([0]), ["swapper"])
+    assert q[0, 1] > 10 * q[0, 2] and q[0].sum() == pytest.approx(1.0)
