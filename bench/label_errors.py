@@ -55,21 +55,18 @@ def prf(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def labeler_matrices(checkpoint: Path, manifest, manifest_path: Path, rows: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Each labeler's ``T_l`` (K, K) by Dawid-Skene EM (50 steps) over ``rows`` with the model's probabilities
-    as the prior, and the matrices pooled by item count for labelers without one."""
-    import torch
+    """Each labeler's ``T_l`` (K, K) over ``rows`` as training writes it into the model card (Dawid-Skene EM
+    with the model's probabilities as the prior), and the matrices pooled by item count for the others."""
+    from labelaudit.training.train import LABELER_EM_STEPS
+    from labelaudit.training.transition import labeler_transition_matrices
 
-    from labelaudit.training.methods.crowd import em_transitions, initial_transitions
-
-    probs = torch.as_tensor(checkpoint_probs(checkpoint, manifest_path, rows))
+    probs = checkpoint_probs(checkpoint, manifest_path, rows)
     ids = np.asarray(manifest.labeler_ids)[rows]
-    names = sorted(set(ids.tolist()))
-    groups = torch.as_tensor([names.index(a) for a in ids])
-    labels = torch.as_tensor(manifest.labels[rows])
-    t = em_transitions(probs, labels, groups, initial_transitions(len(names), probs.shape[1], "cpu"), steps=50)
-    weights = torch.bincount(groups, minlength=len(names)).double()
-    pooled = torch.einsum("h,hij->ij", weights / weights.sum(), t.double()).numpy()
-    return {a: t[h].numpy() for h, a in enumerate(names)}, pooled
+    matrices, counts = labeler_transition_matrices(probs, manifest.labels[rows], ids, probs.shape[1],
+                                                   em_steps=LABELER_EM_STEPS)  # fmt: skip
+    total = sum(counts.values())
+    pooled = sum(counts[a] / total * t for a, t in matrices.items())
+    return matrices, pooled
 
 
 def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, method: str, folds: int = 2):

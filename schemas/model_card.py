@@ -141,8 +141,9 @@ class ModelCard(BaseModel):
     )
     labeler_transition_matrices: dict[str, list[list[float]]] = Field(
         default_factory=dict,
-        description="Per labeler_id: T_l[i][j] = P(labeler gives j | true class i), the truth being the "
-        "model's posterior (so it works with one label per item).",
+        description="Per labeler_id: T_l[i][j] = P(labeler gives j | true class i) over its training rows, by "
+        "Dawid-Skene EM with the model's probabilities as the prior (so it works with one label per item); the "
+        "labeler-posterior-v1 policy reads them.",
     )
     labeler_counts: dict[str, int] = Field(default_factory=dict)
     labeler_error_rates: dict[str, LabelerErrorRate] = Field(

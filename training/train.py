@@ -44,6 +44,8 @@ from labelaudit.training.transition import (
     per_class_thresholds,
 )
 
+LABELER_EM_STEPS = 200  # Dawid-Skene steps behind the card's labeler matrices (labeler-posterior-v1 reads them)
+
 
 class Reporter(Protocol):
     """Where progress goes (the CLI draws rich progress bars; library code never prints)."""
@@ -486,7 +488,7 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     trusted_in_train = np.isin(data.train_rows, data.trusted_rows)
     posterior[trusted_in_train] = np.eye(data.k)[labels_np[data.train_rows[trusted_in_train]]]
     labeler_t, labeler_n = labeler_transition_matrices(
-        posterior, labels_np[data.train_rows], data.labeler_ids[data.train_rows], data.k
+        posterior, labels_np[data.train_rows], data.labeler_ids[data.train_rows], data.k, em_steps=LABELER_EM_STEPS
     )
     confusion = confusion_counts(data.labels[held_out].cpu().numpy(), held_probs.argmax(1), data.k)
     untrusted = ~trusted_in_train

@@ -74,12 +74,15 @@ def correct_labels(clean_probs: torch.Tensor, original_labels: torch.Tensor, rho
 
 
 def labeler_transition_matrices(
-    posterior: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, k: int
+    posterior: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, k: int, *, em_steps: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Per labeler: ``T_l[i, j] = Σ_n post[n, i] [label_n = j] / Σ_n post[n, i]`` over that labeler's items.
+    """Per labeler: ``T_l[i, j] = Σ_n q[n, i] [label_n = j] / Σ_n q[n, i]`` over that labeler's items.
 
     ``posterior`` (N, K) is the best estimate of each item's true class (the model's probabilities, or
-    a one-hot of the checked label for trusted items), so this works with a single label per item.
+    a one-hot of the checked label for trusted items), so this works with a single label per item. With
+    ``em_steps`` 0, ``q`` is that posterior; otherwise Dawid-Skene EM refines it: ``q[n, i] ∝ posterior[n, i]
+    · T_l[i, label_n]`` (what the label says about the truth, given the labeler's habits), then ``T_l`` again,
+    ``em_steps`` times. Without it a careful labeler's matrix inherits the model's own mistakes.
     A true class the labeler never (softly) saw gets a uniform row. Returns matrices and item counts.
     """
     matrices: dict[str, np.ndarray] = {}
@@ -87,9 +90,15 @@ def labeler_transition_matrices(
     onehot = np.eye(k)[labels]  # (N, K)
     for labeler in np.unique(labeler_ids):
         mine = labeler_ids == labeler
-        joint = posterior[mine].T @ onehot[mine]  # (K true, K given)
-        mass = joint.sum(1, keepdims=True)
-        matrices[str(labeler)] = np.where(mass > EPS, joint / np.maximum(mass, EPS), 1.0 / k)
+        prior, given, q = posterior[mine], labels[mine], posterior[mine]
+        for step in range(em_steps + 1):
+            joint = q.T @ onehot[mine]  # (K true, K given)
+            mass = joint.sum(1, keepdims=True)
+            t = np.where(mass > EPS, joint / np.maximum(mass, EPS), 1.0 / k)
+            if step < em_steps:
+                q = prior * t[:, given].T  # (N_l, K): p(i) T[i, ȳ]
+                q = q / np.maximum(q.sum(1, keepdims=True), EPS)
+        matrices[str(labeler)] = t
         counts[str(labeler)] = int(mine.sum())
     return matrices, counts
 

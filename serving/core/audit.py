@@ -13,7 +13,7 @@ import numpy as np
 from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.audit import AuditRecord
 from labelaudit.serving.core.inference import InferenceCore
-from labelaudit.serving.core.policy import DisagreementPolicy
+from labelaudit.serving.core.policy import DisagreementPolicy, Policy
 from labelaudit.serving.core.store import AuditStore
 
 
@@ -55,7 +55,7 @@ Outcome = tuple[AuditRecord, bool] | LabelAuditError
 
 
 class Auditor:
-    def __init__(self, core: InferenceCore, store: AuditStore, policy: DisagreementPolicy | None = None):
+    def __init__(self, core: InferenceCore, store: AuditStore, policy: Policy | None = None):
         self.core, self.store = core, store
         self.policy = policy or DisagreementPolicy(thresholds=tuple(core.model.card.disagreement_thresholds))
         self._index = {c: i for i, c in enumerate(core.classes)}
@@ -104,7 +104,8 @@ class Auditor:
         async with stages.infer:
             probs = await self.core.infer(np.stack(arrays))
         labeled = labels >= 0
-        flags, scores, predicted = self.policy.judge_batch(probs, np.where(labeled, labels, 0))
+        labelers = [items[n].labeler_id or "" for n in good]
+        flags, scores, predicted = self.policy.judge_batch(probs, np.where(labeled, labels, 0), labelers)
         flags, scores = flags & labeled, np.where(labeled, scores, 0.0)
         now = datetime.now(UTC)
         model = self.core.model

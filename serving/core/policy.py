@@ -11,9 +11,12 @@ relabel queue. An image with no confident class is never flagged: the model does
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from labelaudit.schemas.model_card import ModelCard
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,11 @@ class DisagreementPolicy:
     min_confidence: float = 0.0
     name: str = "confident-joint-v1"
 
-    def judge_batch(self, probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``probs`` (N, K), ``labels`` (N,) -> (disagrees (N,) bool, score (N,), predicted (N,) int)."""
+    def judge_batch(
+        self, probs: np.ndarray, labels: np.ndarray, labeler_ids: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``probs`` (N, K), ``labels`` (N,) -> (disagrees (N,) bool, score (N,), predicted (N,) int). The
+        labelers do not matter to this policy."""
         t = np.asarray(self.thresholds)
         above = probs >= t[None, :]  # (N, K)
         masked = np.where(above, probs, -1.0)
@@ -65,16 +71,37 @@ class LabelerPosteriorPolicy:
     pooled: np.ndarray  # (K, K), for labelers without their own matrix
     name: str = "labeler-posterior-v1"
 
-    def posterior(self, probs: np.ndarray, labels: np.ndarray, labeler_ids: list[str]) -> np.ndarray:
+    @classmethod
+    def from_card(cls, card: ModelCard) -> LabelerPosteriorPolicy:
+        """The card's labeler matrices; the pooled one weighs them by their training items."""
+        if not card.labeler_transition_matrices:
+            raise ValueError("labeler-posterior-v1 needs the labelers' matrices in the model card, and this card has "
+                             "none (a model trained without labeler ids): use confident-joint-v1")  # fmt: skip
+        matrices = {a: np.asarray(t, dtype=float) for a, t in card.labeler_transition_matrices.items()}
+        weights = np.array([max(1, card.labeler_counts.get(a, 0)) for a in matrices], dtype=float)
+        pooled = np.einsum("h,hij->ij", weights / weights.sum(), np.stack(list(matrices.values())))
+        return cls(matrices, pooled)
+
+    def posterior(self, probs: np.ndarray, labels: np.ndarray, labeler_ids: Sequence[str]) -> np.ndarray:
         """``q`` (N, K): each item's true class given the model's ``probs`` (N, K) and its label (N,)."""
         columns = np.stack([self.matrices.get(a, self.pooled)[:, y] for a, y in zip(labeler_ids, labels, strict=True)])
         q = probs * columns  # (N, K): p(i) T[i, ȳ]
         return q / np.maximum(q.sum(1, keepdims=True), 1e-12)
 
     def judge_batch(
-        self, probs: np.ndarray, labels: np.ndarray, labeler_ids: list[str]
+        self, probs: np.ndarray, labels: np.ndarray, labeler_ids: Sequence[str] = ()
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``probs`` (N, K), ``labels`` (N,), one labeler id per item -> (disagrees (N,), score (N,), predicted (N,))."""
-        q = self.posterior(probs, labels, labeler_ids)
+        q = self.posterior(probs, labels, labeler_ids or [""] * len(labels))
         right = q[np.arange(len(labels)), labels]
         return right < 0.5, 1.0 - right, q.argmax(1)
+
+
+Policy = DisagreementPolicy | LabelerPosteriorPolicy
+
+
+def policy_for(card: ModelCard, name: str) -> Policy:
+    """The policy called ``name`` (``Settings.audit_policy``), built from the served model's card."""
+    if name == LabelerPosteriorPolicy.name:
+        return LabelerPosteriorPolicy.from_card(card)
+    return DisagreementPolicy(thresholds=tuple(card.disagreement_thresholds))

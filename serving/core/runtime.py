@@ -16,6 +16,7 @@ from labelaudit.serving.core.audit import Auditor
 from labelaudit.serving.core.backends import Backend, OnnxRuntimeBackend, TritonBackend
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.model_repo import ServedModel, resolve_model
+from labelaudit.serving.core.policy import policy_for
 from labelaudit.serving.core.store import AuditStore, open_store
 from labelaudit.serving.settings import Settings
 
@@ -57,7 +58,7 @@ async def open_runtime(
         infer = wrap_infer(backend) if wrap_infer else chunked(backend, settings.max_batch_size)
         core = InferenceCore(model, infer, settings, budget=budget)
         store = open_store(settings.store_url.get_secret_value(), timeout_s=settings.store_timeout_s)
-        yield Runtime(model, backend, core, store, Auditor(core, store))
+        yield Runtime(model, backend, core, store, Auditor(core, store, policy_for(model.card, settings.audit_policy)))
     finally:
         await backend.close()
         if store is not None:

@@ -8,6 +8,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -116,3 +117,39 @@ def test_sqlite_store_is_wal_durable_and_unique(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(ValueError, match="unsupported store URL"):
         open_store("mysql://x")
+
+
+def test_the_labeler_posterior_policy_judges_with_the_labelers_matrix_from_the_card(model_repo, labeled, tmp_path):
+    """``audit_policy=labeler-posterior-v1``: each stored verdict is the posterior of its label under the card's
+    matrix of that labeler, recomputed here from the record's own probabilities."""
+    from labelaudit.serving.core.model_repo import resolve_model
+    from labelaudit.serving.core.policy import LabelerPosteriorPolicy
+
+    card = resolve_model(model_repo, "labelaudit").card
+    policy = LabelerPosteriorPolicy.from_card(card)
+    path = tmp_path / "a.db"
+    settings = Settings(model_repo=model_repo, ort_intra_op_threads=1, store_url=f"sqlite:///{path}",
+                        audit_policy="labeler-posterior-v1")  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        answers = [c.post("/v1/audit", json=_json(row)) for row in labeled]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert {a.json()["policy"] for a in answers} == {"labeler-posterior-v1"}
+    with sqlite3.connect(path) as db:
+        records = db.execute(
+            "SELECT labeler_id, human_label, probabilities, disagrees, score FROM audit_records"
+        ).fetchall()
+    assert len(records) == len(labeled)
+    for labeler, human, probabilities, disagrees, score in records:
+        p = np.array([json.loads(probabilities)])
+        flags, scores, _ = policy.judge_batch(p, np.array([card.classes.index(human)]), [labeler])
+        assert bool(disagrees) == bool(flags[0]) and score == pytest.approx(scores[0], abs=1e-4)
+
+
+def test_the_labeler_posterior_policy_refuses_a_card_without_labeler_matrices(model_repo):
+    from labelaudit.serving.core.model_repo import resolve_model
+    from labelaudit.serving.core.policy import DisagreementPolicy, policy_for
+
+    card = resolve_model(model_repo, "labelaudit").card
+    assert isinstance(policy_for(card, "confident-joint-v1"), DisagreementPolicy)
+    with pytest.raises(ValueError, match="use confident-joint-v1"):
+        policy_for(card.model_copy(update={"labeler_transition_matrices": {}}), "labeler-posterior-v1")

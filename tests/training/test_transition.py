@@ -314,3 +314,20 @@ def test_per_class_thresholds_by_hand_with_the_one_over_k_fallback():
     got = per_class_thresholds(probs, labels, 4)
 
     np.testing.assert_allclose(got, [(0.9 + 0.5) / 2, 0.6, (0.7 + 0.4) / 2, 0.25])
+
+
+def test_em_steps_take_the_models_own_mistakes_out_of_a_careful_labelers_matrix():
+    """A labeler right 95% of the time, a calibrated model right 60% of the time (0.6 on its guess, the rest
+    spread): the soft counts read the labeler as right 40% of the time; Dawid-Skene EM gives back 95%."""
+    rng = np.random.default_rng(0)
+    k, n = 4, 4_000
+    truth = rng.integers(k, size=n)
+    labels = np.where(rng.random(n) < 0.95, truth, (truth + rng.integers(1, k, size=n)) % k)
+    guess = np.where(rng.random(n) < 0.6, truth, (truth + rng.integers(1, k, size=n)) % k)
+    posterior = np.full((n, k), 0.4 / (k - 1))
+    posterior[np.arange(n), guess] = 0.6
+    ids = np.array(["careful"] * n)
+    soft, _ = labeler_transition_matrices(posterior, labels, ids, k)
+    refined, _ = labeler_transition_matrices(posterior, labels, ids, k, em_steps=200)
+    assert np.diag(soft["careful"]).mean() == pytest.approx(0.4, abs=0.03)
+    assert np.diag(refined["careful"]).mean() == pytest.approx(0.95, abs=0.03)
