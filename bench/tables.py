@@ -92,7 +92,7 @@ def aims_at_40(result: dict) -> str:
     lines = ["| method | minus glc (aim >= +2) | minus ce (aim >= +5) | oracle minus method (aim <= 5, stretch <= 2) |",
              "| --- | --- | --- | --- |"]  # fmt: skip
     for method in sorted(m, key=lambda k: (k.split(":")[0] != "fasten", k)):  # fasten and its variants first
-        if method.split(":")[0] in ("fasten", "crowd"):
+        if method.split(":")[0] in ("fasten", "crowd", "crowdmix", "mentormix"):
             glc, ce, oracle = (_same_schedule(base, method) for base in ("glc", "ce", "oracle"))
             vs_glc = f"{m[method] - m[glc]:+.2f}" if glc in m else "-"
             vs_ce = f"{m[method] - m[ce]:+.2f}" if ce in m else "-"
@@ -121,10 +121,13 @@ def label_errors_table(result: dict) -> str:
         lines.append(
             f"| {detector} | {noise:.0%} | {stat['precision']:.3f} | {stat['recall']:.3f} | {stat['f1']:.3f} | {len(rs)} |"
         )
+    method = result["config"].get("method", "fasten")
     return (
-        f"Finding task B's wrong training labels from 2-fold out-of-sample FasTEN probabilities (the same "
-        f"probabilities for both detectors). Device: {result['device']}. {commits(result)}, "
-        f"{result['date']}.\n\n" + "\n".join(lines) + "\n"
+        f"Finding task B's wrong training labels from 2-fold out-of-sample `{method}` probabilities (the same "
+        f"probabilities for every detector; `labelaudit` is confident-joint-v1, `labelaudit-posterior` is "
+        f"labeler-posterior-v1). Device: {result['device']}. {commits(result)}, {result['date']}.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
@@ -656,6 +659,12 @@ def update_docs() -> None:
     ]
     for name, title, render in [
         ("train_noise", "Training under label noise (`bench/train_noise.py`)", train_noise_table),
+        (
+            "train_protocol",
+            "Issue 17's protocol: every method on one 60-epoch schedule, task B with 5,000 unlabeled images "
+            "(`bench/train_noise.py --name train_protocol --epochs-b 60 --unlabeled 5000`)",
+            train_noise_table,
+        ),  # fmt: skip
         ("train_probes", "Training variants tried (`bench/train_noise.py --name train_probes`)", train_noise_table),
         (
             "train_full",

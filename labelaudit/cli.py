@@ -291,6 +291,9 @@ def train(
     unlabeled_weight: Annotated[
         float, typer.Option(help="Semi-supervised: weight of the EMA teacher's consistency on unlabeled rows; 0 = off.")
     ] = _Defaults.unlabeled_weight,
+    semi_pool: Annotated[
+        str, typer.Option(help="Semi-supervised: unlabeled+doubted | unlabeled | doubted (crowd's doubted labels).")
+    ] = _Defaults.semi_pool,
     held_out_estimate: Annotated[
         bool,
         typer.Option("--held-out-estimate", help="FasTEN: T-hat from the trusted half the cross-entropy skips."),
@@ -319,7 +322,7 @@ def train(
                      workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
                      rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, mixup_alpha=mixup_alpha,
                      held_out_estimate=held_out_estimate, mentormix_gamma=mentormix_gamma,
-                     unlabeled_weight=unlabeled_weight,
+                     unlabeled_weight=unlabeled_weight, semi_pool=semi_pool,
                      seed=seed, device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
                      channels=channels if init == "scratch" else None,
                      image_size=input_size if init == "scratch" else None)  # fmt: skip

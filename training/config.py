@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 LoaderMode = Literal["auto", "memory", "stream"]
+SemiPool = Literal["unlabeled+doubted", "unlabeled", "doubted"]
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainConfig:
     unlabeled_weight: float = 0.0  # semi-supervised: weight of the EMA teacher's consistency loss; 0 = off
     ema_decay: float = 0.99  # semi-supervised: the teacher's moving average of the weights, per step
     doubt_threshold: float = 0.5  # semi-supervised with crowd: posterior of its label below which a row is doubted
+    semi_pool: SemiPool = "unlabeled+doubted"  # semi-supervised: which rows the teacher trains without labels
     mixup_alpha: float = 1.0  # crowdmix, mentormix: λ ~ Beta(α, α) per batch; 0 = no mixing
     mentormix_gamma: float = 0.6  # mentormix: the loss quantile below which an example counts as clean
     mentormix_burn_in: float = 0.2  # mentormix: fraction of the epochs in which every example counts

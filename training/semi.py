@@ -37,8 +37,12 @@ class EmaTeacher:
         self.confident: list[float] = []  # share of pool rows above the threshold, per step
 
     def refresh_pool(self, method: Method) -> None:
-        """The rows trained without their label this epoch: the unlabeled images and the doubted ones."""
-        self.pool = np.union1d(self.trainer.data.unlabeled_rows, method.doubted_rows()).astype(np.int64)
+        """The rows trained without their label this epoch: the unlabeled images, the doubted ones, or both
+        (``semi_pool``)."""
+        parts = self.cfg.semi_pool.split("+")
+        unlabeled = self.trainer.data.unlabeled_rows if "unlabeled" in parts else np.empty(0, dtype=np.int64)
+        doubted = method.doubted_rows() if "doubted" in parts else np.empty(0, dtype=np.int64)
+        self.pool = np.union1d(unlabeled, doubted).astype(np.int64)
 
     def attach(self, batch: Batch) -> Batch:
         """``batch`` with as many pool rows as it has untrusted ones (none when the pool is empty)."""

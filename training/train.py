@@ -15,7 +15,7 @@ import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
 from labelaudit.training.backbones import split_arch
 from labelaudit.training.checkpoint import CheckpointMeta, save_checkpoint
 from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map_classes, start_clean_head
-from labelaudit.training.config import TrainConfig
+from labelaudit.training.config import SemiPool, TrainConfig
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method
@@ -387,6 +387,8 @@ def train(
     torch.manual_seed(cfg.seed)
     device = rank_device or pick_device(cfg.device)
     method_cls = None if cfg.method == "auto" else METHODS[cfg.method]  # auto: chosen once the data is read
+    if cfg.semi_pool not in get_args(SemiPool):
+        raise ValueError(f"semi_pool {cfg.semi_pool!r}: choose from {', '.join(get_args(SemiPool))}")
     if ranks.active and (cfg.consistency_weight > 0 or cfg.unlabeled_weight > 0):
         raise ValueError(
             "consistency_weight and unlabeled_weight (a second forward pass per step) are not supported with "

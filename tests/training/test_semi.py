@@ -100,3 +100,24 @@ def test_the_label_posterior_weighs_the_network_against_the_labelers_matrix():
     got = label_posterior(probs, t, labels)
     # item 0: 0.3 * 0.6 / (0.7 * 0.1 + 0.3 * 0.6) = 0.72; item 1: 0.8 * 0.6 / (0.2 * 0.1 + 0.8 * 0.6) = 0.96
     torch.testing.assert_close(got, torch.tensor([0.18 / 0.25, 0.48 / 0.50]))
+
+
+@pytest.mark.parametrize(("pool", "unlabeled_in", "doubted_in"), [("unlabeled+doubted", True, True),
+                                                                   ("unlabeled", True, False), ("doubted", False, True)])  # fmt: skip
+def test_semi_pool_chooses_which_rows_train_without_their_label(tiny_data, pool, unlabeled_in, doubted_in):
+    """The pool is the unlabeled images, crowd's doubted rows, or both: the run with and without the unlabeled
+    images that the benchmark compares."""
+    from types import SimpleNamespace
+
+    from labelaudit.training.semi import EmaTeacher
+
+    teacher = EmaTeacher.__new__(EmaTeacher)  # the pool alone: no network needed
+    teacher.cfg = TrainConfig(semi_pool=pool)
+    teacher.trainer = SimpleNamespace(data=SimpleNamespace(unlabeled_rows=np.array([7, 8, 9])))
+    teacher.refresh_pool(SimpleNamespace(doubted_rows=lambda: np.array([1, 2])))
+    assert set(teacher.pool.tolist()) == ({7, 8, 9} if unlabeled_in else set()) | ({1, 2} if doubted_in else set())
+
+
+def test_an_unknown_semi_pool_is_refused_before_training(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="semi_pool 'everything'"):
+        train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=TrainConfig(semi_pool="everything"))
