@@ -9,6 +9,9 @@ The heads sit on the backbone's pooled features, whatever the architecture (torc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -74,3 +77,20 @@ class ProbabilityModel(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(images)
         return torch.softmax(logits.float(), dim=1), logits
+
+
+@contextmanager
+def running_stats_frozen(net: nn.Module) -> Iterator[None]:
+    """Inside: BatchNorm layers normalise with the batch's own statistics (train mode) but leave their
+    running averages alone. For an extra forward pass on strongly augmented views, whose statistics are not
+    the test images': without it the last pass of every step, the strong one, would set the statistics the
+    exported model normalises with."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from labelaudit.training.methods.base import Batch, Method
+from labelaudit.training.networks import running_stats_frozen
 
 if TYPE_CHECKING:
     from labelaudit.training.train import Trainer
@@ -63,7 +64,8 @@ class EmaTeacher:
             confidence, target = p_teacher.max(1)
             mask = (confidence >= self.cfg.pseudo_threshold).float()
         self.confident.append(float(mask.mean()))
-        logits = self.trainer.model(self.trainer.inputs(batch, part="unlabeled", strong=True)).float()
+        with running_stats_frozen(self.trainer.net):
+            logits = self.trainer.model(self.trainer.inputs(batch, part="unlabeled", strong=True)).float()
         return self.cfg.unlabeled_weight * (F.cross_entropy(logits, target, reduction="none") * mask).mean()
 
     @torch.no_grad()

@@ -121,3 +121,20 @@ def test_semi_pool_chooses_which_rows_train_without_their_label(tiny_data, pool,
 def test_an_unknown_semi_pool_is_refused_before_training(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="semi_pool 'everything'"):
         train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=TrainConfig(semi_pool="everything"))
+
+
+def test_the_strong_views_forward_leaves_batchnorms_running_statistics_alone():
+    """The consistency loss's extra pass on strongly augmented images normalises with its own batch but must
+    not set the running statistics the exported model uses; the supervised pass still does."""
+    from labelaudit.training.networks import TwoHeadNet, running_stats_frozen
+
+    net = TwoHeadNet("cnn_small", 3, 1).train()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    before = [m.running_mean.clone() for m in norms]
+    with running_stats_frozen(net):
+        net(torch.randn(8, 1, 28, 28) * 3 + 2)
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True))
+    assert all(m.momentum == 0.1 for m in norms)  # restored
+    net(torch.randn(8, 1, 28, 28) * 3 + 2)
+    assert not all(torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True))

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from labelaudit.training.methods.base import Batch, Method, StepStats
+from labelaudit.training.networks import running_stats_frozen
 from labelaudit.training.transition import correct_labels, estimate_transition, forward_corrected_nll
 
 POOLED_GROUP = "*"
@@ -150,7 +151,8 @@ class FasTEN(Method):
         prediction is the target for a strongly augmented view. (B_u, K) -> scalar."""
         confidence, target = p_weak.max(1)
         mask = (confidence >= self.cfg.pseudo_threshold).float()
-        logits = self.trainer.model(self.trainer.inputs(batch, part="untrusted", strong=True)).float()
+        with running_stats_frozen(self.trainer.net):
+            logits = self.trainer.model(self.trainer.inputs(batch, part="untrusted", strong=True)).float()
         return (F.cross_entropy(logits, target, reduction="none") * mask).mean()
 
     def end_epoch(self) -> float | None:
