@@ -594,7 +594,9 @@ def demo(
     size: Annotated[
         str | None, typer.Option(help="tiny | small | full; overrides --full (tiny is for smoke tests).")
     ] = None,
-    method: Annotated[str, typer.Option(help="Noise-robust method for task B.")] = "fasten",
+    method: Annotated[
+        str, typer.Option(help="Noise-robust method for task B; auto picks by what the data has (docs/methods.md).")
+    ] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     arch: Annotated[
         str,
@@ -630,7 +632,7 @@ def demo(
         a = run_training(data_dir / "task_a.jsonl", "scratch", out / "runs/classifier_a", method="ce",
                          epochs=epochs_a, seed=seed, arch=arch,
                          channels=None if arch in ("cnn_small", "resnet_small") else 3)  # fmt: skip
-        console.rule(f"task B with noisy labels: {method} from classifier A")
+        console.rule(f"task B with noisy labels: {method} from classifier A")  # auto says what it chose
         b = run_training(data_dir / "task_b.jsonl", str(a.checkpoint), out / f"runs/{method}", method=method,
                          epochs=epochs_b, seed=seed)  # fmt: skip
         console.rule("export")

@@ -99,7 +99,7 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
 
     result = ok(cli("demo", "--out", str(tmp_path / "demo"), "--size", "tiny"))
     assert (tmp_path / "demo" / "model_repository" / "labelaudit" / "1" / "model.onnx").is_file()
-    for text in ("classifier A, untouched", "fasten from classifier A", "labeler-5", "Triton model repository",
+    for text in ("classifier A, untouched", "auto: ", "crowd from classifier A", "labeler-5", "Triton model repository",
                  "the gateway at http://127.0.0.1", "relabel requests:", "truly wrong labels", "report.html"):  # fmt: skip
         assert text in result.stdout, result.stdout
     rows = [json.loads(line) for line in (tmp_path / "demo/data/task_b.jsonl").read_text().splitlines()]
