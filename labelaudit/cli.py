@@ -304,6 +304,9 @@ def train(
     mentormix_gamma: Annotated[
         float, typer.Option(help="mentormix: loss quantile below which an example counts as clean.")
     ] = _Defaults.mentormix_gamma,
+    posterior_weight: Annotated[
+        float, typer.Option(help="crowd, crowdmix: weight of cross-entropy to the sharpened label posterior; 0 = off.")
+    ] = _Defaults.posterior_weight,
     seed: Annotated[int, typer.Option()] = _Defaults.seed,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _Defaults.device,
     precision: Annotated[
@@ -322,6 +325,7 @@ def train(
                      workers=workers, memory_budget_mb=memory_budget_mb, trusted_per_class=trusted_per_class,
                      rho=rho, per_labeler=per_labeler, consistency_weight=consistency_weight, mixup_alpha=mixup_alpha,
                      held_out_estimate=held_out_estimate, mentormix_gamma=mentormix_gamma,
+                     posterior_weight=posterior_weight,
                      unlabeled_weight=unlabeled_weight, semi_pool=semi_pool,
                      seed=seed, device=device, precision=precision, trusted_trains_features=not trusted_heads_only,
                      channels=channels if init == "scratch" else None,

@@ -38,6 +38,8 @@ class TrainConfig:
     doubt_threshold: float = 0.5  # semi-supervised with crowd: posterior of its label below which a row is doubted
     semi_pool: SemiPool = "unlabeled+doubted"  # semi-supervised: which rows the teacher trains without labels
     mixup_alpha: float = 1.0  # crowdmix, mentormix: λ ~ Beta(α, α) per batch; 0 = no mixing
+    posterior_weight: float = 0.0  # crowd, crowdmix: weight of cross-entropy to the sharpened label posterior
+    posterior_temperature: float = 0.5  # crowd, crowdmix: the posterior's sharpening, q^(1/T); 1 = none
     mentormix_gamma: float = 0.6  # mentormix: the loss quantile below which an example counts as clean
     mentormix_burn_in: float = 0.2  # mentormix: fraction of the epochs in which every example counts
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)

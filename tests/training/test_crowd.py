@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from labelaudit.training.loader import TensorImages
 from labelaudit.training.methods.base import Batch
-from labelaudit.training.methods.crowd import CrowdForward, CrowdMix, em_transitions, initial_transitions
+from labelaudit.training.methods.crowd import (
+    CrowdForward,
+    CrowdMix,
+    em_transitions,
+    initial_transitions,
+    sharpened_posterior,
+)
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
 from labelaudit.training.transition import mixed_forward_nll
@@ -145,3 +151,39 @@ def test_crowdmix_feeds_the_network_mixed_untrusted_images_and_clean_trusted_one
     expected = lam * x[rows_u] + (1 - lam) * x[rows_u[partner]]
     torch.testing.assert_close(seen[0][len(rows_t) :], expected.float(), rtol=1e-5, atol=1e-6)
     assert 0 < lam < 1 and not np.array_equal(partner, np.arange(len(rows_u)))
+
+
+def test_the_sharpened_posterior_by_hand():
+    """p = (0.6, 0.4), the labeler said 1 and says 1 for a true 0 a quarter of the time, for a true 1 always:
+    q ∝ (0.6 * 0.25, 0.4 * 1) = (0.15, 0.4) -> (0.273, 0.727); sharpened at T = 0.5: ∝ (0.0744, 0.529)."""
+    t = torch.tensor([[[0.75, 0.25], [0.0, 1.0]]])
+    q = sharpened_posterior(torch.tensor([[0.6, 0.4]]), t, torch.tensor([1]), temperature=0.5)
+    plain = sharpened_posterior(torch.tensor([[0.6, 0.4]]), t, torch.tensor([1]), temperature=1.0)
+    torch.testing.assert_close(plain, torch.tensor([[0.15 / 0.55, 0.4 / 0.55]]))
+    a, b = (0.15 / 0.55) ** 2, (0.4 / 0.55) ** 2
+    torch.testing.assert_close(q, torch.tensor([[a / (a + b), b / (a + b)]]))
+
+
+@pytest.mark.parametrize("kind", [CrowdForward, CrowdMix])
+def test_the_posterior_term_blends_in_cross_entropy_to_the_epochs_targets(kind):
+    """posterior_weight w: the untrusted term is (1 - w) * the method's own + w * CE(p, q); at w = 0 it is the
+    method unchanged, and the targets are refreshed with the matrices at the start of each epoch."""
+    data = _task()
+    batch = dict(untrusted=np.array([8, 9, 10, 11]), trusted=data.trusted_rows)
+    losses = {}
+    for w in (0.0, 1.0):
+        m = _method(data, kind, mixup_alpha=0.0, posterior_weight=w)
+        m.start_epoch()
+        m.trainer.net.eval()
+        losses[w] = m.loss(Batch(**batch))[0]
+        if w:
+            assert torch.allclose(m.targets[8:].sum(1), torch.ones(len(data.labels) - 8))  # every untrusted row
+            with torch.no_grad():
+                logits = m.trainer.net(data.images.x[np.concatenate([data.trusted_rows, batch["untrusted"]])])
+                ce = F.cross_entropy(logits[:8], data.labels[data.trusted_rows])
+                soft = -(m.targets[batch["untrusted"]] * torch.log_softmax(logits[8:], 1)).sum(1).mean()
+            torch.testing.assert_close(losses[w], 0.5 * ce + 0.5 * soft, rtol=1e-5, atol=1e-6)
+    plain = _method(data, kind, mixup_alpha=0.0)
+    plain.start_epoch()
+    plain.trainer.net.eval()
+    torch.testing.assert_close(losses[0.0], plain.loss(Batch(**batch))[0])

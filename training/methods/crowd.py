@@ -59,6 +59,21 @@ def label_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) 
     return (joint[idx, labels] / joint.sum(1).clamp_min(1e-12)).float()
 
 
+def sharpened_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each item's true class given the network and what its labeler said, ``q(i) ∝ p(i) T[ȳ-column]``,
+    sharpened to ``q^(1/temperature)`` (DivideMix's label refinement, with the labeler's matrix as the
+    guide). ``probs`` (N, K), ``t`` (N, K, K), ``labels`` (N,) -> (N, K), rows summing to 1."""
+    idx = torch.arange(len(labels), device=labels.device)
+    q = probs.double() * t[idx, :, labels].double()  # (N, K): p(i) T[i, ȳ]
+    q = (q / q.sum(1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12) ** (1.0 / temperature)
+    return (q / q.sum(1, keepdim=True)).float()
+
+
+def posterior_term(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of the network's ``logits`` (B, K) to fixed ``targets`` (B, K). (B,)"""
+    return -(targets * torch.log_softmax(logits, 1)).sum(1)
+
+
 def initial_transitions(heads: int, k: int, device, diagonal: float = 0.5) -> torch.Tensor:
     """A start that trusts labels half the time: (H, K, K)."""
     t = torch.full((k, k), (1 - diagonal) / (k - 1), device=device)
@@ -81,6 +96,7 @@ class CrowdForward(Method):
         )
         self.t = initial_transitions(len(groups), self.data.k, device)  # (H, K, K)
         self.doubted = np.empty(0, dtype=np.int64)
+        self.targets = torch.zeros(len(self.data.labels), self.data.k, device=device)  # (N, K) posterior targets
 
     def refresh_transitions(self) -> None:
         """The E and M steps over every untrusted item, with the current network as the prior; and the
@@ -92,6 +108,8 @@ class CrowdForward(Method):
         self.t = em_transitions(probs, labels, heads, self.t)
         belief = label_posterior(probs, self.t[heads], labels)  # (N,)
         self.doubted = rows[(belief < self.cfg.doubt_threshold).cpu().numpy()]
+        if self.cfg.posterior_weight > 0:
+            self.targets[rows_t] = sharpened_posterior(probs, self.t[heads], labels, self.cfg.posterior_temperature)
 
     def doubted_rows(self) -> np.ndarray:
         """Untrusted rows whose label has posterior below ``doubt_threshold`` given the network and the
@@ -115,6 +133,9 @@ class CrowdForward(Method):
         rows_u_t = torch.as_tensor(rows_u, device=self.t.device)
         p_u = torch.softmax(logits[len(rows_t) :], 1)
         corrected = forward_corrected_nll(p_u, self.t[self.head_of_row[rows_u_t]], self.data.labels[rows_u_t])
+        w = self.cfg.posterior_weight
+        if w > 0:  # toward the labeler-aware posterior, fixed for the epoch
+            corrected = (1 - w) * corrected + w * posterior_term(logits[len(rows_t) :], self.targets[rows_u_t])
         loss = 0.5 * F.cross_entropy(logits[: len(rows_t)], y_t) + 0.5 * corrected.mean()
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
 
@@ -163,5 +184,9 @@ class CrowdMix(CrowdForward):
         t_u, y_u = self.t[self.head_of_row[rows_u_t]], self.data.labels[rows_u_t]  # (B_u, K, K), (B_u,)
         p_u = torch.softmax(logits[n_t:], 1)
         mixed = mixed_forward_nll(p_u, t_u, y_u, t_u[partner], y_u[partner], lam)
+        w = self.cfg.posterior_weight
+        if w > 0:  # the mixed image's target: the two posteriors mixed like the images
+            q = self.targets[rows_u_t]
+            mixed = (1 - w) * mixed + w * posterior_term(logits[n_t:], lam * q + (1 - lam) * q[partner])
         loss = 0.5 * F.cross_entropy(logits[:n_t], self.data.labels[rows_t]) + 0.5 * mixed.mean()
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
