@@ -39,6 +39,7 @@ PSEUDO_COUNT = 1e-3
 START_DIAGONAL = 0.7  # labelers start better than chance: fixes EM's class permutation
 SEED = 20261202  # fixed: the same store gives the same report
 MAX_WORK = 4e9  # bootstrap replicates x K^3 x iterations; fewer replicates for very many classes
+MAX_CLASSES = 100  # the EM costs K^3 per step: above this the report keeps the disagreement rate and says so
 
 
 @dataclass(frozen=True)

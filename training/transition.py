@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labelaudit.deconvolve import error_rates, labeler_tables
+from labelaudit.deconvolve import MAX_CLASSES, error_rates, labeler_tables
 from labelaudit.schemas.model_card import LabelerErrorRate
 
 EPS = 1e-8
@@ -129,8 +129,10 @@ def labeler_error_rates(
     """Each labeler's error rate on its training rows: its disagreement with the model's label less the
     model's measured mistakes (``labelaudit.deconvolve``). (N,) predicted and given labels, labeler ids;
     ``confusion`` (K, K) counts on held-out rows."""
-    rows = [(str(a), int(p), int(y), 1) for a, p, y in zip(labeler_ids, predicted, labels, strict=True)]
     k = confusion.shape[0]
+    if k > MAX_CLASSES:  # the deconvolution's cost grows as K^3: the card leaves the rates out
+        return {}
+    rows = [(str(a), int(p), int(y), 1) for a, p, y in zip(labeler_ids, predicted, labels, strict=True)]
     tables = labeler_tables(rows, list(range(k)))
     rates = error_rates(tables, confusion)
     return {

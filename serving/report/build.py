@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
-from labelaudit.deconvolve import ErrorRate, ModelConfusion, error_rates, labeler_tables
+from labelaudit.deconvolve import MAX_CLASSES, ErrorRate, ModelConfusion, error_rates, labeler_tables
 from labelaudit.schemas.report import (
     ClassRow,
     Confusion,
@@ -127,14 +127,8 @@ def build_report(
     queue = agg.relabel_queue(store, scope, top)
 
     people = [x for x in pairs if UNKNOWN_LABELER not in x[:2]]
-    confusion = model_confusion(chosen.model_name, chosen.model_version)
-    if confusion is None:
-        notes.append("No model card with the model's confusion was given (--model-repo): a labeler who shares few "
-                     "items with others is judged by its disagreement rate, which counts the model's mistakes too.")  # fmt: skip
-    elif "trusted" in confusion.source:
-        notes.append(f"The model's confusion in its card was measured on the {confusion.source}, which training "
-                     "fitted: it understates the model's mistakes, so labelers' error rates from the model lean "
-                     "toward their disagreement rates.")  # fmt: skip
+    confusion, note = _usable_confusion(model_confusion(chosen.model_name, chosen.model_version))
+    notes += [note] if note else []
     model_errors = _model_errors(cells, confusion)
     labelers, flag = _labelers(cells, classes, alpha, agreement_estimates(people, len(classes)), model_errors)
     headline = _headline(totals, cells, nights, chosen, window, multi_items)
@@ -209,6 +203,21 @@ def _transition(cells: list[agg.Cell], classes: list[str]) -> Transition:
         counts[index[c.truth]][index[c.human]] += c.labels
     rows = [[x / sum(r) for x in r] if sum(r) else None for r in counts]
     return Transition(classes=classes, counts=counts, rows=rows)
+
+
+def _usable_confusion(confusion: ModelConfusion | None) -> tuple[ModelConfusion | None, str | None]:
+    """The card's confusion if the report can deconvolve by it, and what the page should say about it."""
+    if confusion is None:
+        return None, ("No model card with the model's confusion was given (--model-repo): a labeler who shares few "
+                      "items with others is judged by its disagreement rate, which counts the model's mistakes too.")  # fmt: skip
+    if len(confusion.classes) > MAX_CLASSES:
+        return None, (f"The model has {len(confusion.classes)} classes, more than the {MAX_CLASSES} the report "
+                      "deconvolves labelers' disagreement for: their error rates are disagreement rates.")  # fmt: skip
+    if "trusted" in confusion.source:
+        return confusion, (f"The model's confusion in its card was measured on the {confusion.source}, which "
+                           "training fitted: it understates the model's mistakes, so labelers' error rates from the "
+                           "model lean toward their disagreement rates.")  # fmt: skip
+    return confusion, None
 
 
 def _model_errors(cells: list[agg.Cell], confusion: ModelConfusion | None) -> dict[str, ErrorRate]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from reportkit import CLASSES, NIGHT, fill, record
 
-from labelaudit.deconvolve import ModelConfusion, error_rates, fit, labeler_tables
+from labelaudit.deconvolve import MAX_CLASSES, ModelConfusion, error_rates, fit, labeler_tables
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import card_confusion, night_window
@@ -131,3 +131,17 @@ def test_card_confusion_reads_the_reported_versions_card(tmp_path):
     assert lookup("m", "4") is None and card_confusion(None)("m", "3") is None
     with pytest.raises(ValueError, match="confusion must be 2 x 2"):
         ModelCard.model_validate(card | {"confusion": [[1, 2, 3], [4, 5, 6]]})
+
+
+def test_a_model_with_too_many_classes_keeps_disagreement_rates_and_says_so(tmp_path):
+    url = single_label_store(tmp_path, np.random.default_rng(4))
+    many = [f"c{i}" for i in range(MAX_CLASSES + 1)]
+    card = ModelConfusion(many, np.eye(len(many)) * 10, "val split")
+    store = open_store(url)
+    try:
+        r = build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t",
+                         model_confusion=lambda name, version: card)  # fmt: skip
+    finally:
+        store.close()
+    assert {x.estimated_error.source for x in r.labelers} == {"disagreement"}
+    assert any(f"more than the {MAX_CLASSES}" in note for note in r.notes)
