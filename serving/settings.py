@@ -49,10 +49,11 @@ class Settings(BaseSettings):
     """Per-request timeout towards Triton; past it the gateway answers 503."""
 
     # -- audit -----------------------------------------------------------------------------------
-    audit_policy: Literal["confident-joint-v1", "labeler-posterior-v1"] = "confident-joint-v1"
-    """When a label gets a relabel request: ``confident-joint-v1`` (another class above its per-class threshold
-    from the card) or ``labeler-posterior-v1`` (the posterior that the label is right, from the model and the
-    labeler's matrix in the card, below 1/2). See docs/stream.md and bench/results/label_errors.json."""
+    audit_policy: Literal["auto", "confident-joint-v1", "labeler-posterior-v1"] = "auto"
+    """When a label gets a relabel request: ``labeler-posterior-v1`` (the posterior that the label is right,
+    from the model and the labeler's matrix in the card, below 1/2) or ``confident-joint-v1`` (another class
+    above its per-class threshold from the card); ``auto``: the first where the card has labeler matrices,
+    else the second. See docs/stream.md and bench/results/label_errors.json."""
     store_url: SecretStr = SecretStr("sqlite:///labelaudit-audit.db")
     """Where verdicts go: ``sqlite:///path.db`` (default, WAL) or ``postgresql://user:pw@host/db`` (a secret:
     the URL may carry a password)."""

@@ -101,7 +101,11 @@ Policy = DisagreementPolicy | LabelerPosteriorPolicy
 
 
 def policy_for(card: ModelCard, name: str) -> Policy:
-    """The policy called ``name`` (``Settings.audit_policy``), built from the served model's card."""
+    """The policy called ``name`` (``Settings.audit_policy``), built from the served model's card; ``auto``:
+    labeler-posterior-v1 where the card has the labelers' matrices (it finds more wrong labels, more
+    precisely: bench/results/label_errors.json), else confident-joint-v1."""
+    if name == "auto":
+        name = LabelerPosteriorPolicy.name if card.labeler_transition_matrices else DisagreementPolicy.name
     if name == LabelerPosteriorPolicy.name:
         return LabelerPosteriorPolicy.from_card(card)
     return DisagreementPolicy(thresholds=tuple(card.disagreement_thresholds))

@@ -49,7 +49,7 @@ def test_audit_records_the_verdict_once_per_item_labeler_and_model_version(clien
     first = client.post("/v1/audit", json=_json(labeled[0]))
     assert first.status_code == 200, first.text
     verdict = first.json()
-    assert verdict["recorded"] is True and verdict["policy"] == "confident-joint-v1"
+    assert verdict["recorded"] is True and verdict["policy"] == "labeler-posterior-v1"  # auto: the card has matrices
     assert verdict["human_label"] == labeled[0]["label"] and 0 <= verdict["score"] <= 1
     again = client.post("/v1/audit", json=_json(labeled[0])).json()
     assert again["recorded"] is False and again["predicted_label"] == verdict["predicted_label"]
@@ -151,5 +151,7 @@ def test_the_labeler_posterior_policy_refuses_a_card_without_labeler_matrices(mo
 
     card = resolve_model(model_repo, "labelaudit").card
     assert isinstance(policy_for(card, "confident-joint-v1"), DisagreementPolicy)
+    bare = card.model_copy(update={"labeler_transition_matrices": {}})
+    assert isinstance(policy_for(bare, "auto"), DisagreementPolicy)  # no labeler ids in training: the other one
     with pytest.raises(ValueError, match="use confident-joint-v1"):
-        policy_for(card.model_copy(update={"labeler_transition_matrices": {}}), "labeler-posterior-v1")
+        policy_for(bare, "labeler-posterior-v1")
