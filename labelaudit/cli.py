@@ -53,6 +53,8 @@ def _progress() -> Progress:
 def _epoch_line(m) -> str:
     val = "-" if m.val_acc is None else f"{m.val_acc:.4f}"
     extra = "" if m.corrected_fraction is None else f"  corrected {m.corrected_fraction:.3f}"
+    if m.pseudo_labeled_fraction is not None:
+        extra += f"  pseudo-labeled {m.pseudo_labeled_fraction:.3f}"
     if m.transition_matrix is not None:
         t = m.transition_matrix
         extra += f"  mean diag(T) {sum(t[i][i] for i in range(len(t))) / len(t):.3f}"

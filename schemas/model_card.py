@@ -75,6 +75,11 @@ class EpochMetrics(BaseModel):
     corrected_fraction: float | None = Field(
         default=None, description="FasTEN: share of untrusted labels replaced by the model's correction."
     )
+    pseudo_labeled_fraction: float | None = Field(
+        default=None,
+        description="Semi-supervised: share of the epoch's pool rows whose teacher prediction reached the "
+        "pseudo-label threshold (the rest gave no loss).",
+    )
     transition_matrix: list[list[float]] | None = Field(
         default=None, description="The current estimate of T[i][j] = P(noisy label j | true class i)."
     )

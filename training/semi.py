@@ -68,6 +68,12 @@ class EmaTeacher:
             logits = self.trainer.model(self.trainer.inputs(batch, part="unlabeled", strong=True)).float()
         return self.cfg.unlabeled_weight * (F.cross_entropy(logits, target, reduction="none") * mask).mean()
 
+    def end_epoch(self) -> float | None:
+        """The epoch's mean share of pool rows above the threshold (None without pool rows); starts afresh."""
+        share = float(np.mean(self.confident)) if self.confident else None
+        self.confident = []
+        return share
+
     @torch.no_grad()
     def update(self) -> None:
         """After each optimizer step: ``teacher ← d · teacher + (1 − d) · network``; buffers copied."""

@@ -262,6 +262,7 @@ class Trainer:
             seconds=seconds, images_per_s=seen / max(seconds, 1e-9), corrected_fraction=corrected,
             step_images_per_s=seen / max(step_s, 1e-9), loader_images_per_s=seen * decoders / max(load_s, 1e-9),
             transition_matrix=None if t is None else np.round(t, 4).tolist(),
+            pseudo_labeled_fraction=None if self.semi is None else self.semi.end_epoch(),
         )  # fmt: skip
 
 

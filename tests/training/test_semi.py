@@ -66,6 +66,7 @@ def test_unlabeled_rows_never_reach_a_supervised_loss_and_do_reach_the_teacher(t
     assert supervised and not supervised & unlabeled
     assert consistency & unlabeled  # the unlabeled images were trained on, without a label
     assert all(np.isfinite(h.train_loss) for h in result.meta.metrics.history)
+    assert [h.pseudo_labeled_fraction for h in result.meta.metrics.history] == [1.0, 1.0]  # threshold 0: every row
 
 
 def test_the_teacher_is_a_moving_average_and_gets_no_gradient(tiny_data):
