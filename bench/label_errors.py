@@ -54,9 +54,9 @@ def prf(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "flagged": int(flagged.sum()), "true_errors": int(truth.sum())}  # fmt: skip
 
 
-def labeler_matrices(checkpoint: Path, manifest, manifest_path: Path, rows: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Each labeler's ``T_l`` (K, K) over ``rows`` as training writes it into the model card (Dawid-Skene EM
-    with the model's probabilities as the prior), and the matrices pooled by item count for the others."""
+def posterior_policy(checkpoint: Path, manifest, manifest_path: Path, rows: np.ndarray) -> LabelerPosteriorPolicy:
+    """labeler-posterior-v1 with each labeler's ``T_l`` over ``rows`` as training writes it into the model card
+    (Dawid-Skene EM with the model's probabilities as the prior)."""
     from labelaudit.training.train import LABELER_EM_STEPS
     from labelaudit.training.transition import labeler_transition_matrices
 
@@ -64,21 +64,20 @@ def labeler_matrices(checkpoint: Path, manifest, manifest_path: Path, rows: np.n
     ids = np.asarray(manifest.labeler_ids)[rows]
     matrices, counts = labeler_transition_matrices(probs, manifest.labels[rows], ids, probs.shape[1],
                                                    em_steps=LABELER_EM_STEPS)  # fmt: skip
-    total = sum(counts.values())
-    pooled = sum(counts[a] / total * t for a, t in matrices.items())
-    return matrices, pooled
+    return LabelerPosteriorPolicy.from_matrices(matrices, counts)
 
 
 def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, method: str, folds: int = 2):
     """Out-of-sample probabilities for every untrusted training row, the thresholds of each fold's model,
-    and the labeler matrices (with the pooled one) each fold's model estimated on its own training rows."""
+    each row's fold, and per fold the posterior policy from the labeler matrices its model estimated on its
+    own training rows."""
     manifest = read_manifest(data / "task_b.jsonl")
     lines = (data / "task_b.jsonl").read_text().splitlines()
     untrusted = np.flatnonzero(manifest.mask(split="train", trusted=False))
     fold_of = np.random.default_rng(seed).integers(0, folds, size=len(untrusted))
     probs = np.zeros((len(untrusted), len(manifest.classes)))
     thresholds = np.zeros_like(probs)
-    matrices: list[tuple[dict, np.ndarray]] = []
+    policies: list[LabelerPosteriorPolicy] = []
     for f in range(folds):
         held = set(untrusted[fold_of == f].tolist())
         subset = data / f"task_b_without_fold{f}.jsonl"
@@ -87,8 +86,8 @@ def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, method:
                   cfg=TrainConfig(method=method, epochs=epochs, seed=seed))  # fmt: skip
         probs[fold_of == f] = checkpoint_probs(r.checkpoint, data / "task_b.jsonl", untrusted[fold_of == f])
         thresholds[fold_of == f] = r.meta.disagreement_thresholds
-        matrices.append(labeler_matrices(r.checkpoint, manifest, data / "task_b.jsonl", untrusted[fold_of != f]))
-    return manifest, untrusted, probs, thresholds, [matrices[f] for f in fold_of]
+        policies.append(posterior_policy(r.checkpoint, manifest, data / "task_b.jsonl", untrusted[fold_of != f]))
+    return manifest, untrusted, probs, thresholds, fold_of, policies
 
 
 def main() -> None:
@@ -121,7 +120,7 @@ def main() -> None:
                     train(data / "task_a.jsonl", init=None, out=a_ckpt.parent,
                           cfg=TrainConfig(method="ce", epochs=args.epochs_a, seed=seed))  # fmt: skip
                 classifier_a = a_ckpt
-            manifest, untrusted, probs, thresholds, matrices = cross_fit(
+            manifest, untrusted, probs, thresholds, fold_of, policies = cross_fit(
                 data, classifier_a, seed=seed, epochs=args.epochs_b, method=args.method
             )
             labels = manifest.labels[untrusted]
@@ -132,10 +131,10 @@ def main() -> None:
                 for p, y, t in zip(probs, labels, thresholds, strict=True)
             ])  # fmt: skip
             ids = np.asarray(manifest.labeler_ids)[untrusted]
-            posterior = np.array([
-                LabelerPosteriorPolicy(*m).judge_batch(p[None], np.array([y]), [a])[0][0]
-                for p, y, a, m in zip(probs, labels, ids, matrices, strict=True)
-            ])  # fmt: skip
+            posterior = np.zeros(len(untrusted), dtype=bool)
+            for f, policy in enumerate(policies):  # each fold judged by the policy of the model that did not see it
+                mine = fold_of == f
+                posterior[mine] = policy.judge_batch(probs[mine], labels[mine], ids[mine].tolist())[0]
             theirs = find_label_issues(labels, probs)
             common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, items=len(untrusted),
                           method=args.method)  # fmt: skip

@@ -72,15 +72,20 @@ class LabelerPosteriorPolicy:
     name: str = "labeler-posterior-v1"
 
     @classmethod
+    def from_matrices(cls, matrices: dict[str, np.ndarray], counts: dict[str, int]) -> LabelerPosteriorPolicy:
+        """Labeler matrices with each labeler's item count; the pooled one weighs them by those counts."""
+        matrices = {a: np.asarray(t, dtype=float) for a, t in matrices.items()}
+        weights = np.array([max(1, counts.get(a, 0)) for a in matrices], dtype=float)
+        pooled = np.einsum("h,hij->ij", weights / weights.sum(), np.stack(list(matrices.values())))
+        return cls(matrices, pooled)
+
+    @classmethod
     def from_card(cls, card: ModelCard) -> LabelerPosteriorPolicy:
-        """The card's labeler matrices; the pooled one weighs them by their training items."""
+        """The card's labeler matrices, pooled by their training items."""
         if not card.labeler_transition_matrices:
             raise ValueError("labeler-posterior-v1 needs the labelers' matrices in the model card, and this card has "
                              "none (a model trained without labeler ids): use confident-joint-v1")  # fmt: skip
-        matrices = {a: np.asarray(t, dtype=float) for a, t in card.labeler_transition_matrices.items()}
-        weights = np.array([max(1, card.labeler_counts.get(a, 0)) for a in matrices], dtype=float)
-        pooled = np.einsum("h,hij->ij", weights / weights.sum(), np.stack(list(matrices.values())))
-        return cls(matrices, pooled)
+        return cls.from_matrices(card.labeler_transition_matrices, card.labeler_counts)
 
     def posterior(self, probs: np.ndarray, labels: np.ndarray, labeler_ids: Sequence[str]) -> np.ndarray:
         """``q`` (N, K): each item's true class given the model's ``probs`` (N, K) and its label (N,)."""

@@ -50,23 +50,30 @@ def em_transitions(
     return t.float()
 
 
-def label_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``q_n(ȳ_n)``: the posterior that item ``n``'s given label is its true class, from the network's
-    ``probs`` (N, K) and each item's labeler matrix ``t`` (N, K, K): ``p(ȳ) T[ȳ, ȳ] / Σ_i p(i) T[i, ȳ]``. (N,)"""
+def class_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each item's true class given the network and what its labeler said: ``q(i) ∝ p(i) T[i, ȳ]``, from the
+    network's ``probs`` (N, K) and each item's labeler matrix ``t`` (N, K, K). (N, K) float64, rows summing to 1."""
     idx = torch.arange(len(labels), device=labels.device)
-    column = t[idx, :, labels]  # (N, K): T[i, ȳ_n]
-    joint = probs.double() * column.double()
-    return (joint[idx, labels] / joint.sum(1).clamp_min(1e-12)).float()
+    q = probs.double() * t[idx, :, labels].double()  # (N, K): p(i) T[i, ȳ_n]
+    return q / q.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def label_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``q_n(ȳ_n)``: the posterior that item ``n``'s given label is its true class,
+    ``p(ȳ) T[ȳ, ȳ] / Σ_i p(i) T[i, ȳ]``. (N,)"""
+    return class_posterior(probs, t, labels)[torch.arange(len(labels), device=labels.device), labels].float()
+
+
+def sharpen(q: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``q^(1/temperature)``, rows renormalised (DivideMix's label refinement). (N, K) -> (N, K) float32."""
+    q = q.clamp_min(1e-12) ** (1.0 / temperature)
+    return (q / q.sum(1, keepdim=True)).float()
 
 
 def sharpened_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Each item's true class given the network and what its labeler said, ``q(i) ∝ p(i) T[ȳ-column]``,
-    sharpened to ``q^(1/temperature)`` (DivideMix's label refinement, with the labeler's matrix as the
-    guide). ``probs`` (N, K), ``t`` (N, K, K), ``labels`` (N,) -> (N, K), rows summing to 1."""
-    idx = torch.arange(len(labels), device=labels.device)
-    q = probs.double() * t[idx, :, labels].double()  # (N, K): p(i) T[i, ȳ]
-    q = (q / q.sum(1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12) ** (1.0 / temperature)
-    return (q / q.sum(1, keepdim=True)).float()
+    """The class posterior, sharpened: the targets of ``posterior_weight``, with the labeler's matrix as the
+    guide. ``probs`` (N, K), ``t`` (N, K, K), ``labels`` (N,) -> (N, K), rows summing to 1."""
+    return sharpen(class_posterior(probs, t, labels), temperature)
 
 
 def posterior_term(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -106,10 +113,11 @@ class CrowdForward(Method):
         probs = self.trainer.predict(rows)
         labels, heads = self.data.labels[rows_t], self.head_of_row[rows_t]
         self.t = em_transitions(probs, labels, heads, self.t)
-        belief = label_posterior(probs, self.t[heads], labels)  # (N,)
+        q = class_posterior(probs, self.t[heads], labels)  # (N, K), once for both uses
+        belief = q[torch.arange(len(rows), device=q.device), labels]  # (N,): q_n(ȳ_n)
         self.doubted = rows[(belief < self.cfg.doubt_threshold).cpu().numpy()]
         if self.cfg.posterior_weight > 0:
-            self.targets[rows_t] = sharpened_posterior(probs, self.t[heads], labels, self.cfg.posterior_temperature)
+            self.targets[rows_t] = sharpen(q, self.cfg.posterior_temperature)
 
     def doubted_rows(self) -> np.ndarray:
         """Untrusted rows whose label has posterior below ``doubt_threshold`` given the network and the
