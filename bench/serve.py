@@ -582,27 +582,14 @@ class BatchCounter:
 
 @asynccontextmanager
 async def in_process(repo: Path):
-    """The gateway's runtime as create_app builds it (same settings, same MicroBatcher), minus HTTP."""
+    """The gateway's runtime as create_app opens it (same settings, same batching), minus HTTP."""
     from labelaudit.serving.core.runtime import open_runtime
-    from labelaudit.serving.http.batcher import MicroBatcher
     from labelaudit.serving.settings import Settings
 
     settings = Settings(model_repo=repo, store_url=f"sqlite:///{tempfile.mkdtemp()}/unused.db")
-    counter, holder = BatchCounter(), {}
-
-    def gather(backend):
-        holder["batcher"] = MicroBatcher(backend.infer, max_batch_size=settings.max_batch_size,
-                                         max_delay_s=settings.max_batch_delay_ms / 1000,
-                                         max_queue_images=settings.max_queue_images, observer=counter)  # fmt: skip
-        return holder["batcher"].submit
-
-    async with open_runtime(settings, wrap_infer=gather) as runtime:
-        runtime.core.coming = holder["batcher"].coming  # as create_app does
-        await holder["batcher"].start()
-        try:
-            yield runtime.core, holder["batcher"], counter
-        finally:
-            await holder["batcher"].stop()
+    counter = BatchCounter()
+    async with open_runtime(settings, batching="dynamic", observer=counter) as runtime:
+        yield runtime.core, runtime.batcher, counter
 
 
 # -- the run -------------------------------------------------------------------------------------------

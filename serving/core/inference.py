@@ -30,15 +30,15 @@ class InferenceCore:
         settings: Settings,
         *,
         budget: PixelBudget | None = None,
+        coming: Callable[[], AbstractContextManager] = nullcontext,
     ):
         self.model, self.infer, self.settings = model, infer, settings
         self.classes = model.card.classes
         # The gateway's admission by declared pixels (see admission.py); the consumer decodes one batch at
         # a time and needs none.
         self.budget = budget
-        # Entered around decoding: the gateway's micro-batcher sets it (MicroBatcher.coming) to know which
-        # requests are on their way to it.
-        self.coming: Callable[[], AbstractContextManager] = nullcontext
+        # Entered around decoding: the batcher's (MicroBatcher.coming), to know which requests are on their way.
+        self.coming = coming
 
     def to_input(self, index: int | str, data: bytes) -> np.ndarray:
         """One encoded image -> its (C, H, W) model input; ``ImageError`` names the image by ``index``

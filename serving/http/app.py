@@ -27,11 +27,9 @@ from labelaudit.schemas.api import (
 )
 from labelaudit.schemas.audit import AuditForm, AuditRequest, AuditResponse
 from labelaudit.schemas.model_card import ModelCard
-from labelaudit.serving.core.admission import PixelBudget
 from labelaudit.serving.core.audit import AuditItem, Auditor
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.runtime import open_runtime
-from labelaudit.serving.http.batcher import InFlightLimit, MicroBatcher
 from labelaudit.serving.http.body import BadRequest, parse_fields, parse_json, read_body
 from labelaudit.serving.http.errors import documented_errors, install_error_handlers
 from labelaudit.serving.http.metrics import GatewayMetrics, MeasureRequests
@@ -132,31 +130,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("labelaudit gateway %s starting with %s", __version__, settings.redacted())
-
-        # The embedded backend batches here; Triton batches on its side (config.pbtxt dynamic_batching),
-        # so with it the gateway only bounds the images in flight.
-        def gather(backend):
-            if settings.backend == "onnxruntime":
-                app.state.batcher = MicroBatcher(
-                    backend.infer,
-                    max_batch_size=settings.max_batch_size,
-                    max_delay_s=settings.max_batch_delay_ms / 1000,
-                    max_queue_images=settings.max_queue_images,
-                    observer=metrics,
-                )
-            else:
-                app.state.batcher = InFlightLimit(backend.infer, max_queue_images=settings.max_queue_images)
-            return app.state.batcher.submit
-
-        budget = PixelBudget(settings.max_decoding_pixels)
-        async with open_runtime(settings, wrap_infer=gather, budget=budget) as runtime:
-            await app.state.batcher.start()
+        async with open_runtime(settings, batching="dynamic", observer=metrics) as runtime:
             app.state.core, app.state.backend, app.state.auditor = runtime.core, runtime.backend, runtime.auditor
-            runtime.core.coming = getattr(app.state.batcher, "coming", runtime.core.coming)
+            app.state.batcher = runtime.batcher
             try:
                 yield
             finally:
-                await app.state.batcher.stop()
                 metrics.process_exiting()
 
     app = FastAPI(

@@ -46,6 +46,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from labelaudit.errors import LabelAuditError, Unavailable
 from labelaudit.serving.core.audit import Stages
 from labelaudit.serving.core.runtime import Runtime, open_runtime
+from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.settings import Settings
 from labelaudit.serving.stream.messages import dead_letter, parse_record, relabel_request
 from labelaudit.serving.stream.producer import ensure_topics
@@ -118,8 +119,16 @@ class _InFlight:
 
 
 class StreamConsumer:
-    def __init__(self, settings: Settings, *, stop_when_idle_s: float | None = None, max_messages: int | None = None):
-        self.settings = settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stop_when_idle_s: float | None = None,
+        max_messages: int | None = None,
+        store: AuditStore | None = None,
+    ):
+        """``store``: an audit store to write to instead of opening ``settings.store_url`` (its owner closes it)."""
+        self.settings, self._store = settings, store
         self.stop_when_idle_s, self.max_messages = stop_when_idle_s, max_messages
         self.stats = ConsumerStats()
         self._stop = threading.Event()
@@ -137,7 +146,7 @@ class StreamConsumer:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     async def _open_runtime(self) -> None:
-        self._runtime = await self._exit.enter_async_context(open_runtime(self.settings))
+        self._runtime = await self._exit.enter_async_context(open_runtime(self.settings, store=self._store))
         self._stages = Stages.one_at_a_time()  # batches in flight overlap as a pipeline, not all at once
 
     async def _audit(self, records: list) -> BatchResult:
