@@ -22,7 +22,6 @@ from labelaudit.schemas.report import (
     ModelSeen,
     NightRow,
     PreviousNights,
-    QueueItem,
     Rate,
     Report,
     Transition,
@@ -147,7 +146,7 @@ def build_report(
         consensus=Consensus(labeler_pairs=shared, annotator_agreement=agreement, model_weight=weight),
         labelers=labelers,
         flag_test=flag,
-        relabel_queue=[QueueItem(rank=i + 1, thumbnail=False, **vars(q)) for i, q in enumerate(queue)],
+        relabel_queue=queue,
         trends=[_night_row(n) for n in nights],
         notes=notes,
     )  # fmt: skip

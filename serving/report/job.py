@@ -13,7 +13,7 @@ import numpy as np
 
 from labelaudit.deconvolve import ModelConfusion
 from labelaudit.errors import LabelAuditError
-from labelaudit.schemas.report import Report, Window
+from labelaudit.schemas.report import QueueItem, Report, Window
 from labelaudit.serving.core.model_repo import ModelNotFound, resolve_model
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
@@ -22,8 +22,8 @@ from labelaudit.serving.report.thumbnails import load_thumbnails
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 STEPS = 9  # progress ticks: the build's six steps (SQL), thumbnails, figures and page, files
-QUEUE_COLUMNS = ("rank", "item_id", "labeler_id", "human_label", "predicted_label", "predicted_probability",
-                 "label_probability", "score", "other_labels", "agreeing_labels", "created_at")  # fmt: skip
+# relabel_queue.csv: the queue's fields, rank first (the page's thumbnail flag is not a column).
+QUEUE_COLUMNS = ("rank", *(name for name in QueueItem.model_fields if name not in ("rank", "thumbnail")))
 
 
 def spreadsheet_cell(value: object) -> object:

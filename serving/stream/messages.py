@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import ValidationError
 
 from labelaudit.errors import LabelAuditError, describe_errors
-from labelaudit.schemas.audit import AuditRecord
+from labelaudit.schemas.audit import AuditRecord, ModelVerdict
 from labelaudit.schemas.stream import (
     DLQ_ERROR,
     DLQ_OFFSET,
@@ -142,16 +142,7 @@ def relabel_request(record: AuditRecord) -> tuple[bytes, bytes]:
     """(key, value) for the relabel-requests topic."""
     request = RelabelRequest.model_construct(  # built from a validated record: no second validation
         request_id=f"{record.item_id}/{record.labeler_id}/{record.model_version}",
-        item_id=record.item_id,
-        labeler_id=record.labeler_id,
-        human_label=record.human_label,
-        predicted_label=record.predicted_label,
-        predicted_probability=record.predicted_probability,
-        label_probability=record.label_probability,
-        score=record.score,
-        policy=record.policy,
-        model_name=record.model_name,
-        model_version=record.model_version,
         created_at=record.created_at,
+        **{name: getattr(record, name) for name in ModelVerdict.model_fields},
     )
     return record.item_id.encode(), request.model_dump_json(by_alias=True).encode()
