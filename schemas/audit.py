@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labelaudit.schemas.fields import Identifier
 
+Source = Literal["http", "kafka"]
+"""The transport an audit record came through."""
+
 
 class Verdict(BaseModel):
     """The model's verdict on one human label: what every view of it (the stored record, the HTTP answer,
@@ -38,7 +41,7 @@ class AuditRecord(ModelVerdict):
 
     disagrees: bool
     probabilities: list[float] = Field(description="All K class probabilities, in the card's class order.")
-    source: Literal["http", "kafka"]
+    source: Source
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None

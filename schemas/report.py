@@ -12,13 +12,13 @@ request* is the serving policy's own verdict, stored with the record (``disagree
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelaudit.schemas.audit import Verdict
 
-REPORT_SCHEMA = "labelaudit.report.v1"
+REPORT_SCHEMA: Final = "labelaudit.report.v1"
 
 
 class _Model(BaseModel):

@@ -9,15 +9,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labelaudit.schemas.audit import ModelVerdict
 from labelaudit.schemas.fields import Identifier
 
-IMAGE_SCHEMA = "labelaudit.image.v1"
-RELABEL_SCHEMA = "labelaudit.relabel.v1"
+IMAGE_SCHEMA: Final = "labelaudit.image.v1"
+RELABEL_SCHEMA: Final = "labelaudit.relabel.v1"
 
 # Headers added to a dead letter (values are UTF-8): why it failed and where it came from.
 DLQ_REASON, DLQ_ERROR = "labelaudit.dlq.reason", "labelaudit.dlq.error"

@@ -47,7 +47,7 @@ class Batcher(Protocol):
 
     async def submit(self, images: np.ndarray) -> np.ndarray: ...
 
-    def coming(self) -> AbstractContextManager: ...
+    def coming(self) -> AbstractContextManager[None]: ...
 
 
 class BatchObserver(Protocol):
@@ -59,7 +59,7 @@ class BatchObserver(Protocol):
 @dataclass
 class _Pending:
     images: np.ndarray  # (n, C, H, W)
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -80,7 +80,7 @@ class MicroBatcher:
         self.queued_images = 0
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carry: _Pending | None = None  # a request that did not fit the previous batch
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._mean_batch_s = 0.01  # running estimate of one batch's inference time, for Retry-After
         self.on_the_way = 0  # requests decoding their images, about to submit (see ``coming``)
 
@@ -143,6 +143,7 @@ class MicroBatcher:
         batch = [await self._next(None)]
         size = len(batch[0].images)
         deadline = batch[0].enqueued + self.max_delay_s
+        item: _Pending | None
         while size < self.max_batch_size:
             if not self.on_the_way and self._carry is None and self._queue.empty():
                 return batch, "idle"  # nobody else is coming: waiting would only add latency
@@ -203,7 +204,7 @@ class InFlightLimit:
     async def stop(self) -> None:
         pass
 
-    def coming(self) -> AbstractContextManager:
+    def coming(self) -> AbstractContextManager[None]:
         return nullcontext()
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
@@ -233,7 +234,7 @@ class Chunked:
     async def stop(self) -> None:
         pass
 
-    def coming(self) -> AbstractContextManager:
+    def coming(self) -> AbstractContextManager[None]:
         return nullcontext()
 
     async def submit(self, images: np.ndarray) -> np.ndarray:

@@ -16,11 +16,11 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args, get_origin
 
 from labelaudit.errors import StoreUnavailable
 from labelaudit.schemas.audit import AuditRecord
@@ -55,7 +55,7 @@ def _column_type(annotation: object) -> tuple[type, bool]:
     base = args[0] if nullable else annotation
     if get_origin(base) is Literal:
         base = type(get_args(base)[0])
-    return get_origin(base) or base, nullable
+    return cast(type, get_origin(base) or base), nullable  # the record's fields are all of plain types
 
 
 def table_schema(dialect: str) -> str:
@@ -73,14 +73,15 @@ def table_schema(dialect: str) -> str:
 
 _values = operator.attrgetter(*FIELDS)
 # The fields a column cannot hold as they are, and how each is stored.
+_STORED_AS: dict[type, Callable[[Any], object]] = {bool: int, list: json.dumps, datetime: datetime.isoformat}
 _CONVERT = tuple(
-    (i, {bool: int, list: json.dumps, datetime: datetime.isoformat}[kind])
+    (i, _STORED_AS[kind])
     for i, name in enumerate(FIELDS)
     if (kind := _column_type(AuditRecord.model_fields[name].annotation)[0]) in (bool, list, datetime)
 )
 
 
-def _row(r: AuditRecord) -> list:
+def _row(r: AuditRecord) -> list[object]:
     """One record's column values, in ``COLUMNS`` order."""
     row = list(_values(r))
     for i, convert in _CONVERT:
@@ -93,7 +94,7 @@ class AuditStore(Protocol):
     def write(self, records: list[AuditRecord]) -> list[bool]: ...
     def ready(self) -> bool: ...
     def count(self) -> int: ...
-    def select(self, sql: str, params: tuple = ()) -> list[tuple]: ...
+    def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]: ...
     def close(self) -> None: ...
 
 
@@ -141,12 +142,14 @@ class SqliteStore:
 
     def count(self) -> int:
         with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+            n: int = self._conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+            return n
 
-    def select(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """A read query in SQL both stores accept, ``?`` placeholders; its rows (the report's aggregates)."""
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            rows: list[tuple[Any, ...]] = self._conn.execute(sql, params).fetchall()
+            return rows
 
     def close(self) -> None:
         with self._lock:
@@ -224,9 +227,9 @@ class PostgresStore:
 
     def count(self) -> int:
         with self._connection() as conn:
-            return conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+            return cast(tuple[int], conn.execute("SELECT COUNT(*) FROM audit_records").fetchone())[0]  # one row
 
-    def select(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """As ``SqliteStore.select``: ``?`` placeholders become psycopg's ``%s`` (a literal ``%`` is kept).
 
         Nested-loop joins are off for these reads: they are whole-window aggregates, and on a table whose

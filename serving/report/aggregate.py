@@ -155,22 +155,23 @@ def models_in_window(store: AuditStore, window: Span) -> list[tuple[str, str, in
 
 
 def totals(store: AuditStore, scope: Scope) -> Totals:
-    (records, items, unlabeled, relabels), = store.select(
+    ((records, items, unlabeled, relabels),) = store.select(
         "SELECT COUNT(*), COUNT(DISTINCT item_id), SUM(CASE WHEN human_label IS NULL THEN 1 ELSE 0 END),"
         f" SUM(disagrees) FROM audit_records WHERE {Span.sql()}" + _MODEL_FILTER,
         scope.params(),
-    )  # fmt: skip
+    )
     return Totals(_int(records), _int(items), _int(unlabeled), _int(relabels))
 
 
 def multi_labeled_items(store: AuditStore, scope: Scope) -> int:
     """Items with labels from two or more labelers in the window."""
-    (count,), = store.select(
+    ((count,),) = store.select(
         "SELECT COUNT(*) FROM (SELECT item_id FROM audit_records"
-        f" WHERE {Span.sql()} AND human_label IS NOT NULL" + _MODEL_FILTER +
-        " GROUP BY item_id HAVING COUNT(*) > 1) multi",
+        f" WHERE {Span.sql()} AND human_label IS NOT NULL"
+        + _MODEL_FILTER
+        + " GROUP BY item_id HAVING COUNT(*) > 1) multi",
         scope.params(),
-    )  # fmt: skip
+    )
     return _int(count)
 
 
@@ -187,7 +188,7 @@ def pair_agreement(store: AuditStore, scope: Scope) -> list[tuple[str, str, int,
         "SELECT a.labeler_id, b.labeler_id, SUM(CASE WHEN a.human_label = b.human_label THEN 1 ELSE 0 END), COUNT(*)"
         " FROM audit_records a JOIN audit_records b ON b.item_id = a.item_id AND b.model_version = a.model_version"
         " AND b.labeler_id > a.labeler_id" + window("a.") + window("b.") + " GROUP BY a.labeler_id, b.labeler_id"
-    )  # fmt: skip
+    )
     rows = store.select(sql, scope.params() + scope.params())
     return [(str(a), str(b), _int(k), _int(n)) for a, b, k, n in rows]
 

@@ -107,9 +107,19 @@ def run_report(
         raise ReportError(f"--images {images}: no such manifest or folder")
     store = open_store(store_url)
     try:
-        report = build_report(store, window=window, store_kind=store_kind(store_url), classes=classes,
-                              class_source=class_source, model_version=model_version, nights_back=nights_back,
-                              top=top, alpha=alpha, model_confusion=card_confusion(model_repo), step=step)  # fmt: skip
+        report = build_report(
+            store,
+            window=window,
+            store_kind=store_kind(store_url),
+            classes=classes,
+            class_source=class_source,
+            model_version=model_version,
+            nights_back=nights_back,
+            top=top,
+            alpha=alpha,
+            model_confusion=card_confusion(model_repo),
+            step=step,
+        )
     finally:
         store.close()
     step("thumbnails")
@@ -129,7 +139,9 @@ def _write(folder: Path, report: Report, html: str) -> Written:
     with paths[2].open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([*QUEUE_COLUMNS, "model_name", "model_version"])
+        # No model only for an empty window, whose queue is empty.
+        model = [report.model.model_name, report.model.model_version] if report.model is not None else ["", ""]
         for q in report.relabel_queue:
-            cells = [getattr(q, c) for c in QUEUE_COLUMNS] + [report.model.model_name, report.model.model_version]
+            cells = [getattr(q, c) for c in QUEUE_COLUMNS] + model
             writer.writerow([spreadsheet_cell(cell) for cell in cells])
     return Written(folder, *paths, report)
