@@ -138,8 +138,18 @@ N_PHOTOS = 64  # distinct photos: the payloads cycle over them, and export parit
 SEED = 0
 LOGIT_SPREAD = 2.0  # std of the logits across classes, mean over the photos: probabilities neither flat nor one-hot
 # Imagenette's ten ImageNet classes, as names only: the weights are random, the answers mean nothing.
-RESNET_CLASSES = ["tench", "english_springer", "cassette_player", "chain_saw", "church", "french_horn",
-                  "garbage_truck", "gas_pump", "golf_ball", "parachute"]  # fmt: skip
+RESNET_CLASSES = [
+    "tench",
+    "english_springer",
+    "cassette_player",
+    "chain_saw",
+    "church",
+    "french_horn",
+    "garbage_truck",
+    "gas_pump",
+    "golf_ball",
+    "parachute",
+]
 
 
 def resnet_spec():
@@ -147,9 +157,17 @@ def resnet_spec():
     the peers' standalone mirror (bench/peers/preprocess.py) decodes exactly as labelaudit does."""
     from labelaudit.schemas.model_card import PreprocessSpec
 
-    return PreprocessSpec(height=224, width=224, channels=3, resize="shorter_side_center_crop", crop_pct=0.875,
-                          resample="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                          jpeg_draft=False)  # fmt: skip
+    return PreprocessSpec(
+        height=224,
+        width=224,
+        channels=3,
+        resize="shorter_side_center_crop",
+        crop_pct=0.875,
+        resample="bilinear",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        jpeg_draft=False,
+    )
 
 
 def source_photos() -> list[tuple[str, Image.Image]]:
@@ -193,9 +211,16 @@ def make_photos(folder: Path, n: int = N_PHOTOS, seed: int = SEED) -> list[Path]
 
 def _recipe() -> dict:
     """What the resnet18-224 work folder was built from: a change rebuilds it."""
-    return {"version": 2, "photos": N_PHOTOS, "size": PHOTO_SIZE, "quality": PHOTO_QUALITY, "seed": SEED,
-            "classes": RESNET_CLASSES, "logit_spread": LOGIT_SPREAD,
-            "preprocess": resnet_spec().model_dump(mode="json")}  # fmt: skip
+    return {
+        "version": 2,
+        "photos": N_PHOTOS,
+        "size": PHOTO_SIZE,
+        "quality": PHOTO_QUALITY,
+        "seed": SEED,
+        "classes": RESNET_CLASSES,
+        "logit_spread": LOGIT_SPREAD,
+        "preprocess": resnet_spec().model_dump(mode="json"),
+    }
 
 
 def build_resnet18(work: Path) -> tuple[Path, list[Path]]:
@@ -219,8 +244,16 @@ def build_resnet18(work: Path) -> tuple[Path, list[Path]]:
     shutil.rmtree(work, ignore_errors=True)
     paths = make_photos(photos)
     manifest = photos / "manifest.jsonl"
-    rows = [{"item_id": p.stem, "image": p.name, "label": RESNET_CLASSES[i % len(RESNET_CLASSES)],
-             "labeler_id": "bench", "split": "test"} for i, p in enumerate(paths)]  # fmt: skip
+    rows = [
+        {
+            "item_id": p.stem,
+            "image": p.name,
+            "label": RESNET_CLASSES[i % len(RESNET_CLASSES)],
+            "labeler_id": "bench",
+            "split": "test",
+        }
+        for i, p in enumerate(paths)
+    ]
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     spec = resnet_spec()
     x = torch.from_numpy(normalize(np.stack([pixels_from_file(str(p), spec) for p in paths]), spec))
@@ -228,17 +261,30 @@ def build_resnet18(work: Path) -> tuple[Path, list[Path]]:
     net = TwoHeadNet("torchvision:resnet18", len(RESNET_CLASSES), spec.channels)
     calibrate(net, x)
     meta = CheckpointMeta(
-        arch="torchvision:resnet18", classes=RESNET_CLASSES, preprocess=spec, method="untrained", init="scratch",
-        config={"bench": "bench/serve.py --model resnet18-224", "seed": SEED,
-                "weights": "seeded random init; BatchNorm statistics from the photos; clean head scaled to a logit "
-                           f"spread of {LOGIT_SPREAD}"},
+        arch="torchvision:resnet18",
+        classes=RESNET_CLASSES,
+        preprocess=spec,
+        method="untrained",
+        init="scratch",
+        config={
+            "bench": "bench/serve.py --model resnet18-224",
+            "seed": SEED,
+            "weights": "seeded random init; BatchNorm statistics from the photos; clean head scaled to a logit "
+            f"spread of {LOGIT_SPREAD}",
+        },
         metrics=ModelMetrics(trusted_acc=0.0),
-        gate=GateResult(passed=True, metric="trusted_acc", initial=None, final=0.0,
-                        reason="a benchmark model with random weights, exported only to time serving"),
+        gate=GateResult(
+            passed=True,
+            metric="trusted_acc",
+            initial=None,
+            final=0.0,
+            reason="a benchmark model with random weights, exported only to time serving",
+        ),
         disagreement_thresholds=[1 / len(RESNET_CLASSES)] * len(RESNET_CLASSES),
         thresholds_source="none: a benchmark model (1/K for every class)",
-        data_version=hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest=str(manifest),
-    )  # fmt: skip
+        data_version=hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        manifest=str(manifest),
+    )
     checkpoint = work / "resnet18.pt"
     save_checkpoint(checkpoint, net, meta)
     export_model(checkpoint, manifest=manifest, repo=repo, parity_images=N_PHOTOS, min_images=N_PHOTOS)
@@ -291,9 +337,11 @@ def workload(model: str, work: Path) -> Workload:
     repo, paths = build_resnet18(work)
     images = [p.read_bytes() for p in paths]
     mean = np.mean([len(i) for i in images])
-    payload = (f"{len(images)} distinct {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG photos (quality {PHOTO_QUALITY}, mean "
-               f"{mean:.0f} bytes), crops and rescales of scikit-learn's china.jpg and flower.jpg and matplotlib's "
-               "grace_hopper.jpg")  # fmt: skip
+    payload = (
+        f"{len(images)} distinct {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG photos (quality {PHOTO_QUALITY}, mean "
+        f"{mean:.0f} bytes), crops and rescales of scikit-learn's china.jpg and flower.jpg and matplotlib's "
+        "grace_hopper.jpg"
+    )
     return Workload(repo, images, payload)
 
 
@@ -410,8 +458,9 @@ def start_server(name: str, cmd: list[str], *, port: int, ready: str, env: dict,
     """Start ``cmd`` in a session of its own and wait until ``ready`` (a path on ``port``) answers 200; its
     output goes to ``work``/<name>.log."""
     log = work / f"{name}.log"
-    proc = subprocess.Popen(cmd, cwd=cwd, env=os.environ | env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=os.environ | env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     server = Server(name, proc, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + 180
     while True:
@@ -445,26 +494,58 @@ def start_mlserver(venv: Path, onnx_path: Path, *, workers: int, work: Path) -> 
     shutil.rmtree(root, ignore_errors=True)
     (root / "labelaudit").mkdir(parents=True)
     http_port, grpc_port, metrics_port = free_ports(3)
-    (root / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "parallel_workers": workers, "load_models_at_startup": True,
-    }))  # fmt: skip
-    (root / "labelaudit" / "model-settings.json").write_text(json.dumps({
-        "name": "labelaudit", "implementation": "mlserver_runtime.DecodeOnnxModel",
-        "max_batch_size": 64, "max_batch_time": 0.002,
-        "parameters": {"uri": str(onnx_path), "version": "1"},
-    }))  # fmt: skip
+    (root / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                "parallel_workers": workers,
+                "load_models_at_startup": True,
+            }
+        )
+    )
+    (root / "labelaudit" / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "labelaudit",
+                "implementation": "mlserver_runtime.DecodeOnnxModel",
+                "max_batch_size": 64,
+                "max_batch_time": 0.002,
+                "parameters": {"uri": str(onnx_path), "version": "1"},
+            }
+        )
+    )
     cmd = [str(venv / "bin" / "mlserver"), "start", str(root)]
-    return start_server("mlserver", cmd, port=http_port, ready="/v2/models/labelaudit/ready",
-                        env={"PYTHONPATH": str(PEERS_DIR)}, cwd=root, work=work)  # fmt: skip
+    return start_server(
+        "mlserver",
+        cmd,
+        port=http_port,
+        ready="/v2/models/labelaudit/ready",
+        env={"PYTHONPATH": str(PEERS_DIR)},
+        cwd=root,
+        work=work,
+    )
 
 
 def start_bentoml(venv: Path, model_dir: Path, *, workers: int, work: Path) -> Server:
     (port,) = free_ports(1)
-    env = {"BENCH_MODEL_DIR": str(model_dir), "BENCH_WORKERS": str(workers), "BENTOML_DO_NOT_TRACK": "True",
-           "BENTOML_HOME": str(work / "bentoml_home")}  # fmt: skip
-    cmd = [str(venv / "bin" / "bentoml"), "serve", "bentoml_service:Classifier", "--host", "127.0.0.1",
-           "--port", str(port)]  # fmt: skip
+    env = {
+        "BENCH_MODEL_DIR": str(model_dir),
+        "BENCH_WORKERS": str(workers),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "BENTOML_HOME": str(work / "bentoml_home"),
+    }
+    cmd = [
+        str(venv / "bin" / "bentoml"),
+        "serve",
+        "bentoml_service:Classifier",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     return start_server("bentoml", cmd, port=port, ready="/readyz", env=env, cwd=PEERS_DIR, work=work)
 
 
@@ -492,25 +573,43 @@ def _file(i: int, img: bytes) -> tuple[str, bytes, str]:
 
 
 def _gateway_probs(answer: dict, classes: list[str]) -> np.ndarray:
-    return np.asarray([[{t["label"]: t["probability"] for t in r["top"]}.get(c, 0.0) for c in classes]
-                       for r in answer["results"]])  # fmt: skip
+    return np.asarray(
+        [[{t["label"]: t["probability"] for t in r["top"]}.get(c, 0.0) for c in classes] for r in answer["results"]]
+    )
 
 
 def gateway_http(payloads: list[list[bytes]], classes: list[str], *, body: str, top_k: int = TOP_K) -> Http:
     if body == "multipart":
-        bodies = [_encoded(files=[("files", _file(i, img)) for i, img in enumerate(p)],
-                           data={"top_k": str(top_k)}) for p in payloads]  # fmt: skip
+        bodies = [
+            _encoded(files=[("files", _file(i, img)) for i, img in enumerate(p)], data={"top_k": str(top_k)})
+            for p in payloads
+        ]
     else:
-        bodies = [_encoded(json={"images": [{"id": str(i), "data": base64.b64encode(img).decode()}
-                                            for i, img in enumerate(p)], "top_k": top_k}) for p in payloads]  # fmt: skip
+        bodies = [
+            _encoded(
+                json={
+                    "images": [{"id": str(i), "data": base64.b64encode(img).decode()} for i, img in enumerate(p)],
+                    "top_k": top_k,
+                }
+            )
+            for p in payloads
+        ]
     return Http("/v1/classify", bodies, lambda a: _gateway_probs(a, classes))
 
 
 def mlserver_http(payloads: list[list[bytes]]) -> Http:
     def v2(p: list[bytes]) -> dict:
-        return {"inputs": [{"name": "image_bytes", "shape": [len(p)], "datatype": "BYTES",
-                            "parameters": {"content_type": "base64"},
-                            "data": [base64.b64encode(img).decode() for img in p]}]}  # fmt: skip
+        return {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [len(p)],
+                    "datatype": "BYTES",
+                    "parameters": {"content_type": "base64"},
+                    "data": [base64.b64encode(img).decode() for img in p],
+                }
+            ]
+        }
 
     def probs(a: dict) -> np.ndarray:
         out = a["outputs"][0]
@@ -520,8 +619,7 @@ def mlserver_http(payloads: list[list[bytes]]) -> Http:
 
 
 def bentoml_http(payloads: list[list[bytes]]) -> Http:
-    bodies = [_encoded(files=[("images", _file(i, img)) for i, img in enumerate(p)])
-              for p in payloads]  # fmt: skip
+    bodies = [_encoded(files=[("images", _file(i, img)) for i, img in enumerate(p)]) for p in payloads]
     return Http("/classify", bodies, lambda a: np.asarray(a, dtype=np.float32))
 
 
@@ -603,13 +701,22 @@ class Point:
 
 
 def plan(args) -> list[Point]:
-    points = [Point("ort_tensors", "tensors", 1), Point("ort_decode", "bytes", 1), Point("gateway", "multipart", 1),
-              Point("gateway", "json", 1), Point("peer_mlserver", "v2_json_base64", 1),
-              Point("peer_bentoml", "multipart", 1)]  # fmt: skip
+    points = [
+        Point("ort_tensors", "tensors", 1),
+        Point("ort_decode", "bytes", 1),
+        Point("gateway", "multipart", 1),
+        Point("gateway", "json", 1),
+        Point("peer_mlserver", "v2_json_base64", 1),
+        Point("peer_bentoml", "multipart", 1),
+    ]
     multi = args.multi_images
     if multi > 1:  # 0: requests without images only fail (a million errors in the workers runs); 1: the rows above
-        points += [Point("ort_decode", "bytes", multi), Point("gateway", "multipart", multi),
-                   Point("peer_mlserver", "v2_json_base64", multi), Point("peer_bentoml", "multipart", multi)]  # fmt: skip
+        points += [
+            Point("ort_decode", "bytes", multi),
+            Point("gateway", "multipart", multi),
+            Point("peer_mlserver", "v2_json_base64", multi),
+            Point("peer_bentoml", "multipart", multi),
+        ]
     return [p for p in points if p.system in args.systems]
 
 
@@ -622,8 +729,10 @@ async def run(args) -> None:
     classes = json.loads((model_dir / "model_card.json").read_text())["classes"]
     import onnxruntime
 
-    device = (f"{os.cpu_count()}-core CPU ({cpu_name()}, {platform.machine()}), onnxruntime {onnxruntime.__version__} "
-              f"CPU provider; load generator and servers share these cores")  # fmt: skip
+    device = (
+        f"{os.cpu_count()}-core CPU ({cpu_name()}, {platform.machine()}), onnxruntime {onnxruntime.__version__} "
+        f"CPU provider; load generator and servers share these cores"
+    )
     config = {k: v for k, v in vars(args).items()} | {
         "payload": load.payload,
         "gateway_settings": "defaults (max_batch_size 64, max_batch_delay_ms 2, max_queue_images 1024, http_workers "
@@ -657,8 +766,12 @@ async def run(args) -> None:
 
 def serving_tree() -> str | None:
     """Uncommitted changes to the served code, named, so the commit in the results file does not overclaim."""
-    res = subprocess.run(["git", "status", "--porcelain", "--", "serving", "labelaudit", "schemas"], cwd=ROOT,
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        ["git", "status", "--porcelain", "--", "serving", "labelaudit", "schemas"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     changed = [line[3:] for line in res.stdout.splitlines() if line.strip()]
     return f"The served code had uncommitted changes in {', '.join(changed)}" if changed else None
 
@@ -763,8 +876,10 @@ def gateway_batches(server: Server) -> tuple[float, float]:
 
 def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | None, *, model: str) -> dict:
     ok = result["requests_per_s"] * result["duration_s"]
-    per_request = {f"{k}_cpu_ms_per_request": round(1000 * v / ok, 3) if v is not None and ok else None
-                   for k, v in result.pop("cpu_s").items()}  # fmt: skip
+    per_request = {
+        f"{k}_cpu_ms_per_request": round(1000 * v / ok, 3) if v is not None and ok else None
+        for k, v in result.pop("cpu_s").items()
+    }
     return {
         "model": model,
         "system": p.system,
@@ -782,8 +897,12 @@ def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=sorted(MODELS), default="fmnist",
-                    help="fmnist: task B's 28 px PNGs (default); resnet18-224: ResNet-18 on 640x480 JPEG photos")  # fmt: skip
+    ap.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="fmnist",
+        help="fmnist: task B's 28 px PNGs (default); resnet18-224: ResNet-18 on 640x480 JPEG photos",
+    )
     ap.add_argument("--quick", action="store_true", help="3 s per point, 1 s warm-up (unless given)")
     ap.add_argument(
         "--duration", type=float, default=None, help="seconds measured per point (default 10, 15 for resnet18-224)"
@@ -791,12 +910,18 @@ def main() -> None:
     ap.add_argument(
         "--warmup", type=float, default=None, help="seconds of load before each window (default 2, 5 for resnet18-224)"
     )
-    ap.add_argument("--concurrency", type=int, nargs="+", default=None,
-                    help="default 1 8 32 64 (fmnist), 1 8 32 (resnet18-224)")  # fmt: skip
-    ap.add_argument("--multi-images", type=int, default=None,
-                    help="images per request of the extra rows (0 or 1: none; default 8, 4 for resnet18-224)")  # fmt: skip
-    ap.add_argument("--systems", nargs="+", default=["ort_tensors", "ort_decode", "gateway", "peer_mlserver",
-                                                     "peer_bentoml"])  # fmt: skip
+    ap.add_argument(
+        "--concurrency", type=int, nargs="+", default=None, help="default 1 8 32 64 (fmnist), 1 8 32 (resnet18-224)"
+    )
+    ap.add_argument(
+        "--multi-images",
+        type=int,
+        default=None,
+        help="images per request of the extra rows (0 or 1: none; default 8, 4 for resnet18-224)",
+    )
+    ap.add_argument(
+        "--systems", nargs="+", default=["ort_tensors", "ort_decode", "gateway", "peer_mlserver", "peer_bentoml"]
+    )
     ap.add_argument("--peers-venv", default=str(ROOT / ".venv-peers"), help="MLServer's (scripts/peers.sh)")
     ap.add_argument("--bentoml-venv", default=str(ROOT / ".venv-peers-bentoml"), help="BentoML's (scripts/peers.sh)")
     ap.add_argument("--mlserver-workers", type=int, default=1, help="MLServer parallel_workers (its default: 1)")
@@ -804,8 +929,11 @@ def main() -> None:
     ap.add_argument(
         "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's HTTP client"
     )
-    ap.add_argument("--name", default=None, help="results file name (default serve or serve_resnet18 by --model, "
-                    "with _quick after it with --quick)")  # fmt: skip
+    ap.add_argument(
+        "--name",
+        default=None,
+        help="results file name (default serve or serve_resnet18 by --model, with _quick after it with --quick)",
+    )
     args = ap.parse_args()
     defaults = DEFAULTS[args.model] | ({"duration": 3.0, "warmup": 1.0} if args.quick else {})
     for key, value in defaults.items():

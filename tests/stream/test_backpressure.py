@@ -7,11 +7,10 @@ from __future__ import annotations
 import logging
 import time
 
-from streamkit import Stream, counts, good_messages
-
+from labelaudit.produce import produce
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.stream.consumer import StreamConsumer
-from labelaudit.serving.stream.producer import produce
+from tests.stream.streamkit import Stream, counts, good_messages
 
 
 class SlowStore:
@@ -39,10 +38,14 @@ def test_a_slow_store_pauses_the_partitions_and_the_group_holds(
     produce(stream.settings(), good_messages(tiny_data, n), partitions=2)
 
     settings = stream.settings(
-        model_repo=model_repo, store_url=url, kafka_group_id=f"group-{stream.name}", consume_batch_size=50,
-        consume_max_inflight_batches=2, kafka_max_poll_interval_ms=int(poll_interval_s * 1000),
+        model_repo=model_repo,
+        store_url=url,
+        kafka_group_id=f"group-{stream.name}",
+        consume_batch_size=50,
+        consume_max_inflight_batches=2,
+        kafka_max_poll_interval_ms=int(poll_interval_s * 1000),
         ort_intra_op_threads=1,
-    )  # fmt: skip
+    )
     store = SlowStore(open_store(url), delay_s=0.7)
     consumer = StreamConsumer(settings, stop_when_idle_s=3, store=store)
     most_in_flight, paused_seen = [0], [False]

@@ -13,11 +13,24 @@ from labelaudit.serving.core.store import COLUMNS, open_store
 
 def verdict(item: str, labeler: str = "anna", version: str = "1", label: str | None = "coat") -> AuditRecord:
     return AuditRecord(
-        item_id=item, labeler_id=labeler, human_label=label, predicted_label="shirt",
-        label_probability=None if label is None else 0.1, predicted_probability=0.8, score=0.7,
-        disagrees=label is not None, policy="confident-joint-v1", probabilities=[0.1] * 10, model_name="m",
-        model_version=version, source="kafka", topic="images", partition=0, offset=3, created_at=datetime.now(UTC),
-    )  # fmt: skip
+        item_id=item,
+        labeler_id=labeler,
+        human_label=label,
+        predicted_label="shirt",
+        label_probability=None if label is None else 0.1,
+        predicted_probability=0.8,
+        score=0.7,
+        disagrees=label is not None,
+        policy="confident-joint-v1",
+        probabilities=[0.1] * 10,
+        model_name="m",
+        model_version=version,
+        source="kafka",
+        topic="images",
+        partition=0,
+        offset=3,
+        created_at=datetime.now(UTC),
+    )
 
 
 def test_writes_are_unique_and_say_which_were_new(store_url):
@@ -83,7 +96,9 @@ def test_the_table_is_the_records_fields_and_a_record_reads_back_whole(store_url
         fields = AuditRecord.model_fields
         assert [c.removesuffix("_") for c in COLUMNS] == list(fields)
         for name, field in fields.items():  # NOT NULL exactly where the record requires a value
-            assert columns[name if name != "offset" else "offset_"] == (type(None) not in get_args(field.annotation)), name
+            assert columns[name if name != "offset" else "offset_"] == (type(None) not in get_args(field.annotation)), (
+                name
+            )
 
         record = verdict("r")
         store.write([record])
