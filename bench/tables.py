@@ -730,6 +730,38 @@ def real_models_table(result: dict) -> str:
     return "\n".join(part for part in parts if part)
 
 
+def compare_table(result: dict) -> str:
+    """``bench/compare.py``'s results: per point, the median after/before ratio over the rounds, then every round."""
+    c = result["config"]
+    keys, metrics = c["key"], c["metrics"]
+    lines = [
+        f"Change: {c['change']}. The benchmark run from the tree before ({', '.join(sorted({r['before'] for r in c['rounds']}))}) "
+        f"and after ({', '.join(sorted({r['after'] for r in c['rounds']}))}) alternately, {len(c['rounds'])} rounds on one "
+        f"machine in one sitting; ratio = after / before (a throughput below 1, a latency above 1: slower). "
+        f"Device: {result['device']}. {result['date']}." + (f" {c['note']}" if c.get("note") else ""),
+        "",
+        "| " + " | ".join([*keys, *(f"median ratio {m}" for m in metrics), "rounds"]) + " |",
+        "|" + " --- |" * (len(keys) + len(metrics) + 1),
+    ]
+    for m in c["medians"]:
+        lines.append(
+            "| "
+            + " | ".join(
+                [*(str(m[k]) for k in keys), *(str(m[f"median_ratio_{x}"]) for x in metrics), str(m["rounds"])]
+            )
+            + " |"
+        )
+    lines += ["", "Every round (load average at the end of each point, before / after):", ""]
+    lines.append("| round | " + " | ".join([*keys, *(f"{m} before / after" for m in metrics), "load avg"]) + " |")
+    lines.append("|" + " --- |" * (len(keys) + len(metrics) + 2))
+    for r in result["rows"]:
+        cells = [str(r["round"]), *(str(r[k]) for k in keys)]
+        cells += [f"{r[f'before_{m}']} / {r[f'after_{m}']}" for m in metrics]
+        cells.append(f"{r['before_load_avg_1m']} / {r['after_load_avg_1m']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def update_docs() -> None:
     sections = [
         "# Benchmarks\n",
@@ -757,6 +789,16 @@ def update_docs() -> None:
             "serve_resnet18",
             "Serving ResNet-18 at 224 px on JPEG photos (`bench/serve.py --model resnet18-224`)",
             serve_resnet18_table,
+        ),
+        (
+            "refactor_issue18_serve",
+            "Issue 18's redesign, before and after: serving (`bench/compare.py`)",
+            compare_table,
+        ),
+        (
+            "refactor_issue18_stream",
+            "Issue 18's redesign, before and after: the stream (`bench/compare.py`)",
+            compare_table,
         ),
         ("report", "The nightly report (`bench/report.py`)", report_table),
         ("real_models", "Real models and data (`bench/results/real_models.json`)", real_models_table),

@@ -190,13 +190,8 @@ class MicroBatcher:
                 p.future.set_result(rows)
 
 
-class InFlightLimit:
-    """For backends that batch on their own side (Triton): no gathering here, only a bound on the
-    images in flight, past which callers get ``Overloaded`` at once. Same interface as MicroBatcher."""
-
-    def __init__(self, infer: Infer, *, max_queue_images: int = 1024):
-        self.infer, self.max_queue_images = infer, max_queue_images
-        self.queued_images = 0
+class _NoWorker:
+    """A batcher without a worker of its own: nothing to start or stop, nobody to wait for."""
 
     async def start(self) -> None:
         pass
@@ -206,6 +201,15 @@ class InFlightLimit:
 
     def coming(self) -> AbstractContextManager[None]:
         return nullcontext()
+
+
+class InFlightLimit(_NoWorker):
+    """For backends that batch on their own side (Triton): no gathering here, only a bound on the
+    images in flight, past which callers get ``Overloaded`` at once. Same interface as MicroBatcher."""
+
+    def __init__(self, infer: Infer, *, max_queue_images: int = 1024):
+        self.infer, self.max_queue_images = infer, max_queue_images
+        self.queued_images = 0
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         if self.queued_images + len(images) > self.max_queue_images:
@@ -219,7 +223,7 @@ class InFlightLimit:
             self.queued_images -= len(images)
 
 
-class Chunked:
+class Chunked(_NoWorker):
     """For callers that batch on their own (the consumer): one backend call per ``max_batch_size`` rows,
     in turn. Same interface as MicroBatcher; nothing queues here."""
 
@@ -227,15 +231,6 @@ class Chunked:
 
     def __init__(self, infer: Infer, *, max_batch_size: int):
         self.infer, self.max_batch_size = infer, max_batch_size
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def coming(self) -> AbstractContextManager[None]:
-        return nullcontext()
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         step = self.max_batch_size
