@@ -96,8 +96,11 @@ def add_grid_args(ap) -> None:
     ap.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     ap.add_argument("--epochs-a", type=int, default=8)
     ap.add_argument("--epochs-b", type=int, default=12)
-    ap.add_argument("--append", action="store_true",
-                    help="keep the result file's other rows; replace only the points this run measures")  # fmt: skip
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the result file's other rows; replace only the points this run measures",
+    )
 
 
 def apply_quick(args) -> None:

@@ -31,8 +31,23 @@ TOLERANCE = 0.02  # clean test accuracy: |N processes - 1 process|
 
 def run(manifest: Path, init: Path, out: Path, method: str, processes: int, epochs: int, seed: int = 0):
     """One training run as a user starts it; returns its metrics.json and the wall seconds."""
-    args = ["-m", "labelaudit", "train", "--manifest", str(manifest), "--init", str(init), "--method", method,
-            "--epochs", str(epochs), "--out", str(out), "--seed", str(seed)]  # fmt: skip
+    args = [
+        "-m",
+        "labelaudit",
+        "train",
+        "--manifest",
+        str(manifest),
+        "--init",
+        str(init),
+        "--method",
+        method,
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+    ]
     if processes > 1:
         torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
         command = [torchrun, "--standalone", f"--nproc-per-node={processes}", *args]
@@ -65,28 +80,77 @@ def main() -> None:
         fashion_mnist.build(data, noise=0.4, seed=0, per_task=per_task, val_size=val_size, test_size=test_size)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     a = WORK / "runs/ddp-classifier-a"
-    subprocess.run([sys.executable, "-m", "labelaudit", "train", "--manifest", str(data / "task_a.jsonl"), "--method",
-                    "ce", "--epochs", str(args.epochs), "--out", str(a)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labelaudit",
+            "train",
+            "--manifest",
+            str(data / "task_a.jsonl"),
+            "--method",
+            "ce",
+            "--epochs",
+            str(args.epochs),
+            "--out",
+            str(a),
+        ],
+        check=True,
+        capture_output=True,
+    )
     init, b = a / "checkpoint.pt", data / "task_b.jsonl"
     for method in args.methods:
         single, seconds = run(b, init, WORK / f"runs/ddp-{method}-1", method, 1, args.epochs)
         acc1 = single["metrics"]["test_acc"]
-        rows.append({"kind": "ddp", "method": method, "processes": 1, "backend": "-", "clean_test_acc": round(acc1, 4),
-                     "agrees_with_single": True, "seconds": round(seconds, 1), "epochs": args.epochs, "seed": 0,
-                     "loadavg_1m": round(os.getloadavg()[0], 2)})  # fmt: skip
+        rows.append(
+            {
+                "kind": "ddp",
+                "method": method,
+                "processes": 1,
+                "backend": "-",
+                "clean_test_acc": round(acc1, 4),
+                "agrees_with_single": True,
+                "seconds": round(seconds, 1),
+                "epochs": args.epochs,
+                "seed": 0,
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
+        )
         other, seconds = run(b, init, WORK / f"runs/ddp-{method}-1-seed1", method, 1, args.epochs, seed=1)
         acc = other["metrics"]["test_acc"]
-        rows.append({"kind": "ddp", "method": method, "processes": 1, "backend": "-", "clean_test_acc": round(acc, 4),
-                     "agrees_with_single": abs(acc - acc1) <= TOLERANCE, "difference": round(acc - acc1, 4),
-                     "seconds": round(seconds, 1), "epochs": args.epochs, "seed": 1,
-                     "loadavg_1m": round(os.getloadavg()[0], 2)})  # fmt: skip
+        rows.append(
+            {
+                "kind": "ddp",
+                "method": method,
+                "processes": 1,
+                "backend": "-",
+                "clean_test_acc": round(acc, 4),
+                "agrees_with_single": abs(acc - acc1) <= TOLERANCE,
+                "difference": round(acc - acc1, 4),
+                "seconds": round(seconds, 1),
+                "epochs": args.epochs,
+                "seed": 1,
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
+        )
         for n in args.processes:
             multi, seconds = run(b, init, WORK / f"runs/ddp-{method}-{n}", method, n, args.epochs)
             acc = multi["metrics"]["test_acc"]
-            rows.append({"kind": "ddp", "method": method, "processes": n, "backend": backend,
-                         "clean_test_acc": round(acc, 4), "agrees_with_single": abs(acc - acc1) <= TOLERANCE,
-                         "difference": round(acc - acc1, 4), "seconds": round(seconds, 1), "epochs": args.epochs,
-                         "seed": 0, "loadavg_1m": round(os.getloadavg()[0], 2)})  # fmt: skip
+            rows.append(
+                {
+                    "kind": "ddp",
+                    "method": method,
+                    "processes": n,
+                    "backend": backend,
+                    "clean_test_acc": round(acc, 4),
+                    "agrees_with_single": abs(acc - acc1) <= TOLERANCE,
+                    "difference": round(acc - acc1, 4),
+                    "seconds": round(seconds, 1),
+                    "epochs": args.epochs,
+                    "seed": 0,
+                    "loadavg_1m": round(os.getloadavg()[0], 2),
+                }
+            )
             print(rows[-2:], flush=True)
             write_results(name, config=config, rows=rows, device=device_name())
 

@@ -59,21 +59,39 @@ def main() -> None:
         fashion_mnist.build(data, noise=0.4, seed=0, per_task=per_task, val_size=val_size, test_size=test_size)
     for arch in args.archs:
         slug = arch.replace(":", "-")
-        a = train(data / "task_a.jsonl", init=None, out=WORK / f"runs/finetune-{slug}-a",
-                  cfg=TrainConfig(method="ce", arch=arch, channels=3, epochs=args.epochs_a))  # fmt: skip
+        a = train(
+            data / "task_a.jsonl",
+            init=None,
+            out=WORK / f"runs/finetune-{slug}-a",
+            cfg=TrainConfig(method="ce", arch=arch, channels=3, epochs=args.epochs_a),
+        )
         weights, spec = save_as_the_team_would(a.checkpoint, WORK / f"runs/finetune-{slug}-a/as-saved")
         for method in args.methods:
             started = time.perf_counter()
-            b = train(data / "task_b.jsonl", init=f"{arch}={weights}", out=WORK / f"runs/finetune-{slug}-{method}",
-                      preprocess=spec, cfg=TrainConfig(method=method, epochs=args.epochs_b))  # fmt: skip
+            b = train(
+                data / "task_b.jsonl",
+                init=f"{arch}={weights}",
+                out=WORK / f"runs/finetune-{slug}-{method}",
+                preprocess=spec,
+                cfg=TrainConfig(method=method, epochs=args.epochs_b),
+            )
             m = b.meta.metrics
-            rows.append({
-                "kind": "finetune", "arch": arch, "method": method, "clean_test_acc": round(m.test_acc, 4),
-                "classifier_a_clean_test_acc": round(m.initial_test_acc, 4), "clean_val_acc": round(m.val_acc, 4),
-                "epochs": args.epochs_b, "classifier_a_epochs": args.epochs_a, "size": args.size,
-                "train_images_per_s": round(max(h.images_per_s for h in m.history), 1),
-                "seconds": round(time.perf_counter() - started, 1), "loadavg_1m": round(os.getloadavg()[0], 2),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "kind": "finetune",
+                    "arch": arch,
+                    "method": method,
+                    "clean_test_acc": round(m.test_acc, 4),
+                    "classifier_a_clean_test_acc": round(m.initial_test_acc, 4),
+                    "clean_val_acc": round(m.val_acc, 4),
+                    "epochs": args.epochs_b,
+                    "classifier_a_epochs": args.epochs_a,
+                    "size": args.size,
+                    "train_images_per_s": round(max(h.images_per_s for h in m.history), 1),
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "loadavg_1m": round(os.getloadavg()[0], 2),
+                }
+            )
             print(rows[-1], flush=True)
             write_results(name, config=config, rows=rows, device=device_name())
 

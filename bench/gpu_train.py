@@ -22,8 +22,9 @@ from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import TrainConfig, pick_device, train
 
 
-def raw_step_images_per_s(arch: str, batch: int, device: torch.device, steps: int, channels: int = 1,
-                          size: int = 28) -> float:  # fmt: skip
+def raw_step_images_per_s(
+    arch: str, batch: int, device: torch.device, steps: int, channels: int = 1, size: int = 28
+) -> float:
     """Forward, cross-entropy, backward and SGD step on random (B, C, H, W) tensors on ``device``."""
     net = TwoHeadNet(arch, 10, channels).to(device)
     cuda = device.type == "cuda"
@@ -74,18 +75,32 @@ def main() -> None:
         fashion_mnist.build(data, noise=0.4, seed=0, per_task=per_task, val_size=val_size, test_size=test_size)
     rows = []
     for arch in args.archs:
-        a = train(data / "task_a.jsonl", init=None, out=WORK / f"runs/gpu-{arch}-a",
-                  cfg=TrainConfig(method="ce", arch=arch, epochs=1))  # fmt: skip
+        a = train(
+            data / "task_a.jsonl",
+            init=None,
+            out=WORK / f"runs/gpu-{arch}-a",
+            cfg=TrainConfig(method="ce", arch=arch, epochs=1),
+        )
         for batch in args.batch_sizes:
             cfg = TrainConfig(method="fasten", epochs=args.epochs, batch_size=batch, trusted_per_class=10)
             r = train(data / "task_b.jsonl", init=a.checkpoint, out=WORK / f"runs/gpu-{arch}-{batch}", cfg=cfg)
             ours = max(h.images_per_s for h in r.history)  # the first epoch carries warm-up
             raw = raw_step_images_per_s(arch, batch + 100, device, steps=20 if args.quick else 200)
-            rows.append(dict(network=arch, input_size="1x28x28", batch_size=batch, precision="bf16" if device.type == "cuda" else "fp32",
-                             train_images_per_s=round(ours, 1), raw_step_images_per_s=round(raw, 1),
-                             ratio=round(ours / raw, 3), device=device_name()))  # fmt: skip
-            write_results("gpu_train" if not args.quick else "gpu_train_quick", config=vars(args), rows=rows,
-                          device=device_name())  # fmt: skip
+            rows.append(
+                dict(
+                    network=arch,
+                    input_size="1x28x28",
+                    batch_size=batch,
+                    precision="bf16" if device.type == "cuda" else "fp32",
+                    train_images_per_s=round(ours, 1),
+                    raw_step_images_per_s=round(raw, 1),
+                    ratio=round(ours / raw, 3),
+                    device=device_name(),
+                )
+            )
+            write_results(
+                "gpu_train" if not args.quick else "gpu_train_quick", config=vars(args), rows=rows, device=device_name()
+            )
 
 
 def photos(args) -> None:
@@ -98,17 +113,34 @@ def photos(args) -> None:
     name = "gpu_train_quick" if args.quick else "gpu_train"  # a CPU smoke run never lands in gpu_train.json
     rows, _ = kept_rows(name, redone=lambda r: r.get("input_size") == "3x224x224")
     for arch in args.photo_archs:
-        cfg = TrainConfig(method="ce", arch=arch, channels=3, image_size=224, batch_size=256, epochs=args.epochs,
-                          loader="stream", augment="crop-flip")  # fmt: skip
+        cfg = TrainConfig(
+            method="ce",
+            arch=arch,
+            channels=3,
+            image_size=224,
+            batch_size=256,
+            epochs=args.epochs,
+            loader="stream",
+            augment="crop-flip",
+        )
         r = train(manifest, init=None, out=WORK / f"runs/gpu-photos-{arch.replace(':', '-')}", cfg=cfg)
         best = max(r.history, key=lambda h: h.images_per_s)  # the first epoch carries warm-up
         raw = raw_step_images_per_s(arch, 256, device, steps=10 if args.quick else 100, channels=3, size=224)
-        rows.append(dict(network=arch, input_size="3x224x224", batch_size=256,
-                         precision="bf16" if device.type == "cuda" else "fp32", train_images_per_s=round(best.images_per_s, 1),
-                         step_images_per_s=round(best.step_images_per_s or 0, 1),
-                         loader_images_per_s=round(best.loader_images_per_s or 0, 1),
-                         raw_step_images_per_s=round(raw, 1), ratio=round(best.images_per_s / raw, 3),
-                         images=args.photos, device=device_name()))  # fmt: skip
+        rows.append(
+            dict(
+                network=arch,
+                input_size="3x224x224",
+                batch_size=256,
+                precision="bf16" if device.type == "cuda" else "fp32",
+                train_images_per_s=round(best.images_per_s, 1),
+                step_images_per_s=round(best.step_images_per_s or 0, 1),
+                loader_images_per_s=round(best.loader_images_per_s or 0, 1),
+                raw_step_images_per_s=round(raw, 1),
+                ratio=round(best.images_per_s / raw, 3),
+                images=args.photos,
+                device=device_name(),
+            )
+        )
         write_results(name, config=vars(args), rows=rows, device=device_name())
 
 

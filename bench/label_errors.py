@@ -50,8 +50,13 @@ def prf(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     precision = tp / max(1, int(flagged.sum()))
     recall = tp / max(1, int(truth.sum()))
     f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-            "flagged": int(flagged.sum()), "true_errors": int(truth.sum())}  # fmt: skip
+    return {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "flagged": int(flagged.sum()),
+        "true_errors": int(truth.sum()),
+    }
 
 
 def posterior_policy(checkpoint: Path, manifest, manifest_path: Path, rows: np.ndarray) -> LabelerPosteriorPolicy:
@@ -62,8 +67,9 @@ def posterior_policy(checkpoint: Path, manifest, manifest_path: Path, rows: np.n
 
     probs = checkpoint_probs(checkpoint, manifest_path, rows)
     ids = np.asarray(manifest.labeler_ids)[rows]
-    matrices, counts = labeler_transition_matrices(probs, manifest.labels[rows], ids, probs.shape[1],
-                                                   em_steps=LABELER_EM_STEPS)  # fmt: skip
+    matrices, counts = labeler_transition_matrices(
+        probs, manifest.labels[rows], ids, probs.shape[1], em_steps=LABELER_EM_STEPS
+    )
     return LabelerPosteriorPolicy.from_matrices(matrices, counts)
 
 
@@ -82,8 +88,12 @@ def cross_fit(data: Path, classifier_a: Path, *, seed: int, epochs: int, method:
         held = set(untrusted[fold_of == f].tolist())
         subset = data / f"task_b_without_fold{f}.jsonl"
         subset.write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in held))
-        r = train(subset, init=classifier_a, out=WORK / f"runs/{data.name}-{method}-fold{f}",
-                  cfg=TrainConfig(method=method, epochs=epochs, seed=seed))  # fmt: skip
+        r = train(
+            subset,
+            init=classifier_a,
+            out=WORK / f"runs/{data.name}-{method}-fold{f}",
+            cfg=TrainConfig(method=method, epochs=epochs, seed=seed),
+        )
         probs[fold_of == f] = checkpoint_probs(r.checkpoint, data / "task_b.jsonl", untrusted[fold_of == f])
         thresholds[fold_of == f] = r.meta.disagreement_thresholds
         policies.append(posterior_policy(r.checkpoint, manifest, data / "task_b.jsonl", untrusted[fold_of != f]))
@@ -98,8 +108,11 @@ def main() -> None:
     args = ap.parse_args()
     apply_quick(args)
     per_task, val_size, test_size = SIZES[args.size]
-    config = vars(args) | {"folds": 2, "per_task": per_task,
-                           "policies": [DisagreementPolicy((0.0,)).name, LabelerPosteriorPolicy({}, np.eye(2)).name]}  # fmt: skip
+    config = vars(args) | {
+        "folds": 2,
+        "per_task": per_task,
+        "policies": [DisagreementPolicy((0.0,)).name, LabelerPosteriorPolicy({}, np.eye(2)).name],
+    }
     rows: list[dict] = []
     if args.append:  # keep the other noise levels and seeds; the points of this run are measured again
         rows, earlier = kept_rows(args.name, lambda r: r["seed"] in args.seeds and r["noise_requested"] in args.noise)
@@ -111,14 +124,19 @@ def main() -> None:
         for noise in args.noise:
             data = WORK / f"{args.size}-seed{seed}-noise{noise}"
             if not (data / "task_b.jsonl").exists():
-                fashion_mnist.build(data, noise=noise, seed=seed, per_task=per_task, val_size=val_size,
-                                    test_size=test_size)  # fmt: skip
+                fashion_mnist.build(
+                    data, noise=noise, seed=seed, per_task=per_task, val_size=val_size, test_size=test_size
+                )
             actual = json.loads((data / "labelers.json").read_text())["noise_actual"]
             if classifier_a is None:
                 a_ckpt = WORK / f"runs/{args.size}-seed{seed}-a/checkpoint.pt"
                 if not a_ckpt.exists():
-                    train(data / "task_a.jsonl", init=None, out=a_ckpt.parent,
-                          cfg=TrainConfig(method="ce", epochs=args.epochs_a, seed=seed))  # fmt: skip
+                    train(
+                        data / "task_a.jsonl",
+                        init=None,
+                        out=a_ckpt.parent,
+                        cfg=TrainConfig(method="ce", epochs=args.epochs_a, seed=seed),
+                    )
                 classifier_a = a_ckpt
             manifest, untrusted, probs, thresholds, fold_of, policies = cross_fit(
                 data, classifier_a, seed=seed, epochs=args.epochs_b, method=args.method
@@ -126,18 +144,21 @@ def main() -> None:
             labels = manifest.labels[untrusted]
             truth = labels != manifest.true_labels()[untrusted]
             # Each row judged by the thresholds of the model that did not see it.
-            ours = np.array([
-                DisagreementPolicy(tuple(t)).judge(p, y).disagrees
-                for p, y, t in zip(probs, labels, thresholds, strict=True)
-            ])  # fmt: skip
+            ours = np.array(
+                [
+                    DisagreementPolicy(tuple(t)).judge(p, y).disagrees
+                    for p, y, t in zip(probs, labels, thresholds, strict=True)
+                ]
+            )
             ids = np.asarray(manifest.labeler_ids)[untrusted]
             posterior = np.zeros(len(untrusted), dtype=bool)
             for f, policy in enumerate(policies):  # each fold judged by the policy of the model that did not see it
                 mine = fold_of == f
                 posterior[mine] = policy.judge_batch(probs[mine], labels[mine], ids[mine].tolist())[0]
             theirs = find_label_issues(labels, probs)
-            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, items=len(untrusted),
-                          method=args.method)  # fmt: skip
+            common = dict(
+                noise=round(actual, 4), noise_requested=noise, seed=seed, items=len(untrusted), method=args.method
+            )
             for detector, flagged in (("labelaudit", ours), ("labelaudit-posterior", posterior), ("cleanlab", theirs)):
                 row = dict(detector=detector, **prf(flagged, truth), **common, git_commit=git_commit())
                 rows.append(row)

@@ -68,15 +68,24 @@ def make_images(folder: Path, n: int, size: int) -> Path:
                 pixels = np.roll(images[i % len(images)], i // len(images), axis=1)
                 img = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
                 img.save(path, quality=90)
-            row = {"item_id": f"i{i}", "image": str(path.relative_to(folder)),
-                   "label": classes[int(labels[i % len(labels)])], "labeler_id": "l", "split": "train"}  # fmt: skip
+            row = {
+                "item_id": f"i{i}",
+                "image": str(path.relative_to(folder)),
+                "label": classes[int(labels[i % len(labels)])],
+                "labeler_id": "l",
+                "split": "train",
+            }
             out.write(json.dumps(row) + "\n")
     return manifest
 
 
 def one_pass(manifest: Path, size: int, mode: str, workers: int) -> dict:
-    run = subprocess.run([sys.executable, "-c", PASS_SCRIPT, str(manifest), str(size), mode, str(workers)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", PASS_SCRIPT, str(manifest), str(size), mode, str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -102,13 +111,20 @@ def main() -> None:
             manifest = small
         started = time.perf_counter()
         got = one_pass(manifest, size, mode, 0 if mode == "memory" else args.workers)
-        rows.append({
-            "kind": "loader", "mode": mode, "image_size": size, "images": got["images"],
-            "workers": 0 if mode == "memory" else args.workers,
-            "peak_rss_mb": round(got["rss_self_mb"], 1), "peak_worker_rss_mb": round(got["rss_worker_mb"], 1),
-            "images_per_s": round(got["images"] / got["seconds"], 1), "wall_s": round(time.perf_counter() - started, 1),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-        })  # fmt: skip
+        rows.append(
+            {
+                "kind": "loader",
+                "mode": mode,
+                "image_size": size,
+                "images": got["images"],
+                "workers": 0 if mode == "memory" else args.workers,
+                "peak_rss_mb": round(got["rss_self_mb"], 1),
+                "peak_worker_rss_mb": round(got["rss_worker_mb"], 1),
+                "images_per_s": round(got["images"] / got["seconds"], 1),
+                "wall_s": round(time.perf_counter() - started, 1),
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
+        )
         print(rows[-1], flush=True)
         write_results(name, config=config, rows=rows, device=device)
 

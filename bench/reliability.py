@@ -134,8 +134,13 @@ def uncommitted_changes() -> list[str]:
     """The paths under serving/ and labelaudit/ that differ from the commit: the code that ran is not
     exactly ``git_commit`` when others are editing the tree."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", "serving", "labelaudit", "schemas"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "serving", "labelaudit", "schemas"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     return sorted(line[3:] for line in out.splitlines() if line.strip())
@@ -295,8 +300,9 @@ class Producer(threading.Thread):
     """Produces the stream at ``rate`` messages/s in one-second chunks; a chunk's failed sends (the broker
     restarting) are sent again until acknowledged, for at most ``give_up_s`` per chunk."""
 
-    def __init__(self, bootstrap: str, topic: str, value_of, n: int, rate: float, stop: threading.Event,
-                 give_up_s: float = 180):  # fmt: skip
+    def __init__(
+        self, bootstrap: str, topic: str, value_of, n: int, rate: float, stop: threading.Event, give_up_s: float = 180
+    ):
         super().__init__(name="bench-producer", daemon=True)
         self.bootstrap, self.topic, self.value_of, self.n, self.rate = bootstrap, topic, value_of, n, rate
         self.stop, self.give_up_s, self.sent = stop, give_up_s, Sent()
@@ -305,9 +311,15 @@ class Producer(threading.Thread):
         from kafka import KafkaProducer
 
         try:
-            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=20, retries=5,
-                                     max_request_size=32 * 1024 * 1024, request_timeout_ms=30_000,
-                                     client_id="bench-reliability")  # fmt: skip
+            producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                linger_ms=20,
+                retries=5,
+                max_request_size=32 * 1024 * 1024,
+                request_timeout_ms=30_000,
+                client_id="bench-reliability",
+            )
         except Exception as exc:  # noqa: BLE001 - recorded, the run goes on to report it
             self.sent.error = f"{type(exc).__name__}: {exc}"
             self.sent.done.set()
@@ -361,11 +373,16 @@ class Offsets:
         from kafka import KafkaAdminClient, KafkaConsumer
 
         if self._admin is None:
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=8000,
-                                           client_id="bench-monitor")  # fmt: skip
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=8000, client_id="bench-monitor"
+            )
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                           request_timeout_ms=8000, client_id="bench-monitor")  # fmt: skip
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                request_timeout_ms=8000,
+                client_id="bench-monitor",
+            )
         return self._admin, self._consumer
 
     def read(self) -> tuple[dict[int, int], dict[int, int]] | None:
@@ -374,8 +391,11 @@ class Offsets:
 
         try:
             admin, consumer = self._clients()
-            committed = {tp.partition: max(0, o.offset) for tp, o in admin.list_consumer_group_offsets(self.group).items()
-                         if tp.topic == self.topic}  # fmt: skip
+            committed = {
+                tp.partition: max(0, o.offset)
+                for tp, o in admin.list_consumer_group_offsets(self.group).items()
+                if tp.topic == self.topic
+            }
             parts = consumer.partitions_for_topic(self.topic) or set()
             ends = consumer.end_offsets([TopicPartition(self.topic, p) for p in parts])
             return {p: committed.get(p, 0) for p in parts}, {tp.partition: o for tp, o in ends.items()}
@@ -398,9 +418,15 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> tuple[list, 
     read reached the end before ``timeout``."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=30_000,
-                             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
-                             receive_message_max_bytes=80 * 1024 * 1024, client_id="bench-reader")  # fmt: skip
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=30_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        receive_message_max_bytes=80 * 1024 * 1024,
+        client_id="bench-reader",
+    )
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
         if not tps:
@@ -461,8 +487,9 @@ class CrashPlan:
 
 
 def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str | None, pg_url: str | None) -> dict:
+    from labelaudit.produce import image_messages
     from labelaudit.serving.settings import Settings
-    from labelaudit.serving.stream.producer import ensure_topics, image_messages
+    from labelaudit.serving.stream.topics import ensure_topics
 
     rng = random.Random(plan.seed)
     tag = f"rel-{plan.store}-{uuid.uuid4().hex[:6]}"
@@ -470,8 +497,10 @@ def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str |
     logs = work / "logs" / tag
     logs.mkdir(parents=True, exist_ok=True)
 
-    base = [m.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for m in image_messages(data / "task_b.jsonl", split=None, by_uri=False, limit=None)]  # fmt: skip
+    base = [
+        m.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for m in image_messages(data / "task_b.jsonl", split=None, by_uri=False, limit=None)
+    ]
     for b in base:
         b.pop("sent_at", None)
     plan_poison = poison_plan(plan.messages, plan.poison, plan.kinds, rng)
@@ -509,10 +538,18 @@ def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str |
     broker_dir = Path(tempfile.mkdtemp(prefix="bench-rel-kafka-"))
     port = free_port(span=2)
     bootstrap = f"127.0.0.1:{port}"
-    env = dict(os.environ, LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap, LABELAUDIT_KAFKA_TOPIC=topic,
-               LABELAUDIT_KAFKA_RELABEL_TOPIC=relabel_topic, LABELAUDIT_KAFKA_DLQ_TOPIC=dlq_topic,
-               LABELAUDIT_KAFKA_GROUP_ID=group, LABELAUDIT_MODEL_REPO=str(repo), LABELAUDIT_STORE_URL=url,
-               LABELAUDIT_ORT_INTRA_OP_THREADS="1", LABELAUDIT_CONSUME_BATCH_SIZE=str(BATCH))  # fmt: skip
+    env = dict(
+        os.environ,
+        LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        LABELAUDIT_KAFKA_TOPIC=topic,
+        LABELAUDIT_KAFKA_RELABEL_TOPIC=relabel_topic,
+        LABELAUDIT_KAFKA_DLQ_TOPIC=dlq_topic,
+        LABELAUDIT_KAFKA_GROUP_ID=group,
+        LABELAUDIT_MODEL_REPO=str(repo),
+        LABELAUDIT_STORE_URL=url,
+        LABELAUDIT_ORT_INTRA_OP_THREADS="1",
+        LABELAUDIT_CONSUME_BATCH_SIZE=str(BATCH),
+    )
 
     procs: list[subprocess.Popen | None] = [None] * plan.consumers
     started: list[subprocess.Popen] = []
@@ -523,9 +560,15 @@ def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str |
     def start_consumer(slot: int) -> None:
         log = open(logs / f"consumer-{slot}-{len(started)}.log", "w")  # noqa: SIM115 (closed in the finally)
         log_files.append(log)
-        proc = subprocess.Popen([sys.executable, "-m", "labelaudit", "consume"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=logs, start_new_session=True,
-                                preexec_fn=consumer_limits(plan.memory_mb))  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labelaudit", "consume"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=logs,
+            start_new_session=True,
+            preexec_fn=consumer_limits(plan.memory_mb),
+        )
         procs[slot] = proc
         started.append(proc)
 
@@ -554,8 +597,13 @@ def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str |
         offsets = Offsets(bootstrap, topic, group)
         t_start = last_progress = time.monotonic()
         producer.start()
-        columns = (TextColumn("[bold]crash[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[note]}"), TimeElapsedColumn())  # fmt: skip
+        columns = (
+            TextColumn("[bold]crash[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task(f"({plan.store})", total=plan.messages, note="")
             while True:
@@ -593,8 +641,14 @@ def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str |
                 for slot, proc in enumerate(procs):  # a consumer that exits by itself is a finding: restart it
                     if proc is not None and proc.poll() is not None and counts["unexpected_exits"] < 50:
                         counts["unexpected_exits"] += 1
-                        events.append({"at_s": round(now, 1), "event": "consumer_exited", "consumer": slot,
-                                       "returncode": proc.returncode})  # fmt: skip
+                        events.append(
+                            {
+                                "at_s": round(now, 1),
+                                "event": "consumer_exited",
+                                "consumer": slot,
+                                "returncode": proc.returncode,
+                            }
+                        )
                         start_consumer(slot)
                 read = offsets.read()
                 loads.append(os.getloadavg()[0])
@@ -604,8 +658,11 @@ def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str |
                     if committed > last_committed:
                         last_committed, last_progress = committed, time.monotonic()
                     lag = ends - committed
-                    progress.update(task, completed=min(committed, plan.messages),
-                                    note=f"lag {lag:,}, kills {counts['kills']}, events {len(events)}")  # fmt: skip
+                    progress.update(
+                        task,
+                        completed=min(committed, plan.messages),
+                        note=f"lag {lag:,}, kills {counts['kills']}, events {len(events)}",
+                    )
                     if producer.sent.done.is_set() and lag <= 0 and ends >= len(producer.sent.where):
                         break
                     if lag <= 0:
@@ -661,8 +718,9 @@ def crash_run(plan: CrashPlan, data: Path, repo: Path, work: Path, pg_dir: str |
         per_kind: dict[str, dict] = {}
         for i in poison_sent:
             kind = plan_poison[i]
-            per_kind.setdefault(kind, {"expected": POISON_KINDS[kind], "sent": 0, "dead_lettered": 0, "reasons": {},
-                                       "stored": 0})["sent"] += 1  # fmt: skip
+            per_kind.setdefault(
+                kind, {"expected": POISON_KINDS[kind], "sent": 0, "dead_lettered": 0, "reasons": {}, "stored": 0}
+            )["sent"] += 1
         dead_poison_keys = set()
         for r in dead:
             kind = poison_key.get(r.key)
@@ -750,8 +808,9 @@ def consumer_errors(logs: Path, top: int = 8) -> dict[str, int]:
     return dict(found.most_common(top))
 
 
-def suspects(read: tuple[dict, dict], where: dict[int, tuple[int, int]], plan_poison: dict[int, str],
-             consumers: int) -> list[str]:  # fmt: skip
+def suspects(
+    read: tuple[dict, dict], where: dict[int, tuple[int, int]], plan_poison: dict[int, str], consumers: int
+) -> list[str]:
     """The poison kinds sitting in each lagging partition's uncommitted window (from its committed offset,
     as far as a consumer may have polled ahead): a stalled batch holds one of them."""
     committed, ends = read
@@ -768,9 +827,20 @@ def suspects(read: tuple[dict, dict], where: dict[int, tuple[int, int]], plan_po
 
 # -- the soak --------------------------------------------------------------------------------------------
 
-BAD_REQUESTS = ["garbage_json", "bad_base64", "wrong_content_type", "truncated_multipart", "no_boundary",
-                "oversize_declared", "oversize_chunked", "unknown_label", "nul_item_id", "nul_labeler_id",
-                "bad_image", "disconnect_mid_body"]  # fmt: skip
+BAD_REQUESTS = [
+    "garbage_json",
+    "bad_base64",
+    "wrong_content_type",
+    "truncated_multipart",
+    "no_boundary",
+    "oversize_declared",
+    "oversize_chunked",
+    "unknown_label",
+    "nul_item_id",
+    "nul_labeler_id",
+    "bad_image",
+    "disconnect_mid_body",
+]
 
 
 def bad_image_corpus(good: bytes) -> dict[str, bytes]:
@@ -822,8 +892,12 @@ class Load:
         rng = self.rng
         label, image = self.images[rng.randrange(len(self.images))]
         self.item += 1
-        audit = {"item_id": f"soak-{self.item}", "labeler_id": f"labeler-{self.item % 7}", "label": label,
-                 "image": base64.b64encode(image).decode()}  # fmt: skip
+        audit = {
+            "item_id": f"soak-{self.item}",
+            "labeler_id": f"labeler-{self.item % 7}",
+            "label": label,
+            "image": base64.b64encode(image).decode(),
+        }
         if bad is None:
             roll = rng.random()
             if roll < 0.7:
@@ -854,8 +928,11 @@ class Load:
             case "no_boundary":
                 return bad, "/v1/classify", {"content": b"--b\r\n", "headers": {"content-type": "multipart/form-data"}}
             case "oversize_declared":
-                return bad, "/v1/classify", {"content": b"x" * (self.body_limit + 1),
-                                             "headers": {"content-type": "application/json"}}  # fmt: skip
+                return (
+                    bad,
+                    "/v1/classify",
+                    {"content": b"x" * (self.body_limit + 1), "headers": {"content-type": "application/json"}},
+                )
             case "oversize_chunked":
                 limit = self.body_limit
 
@@ -883,8 +960,10 @@ async def hang_up_mid_body(port: int, image: bytes) -> str:
     """A client that declares a body, sends half of it and closes the connection."""
     content, ctype = multipart([("files", "x.png", image)])
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(content)}\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(content)}\r\n\r\n"
+    ).encode()
     writer.write(head + content[: len(content) // 2])
     await writer.drain()
     await asyncio.sleep(0.05)
@@ -940,8 +1019,19 @@ def gateway_rss(proc) -> tuple[float, int]:
         return float("nan"), 0
 
 
-async def soak_load(port: int, load: Load, proc, *, rate: float, seconds: float, warmup: float, bad_fraction: float,
-                    concurrency: int, progress, task) -> tuple[list[Answer], list[tuple[float, float, int]]]:  # fmt: skip
+async def soak_load(
+    port: int,
+    load: Load,
+    proc,
+    *,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    bad_fraction: float,
+    concurrency: int,
+    progress,
+    task,
+) -> tuple[list[Answer], list[tuple[float, float, int]]]:
     import httpx
 
     answers: list[Answer] = []
@@ -1011,15 +1101,24 @@ def soak_run(args, data: Path, repo: Path, work: Path, store_url: str) -> dict:
     images = [(r["label"], (data / r["image"]).read_bytes()) for r in rows if r["split"] == "test"][:200]
     classes = json.loads((repo / "labelaudit" / "1" / "model_card.json").read_text())["classes"]
     port = free_port()
-    env = dict(os.environ, LABELAUDIT_MODEL_REPO=str(repo), LABELAUDIT_STORE_URL=store_url,
-               LABELAUDIT_MAX_BODY_BYTES=str(args.soak_body_limit), LABELAUDIT_HTTP_ACCESS_LOG="false")  # fmt: skip
+    env = dict(
+        os.environ,
+        LABELAUDIT_MODEL_REPO=str(repo),
+        LABELAUDIT_STORE_URL=store_url,
+        LABELAUDIT_MAX_BODY_BYTES=str(args.soak_body_limit),
+        LABELAUDIT_HTTP_ACCESS_LOG="false",
+    )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = work / "logs" / f"gateway-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "labelaudit", "serve", "--port", str(port), "--workers",
-                             str(args.workers)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelaudit", "serve", "--port", str(port), "--workers", str(args.workers)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -1034,8 +1133,12 @@ def soak_run(args, data: Path, repo: Path, work: Path, store_url: str) -> dict:
                 raise RuntimeError(f"the gateway was not ready in 180 s; see {log_path}")
             time.sleep(0.5)
         load = Load(images, classes, args.soak_body_limit, args.seed)
-        columns = (TextColumn("[bold]soak[/] {task.description}"), BarColumn(), TextColumn("{task.completed:.0f} s"),
-                   TimeElapsedColumn())  # fmt: skip
+        columns = (
+            TextColumn("[bold]soak[/] {task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f} s"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task(f"{args.soak_rate:.0f} req/s", total=args.soak_seconds + args.soak_warmup)
             answers, rss = asyncio.run(
@@ -1050,7 +1153,7 @@ def soak_run(args, data: Path, repo: Path, work: Path, store_url: str) -> dict:
                     concurrency=args.soak_concurrency,
                     progress=progress,
                     task=task,
-                )  # fmt: skip
+                )
             )
         alive = proc.poll() is None
     finally:
@@ -1124,8 +1227,9 @@ def main() -> None:
     crash.add_argument("--kills", type=int, help="kill -9 of a consumer, each followed by a restart (20; quick 3)")
     crash.add_argument("--poison", type=float, default=0.01, help="fraction of bad messages (0.01)")
     crash.add_argument("--poison-kinds", nargs="+", choices=sorted(POISON_KINDS), help="only these kinds")
-    crash.add_argument("--stall-seconds", type=float, default=120.0,
-                       help="no committed progress this long while lag > 0: stalled")  # fmt: skip
+    crash.add_argument(
+        "--stall-seconds", type=float, default=120.0, help="no committed progress this long while lag > 0: stalled"
+    )
     crash.add_argument("--max-seconds", type=float, help="give up waiting after this long (7200; quick 900)")
     crash.add_argument("--consumer-memory-mb", type=int, default=4096, help="address-space cap per consumer (0: none)")
     crash.add_argument("--large-mb", type=float, default=6.0, help="size of the message above max_message_bytes")
@@ -1135,8 +1239,12 @@ def main() -> None:
     soak.add_argument("--soak-rate", type=float, default=50.0, help="requests/s, open loop (50)")
     soak.add_argument("--soak-concurrency", type=int, default=16, help="HTTP connections (16)")
     soak.add_argument("--bad-fraction", type=float, default=0.1)
-    soak.add_argument("--soak-body-limit", type=int, default=2_000_000,
-                      help="the gateway's LABELAUDIT_MAX_BODY_BYTES in the soak (oversize bodies go past it)")  # fmt: skip
+    soak.add_argument(
+        "--soak-body-limit",
+        type=int,
+        default=2_000_000,
+        help="the gateway's LABELAUDIT_MAX_BODY_BYTES in the soak (oversize bodies go past it)",
+    )
     soak.add_argument("--workers", type=int, default=2, help="gateway processes (2)")
     args = ap.parse_args()
     q = args.quick
@@ -1159,17 +1267,34 @@ def main() -> None:
 
     rows, _ = kept_rows(name, redone)
     config = {
-        "quick": q, "parts": parts, "store": args.store, "messages": args.messages, "rate": args.rate,
-        "kills": args.kills, "poison": args.poison, "poison_kinds": args.poison_kinds or sorted(POISON_KINDS),
-        "large_mb": args.large_mb, "stall_seconds": args.stall_seconds, "max_seconds": args.max_seconds,
-        "consumer_memory_mb": args.consumer_memory_mb, "partitions": 4, "consumers": 2, "batch": BATCH,
-        "soak_seconds": args.soak_seconds, "soak_warmup": args.soak_warmup, "soak_rate": args.soak_rate,
-        "soak_concurrency": args.soak_concurrency, "bad_fraction": args.bad_fraction,
-        "soak_body_limit": args.soak_body_limit, "workers": args.workers, "seed": args.seed,
-        "kafka_python": __import__("kafka").__version__, "uncommitted_changes": uncommitted_changes(),
+        "quick": q,
+        "parts": parts,
+        "store": args.store,
+        "messages": args.messages,
+        "rate": args.rate,
+        "kills": args.kills,
+        "poison": args.poison,
+        "poison_kinds": args.poison_kinds or sorted(POISON_KINDS),
+        "large_mb": args.large_mb,
+        "stall_seconds": args.stall_seconds,
+        "max_seconds": args.max_seconds,
+        "consumer_memory_mb": args.consumer_memory_mb,
+        "partitions": 4,
+        "consumers": 2,
+        "batch": BATCH,
+        "soak_seconds": args.soak_seconds,
+        "soak_warmup": args.soak_warmup,
+        "soak_rate": args.soak_rate,
+        "soak_concurrency": args.soak_concurrency,
+        "bad_fraction": args.bad_fraction,
+        "soak_body_limit": args.soak_body_limit,
+        "workers": args.workers,
+        "seed": args.seed,
+        "kafka_python": __import__("kafka").__version__,
+        "uncommitted_changes": uncommitted_changes(),
         **({"note": args.note} if args.note else {}),
         "rss_sampler": "psutil" if importlib.util.find_spec("psutil") else "/proc",
-    }  # fmt: skip
+    }
     dev = device()
 
     pg_dir, pg_url = None, None
@@ -1180,10 +1305,19 @@ def main() -> None:
             pg_url = run_script("scripts/postgres.sh", "url", pg_dir).strip()
         if "crash" in parts:
             kinds = args.poison_kinds or list(POISON_KINDS)
-            plan = CrashPlan(store=args.store, messages=args.messages, rate=args.rate, kills=args.kills,
-                             poison=args.poison, kinds=kinds, stall_seconds=args.stall_seconds,
-                             max_seconds=args.max_seconds, memory_mb=args.consumer_memory_mb,
-                             large_mb=args.large_mb, seed=args.seed)  # fmt: skip
+            plan = CrashPlan(
+                store=args.store,
+                messages=args.messages,
+                rate=args.rate,
+                kills=args.kills,
+                poison=args.poison,
+                kinds=kinds,
+                stall_seconds=args.stall_seconds,
+                max_seconds=args.max_seconds,
+                memory_mb=args.consumer_memory_mb,
+                large_mb=args.large_mb,
+                seed=args.seed,
+            )
             row = crash_run(plan, data, repo, work, pg_dir, pg_url)
             rows.append(row | {"git_commit": git_commit(), "uncommitted_changes": config["uncommitted_changes"]})
             write_results(name, config=config, rows=rows, device=dev)

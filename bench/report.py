@@ -69,8 +69,12 @@ def prepare_model(size: str, seed: int, noise: float, stream_images: int, epochs
     a = WORK / f"runs/{size}-seed{seed}-a/checkpoint.pt"  # the other benchmarks' classifier A (same task A)
     if not a.exists():
         train(data / "task_a.jsonl", init=None, out=a.parent, cfg=TrainConfig(method="ce", epochs=epochs[0], seed=seed))
-    b = train(data / "task_b.jsonl", init=a, out=WORK / f"runs/{data.name}-fasten",
-              cfg=TrainConfig(method="fasten", epochs=epochs[1], seed=seed))  # fmt: skip
+    b = train(
+        data / "task_b.jsonl",
+        init=a,
+        out=WORK / f"runs/{data.name}-fasten",
+        cfg=TrainConfig(method="fasten", epochs=epochs[1], seed=seed),
+    )
     export_model(b.checkpoint, manifest=data / "task_b.jsonl", repo=repo, force=True)
     return data, repo
 
@@ -120,8 +124,13 @@ def simulate_stream(data: Path, *, noise: float, seed: int, multi: float, nights
         drawn = lab.simulate_labels(true[has], hardness[has], confusable[has], col[has], severity, k, rng)
         for i, y in zip(has, drawn, strict=True):
             labels[i].append((lab.POOL[col[i]].labeler_id, int(y)))
-    return Stream([r["item_id"] for r in rows], [data / r["image"] for r in rows], true, labels,
-                  rng.integers(0, nights, size=len(rows)))  # fmt: skip
+    return Stream(
+        [r["item_id"] for r in rows],
+        [data / r["image"] for r in rows],
+        true,
+        labels,
+        rng.integers(0, nights, size=len(rows)),
+    )
 
 
 def true_error_rates(stream: Stream, nights: set[int], items: np.ndarray | None = None) -> dict[str, tuple[int, int]]:
@@ -175,16 +184,21 @@ async def audit_stream(stream: Stream, repo: Path, store_urls: list[str], classe
     from labelaudit.serving.settings import Settings
 
     rng = np.random.default_rng(3)
-    when = {item: datetime.combine(FIRST_NIGHT + timedelta(days=int(n)), datetime.min.time(), UTC)
-            + timedelta(seconds=int(rng.integers(86_400))) for item, n in zip(stream.item_ids, stream.night, strict=True)}  # fmt: skip
+    when = {
+        item: datetime.combine(FIRST_NIGHT + timedelta(days=int(n)), datetime.min.time(), UTC)
+        + timedelta(seconds=int(rng.integers(86_400)))
+        for item, n in zip(stream.item_ids, stream.night, strict=True)
+    }
     stores = [open_store(u) for u in store_urls]
     written = 0
     try:
         async with open_runtime(Settings(model_repo=repo, store_url=store_urls[0])) as rt:
             auditor = Auditor(rt.core, Restamp(stores, when))
-            items = [AuditItem(item, labeler, classes[y], path.read_bytes())
-                     for item, path, ls in zip(stream.item_ids, stream.images, stream.labels, strict=True)
-                     for labeler, y in ls]  # fmt: skip
+            items = [
+                AuditItem(item, labeler, classes[y], path.read_bytes())
+                for item, path, ls in zip(stream.item_ids, stream.images, stream.labels, strict=True)
+                for labeler, y in ls
+            ]
             for start in range(0, len(items), 256):
                 for record, _new in await auditor.audit(items[start : start + 256], source="kafka"):
                     stream.probs[record.item_id] = np.array(record.probabilities)
@@ -222,21 +236,34 @@ def compare(rates: dict[str, float], errors: dict[str, tuple[int, int]], flagged
     rho = float(spearmanr([rates[a] for a in ids], true).statistic)
     mae = float(np.mean([abs(rates[a] - t) for a, t in zip(ids, true, strict=True)]))
     noisy, oracle = truly_noisy(errors), oracle_flagged(errors)
-    row = dict(labelers=len(ids), spearman_vs_true_error=round(rho, 4), mean_abs_error=round(mae, 4),
-               truly_noisy=noisy, oracle_flagged=oracle,
-               above_pool_rate=above_pool_rate(errors),
-               per_labeler={a: {"true_error": round(t, 4), "estimate": round(rates[a], 4)} for a, t in zip(ids, true, strict=True)})  # fmt: skip
+    row = dict(
+        labelers=len(ids),
+        spearman_vs_true_error=round(rho, 4),
+        mean_abs_error=round(mae, 4),
+        truly_noisy=noisy,
+        oracle_flagged=oracle,
+        above_pool_rate=above_pool_rate(errors),
+        per_labeler={
+            a: {"true_error": round(t, 4), "estimate": round(rates[a], 4)} for a, t in zip(ids, true, strict=True)
+        },
+    )
     if flagged is not None:
-        row |= dict(flagged=sorted(flagged), flagged_equals_truly_noisy=sorted(flagged) == noisy,
-                    flagged_equals_oracle=sorted(flagged) == oracle)  # fmt: skip
+        row |= dict(
+            flagged=sorted(flagged),
+            flagged_equals_truly_noisy=sorted(flagged) == noisy,
+            flagged_equals_oracle=sorted(flagged) == oracle,
+        )
     return row
 
 
 def report_rates(report) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
     """Per labeler: the report's estimated error rate, its disagreement rate, and the estimate's source."""
     rows = [x for x in report.labelers if x.labeler_id]
-    return ({x.labeler_id: x.estimated_error.rate for x in rows}, {x.labeler_id: x.disagreement.rate for x in rows},
-            {x.labeler_id: x.estimated_error.source for x in rows})  # fmt: skip
+    return (
+        {x.labeler_id: x.estimated_error.rate for x in rows},
+        {x.labeler_id: x.disagreement.rate for x in rows},
+        {x.labeler_id: x.estimated_error.source for x in rows},
+    )
 
 
 def labelaudit_row(report, errors: dict[str, tuple[int, int]]) -> dict:
@@ -295,16 +322,27 @@ def child(what: str, store_url: str, since: str, until: str, out: str) -> None:
         rows = w.report.headline.records
     else:  # the naive way: every record's report columns in Python
         store = open_store(store_url)
-        got = store.select("SELECT item_id, labeler_id, human_label, predicted_label, label_probability,"
-                           " predicted_probability, score, disagrees, created_at FROM audit_records"
-                           " WHERE created_at >= ? AND created_at < ?", (since, until))  # fmt: skip
+        got = store.select(
+            "SELECT item_id, labeler_id, human_label, predicted_label, label_probability,"
+            " predicted_probability, score, disagrees, created_at FROM audit_records"
+            " WHERE created_at >= ? AND created_at < ?",
+            (since, until),
+        )
         rows = len(got)
         store.close()
     seconds = time.perf_counter() - t
     sql = marks.get("thumbnails", t + seconds) - t
     rss = peak_rss_mb()
-    print(json.dumps({"seconds": round(seconds, 2), "sql_seconds": round(sql, 2), "peak_rss_mb": round(rss, 1),
-                      "window_records": rows}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": round(seconds, 2),
+                "sql_seconds": round(sql, 2),
+                "peak_rss_mb": round(rss, 1),
+                "window_records": rows,
+            }
+        )
+    )
 
 
 # -- the synthetic scale store -----------------------------------------------------------------------
@@ -351,7 +389,7 @@ def fill_synthetic(store_url: str, n: int, nights: int, classes: list[str], seed
                 partition=0,
                 offset=written + j,
                 created_at=base + timedelta(seconds=int(rng.integers(86_400))),
-            )  # fmt: skip
+            )
             for j in range(m)
         ]
         # Items split across nights would have their labels counted in two windows; rare at this size.
@@ -410,17 +448,28 @@ def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, s
     _copy_multi(urls["sqlite"], multi_url, [i for i, m in zip(stream.item_ids, multi, strict=True) if m])
     last = FIRST_NIGHT + timedelta(days=args.nights - 1)
     start = datetime.combine(FIRST_NIGHT, datetime.min.time(), UTC)
-    scopes = {"last_night": (night_window(last), {args.nights - 1}),
-              "all_nights": (span_window(start, start + timedelta(days=args.nights)), set(range(args.nights)))}  # fmt: skip
+    scopes = {
+        "last_night": (night_window(last), {args.nights - 1}),
+        "all_nights": (span_window(start, start + timedelta(days=args.nights)), set(range(args.nights))),
+    }
     common = dict(kind="quality", seed=seed, noise=args.noise, multi=share)
     for scope, (window, nights) in scopes.items():
         errors = true_error_rates(stream, nights)
         timed = {store: report_json(url, window, work / store, classes, repo) for store, url in urls.items()}
         same = _comparable(timed["sqlite"][0]) == _comparable(timed["postgres"][0])
         for store, (r, secs) in timed.items():
-            record(**common, detector="labelaudit", data="all", scope=scope, store=store, records=r.headline.records,
-                   seconds=round(secs, 2), peak_rss_mb=None, same_report_sqlite_postgres=same,
-                   **labelaudit_row(r, errors))  # fmt: skip
+            record(
+                **common,
+                detector="labelaudit",
+                data="all",
+                scope=scope,
+                store=store,
+                records=r.headline.records,
+                seconds=round(secs, 2),
+                peak_rss_mb=None,
+                same_report_sqlite_postgres=same,
+                **labelaudit_row(r, errors),
+            )
         if not multi.any():  # every item has one label: no agreement to use, no multi-annotator baseline
             continue
         for row in _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common, repo):
@@ -432,17 +481,38 @@ def _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, 
     rows = []
     r, secs = report_json(multi_url, window, work / "multi", classes, repo)
     errors_m = true_error_rates(stream, nights, multi)
-    rows.append(dict(**common, detector="labelaudit", data="multi_labeled_only", scope=scope, store="sqlite",
-                     records=r.headline.records, seconds=round(secs, 2), peak_rss_mb=None,
-                     **labelaudit_row(r, errors_m)))  # fmt: skip
-    for data, keep, errors in (("all", in_scope, true_error_rates(stream, nights)),
-                               ("multi_labeled_only", in_scope & multi, errors_m)):  # fmt: skip
+    rows.append(
+        dict(
+            **common,
+            detector="labelaudit",
+            data="multi_labeled_only",
+            scope=scope,
+            store="sqlite",
+            records=r.headline.records,
+            seconds=round(secs, 2),
+            peak_rss_mb=None,
+            **labelaudit_row(r, errors_m),
+        )
+    )
+    for data, keep, errors in (
+        ("all", in_scope, true_error_rates(stream, nights)),
+        ("multi_labeled_only", in_scope & multi, errors_m),
+    ):
         t = time.perf_counter()
         rates = cleanlab_rates(stream, keep, classes)
-        rows.append(dict(**common, detector="cleanlab", data=data, scope=scope, store="in-memory",
-                         records=int(sum(len(stream.labels[i]) for i in np.flatnonzero(keep))),
-                         seconds=round(time.perf_counter() - t, 2), peak_rss_mb=None,
-                         **compare(rates, errors, None)))  # fmt: skip
+        rows.append(
+            dict(
+                **common,
+                detector="cleanlab",
+                data=data,
+                scope=scope,
+                store="in-memory",
+                records=int(sum(len(stream.labels[i]) for i in np.flatnonzero(keep))),
+                seconds=round(time.perf_counter() - t, 2),
+                peak_rss_mb=None,
+                **compare(rates, errors, None),
+            )
+        )
     return rows
 
 
@@ -487,8 +557,18 @@ def scale(args, pg_base: str, record) -> None:
         for scope, since in (("last_night", last), ("all_nights", start)):
             for what in ("report", "fetch_all"):
                 m = measure_in_child(url, since.isoformat(), end.isoformat(), what, WORK / "report-scale" / store)
-                record(kind="scale", mode=what, scope=scope, store=store, records=n, labelers=50,
-                       spearman_vs_true_error=None, flagged=None, truly_noisy=None, **m)  # fmt: skip
+                record(
+                    kind="scale",
+                    mode=what,
+                    scope=scope,
+                    store=store,
+                    records=n,
+                    labelers=50,
+                    spearman_vs_true_error=None,
+                    flagged=None,
+                    truly_noisy=None,
+                    **m,
+                )
 
 
 def kept_rows(name: str, *, skipped: set[str]) -> list[dict]:

@@ -66,7 +66,7 @@ def build_model(work: Path) -> tuple[Path, Path]:
 
 
 def messages(data: Path, n: int, tag: str):
-    from labelaudit.serving.stream.producer import image_messages
+    from labelaudit.produce import image_messages
 
     base = list(image_messages(data / "task_b.jsonl", split=None, by_uri=False, limit=None))
     return [base[i % len(base)].model_copy(update={"item_id": f"{tag}-{i}"}) for i in range(n)]
@@ -95,8 +95,14 @@ async def model_only(repo: Path, images: list[bytes], in_flight: int = 3) -> lis
         t0 = time.perf_counter()
         await asyncio.gather(*(one(images[i : i + BATCH]) for i in range(0, len(images), BATCH)))
         seconds = time.perf_counter() - t0
-        rows.append({"mode": "model_only", "images_per_s": len(images) / seconds, "seconds": seconds,
-                     "load_avg_1m": os.getloadavg()[0]})  # fmt: skip
+        rows.append(
+            {
+                "mode": "model_only",
+                "images_per_s": len(images) / seconds,
+                "seconds": seconds,
+                "load_avg_1m": os.getloadavg()[0],
+            }
+        )
         tensors = await rt.core.preprocess_all(images)
         t0 = time.perf_counter()
         for i in range(0, len(tensors), BATCH):
@@ -167,8 +173,14 @@ def run_consumers(env: dict, n: int, consumers: int, url: str, work: Path, sampl
     t, c = np.array([s[0] for s in samples]), np.array([s[1] for s in samples])
     lo, hi = np.searchsorted(c, 0.1 * n), np.searchsorted(c, 0.9 * n)
     rate = (c[hi] - c[lo]) / (t[hi] - t[lo]) if hi < len(c) and t[hi] > t[lo] else float("nan")
-    row = {"images_per_s": float(rate), "seconds": wall, "messages": n, "audit_records": int(total),
-           "lost": n - int(distinct), "duplicated": int(total) - int(distinct)}  # fmt: skip
+    row = {
+        "images_per_s": float(rate),
+        "seconds": wall,
+        "messages": n,
+        "audit_records": int(total),
+        "lost": n - int(distinct),
+        "duplicated": int(total) - int(distinct),
+    }
     if sample_lag:
         step = max(1, len(lag) // 30)
         row["lag_samples"] = lag[::step] + ([lag[-1]] if lag and lag[-1] not in lag[::step] else [])
@@ -186,7 +198,7 @@ def main() -> None:
     if args.quick:
         args.messages, args.backlog = 2_000, 10_000
 
-    from labelaudit.serving.stream.producer import produce
+    from labelaudit.produce import produce
 
     work = WORK / "stream"
     work.mkdir(parents=True, exist_ok=True)
@@ -197,8 +209,15 @@ def main() -> None:
     device = (
         f"{os.cpu_count()}-core CPU ({cpu_name()}), onnxruntime {onnxruntime.__version__} CPU provider, Kafka 3.9.1"
     )
-    config = {"quick": args.quick, "ort_allow_spinning": Settings().ort_allow_spinning, "messages": args.messages, "backlog": args.backlog, "batch": BATCH,
-              "partitions": 4, "kafka_python": __import__("kafka").__version__}  # fmt: skip
+    config = {
+        "quick": args.quick,
+        "ort_allow_spinning": Settings().ort_allow_spinning,
+        "messages": args.messages,
+        "backlog": args.backlog,
+        "batch": BATCH,
+        "partitions": 4,
+        "kafka_python": __import__("kafka").__version__,
+    }
     rows: list[dict] = []
 
     images = [base64.b64decode(m.image_b64) for m in messages(data, min(args.messages, 5_000), "m")]
@@ -217,8 +236,9 @@ def main() -> None:
         plan = [("e2e_1_consumer", 1, args.messages, "sqlite"), ("e2e_2_consumers", 2, args.messages, "sqlite")]
         if pg_url:
             plan.append(("e2e_1_consumer", 1, args.messages, "postgres"))
-        plan.append(("drain_100k" if args.backlog == 100_000 else f"drain_{args.backlog // 1000}k", 1, args.backlog,
-                     "sqlite"))  # fmt: skip
+        plan.append(
+            ("drain_100k" if args.backlog == 100_000 else f"drain_{args.backlog // 1000}k", 1, args.backlog, "sqlite")
+        )
         for k, (mode, consumers, n, store) in enumerate(plan):
             tag = f"{mode}-{store}-{k}"
             if store == "sqlite":
@@ -235,10 +255,15 @@ def main() -> None:
             t0 = time.monotonic()
             produce(settings, messages(data, n, tag), partitions=4)
             console.print(f"{mode} ({store}): produced {n:,} in {time.monotonic() - t0:.1f}s")
-            env = dict(os.environ, LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}",
-                       LABELAUDIT_KAFKA_TOPIC=f"images-{tag}", LABELAUDIT_KAFKA_GROUP_ID=f"bench-{tag}",
-                       LABELAUDIT_MODEL_REPO=str(repo), LABELAUDIT_STORE_URL=url,
-                       LABELAUDIT_CONSUME_BATCH_SIZE=str(BATCH))  # fmt: skip
+            env = dict(
+                os.environ,
+                LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}",
+                LABELAUDIT_KAFKA_TOPIC=f"images-{tag}",
+                LABELAUDIT_KAFKA_GROUP_ID=f"bench-{tag}",
+                LABELAUDIT_MODEL_REPO=str(repo),
+                LABELAUDIT_STORE_URL=url,
+                LABELAUDIT_CONSUME_BATCH_SIZE=str(BATCH),
+            )
             row = {"mode": mode, "store": store, "consumers": consumers, "load_avg_1m": os.getloadavg()[0]}
             row |= run_consumers(env, n, consumers, url, work, sample_lag=mode.startswith("drain"))
             rows.append(row)

@@ -59,11 +59,19 @@ def fasten_diagnostics(result: dict) -> str:
             cells[(row["method"], row["noise_requested"])].append(row)
     if not cells:
         return ""
-    keys = ("label_acc", "corrected_label_acc", "corrections_right", "true_t_diag_mean", "t_hat_diag_mean",
-            "heldout_t_hat_diag_mean")  # fmt: skip
-    lines = ["| method | noise | given labels right | corrected labels right | corrections right | "
-             "diag of true P(ŷ given truth) | diag of T̂ (trusted rows, training) | diag of T̂ (val images) | runs |",
-             "|" + " --- |" * 9]  # fmt: skip
+    keys = (
+        "label_acc",
+        "corrected_label_acc",
+        "corrections_right",
+        "true_t_diag_mean",
+        "t_hat_diag_mean",
+        "heldout_t_hat_diag_mean",
+    )
+    lines = [
+        "| method | noise | given labels right | corrected labels right | corrections right | "
+        "diag of true P(ŷ given truth) | diag of T̂ (trusted rows, training) | diag of T̂ (val images) | runs |",
+        "|" + " --- |" * 9,
+    ]
     for (method, noise), rows in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         mean = {k: np.mean([r[k] for r in rows if r.get(k) is not None] or [np.nan]) for k in keys}
         lines.append(
@@ -89,8 +97,10 @@ def aims_at_40(result: dict) -> str:
     m = {k: float(np.mean(v)) for k, v in mean.items()}
     if not {"ce", "oracle"} <= set(m):
         return ""
-    lines = ["| method | minus glc | minus ce (aim >= +5) | oracle minus method (aim <= 2, at least <= 3) |",
-             "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| method | minus glc | minus ce (aim >= +5) | oracle minus method (aim <= 2, at least <= 3) |",
+        "| --- | --- | --- | --- |",
+    ]
     for method in sorted(m, key=lambda k: (k.split(":")[0] != "fasten", k)):  # fasten and its variants first
         if method.split(":")[0] in ("fasten", "crowd", "crowdmix", "mentormix"):
             glc, ce, oracle = (_same_schedule(base, method) for base in ("glc", "ce", "oracle"))
@@ -132,8 +142,10 @@ def label_errors_table(result: dict) -> str:
 
 
 def stream_table(result: dict) -> str:
-    lines = ["| mode | store | consumers | messages | images/s | vs model only (aim e2e >= 0.7) | wall s | lost | duplicated | load avg |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| mode | store | consumers | messages | images/s | vs model only (aim e2e >= 0.7) | wall s | lost | duplicated | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["rows"]:
         lines.append(
             f"| {r['mode']} | {r.get('store') or '-'} | {r.get('consumers', '-')} | {r['messages']:,} | "
@@ -167,13 +179,26 @@ def _serve_rows(result: dict, per_request: int) -> list[dict]:
 
 
 def _serve_lines(rows: list[dict]) -> list[str]:
-    lines = ["| system | body | concurrency | req/s | images/s | p50 ms | p99 ms | errors | mean batch | "
-             "server CPU ms/req | client CPU ms/req |", "|" + " --- |" * 11]  # fmt: skip
+    lines = [
+        "| system | body | concurrency | req/s | images/s | p50 ms | p99 ms | errors | mean batch | "
+        "server CPU ms/req | client CPU ms/req |",
+        "|" + " --- |" * 11,
+    ]
     for r in rows:
         errors = f"{r['errors']}" + "".join(f" ({k}: {v})" for k, v in r.items() if k.startswith("n_"))
-        cells = [r["system"], f"`{r['body']}`", r["concurrency"], f"{r['requests_per_s']:.0f}",
-                 f"{r['images_per_s']:.0f}", r["p50_ms"], r["p99_ms"], errors, r.get("mean_batch_images") or "-",
-                 r.get("server_cpu_ms_per_request") or "-", r.get("client_cpu_ms_per_request") or "-"]  # fmt: skip
+        cells = [
+            r["system"],
+            f"`{r['body']}`",
+            r["concurrency"],
+            f"{r['requests_per_s']:.0f}",
+            f"{r['images_per_s']:.0f}",
+            r["p50_ms"],
+            r["p99_ms"],
+            errors,
+            r.get("mean_batch_images") or "-",
+            r.get("server_cpu_ms_per_request") or "-",
+            r.get("client_cpu_ms_per_request") or "-",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
@@ -182,8 +207,11 @@ def serve_aims(result: dict) -> str:
     """The issue's aims at one image per request: gateway (multipart) >= 0.7x ort_decode; >= 1.5x the best
     peer's throughput at an equal or better p99."""
     at = {(r["system"], r["body"], r["concurrency"]): r for r in result["rows"] if r["images_per_request"] == 1}
-    lines = ["| concurrency | gateway req/s | / ort_decode (aim >= 0.7) | best peer | / best peer (aim >= 1.5) | "
-             "p99 gateway vs peer ms (aim <=) | met: decode / peer |", "|" + " --- |" * 7]  # fmt: skip
+    lines = [
+        "| concurrency | gateway req/s | / ort_decode (aim >= 0.7) | best peer | / best peer (aim >= 1.5) | "
+        "p99 gateway vs peer ms (aim <=) | met: decode / peer |",
+        "|" + " --- |" * 7,
+    ]
     met = {"decode": 0, "peer": 0, "n": 0}
     for c in sorted({k[2] for k in at}):
         gateway, decode = at.get(("gateway", "multipart", c)), at.get(("ort_decode", "bytes", c))
@@ -267,9 +295,11 @@ def serve_ratios(result: dict, per_request: int) -> str:
     at = {
         (r["system"], r["body"], r["concurrency"]): r for r in result["rows"] if r["images_per_request"] == per_request
     }
-    lines = ["| concurrency | gateway req/s | gateway p50 / p99 ms | ort_decode req/s | gateway / ort_decode | "
-             "ort_decode p50 / p99 ms | best peer | gateway / best peer | best peer p50 / p99 ms |",
-             "|" + " --- |" * 9]  # fmt: skip
+    lines = [
+        "| concurrency | gateway req/s | gateway p50 / p99 ms | ort_decode req/s | gateway / ort_decode | "
+        "ort_decode p50 / p99 ms | best peer | gateway / best peer | best peer p50 / p99 ms |",
+        "|" + " --- |" * 9,
+    ]
     for c in sorted({k[2] for k in at}):
         gateway, decode = at.get(("gateway", "multipart", c)), at.get(("ort_decode", "bytes", c))
         peers = [r for (s, _, cc), r in at.items() if s.startswith("peer_") and cc == c and r["requests_per_s"]]
@@ -326,8 +356,10 @@ def report_table(result: dict) -> str:
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in quality:
         cells[(r["multi"], r["scope"], r["detector"], r["data"])].append(r)
-    lines = ["| items with 3 labels | scope | detector | labels of | estimates from | mean abs error of the estimate | Spearman vs true error (mean, min) | flagged = truly noisy | flagged = oracle's | runs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| items with 3 labels | scope | detector | labels of | estimates from | mean abs error of the estimate | Spearman vs true error (mean, min) | flagged = truly noisy | flagged = oracle's | runs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for (multi, scope, detector, data), rs in sorted(
         cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2])
     ):
@@ -336,9 +368,11 @@ def report_table(result: dict) -> str:
         hits = [f"{sum(f[i] for f in flags)}/{len(flags)}" if flags else "-" for i in (0, 1)]
         mae = [r["mean_abs_error"] for r in rs if "mean_abs_error" in r]
         sources = sorted({x["source"] for r in rs for x in r["per_labeler"].values() if "source" in x}) or ["-"]
-        lines.append(f"| {multi:.0%} | {scope} | {detector} | {data} | {', '.join(sources)} | "
-                     f"{f'{np.mean(mae):.3f}' if mae else '-'} | {np.mean(rho):.3f}, {min(rho):.2f} | {hits[0]} | "
-                     f"{hits[1]} | {len(rs)} |")  # fmt: skip
+        lines.append(
+            f"| {multi:.0%} | {scope} | {detector} | {data} | {', '.join(sources)} | "
+            f"{f'{np.mean(mae):.3f}' if mae else '-'} | {np.mean(rho):.3f}, {min(rho):.2f} | {hits[0]} | "
+            f"{hits[1]} | {len(rs)} |"
+        )
     pg = [r for r in result["rows"] if r.get("kind") == "quality" and r.get("store") == "postgres"]
     same = sum(bool(r.get("same_report_sqlite_postgres")) for r in pg)
     c = result["config"]
@@ -363,13 +397,17 @@ def report_scale_table(result: dict) -> str:
     rows = [r for r in result["rows"] if r.get("kind") == "scale"]
     if not rows:
         return ""
-    lines = ["| store | records in store | scope | records in window | what | seconds | of which SQL | peak RSS MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| store | records in store | scope | records in window | what | seconds | of which SQL | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         what = "the report" if r["mode"] == "report" else "fetch the records into Python (baseline)"
         sql = f"{r['sql_seconds']:.1f}" if r["mode"] == "report" else "-"
-        lines.append(f"| {r['store']} | {r['records']:,} | {r['scope']} | {r['window_records']:,} | {what} | "
-                     f"{r['seconds']:.1f} | {sql} | {r['peak_rss_mb']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r['store']} | {r['records']:,} | {r['scope']} | {r['window_records']:,} | {what} | "
+            f"{r['seconds']:.1f} | {sql} | {r['peak_rss_mb']:.0f} |"
+        )
     return (
         "A synthetic store (50 labelers, 20% of items with three labels), each run in a fresh process "
         "(peak RSS is the process's VmHWM; imports included, so the floor is the interpreter with numpy, scipy "
@@ -390,12 +428,16 @@ def finetune_table(result: dict) -> str:
     rows = [r for r in result["rows"] if r.get("kind") == "finetune"]
     if not rows:
         return ""
-    lines = ["| classifier A | method | classifier A alone | fine-tuned | epochs (A, B) | images/s | load avg |",
-             "|" + " --- |" * 7]  # fmt: skip
+    lines = [
+        "| classifier A | method | classifier A alone | fine-tuned | epochs (A, B) | images/s | load avg |",
+        "|" + " --- |" * 7,
+    ]
     for r in rows:
-        lines.append(f"| `{r['arch']}` | {r['method']} | {r['classifier_a_clean_test_acc']:.4f} | "
-                     f"{r['clean_test_acc']:.4f} | {r['classifier_a_epochs']}, {r['epochs']} | "
-                     f"{r['train_images_per_s']:.0f} | {r['loadavg_1m']} |")  # fmt: skip
+        lines.append(
+            f"| `{r['arch']}` | {r['method']} | {r['classifier_a_clean_test_acc']:.4f} | "
+            f"{r['clean_test_acc']:.4f} | {r['classifier_a_epochs']}, {r['epochs']} | "
+            f"{r['train_images_per_s']:.0f} | {r['loadavg_1m']} |"
+        )
     return (
         "### Classifier A from torchvision and timm (`bench/finetune.py`)\n\n"
         "Classifier A trained on task A from scratch, saved as the architecture's own state dict, loaded through "
@@ -412,12 +454,17 @@ def ddp_table(result: dict) -> str:
     if not rows:
         return ""
     tolerance = result["config"].get("ddp", {}).get("tolerance", "?")
-    lines = ["| method | processes | seed | backend | clean test acc | vs 1 process, seed 0 | within tolerance | seconds | "
-             "load avg |", "|" + " --- |" * 9]  # fmt: skip
+    lines = [
+        "| method | processes | seed | backend | clean test acc | vs 1 process, seed 0 | within tolerance | seconds | "
+        "load avg |",
+        "|" + " --- |" * 9,
+    ]
     for r in rows:
         diff = "-" if "difference" not in r else f"{r['difference']:+.4f}"
-        lines.append(f"| {r['method']} | {r['processes']} | {r.get('seed', 0)} | {r['backend']} | {r['clean_test_acc']:.4f} "
-                     f"| {diff} | {'yes' if r['agrees_with_single'] else '**no**'} | {r['seconds']} | {r['loadavg_1m']} |")  # fmt: skip
+        lines.append(
+            f"| {r['method']} | {r['processes']} | {r.get('seed', 0)} | {r['backend']} | {r['clean_test_acc']:.4f} "
+            f"| {diff} | {'yes' if r['agrees_with_single'] else '**no**'} | {r['seconds']} | {r['loadavg_1m']} |"
+        )
     return (
         "### Several processes (`bench/ddp.py`)\n\n"
         "`torchrun --nproc-per-node N -m labelaudit train` against one process, same global batch and seed, "
@@ -433,20 +480,26 @@ def loader_table(result: dict) -> str:
     rows = [r for r in result["rows"] if r.get("kind") == "loader"]
     if not rows:
         return ""
-    lines = ["| mode | image size | images | workers | peak RSS, main MB | peak RSS, a worker MB | images/s | load avg |",
-             "|" + " --- |" * 8]  # fmt: skip
+    lines = [
+        "| mode | image size | images | workers | peak RSS, main MB | peak RSS, a worker MB | images/s | load avg |",
+        "|" + " --- |" * 8,
+    ]
     for r in rows:
-        lines.append(f"| `{r['mode']}` | {r['image_size']} | {r['images']:,} | {r['workers']} | {r['peak_rss_mb']:.0f} "
-                     f"| {r['peak_worker_rss_mb']:.0f} | {r['images_per_s']:,.0f} | {r['loadavg_1m']} |")  # fmt: skip
+        lines.append(
+            f"| `{r['mode']}` | {r['image_size']} | {r['images']:,} | {r['workers']} | {r['peak_rss_mb']:.0f} "
+            f"| {r['peak_worker_rss_mb']:.0f} | {r['images_per_s']:,.0f} | {r['loadavg_1m']} |"
+        )
     stream = sorted((r for r in rows if r["mode"] == "stream" and r["image_size"] == 224), key=lambda r: r["images"])
     verdict = ""
     if len(stream) >= 2:
         small, big = stream[0], stream[-1]
-        verdict = (f"Streaming {big['images']:,} images instead of {small['images']:,} "
-                   f"({big['images'] // small['images']}x) changes the main process's peak RSS by "
-                   f"{big['peak_rss_mb'] - small['peak_rss_mb']:+.0f} MB ({big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x) "
-                   f"and a worker's by {big['peak_worker_rss_mb'] - small['peak_worker_rss_mb']:+.0f} MB; the decoded "
-                   f"images alone would take {big['images'] * 224 * 224 * 3 / 2**30:.0f} GB.")  # fmt: skip
+        verdict = (
+            f"Streaming {big['images']:,} images instead of {small['images']:,} "
+            f"({big['images'] // small['images']}x) changes the main process's peak RSS by "
+            f"{big['peak_rss_mb'] - small['peak_rss_mb']:+.0f} MB ({big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x) "
+            f"and a worker's by {big['peak_worker_rss_mb'] - small['peak_worker_rss_mb']:+.0f} MB; the decoded "
+            f"images alone would take {big['images'] * 224 * 224 * 3 / 2**30:.0f} GB."
+        )
     return (
         "### The training loader (`bench/loader.py`)\n\n"
         "One pass over the images in batches of 256, each size in a fresh process. `stream`: RGB JPEGs at 224 px "
@@ -468,9 +521,12 @@ def decode_table(result: dict) -> str:
             points[(r["source"], r["source_size"], r["resize"])][r["decoder"]] = r
     if not points:
         return ""
-    lines = ["| source | size | resize | decoded at (draft) | pillow images/s | pillow-draft images/s | draft / pillow "
-             "(aim >= 3) | simplejpeg images/s (reference) | draft vs full decode: mean, max abs diff | draft vs "
-             "training path: max abs diff | load avg |", "|" + " --- |" * 11]  # fmt: skip
+    lines = [
+        "| source | size | resize | decoded at (draft) | pillow images/s | pillow-draft images/s | draft / pillow "
+        "(aim >= 3) | simplejpeg images/s (reference) | draft vs full decode: mean, max abs diff | draft vs "
+        "training path: max abs diff | load avg |",
+        "|" + " --- |" * 11,
+    ]
     met, aimed = 0, 0
     order = sorted(
         points, key=lambda k: (DECODE_SOURCES.index(k[0]) if k[0] in DECODE_SOURCES else 9, _pixels(k[1]), k[2])
@@ -488,10 +544,14 @@ def decode_table(result: dict) -> str:
         lines.append(
             f"| {source} | {size} | `{rule}` | {draft.get('decoded_size', '-')} | {plain['images_per_s_per_core']:.0f} "
             f"| {draft['images_per_s_per_core']:.0f} | {ratio:.2f} | "
-            + (f"{sj['images_per_s_per_core']:.0f} ({sj['images_per_s_per_core'] / plain['images_per_s_per_core']:.2f}x)" if sj else "-")
+            + (
+                f"{sj['images_per_s_per_core']:.0f} ({sj['images_per_s_per_core'] / plain['images_per_s_per_core']:.2f}x)"
+                if sj
+                else "-"
+            )
             + f" | {draft.get('mean_abs_diff_vs_full_decode', float('nan')):.2f}, {draft.get('max_abs_diff_vs_full_decode', '-')} "
             f"| {draft.get('max_abs_diff', '-')} | {draft.get('loadavg_1m', '-')} |"
-        )  # fmt: skip
+        )
     c = result["config"].get("decode", {})
     verdict = (
         f"Aim (draft at least 3x plain Pillow per core on photos of 640x480 or more): met at {met} of {aimed} points."
@@ -519,9 +579,12 @@ def _yes_no(value) -> str:
 
 
 def _crash_table(rows: list[dict]) -> str:
-    lines = ["| store | consumers | messages | kill -9 | broker restarts | store restarts | lost | duplicated | "
-             "poison sent | poison dead-lettered | dead letters | good dead-lettered | relabel topic = store | "
-             "stalled | consumer exits | wall s | load avg (max) |", "|" + " --- |" * 17]  # fmt: skip
+    lines = [
+        "| store | consumers | messages | kill -9 | broker restarts | store restarts | lost | duplicated | "
+        "poison sent | poison dead-lettered | dead letters | good dead-lettered | relabel topic = store | "
+        "stalled | consumer exits | wall s | load avg (max) |",
+        "|" + " --- |" * 17,
+    ]
     for r in rows:
         exits = r.get("unexpected_exits", 0)
         lines.append(
@@ -536,16 +599,26 @@ def _crash_table(rows: list[dict]) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in r.get("dead_lettered_by_reason", {}).items()) or "none"
         notes.append(f"- {r['store']}: dead letters by `labelaudit.dlq.reason`: {reasons}.")
         if r.get("events"):
-            notes.append("  Events (seconds from the first message produced): " + ", ".join(
-                f"{e['event'].replace('_', ' ')} at {e['at_s']:.0f}" + (" (failed)" if e.get("error") else "")
-                for e in r["events"]) + ".")  # fmt: skip
+            notes.append(
+                "  Events (seconds from the first message produced): "
+                + ", ".join(
+                    f"{e['event'].replace('_', ' ')} at {e['at_s']:.0f}" + (" (failed)" if e.get("error") else "")
+                    for e in r["events"]
+                )
+                + "."
+            )
         if r["stalled"]:
-            notes.append(f"  Stalled: {r.get('stall_reason')}; poison in the uncommitted window of the lagging "
-                         f"partitions: {', '.join(r.get('stall_suspects') or []) or 'none'}; committed "
-                         f"{r.get('committed')} of {r.get('end_offset')} offsets.")  # fmt: skip
+            notes.append(
+                f"  Stalled: {r.get('stall_reason')}; poison in the uncommitted window of the lagging "
+                f"partitions: {', '.join(r.get('stall_suspects') or []) or 'none'}; committed "
+                f"{r.get('committed')} of {r.get('end_offset')} offsets."
+            )
         if r["stalled"] and r.get("consumer_errors"):
-            notes.append("  The consumers' errors, most frequent first: " + "; ".join(
-                f"`{m}` x{n}" for m, n in list(r["consumer_errors"].items())[:3]) + ".")  # fmt: skip
+            notes.append(
+                "  The consumers' errors, most frequent first: "
+                + "; ".join(f"`{m}` x{n}" for m, n in list(r["consumer_errors"].items())[:3])
+                + "."
+            )
         if r.get("unexpected_exits"):
             notes.append(f"  {r['unexpected_exits']} consumer(s) exited by themselves (restarted by the harness).")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
@@ -556,9 +629,12 @@ def _poison_table(rows: list[dict]) -> str:
     kinds = sorted({k for r in rows for k in r.get("poison_by_kind", {})})
     if not kinds:
         return ""
-    lines = ["| poison kind | expected reason | " + " | ".join(f"{r['store']}: dead-lettered / sent (reasons), stored"
-                                                        for r in rows) + " |",
-             "|" + " --- |" * (2 + len(rows))]  # fmt: skip
+    lines = [
+        "| poison kind | expected reason | "
+        + " | ".join(f"{r['store']}: dead-lettered / sent (reasons), stored" for r in rows)
+        + " |",
+        "|" + " --- |" * (2 + len(rows)),
+    ]
     for kind in kinds:
         expected = next(r["poison_by_kind"][kind]["expected"] for r in rows if kind in r.get("poison_by_kind", {}))
         cells = []
@@ -577,9 +653,11 @@ def _poison_table(rows: list[dict]) -> str:
 
 
 def _soak_table(rows: list[dict]) -> str:
-    lines = ["| store | workers | seconds | req/s | requests | bad | errors_5xx | p99 ms first / last window | "
-             "RSS MB first / last window | rss_growth | 5xx on bad requests | 429 | load avg |",
-             "|" + " --- |" * 13]  # fmt: skip
+    lines = [
+        "| store | workers | seconds | req/s | requests | bad | errors_5xx | p99 ms first / last window | "
+        "RSS MB first / last window | rss_growth | 5xx on bad requests | 429 | load avg |",
+        "|" + " --- |" * 13,
+    ]
     for r in rows:
         growth = "-" if r.get("rss_growth") is None else f"{r['rss_growth']:+.1%}"
         lines.append(
@@ -652,6 +730,38 @@ def real_models_table(result: dict) -> str:
     return "\n".join(part for part in parts if part)
 
 
+def compare_table(result: dict) -> str:
+    """``bench/compare.py``'s results: per point, the median after/before ratio over the rounds, then every round."""
+    c = result["config"]
+    keys, metrics = c["key"], c["metrics"]
+    lines = [
+        f"Change: {c['change']}. The benchmark run from the tree before ({', '.join(sorted({r['before'] for r in c['rounds']}))}) "
+        f"and after ({', '.join(sorted({r['after'] for r in c['rounds']}))}) alternately, {len(c['rounds'])} rounds on one "
+        f"machine in one sitting; ratio = after / before (a throughput below 1, a latency above 1: slower). "
+        f"Device: {result['device']}. {result['date']}." + (f" {c['note']}" if c.get("note") else ""),
+        "",
+        "| " + " | ".join([*keys, *(f"median ratio {m}" for m in metrics), "rounds"]) + " |",
+        "|" + " --- |" * (len(keys) + len(metrics) + 1),
+    ]
+    for m in c["medians"]:
+        lines.append(
+            "| "
+            + " | ".join(
+                [*(str(m[k]) for k in keys), *(str(m[f"median_ratio_{x}"]) for x in metrics), str(m["rounds"])]
+            )
+            + " |"
+        )
+    lines += ["", "Every round (load average at the end of each point, before / after):", ""]
+    lines.append("| round | " + " | ".join([*keys, *(f"{m} before / after" for m in metrics), "load avg"]) + " |")
+    lines.append("|" + " --- |" * (len(keys) + len(metrics) + 2))
+    for r in result["rows"]:
+        cells = [str(r["round"]), *(str(r[k]) for k in keys)]
+        cells += [f"{r[f'before_{m}']} / {r[f'after_{m}']}" for m in metrics]
+        cells.append(f"{r['before_load_avg_1m']} / {r['after_load_avg_1m']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def update_docs() -> None:
     sections = [
         "# Benchmarks\n",
@@ -664,13 +774,13 @@ def update_docs() -> None:
             "Issue 17's protocol: every method on one 60-epoch schedule, task B with 5,000 unlabeled images "
             "(`bench/train_noise.py --name train_protocol --epochs-b 60 --unlabeled 5000`)",
             train_noise_table,
-        ),  # fmt: skip
+        ),
         ("train_probes", "Training variants tried (`bench/train_noise.py --name train_probes`)", train_noise_table),
         (
             "train_full",
             "Training at full size (`bench/train_noise.py --name train_full --size full`)",
             train_noise_table,
-        ),  # fmt: skip
+        ),
         ("train_noise_quick", "Training under label noise, quick (`bench/train_noise.py --quick`)", train_noise_table),
         ("label_errors", "Label-error detection (`bench/label_errors.py`)", label_errors_table),
         ("stream", "The Kafka stream (`bench/stream.py`)", stream_table),
@@ -679,7 +789,17 @@ def update_docs() -> None:
             "serve_resnet18",
             "Serving ResNet-18 at 224 px on JPEG photos (`bench/serve.py --model resnet18-224`)",
             serve_resnet18_table,
-        ),  # fmt: skip
+        ),
+        (
+            "refactor_issue18_serve",
+            "Issue 18's redesign, before and after: serving (`bench/compare.py`)",
+            compare_table,
+        ),
+        (
+            "refactor_issue18_stream",
+            "Issue 18's redesign, before and after: the stream (`bench/compare.py`)",
+            compare_table,
+        ),
         ("report", "The nightly report (`bench/report.py`)", report_table),
         ("real_models", "Real models and data (`bench/results/real_models.json`)", real_models_table),
         ("reliability", "Reliability at size (`bench/reliability.py`)", reliability_table),

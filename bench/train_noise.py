@@ -143,8 +143,15 @@ def main() -> None:
                 f"{args.size}-seed{seed}-noise{noise}" + (f"-unlabeled{args.unlabeled}" if args.unlabeled else "")
             )
             if not (data / "task_b.jsonl").exists():
-                built = fashion_mnist.build(data, noise=noise, seed=seed, per_task=per_task, val_size=val_size,
-                                            test_size=test_size, unlabeled=args.unlabeled)  # fmt: skip
+                built = fashion_mnist.build(
+                    data,
+                    noise=noise,
+                    seed=seed,
+                    per_task=per_task,
+                    val_size=val_size,
+                    test_size=test_size,
+                    unlabeled=args.unlabeled,
+                )
                 actual = built.noise_actual
             else:
                 import json
@@ -152,25 +159,45 @@ def main() -> None:
                 actual = json.loads((data / "labelers.json").read_text())["noise_actual"]
             if classifier_a is None:  # task A is the same for every noise level of a seed
                 started = time.perf_counter()
-                a = train(data / "task_a.jsonl", init=None, out=WORK / f"runs/{args.size}-seed{seed}-a",
-                          cfg=TrainConfig(method="ce", arch=args.arch, epochs=args.epochs_a, seed=seed))  # fmt: skip
+                a = train(
+                    data / "task_a.jsonl",
+                    init=None,
+                    out=WORK / f"runs/{args.size}-seed{seed}-a",
+                    cfg=TrainConfig(method="ce", arch=args.arch, epochs=args.epochs_a, seed=seed),
+                )
                 classifier_a = a.checkpoint
-                console.print(f"classifier A seed {seed}: task A val {a.meta.metrics.val_acc:.4f} "
-                              f"({time.perf_counter() - started:.0f}s)")  # fmt: skip
-            common = dict(noise=round(actual, 4), noise_requested=noise, seed=seed, trusted_fraction=0.01,
-                          unlabeled=args.unlabeled)  # fmt: skip
-            record(method="classifier_a", clean_test_acc=untouched_test_acc(classifier_a, data / "task_b.jsonl"),
-                   epochs=0, train_images_per_s=None, **common)  # fmt: skip
+                console.print(
+                    f"classifier A seed {seed}: task A val {a.meta.metrics.val_acc:.4f} "
+                    f"({time.perf_counter() - started:.0f}s)"
+                )
+            common = dict(
+                noise=round(actual, 4),
+                noise_requested=noise,
+                seed=seed,
+                trusted_fraction=0.01,
+                unlabeled=args.unlabeled,
+            )
+            record(
+                method="classifier_a",
+                clean_test_acc=untouched_test_acc(classifier_a, data / "task_b.jsonl"),
+                epochs=0,
+                train_images_per_s=None,
+                **common,
+            )
             for method, (base, overrides) in methods.items():
                 overrides = dict(overrides)
                 manifest = data / "task_b.jsonl"
                 if overrides.pop("no_trusted", False):
                     manifest = without_trusted(manifest)
-                cfg = TrainConfig(**{
-                    "method": "ce" if base == "oracle" else base,
-                    "label_source": "true_label" if base == "oracle" else "label",
-                    "epochs": args.epochs_b, "seed": seed,
-                } | overrides)  # fmt: skip
+                cfg = TrainConfig(
+                    **{
+                        "method": "ce" if base == "oracle" else base,
+                        "label_source": "true_label" if base == "oracle" else "label",
+                        "epochs": args.epochs_b,
+                        "seed": seed,
+                    }
+                    | overrides
+                )
                 started = time.perf_counter()
                 out = WORK / f"runs/{data.name}-{method.replace(':', '-').replace(',', '-').replace('=', '')}"
                 r = train(manifest, init=classifier_a, out=out, cfg=cfg)
@@ -180,9 +207,16 @@ def main() -> None:
                     diagnostics = label_diagnostics(r.checkpoint, data / "task_b.jsonl", cfg.rho) | {
                         "t_hat_diag_mean": round(float(np.diag(np.asarray(t_hat)).mean()), 4) if t_hat else None
                     }
-                record(method=method, clean_test_acc=r.meta.metrics.test_acc, val_acc=r.meta.metrics.val_acc,
-                       epochs=cfg.epochs, train_images_per_s=float(np.mean([h.images_per_s for h in r.history])),
-                       seconds=round(time.perf_counter() - started, 1), **diagnostics, **common)  # fmt: skip
+                record(
+                    method=method,
+                    clean_test_acc=r.meta.metrics.test_acc,
+                    val_acc=r.meta.metrics.val_acc,
+                    epochs=cfg.epochs,
+                    train_images_per_s=float(np.mean([h.images_per_s for h in r.history])),
+                    seconds=round(time.perf_counter() - started, 1),
+                    **diagnostics,
+                    **common,
+                )
 
     from bench.tables import update_docs
 

@@ -94,8 +94,12 @@ def check_gateway(url: str, manifest: Path, n: int = 3) -> GatewayCheck:
             top = client.post("/v1/classify", files={"files": (r["image"], image, "image/png")}).json()
             best = top["results"][0]["top"][0]
             classified.append((r["item_id"], best["label"], best["probability"]))
-            body = {"item_id": r["item_id"], "labeler_id": "demo-curl", "label": r["label"],
-                    "image": base64.b64encode(image).decode()}  # fmt: skip
+            body = {
+                "item_id": r["item_id"],
+                "labeler_id": "demo-curl",
+                "label": r["label"],
+                "image": base64.b64encode(image).decode(),
+            }
             audited.append(client.post("/v1/audit", json=body).json())
     return GatewayCheck(url, classified, audited)
 
@@ -114,20 +118,26 @@ def stream_task_b(
     bootstrap: str, repo: Path, manifest: Path, store_url: str, log_path: Path, on_progress: Callable[[int, int], None]
 ) -> StreamOutcome:
     """Produce task B's labeled training images, consume them into the store, score against the truth."""
+    from labelaudit.produce import image_messages, produce
     from labelaudit.serving.settings import Settings
-    from labelaudit.serving.stream.producer import image_messages, produce
 
     settings = Settings(kafka_bootstrap_servers=bootstrap)
     messages = list(image_messages(manifest, split="train", by_uri=False, limit=None))
     sent = produce(settings, messages, partitions=4)
-    env = dict(os.environ, LABELAUDIT_MODEL_REPO=str(repo), LABELAUDIT_STORE_URL=store_url,
-               LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap)  # fmt: skip
+    env = dict(
+        os.environ,
+        LABELAUDIT_MODEL_REPO=str(repo),
+        LABELAUDIT_STORE_URL=store_url,
+        LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+    )
     started = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "labelaudit", "consume", "--max-messages", str(sent)], env=env, stdout=log,
+            [sys.executable, "-m", "labelaudit", "consume", "--max-messages", str(sent)],
+            env=env,
+            stdout=log,
             stderr=log,
-        )  # fmt: skip
+        )
     store_path = store_url.removeprefix("sqlite:///")
     while proc.poll() is None:
         on_progress(_count(store_path), sent)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-def describe_errors(errors: list[dict], *, whole: str = "body") -> str:
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], *, whole: str = "body") -> str:
     """pydantic's ``exc.errors()`` as one line: ``field.path: message; ...`` (``whole`` names the root)."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in errors)
 

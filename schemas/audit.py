@@ -9,9 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labelaudit.schemas.fields import Identifier
 
+Source = Literal["http", "kafka"]
+"""The transport an audit record came through."""
 
-class AuditRecord(BaseModel):
-    """Unique on (item_id, labeler_id, model_version): a replayed message writes nothing twice."""
+
+class Verdict(BaseModel):
+    """The model's verdict on one human label: what every view of it (the stored record, the HTTP answer,
+    the relabel request, the report's queue) shows, named and typed once here."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -19,15 +23,25 @@ class AuditRecord(BaseModel):
     labeler_id: str = Field(description="Empty when the image came without a labeler.")
     human_label: str | None = Field(description="None for an unlabeled image: classified, nothing to judge.")
     predicted_label: str
-    label_probability: float | None = Field(description="The model's probability of the human label.")
     predicted_probability: float
+    label_probability: float | None = Field(description="The model's probability of the human label.")
     score: float = Field(description="Disagreement score in [0, 1]; ranks the relabel queue.")
-    disagrees: bool
+
+
+class ModelVerdict(Verdict):
+    """A verdict with the model and the policy that gave it."""
+
     policy: str
-    probabilities: list[float] = Field(description="All K class probabilities, in the card's class order.")
     model_name: str
     model_version: str
-    source: Literal["http", "kafka"]
+
+
+class AuditRecord(ModelVerdict):
+    """Unique on (item_id, labeler_id, model_version): a replayed message writes nothing twice."""
+
+    disagrees: bool
+    probabilities: list[float] = Field(description="All K class probabilities, in the card's class order.")
+    source: Source
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
@@ -61,9 +75,11 @@ class AuditForm(AuditFields):
     image: bytes = Field(description="The encoded image file (PNG, JPEG, ...).")
 
 
-class AuditResponse(BaseModel):
+class AuditResponse(ModelVerdict):
+    """``POST /v1/audit``'s answer: the verdict on the one label sent (always labeled)."""
+
     model_config = ConfigDict(
-        protected_namespaces=(),
+        extra="ignore",
         json_schema_extra={
             "examples": [
                 {
@@ -73,26 +89,18 @@ class AuditResponse(BaseModel):
                     "predicted_label": "pullover",
                     "predicted_probability": 0.94,
                     "label_probability": 0.03,
-                    "disagrees": True,
                     "score": 0.91,
                     "policy": "confident-joint-v1",
                     "model_name": "labelaudit",
                     "model_version": "1",
+                    "disagrees": True,
                     "recorded": True,
                 }
             ]
         },
     )
 
-    item_id: str
-    labeler_id: str
     human_label: str
-    predicted_label: str
-    predicted_probability: float
     label_probability: float
     disagrees: bool
-    score: float
-    policy: str
-    model_name: str
-    model_version: str
     recorded: bool = Field(description="False when this (item, labeler, model version) was already audited.")

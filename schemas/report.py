@@ -12,11 +12,13 @@ request* is the serving policy's own verdict, stored with the record (``disagree
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-REPORT_SCHEMA = "labelaudit.report.v1"
+from labelaudit.schemas.audit import Verdict
+
+REPORT_SCHEMA: Final = "labelaudit.report.v1"
 
 
 class _Model(BaseModel):
@@ -130,15 +132,11 @@ class FlagTest(_Model):
     rounds: int = Field(default=1, description="Rounds of the step-down test (the last one flags nobody new).")
 
 
-class QueueItem(_Model):
+class QueueItem(Verdict):
+    """One relabel request in the queue, highest score first (``relabel_queue.csv`` has these columns)."""
+
     rank: int
-    item_id: str
-    labeler_id: str
     human_label: str
-    predicted_label: str
-    predicted_probability: float
-    label_probability: float | None
-    score: float
     other_labels: int = Field(description="Labels from other labelers on this item in the window.")
     agreeing_labels: int = Field(description="Of those, how many give the same label as this one.")
     created_at: str

@@ -9,14 +9,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from labelaudit.schemas.audit import ModelVerdict
 from labelaudit.schemas.fields import Identifier
 
-IMAGE_SCHEMA = "labelaudit.image.v1"
-RELABEL_SCHEMA = "labelaudit.relabel.v1"
+IMAGE_SCHEMA: Final = "labelaudit.image.v1"
+RELABEL_SCHEMA: Final = "labelaudit.relabel.v1"
 
 # Headers added to a dead letter (values are UTF-8): why it failed and where it came from.
 DLQ_REASON, DLQ_ERROR = "labelaudit.dlq.reason", "labelaudit.dlq.error"
@@ -63,21 +64,11 @@ class ImageMessage(BaseModel):
         return self
 
 
-class RelabelRequest(BaseModel):
+class RelabelRequest(ModelVerdict):
     """A human label the model confidently disagrees with: please look at this item again."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     schema_: Literal["labelaudit.relabel.v1"] = Field(default=RELABEL_SCHEMA, alias="schema")
     request_id: str = Field(description="item_id/labeler_id/model_version: the same on every redelivery.")
-    item_id: str
-    labeler_id: str
     human_label: str
-    predicted_label: str
-    predicted_probability: float
     label_probability: float
-    score: float = Field(description="Disagreement score; higher first in the relabel queue.")
-    policy: str
-    model_name: str
-    model_version: str
     created_at: datetime

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     0 (the default): one per CPU this process may use (``usable_cpus``), since one process is bound by
     its GIL to about one core. Past one, ``/metrics`` sums every worker's metrics
     (``prometheus_multiproc_dir``), whichever answers."""
+    http_publish_relabels: bool = False
+    """The gateway publishes a relabel request for every ``/v1/audit`` whose verdict disagrees, to
+    ``kafka_relabel_topic``, acknowledged before it answers (as the consumer does for the stream). Off by default:
+    the gateway then needs no broker, and its disagreements reach the relabel queue through the store and the
+    report only. On, a broker that does not take the request within ``http_relabel_timeout_s`` is a 503
+    ``relabel_unavailable`` (the verdict stays recorded; the client's retry publishes again)."""
+    http_relabel_timeout_s: float = Field(default=5.0, gt=0)
+    """How long the gateway waits for the broker to acknowledge a relabel request."""
     http_access_log: bool = False
     """uvicorn's access log, a line per request. Off by default: at a thousand requests a second it was
     about 5% of the gateway's Python time, and ``/metrics`` counts requests by route and status anyway."""
@@ -164,10 +172,12 @@ class Settings(BaseSettings):
     """Address the consumer's Prometheus endpoint (``--metrics-port``) binds; ``0.0.0.0`` in a container
     so that Prometheus can scrape it."""
 
-    def kafka_client_config(self) -> dict:
+    def kafka_client_config(self) -> dict[str, Any]:
         """Connection and security options for kafka-python's clients."""
-        config = {"bootstrap_servers": self.kafka_bootstrap_servers.split(","),
-                  "security_protocol": self.kafka_security_protocol}  # fmt: skip
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers.split(","),
+            "security_protocol": self.kafka_security_protocol,
+        }
         if self.kafka_sasl_mechanism:
             config |= {"sasl_mechanism": self.kafka_sasl_mechanism, "sasl_plain_username": self.kafka_sasl_username}
             if self.kafka_sasl_password is not None:

@@ -4,18 +4,15 @@ PostgreSQL (scripts/postgres.sh) behind the ``store_url`` fixture (the stream an
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "stream"))  # streamkit: the scripts' helpers, one module for all
-from streamkit import run_script  # noqa: E402
-from trainkit import TASK_A_PREPROCESS, one_torch_thread, train_raw_classifier_a  # noqa: E402
-
-from labelaudit.ports import free_port  # noqa: E402
+from labelaudit.ports import free_port
+from tests.stream.streamkit import run_script
+from tests.trainkit import TASK_A_PREPROCESS, one_torch_thread, train_raw_classifier_a
 
 
 @pytest.fixture(scope="session")
@@ -113,10 +110,15 @@ def resnet_repo(tiny_data, classifier_a_file, tmp_path_factory) -> Path:
 
     weights = classifier_a_file("torchvision")
     with one_torch_thread():
-        result = train(tiny_data / "task_b.jsonl", init=f"torchvision:resnet18={weights}",
-                       out=tmp_path_factory.mktemp("resnet-run"), preprocess=TASK_A_PREPROCESS,
-                       cfg=TrainConfig(method="fasten", epochs=1, device="cpu"))  # fmt: skip
+        result = train(
+            tiny_data / "task_b.jsonl",
+            init=f"torchvision:resnet18={weights}",
+            out=tmp_path_factory.mktemp("resnet-run"),
+            preprocess=TASK_A_PREPROCESS,
+            cfg=TrainConfig(method="fasten", epochs=1, device="cpu"),
+        )
         repo = tmp_path_factory.mktemp("resnet-repo")
-        export_model(result.checkpoint, manifest=tiny_data / "task_b.jsonl", repo=repo, parity_images=200,
-                     min_images=200)  # fmt: skip
+        export_model(
+            result.checkpoint, manifest=tiny_data / "task_b.jsonl", repo=repo, parity_images=200, min_images=200
+        )
     return repo

@@ -43,10 +43,40 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
     ok(cli("data", "--out", str(data), "--size", "tiny", "--noise", "0.4"))
-    ok(cli("train", "--manifest", str(data / "task_a.jsonl"), "--init", "scratch", "--method", "ce",
-           "--epochs", "2", "--out", str(root / "a"), "--device", "cpu"))  # fmt: skip
-    ok(cli("train", "--manifest", str(data / "task_b.jsonl"), "--init", str(root / "a" / "checkpoint.pt"),
-           "--method", "fasten", "--epochs", "2", "--out", str(root / "b"), "--device", "cpu"))  # fmt: skip
+    ok(
+        cli(
+            "train",
+            "--manifest",
+            str(data / "task_a.jsonl"),
+            "--init",
+            "scratch",
+            "--method",
+            "ce",
+            "--epochs",
+            "2",
+            "--out",
+            str(root / "a"),
+            "--device",
+            "cpu",
+        )
+    )
+    ok(
+        cli(
+            "train",
+            "--manifest",
+            str(data / "task_b.jsonl"),
+            "--init",
+            str(root / "a" / "checkpoint.pt"),
+            "--method",
+            "fasten",
+            "--epochs",
+            "2",
+            "--out",
+            str(root / "b"),
+            "--device",
+            "cpu",
+        )
+    )
     ok(cli("export", "--checkpoint", str(root / "b" / "checkpoint.pt"), "--repo", str(root / "repo")))
     return {"root": root, "data": data, "repo": root / "repo"}
 
@@ -99,8 +129,17 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
 
     result = ok(cli("demo", "--out", str(tmp_path / "demo"), "--size", "tiny"))
     assert (tmp_path / "demo" / "model_repository" / "labelaudit" / "1" / "model.onnx").is_file()
-    for text in ("classifier A, untouched", "auto: ", "crowd from classifier A", "labeler-5", "Triton model repository",
-                 "the gateway at http://127.0.0.1", "relabel requests:", "truly wrong labels", "report.html"):  # fmt: skip
+    for text in (
+        "classifier A, untouched",
+        "auto: ",
+        "crowd from classifier A",
+        "labeler-5",
+        "Triton model repository",
+        "the gateway at http://127.0.0.1",
+        "relabel requests:",
+        "truly wrong labels",
+        "report.html",
+    ):
         assert text in result.stdout, result.stdout
     rows = [json.loads(line) for line in (tmp_path / "demo/data/task_b.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]

@@ -51,10 +51,16 @@ class BasicBlock(nn.Module):
 def cnn_small(in_channels: int) -> tuple[nn.Module, int]:
     """A VGG-style net for 28x28 inputs, ~22 M multiply-adds per image: fits 2-core CPU runs."""
     body = nn.Sequential(
-        _conv_bn(in_channels, 32), _conv_bn(32, 32), nn.MaxPool2d(2),  # (B, 32, 14, 14)
-        _conv_bn(32, 64), _conv_bn(64, 64), nn.MaxPool2d(2),  # (B, 64, 7, 7)
-        _conv_bn(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (B, 128)
-    )  # fmt: skip
+        _conv_bn(in_channels, 32),
+        _conv_bn(32, 32),
+        nn.MaxPool2d(2),  # (B, 32, 14, 14)
+        _conv_bn(32, 64),
+        _conv_bn(64, 64),
+        nn.MaxPool2d(2),  # (B, 64, 7, 7)
+        _conv_bn(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),  # (B, 128)
+    )
     return body, 128
 
 
@@ -62,11 +68,15 @@ def resnet_small(in_channels: int) -> tuple[nn.Module, int]:
     """A pre-activation-free ResNet-14 of widths 64/128/256 for small images (GPU-sized)."""
     body = nn.Sequential(
         _conv_bn(in_channels, 64),
-        BasicBlock(64, 64, 1), BasicBlock(64, 64, 1),
-        BasicBlock(64, 128, 2), BasicBlock(128, 128, 1),  # (B, 128, H/2, W/2)
-        BasicBlock(128, 256, 2), BasicBlock(256, 256, 1),  # (B, 256, H/4, W/4)
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )  # fmt: skip
+        BasicBlock(64, 64, 1),
+        BasicBlock(64, 64, 1),
+        BasicBlock(64, 128, 2),
+        BasicBlock(128, 128, 1),  # (B, 128, H/2, W/2)
+        BasicBlock(128, 256, 2),
+        BasicBlock(256, 256, 1),  # (B, 256, H/4, W/4)
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     return body, 256
 
 
@@ -182,8 +192,11 @@ def backbone_from_weights(arch: str, path: Path) -> Backbone:
     (its rows: classifier A's classes). Raises ``ClassifierAError`` saying what does not fit."""
     state = load_weights_file(path)
     backbone = build_backbone(arch, _input_channels(state))
-    head = {k.removeprefix(f"{backbone.head_key}."): v for k, v in state.items()
-            if backbone.head_key and k.startswith(f"{backbone.head_key}.")}  # fmt: skip
+    head = {
+        k.removeprefix(f"{backbone.head_key}."): v
+        for k, v in state.items()
+        if backbone.head_key and k.startswith(f"{backbone.head_key}.")
+    }
     body = {k: v for k, v in state.items() if not (backbone.head_key and k.startswith(f"{backbone.head_key}."))}
     problems = _mismatch(backbone.features.state_dict(), body)
     weight = head.get("weight")
@@ -211,8 +224,11 @@ def _mismatch(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) ->
     """What differs between a network's tensors and a file's, one phrase per kind of difference."""
     missing = sorted(set(mine) - set(theirs))
     unexpected = sorted(set(theirs) - set(mine))
-    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
-              if k in theirs and theirs[k].shape != v.shape]  # fmt: skip
+    shapes = [
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}"
+        for k, v in mine.items()
+        if k in theirs and theirs[k].shape != v.shape
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} tensors missing from the file (e.g. {missing[0]})")

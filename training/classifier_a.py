@@ -143,22 +143,46 @@ def architecture_preprocess(arch: str, model: nn.Module) -> tuple[PreprocessSpec
         cfg = timm.data.resolve_model_data_config(model)
         c, h, w = cfg["input_size"]
         resample = cfg["interpolation"] if cfg["interpolation"] in ("bilinear", "bicubic", "nearest") else "bicubic"
-        spec = PreprocessSpec(height=h, width=w, channels=c, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                              resize="shorter_side_center_crop", crop_pct=cfg.get("crop_pct", 1.0),
-                              resample=resample, jpeg_draft=True)  # fmt: skip
+        spec = PreprocessSpec(
+            height=h,
+            width=w,
+            channels=c,
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            resize="shorter_side_center_crop",
+            crop_pct=cfg.get("crop_pct", 1.0),
+            resample=resample,
+            jpeg_draft=True,
+        )
         return spec, f"timm's pretrained config for {name}"
     from torchvision import models
 
     try:
         t = models.get_model_weights(name).DEFAULT.transforms()
     except (ValueError, KeyError, AttributeError):
-        spec = PreprocessSpec(height=224, width=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                              resize="shorter_side_center_crop", crop_pct=224 / 256, jpeg_draft=True)  # fmt: skip
+        spec = PreprocessSpec(
+            height=224,
+            width=224,
+            channels=3,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            resize="shorter_side_center_crop",
+            crop_pct=224 / 256,
+            jpeg_draft=True,
+        )
         return spec, f"ImageNet defaults (torchvision publishes no weights for {name})"
     crop, resize = t.crop_size[0], t.resize_size[0]
-    spec = PreprocessSpec(height=crop, width=crop, channels=3, mean=tuple(t.mean), std=tuple(t.std),
-                          resize="shorter_side_center_crop", crop_pct=min(1.0, crop / resize),
-                          resample=t.interpolation.value, jpeg_draft=True)  # fmt: skip
+    spec = PreprocessSpec(
+        height=crop,
+        width=crop,
+        channels=3,
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        resize="shorter_side_center_crop",
+        crop_pct=min(1.0, crop / resize),
+        resample=t.interpolation.value,
+        jpeg_draft=True,
+    )
     return spec, f"torchvision's {name} weights transforms"
 
 

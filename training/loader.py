@@ -147,8 +147,14 @@ class ImageLoader:
         if purpose not in self._loaders:
             plan = _Plan()
             extra = {"persistent_workers": True, "prefetch_factor": 4} if self.workers else {}
-            loader = DataLoader(self.dataset, batch_sampler=plan, num_workers=self.workers, collate_fn=_as_is,
-                                pin_memory=self.pin_memory, **extra)  # fmt: skip
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=plan,
+                num_workers=self.workers,
+                collate_fn=_as_is,
+                pin_memory=self.pin_memory,
+                **extra,
+            )
             self._loaders[purpose] = (loader, plan)
         return self._loaders[purpose]
 

@@ -152,8 +152,12 @@ class Trainer:
         if batch.x is None:
             self.load(batch)
         n_t, n_l = len(batch.trusted), len(batch.trusted) + len(batch.untrusted)
-        parts = {"labeled": slice(0, n_l), "trusted": slice(0, n_t), "untrusted": slice(n_t, n_l),
-                 "unlabeled": slice(n_l, None)}  # fmt: skip
+        parts = {
+            "labeled": slice(0, n_l),
+            "trusted": slice(0, n_t),
+            "untrusted": slice(n_t, n_l),
+            "unlabeled": slice(n_l, None),
+        }
         x = batch.x[parts[part]]
         if strong:
             x = strong_augment(x)
@@ -193,8 +197,10 @@ class Trainer:
         no_decay = [p for n, p in self.net.named_parameters() if p.ndim <= 1]
         opt = torch.optim.SGD(
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True,
-        )  # fmt: skip
+            lr=self.cfg.lr,
+            momentum=self.cfg.momentum,
+            nesterov=True,
+        )
         warmup = max(1, int(self.cfg.warmup_epochs * total_steps / max(1, self.cfg.epochs)))
 
         def factor(step: int) -> float:  # linear warm-up, then cosine to zero
@@ -257,13 +263,19 @@ class Trainer:
         t = method.transition()
         decoders = max(1, self.data.images.workers)
         return EpochMetrics(
-            epoch=epoch, train_loss=float(np.mean(losses)), val_acc=self.accuracy(self.data.val_rows),
-            trusted_acc=self.accuracy(self.data.trusted_rows) or 0.0, lr=sched.get_last_lr()[0],
-            seconds=seconds, images_per_s=seen / max(seconds, 1e-9), corrected_fraction=corrected,
-            step_images_per_s=seen / max(step_s, 1e-9), loader_images_per_s=seen * decoders / max(load_s, 1e-9),
+            epoch=epoch,
+            train_loss=float(np.mean(losses)),
+            val_acc=self.accuracy(self.data.val_rows),
+            trusted_acc=self.accuracy(self.data.trusted_rows) or 0.0,
+            lr=sched.get_last_lr()[0],
+            seconds=seconds,
+            images_per_s=seen / max(seconds, 1e-9),
+            corrected_fraction=corrected,
+            step_images_per_s=seen / max(step_s, 1e-9),
+            loader_images_per_s=seen * decoders / max(load_s, 1e-9),
             transition_matrix=None if t is None else np.round(t, 4).tolist(),
             pseudo_labeled_fraction=None if self.semi is None else self.semi.end_epoch(),
-        )  # fmt: skip
+        )
 
 
 # -- data and network ------------------------------------------------------------------------------
@@ -317,13 +329,20 @@ def _rows(manifest: Manifest) -> dict[str, np.ndarray]:
     }
 
 
-def open_images(manifest: Manifest, spec: PreprocessSpec, cfg: TrainConfig, device: torch.device,
-                progress=None) -> ImageLoader:  # fmt: skip
+def open_images(
+    manifest: Manifest, spec: PreprocessSpec, cfg: TrainConfig, device: torch.device, progress=None
+) -> ImageLoader:
     """The loader for this run; the trusted rows, which ride in many batches, stay decoded in memory."""
     return ImageLoader(
-        manifest, spec, mode=cfg.loader, workers=cfg.workers, memory_budget_mb=cfg.memory_budget_mb,
-        resident=_rows(manifest)["trusted"], pin_memory=device.type == "cuda", progress=progress,
-    )  # fmt: skip
+        manifest,
+        spec,
+        mode=cfg.loader,
+        workers=cfg.workers,
+        memory_budget_mb=cfg.memory_budget_mb,
+        resident=_rows(manifest)["trusted"],
+        pin_memory=device.type == "cuda",
+        progress=progress,
+    )
 
 
 def load_task(manifest: Manifest, images: ImageLoader, cfg: TrainConfig, device: torch.device) -> TaskData:
@@ -337,26 +356,39 @@ def load_task(manifest: Manifest, images: ImageLoader, cfg: TrainConfig, device:
     is_trusted = np.zeros(len(labels), dtype=bool)
     is_trusted[rows["trusted"]] = True
     return TaskData(
-        images=images, spec=images.dataset.spec,
+        images=images,
+        spec=images.dataset.spec,
         labels=torch.as_tensor(labels, device=device),
         is_trusted=torch.as_tensor(is_trusted, device=device),
         k=len(manifest.classes),
-        train_rows=rows["train"], trusted_rows=rows["trusted"], untrusted_rows=rows["untrusted"],
-        unlabeled_rows=rows["unlabeled"], val_rows=rows["val"], test_rows=rows["test"],
+        train_rows=rows["train"],
+        trusted_rows=rows["trusted"],
+        untrusted_rows=rows["untrusted"],
+        unlabeled_rows=rows["unlabeled"],
+        val_rows=rows["val"],
+        test_rows=rows["test"],
         labeler_ids=manifest.labeler_ids,
-    )  # fmt: skip
+    )
 
 
 def _gate(initial: float | None, final: float, init_name: str) -> GateResult:
     if initial is None:
-        return GateResult(passed=True, metric="trusted_acc", initial=None, final=final,
-                          reason=f"trained from {init_name}: no starting model to compare against")  # fmt: skip
+        return GateResult(
+            passed=True,
+            metric="trusted_acc",
+            initial=None,
+            final=final,
+            reason=f"trained from {init_name}: no starting model to compare against",
+        )
     passed = final >= initial
     verdict = "at least as good as" if passed else "WORSE than"
     return GateResult(
-        passed=passed, metric="trusted_acc", initial=initial, final=final,
+        passed=passed,
+        metric="trusted_acc",
+        initial=initial,
+        final=final,
         reason=f"trusted-set accuracy {final:.4f} is {verdict} the starting model's {initial:.4f}",
-    )  # fmt: skip
+    )
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -397,24 +429,55 @@ def train(
         )
     try:
         held_out = {"val": val_manifest, "test": test_manifest}
-        return _train(manifest_path, init, Path(out), cfg, reporter, pixel_progress, init_classes, preprocess,
-                      ranks, device, method_cls, held_out)  # fmt: skip
+        return _train(
+            manifest_path,
+            init,
+            Path(out),
+            cfg,
+            reporter,
+            pixel_progress,
+            init_classes,
+            preprocess,
+            ranks,
+            device,
+            method_cls,
+            held_out,
+        )
     finally:
         if created:
             distributed.stop()
 
 
-def _train(manifest_path, init, out, cfg, reporter, pixel_progress, init_classes, preprocess, ranks, device,
-           method_cls, held_out) -> TrainResult:  # fmt: skip
+def _train(
+    manifest_path,
+    init,
+    out,
+    cfg,
+    reporter,
+    pixel_progress,
+    init_classes,
+    preprocess,
+    ranks,
+    device,
+    method_cls,
+    held_out,
+) -> TrainResult:
 
     # 1. classifier A, and task B's data: classes mapped onto A's by name, A's preprocessing
     a = None if init is None else load_classifier_a(str(init), classes_file=init_classes, preprocess=preprocess)
-    manifest = read_manifest(manifest_path, require_trusted=method_cls is not None and method_cls.needs_trusted,
-                             fallback_classes=None if a is None else a.classes)  # fmt: skip
+    manifest = read_manifest(
+        manifest_path,
+        require_trusted=method_cls is not None and method_cls.needs_trusted,
+        fallback_classes=None if a is None else a.classes,
+    )
     if method_cls is None:
         train_rows = manifest.mask(split="train")
-        choice = choose_method(trusted=manifest.trusted[train_rows], labeler_ids=manifest.labeler_ids[train_rows],
-                               classes=len(manifest.classes), min_labeler_items=cfg.min_labeler_items)  # fmt: skip
+        choice = choose_method(
+            trusted=manifest.trusted[train_rows],
+            labeler_ids=manifest.labeler_ids[train_rows],
+            classes=len(manifest.classes),
+            min_labeler_items=cfg.min_labeler_items,
+        )
         cfg = dataclasses.replace(cfg, method=choice.method, method_choice=choice.reason)
         method_cls = METHODS[choice.method]
         reporter.note(choice.reason)
@@ -446,12 +509,14 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown loader {cfg.loader!r}; choose from auto, memory, stream")
 
 
-def _network(arch: str, a: ClassifierA | None, manifest: Manifest, spec: PreprocessSpec, heads: int,
-             reporter: Reporter) -> TwoHeadNet:  # fmt: skip
+def _network(
+    arch: str, a: ClassifierA | None, manifest: Manifest, spec: PreprocessSpec, heads: int, reporter: Reporter
+) -> TwoHeadNet:
     """Classifier A's backbone with task B's classes mapped onto its final layer (its noise model reset
     to "no noise"), or a fresh network."""
-    net = TwoHeadNet(arch, len(manifest.classes), spec.channels, noisy_heads=heads,
-                     backbone=None if a is None else a.backbone)  # fmt: skip
+    net = TwoHeadNet(
+        arch, len(manifest.classes), spec.channels, noisy_heads=heads, backbone=None if a is None else a.backbone
+    )
     if a is not None:
         mapping = map_classes(a.classes, manifest.classes)
         start_clean_head(net.clean_head, a.backbone.head, mapping)
@@ -496,27 +561,41 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     confusion = confusion_counts(data.labels[held_out].cpu().numpy(), held_probs.argmax(1), data.k)
     untrusted = ~trusted_in_train
     labeler_errors = labeler_error_rates(
-        posterior[untrusted].argmax(1), labels_np[data.train_rows[untrusted]],
-        data.labeler_ids[data.train_rows[untrusted]], confusion,
-    )  # fmt: skip
+        posterior[untrusted].argmax(1),
+        labels_np[data.train_rows[untrusted]],
+        data.labeler_ids[data.train_rows[untrusted]],
+        confusion,
+    )
     final_t = history[-1].transition_matrix if history else None
     metrics = ModelMetrics(
-        val_acc=trainer.accuracy(data.val_rows), test_acc=trainer.accuracy(data.test_rows),
-        trusted_acc=final_trusted or 0.0, initial_trusted_acc=initial_trusted, initial_val_acc=initial_val,
-        initial_test_acc=initial_test, history=history,
-    )  # fmt: skip
+        val_acc=trainer.accuracy(data.val_rows),
+        test_acc=trainer.accuracy(data.test_rows),
+        trusted_acc=final_trusted or 0.0,
+        initial_trusted_acc=initial_trusted,
+        initial_val_acc=initial_val,
+        initial_test_acc=initial_test,
+        history=history,
+    )
     meta = CheckpointMeta(
-        arch=arch, classes=list(manifest.classes), preprocess=spec, method=cfg.method, init=init_name,
+        arch=arch,
+        classes=list(manifest.classes),
+        preprocess=spec,
+        method=cfg.method,
+        init=init_name,
         config=asdict(cfg) | {"device_used": str(device), "processes": ranks.world, "torch": torch.__version__},
-        metrics=metrics, gate=_gate(initial_trusted, metrics.trusted_acc, init_name),
+        metrics=metrics,
+        gate=_gate(initial_trusted, metrics.trusted_acc, init_name),
         transition_matrix=None if final_t is None else np.asarray(final_t).round(4).tolist(),
         labeler_transition_matrices={k: v.round(4).tolist() for k, v in labeler_t.items()},
-        labeler_counts=labeler_n, disagreement_thresholds=thresholds.round(4).tolist(),
+        labeler_counts=labeler_n,
+        disagreement_thresholds=thresholds.round(4).tolist(),
         thresholds_source="val split" if len(data.val_rows) else "trusted set",
-        confusion=confusion.tolist(), labeler_error_rates=labeler_errors,
-        data_version=manifest.sha256, manifest=str(manifest.path.resolve()),
+        confusion=confusion.tolist(),
+        labeler_error_rates=labeler_errors,
+        data_version=manifest.sha256,
+        manifest=str(manifest.path.resolve()),
         noisy_heads=data.noisy_groups if len(data.noisy_groups) > 1 else [],
-    )  # fmt: skip
+    )
 
     # 6. checkpoint (the noise model stays in it; the export takes the clean head only)
     checkpoint = out / "checkpoint.pt" if out.suffix != ".pt" else out

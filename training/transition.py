@@ -136,7 +136,11 @@ def labeler_error_rates(
     tables = labeler_tables(rows, list(range(k)))
     rates = error_rates(tables, confusion)
     return {
-        a: LabelerErrorRate(rate=round(r.rate, 4), low=round(r.low, 4), high=round(r.high, 4),
-                            disagreement=round(1 - float(np.trace(tables[a][:, :k])) / tables[a].sum(), 4))
+        a: LabelerErrorRate(
+            rate=round(r.rate, 4),
+            low=round(r.low, 4),
+            high=round(r.high, 4),
+            disagreement=round(1 - float(np.trace(tables[a][:, :k])) / tables[a].sum(), 4),
+        )
         for a, r in sorted(rates.items())
-    }  # fmt: skip
+    }

@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
-             "bicubic": Image.Resampling.BICUBIC}  # fmt: skip
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 class CardPreprocess:

@@ -50,12 +50,26 @@ class Manifest:
     def records(self) -> list[ManifestRecord]:
         """The rows as records, built on demand (small manifests: the producer, tests)."""
         return [
-            ManifestRecord(item_id=str(i), image=str(im), label=self.classes[y] if y >= 0 else None,
-                           labeler_id=str(lab) if y >= 0 else None, trusted=bool(t), split=str(sp),
-                           true_label=None if ty < 0 else self.classes[ty])
-            for i, im, y, lab, t, sp, ty in zip(self.item_ids, self.images, self.labels, self.labeler_ids,
-                                                self.trusted, self.splits, self.true_labels_or_missing, strict=True)
-        ]  # fmt: skip
+            ManifestRecord(
+                item_id=str(i),
+                image=str(im),
+                label=self.classes[y] if y >= 0 else None,
+                labeler_id=str(lab) if y >= 0 else None,
+                trusted=bool(t),
+                split=str(sp),
+                true_label=None if ty < 0 else self.classes[ty],
+            )
+            for i, im, y, lab, t, sp, ty in zip(
+                self.item_ids,
+                self.images,
+                self.labels,
+                self.labeler_ids,
+                self.trusted,
+                self.splits,
+                self.true_labels_or_missing,
+                strict=True,
+            )
+        ]
 
     def image_path(self, row: int) -> Path:
         return self.path.parent / str(self.images[row])
@@ -86,8 +100,11 @@ class Manifest:
 def with_held_out(manifest: Manifest, *, val: str | Path | None = None, test: str | Path | None = None) -> Manifest:
     """``manifest`` with the rows of separate ``val`` and ``test`` manifests added under those splits (their
     labels held to ``manifest``'s classes, their image paths made absolute). Item ids must stay unique."""
-    parts = [(manifest, None)] + [(read_manifest(path, classes=manifest.classes), split)
-                                  for split, path in (("val", val), ("test", test)) if path is not None]  # fmt: skip
+    parts = [(manifest, None)] + [
+        (read_manifest(path, classes=manifest.classes), split)
+        for split, path in (("val", val), ("test", test))
+        if path is not None
+    ]
     if len(parts) == 1:
         return manifest
     seen: dict[str, str] = {}
@@ -106,8 +123,17 @@ def with_held_out(manifest: Manifest, *, val: str | Path | None = None, test: st
             return part.origins if part.origins is not None else np.full(len(part), part.path.name)
         return getattr(part, name)
 
-    names = ("item_ids", "images", "labels", "labeler_ids", "trusted", "splits", "true_labels_or_missing",
-             "line_numbers", "origins")  # fmt: skip
+    names = (
+        "item_ids",
+        "images",
+        "labels",
+        "labeler_ids",
+        "trusted",
+        "splits",
+        "true_labels_or_missing",
+        "line_numbers",
+        "origins",
+    )
     joined = {n: np.concatenate([column(n, part, split) for part, split in parts]) for n in names}
     digest = hashlib.sha256("".join(part.sha256 for part, _ in parts).encode()).hexdigest()
     return Manifest(path=manifest.path, classes=manifest.classes, sha256=digest, **joined)
@@ -139,8 +165,9 @@ def read_manifest(
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
     digest = hashlib.sha256()
-    columns: dict[str, list] = {k: [] for k in ("item_id", "image", "label", "labeler_id", "trusted", "split",
-                                                 "true_label", "line")}  # fmt: skip
+    columns: dict[str, list] = {
+        k: [] for k in ("item_id", "image", "label", "labeler_id", "trusted", "split", "true_label", "line")
+    }
     seen: dict[str, int] = {}
     with path.open("rb") as f:
         for lineno, raw_line in enumerate(f, start=1):
@@ -158,9 +185,16 @@ def read_manifest(
             seen[rec.item_id] = lineno
             if not (path.parent / rec.image).is_file():
                 raise ManifestError(f"{where}: image file {rec.image!r} not found (relative to {path.parent})")
-            for key, value in (("item_id", rec.item_id), ("image", rec.image), ("label", rec.label),
-                               ("labeler_id", rec.labeler_id), ("trusted", rec.trusted), ("split", rec.split),
-                               ("true_label", rec.true_label), ("line", lineno)):  # fmt: skip
+            for key, value in (
+                ("item_id", rec.item_id),
+                ("image", rec.image),
+                ("label", rec.label),
+                ("labeler_id", rec.labeler_id),
+                ("trusted", rec.trusted),
+                ("split", rec.split),
+                ("true_label", rec.true_label),
+                ("line", lineno),
+            ):
                 columns[key].append(value)
     if not seen:
         raise ManifestError(f"{path.name}: the manifest has no rows")
@@ -183,12 +217,18 @@ def read_manifest(
             "needs the small hand-checked set"
         )
     return Manifest(
-        path=path, classes=known, item_ids=np.array(columns["item_id"]), images=np.array(columns["image"]),
+        path=path,
+        classes=known,
+        item_ids=np.array(columns["item_id"]),
+        images=np.array(columns["image"]),
         labels=np.array([UNLABELED if v is None else index[v] for v in columns["label"]], dtype=np.int64),
-        labeler_ids=np.array([v or "" for v in columns["labeler_id"]]), trusted=trusted, splits=splits,
+        labeler_ids=np.array([v or "" for v in columns["labeler_id"]]),
+        trusted=trusted,
+        splits=splits,
         true_labels_or_missing=np.array([-1 if v is None else index[v] for v in columns["true_label"]], dtype=np.int64),
-        line_numbers=np.array(columns["line"], dtype=np.int64), sha256=digest.hexdigest(),
-    )  # fmt: skip
+        line_numbers=np.array(columns["line"], dtype=np.int64),
+        sha256=digest.hexdigest(),
+    )
 
 
 PIXEL_FIELDS = ("height", "width", "channels", "resize", "crop_pct", "resample", "jpeg_draft")
@@ -225,8 +265,9 @@ def load_pixels(
     if not cache.exists():
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(f".{os.getpid()}.partial.npy")
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
-                                        shape=(len(manifest), spec.height, spec.width, spec.channels))  # fmt: skip
+        out = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=np.uint8, shape=(len(manifest), spec.height, spec.width, spec.channels)
+        )
         for row in range(len(manifest)):
             out[row] = row_pixels(manifest, row, spec)
             if progress:

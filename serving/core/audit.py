@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
 
 from labelaudit.errors import LabelAuditError
-from labelaudit.schemas.audit import AuditRecord
+from labelaudit.schemas.audit import AuditRecord, Source
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.policy import DisagreementPolicy, Policy
+from labelaudit.serving.core.relabel import RelabelPublisher
 from labelaudit.serving.core.store import AuditStore
 
 
@@ -37,9 +39,9 @@ class AuditItem:
 class Stages:
     """One gate per stage of an audit (decode, model, store); made on the event loop that uses them."""
 
-    decode: asyncio.Semaphore | contextlib.nullcontext
-    infer: asyncio.Semaphore | contextlib.nullcontext
-    write: asyncio.Semaphore | contextlib.nullcontext
+    decode: asyncio.Semaphore | contextlib.nullcontext[None]
+    infer: asyncio.Semaphore | contextlib.nullcontext[None]
+    write: asyncio.Semaphore | contextlib.nullcontext[None]
 
     @classmethod
     def one_at_a_time(cls) -> Stages:
@@ -55,8 +57,17 @@ Outcome = tuple[AuditRecord, bool] | LabelAuditError
 
 
 class Auditor:
-    def __init__(self, core: InferenceCore, store: AuditStore, policy: Policy | None = None):
-        self.core, self.store = core, store
+    def __init__(
+        self,
+        core: InferenceCore,
+        store: AuditStore,
+        policy: Policy | None = None,
+        *,
+        relabels: RelabelPublisher | None = None,
+    ):
+        """``relabels``: where the relabel requests of stored disagreements go before ``audit_each`` returns
+        (the gateway's, when it publishes them; the consumer sends its own with its commit)."""
+        self.core, self.store, self.relabels = core, store, relabels
         self.policy = policy or DisagreementPolicy(thresholds=tuple(core.model.card.disagreement_thresholds))
         self._index = {c: i for i, c in enumerate(core.classes)}
 
@@ -65,15 +76,17 @@ class Auditor:
             raise UnknownLabel(f"unknown label {label!r}; the model's classes are {list(self._index)}")
         return self._index[label]
 
-    async def audit(self, items: list[AuditItem], *, source: str) -> list[tuple[AuditRecord, bool]]:
+    async def audit(self, items: list[AuditItem], *, source: Source) -> list[tuple[AuditRecord, bool]]:
         """Verdicts for ``items``, durable before this returns; raises the first item's error, if any."""
         outcomes = await self.audit_each(items, source=source)
         for outcome in outcomes:
             if isinstance(outcome, LabelAuditError):
                 raise outcome
-        return outcomes  # type: ignore[return-value]
+        return cast(list[tuple[AuditRecord, bool]], outcomes)  # no error among them: each was raised above
 
-    async def audit_each(self, items: list[AuditItem], *, source: str, stages: Stages | None = None) -> list[Outcome]:
+    async def audit_each(
+        self, items: list[AuditItem], *, source: Source, stages: Stages | None = None
+    ) -> list[Outcome]:
         """Like ``audit``, but a bad item (unknown label, bad image) fails alone: its outcome is the error.
 
         The good items are classified in one batch and written to the store in one transaction, durable
@@ -81,7 +94,7 @@ class Auditor:
         batch decodes while the one before it is in the model, instead of all of them at once.
         """
         stages = stages or Stages.unlimited()
-        outcomes: list = [None] * len(items)
+        outcomes: list[Outcome | None] = [None] * len(items)  # every one is set before it is returned
         labels_of: dict[int, int] = {}
         for n, item in enumerate(items):
             try:
@@ -91,7 +104,8 @@ class Auditor:
         todo = list(labels_of)
         async with stages.decode:
             inputs = await self.core.inputs_each([items[n].image for n in todo], [repr(items[n].item_id) for n in todo])
-        good, arrays = [], []
+        good: list[int] = []
+        arrays: list[np.ndarray] = []
         for n, x in zip(todo, inputs, strict=True):
             if isinstance(x, LabelAuditError):
                 outcomes[n] = x
@@ -99,7 +113,7 @@ class Auditor:
                 good.append(n)
                 arrays.append(x)
         if not good:
-            return outcomes
+            return cast(list[Outcome], outcomes)
         labels = np.array([labels_of[n] for n in good])
         async with stages.infer:
             probs = await self.core.infer(np.stack(arrays))
@@ -128,11 +142,13 @@ class Auditor:
                 partition=items[n].partition,
                 offset=items[n].offset,
                 created_at=now,
-            )  # fmt: skip
+            )
             for row, n in enumerate(good)
         ]
         async with stages.write:
             new = await asyncio.to_thread(self.store.write, records)
+        if self.relabels is not None:
+            await self.relabels.publish(records)
         for row, n in enumerate(good):
             outcomes[n] = (records[row], new[row])
-        return outcomes
+        return cast(list[Outcome], outcomes)

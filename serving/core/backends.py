@@ -56,7 +56,8 @@ class OnnxRuntimeBackend:
         self.output_name = model.card.onnx_outputs[0]  # probabilities
 
     def infer_sync(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: images})[0]
+        probs: np.ndarray = self.session.run([self.output_name], {self.input_name: images})[0]
+        return probs
 
     async def infer(self, images: np.ndarray) -> np.ndarray:
         # onnxruntime releases the GIL while it computes, so a worker thread keeps the event loop free.
@@ -115,7 +116,8 @@ class TritonBackend:
             log.warning("Triton at %s failed: %r", self.url, exc)
             first_line = str(exc).splitlines()[0][:200] if str(exc) else ""  # never relay a remote traceback
             raise BackendUnavailable(f"Triton at {self.url} failed: {type(exc).__name__}: {first_line}") from None
-        return result.as_numpy(self.output_name)
+        probs: np.ndarray = result.as_numpy(self.output_name)
+        return probs
 
     async def ready(self) -> bool:
         try:

@@ -30,15 +30,15 @@ class InferenceCore:
         settings: Settings,
         *,
         budget: PixelBudget | None = None,
+        coming: Callable[[], AbstractContextManager[None]] = nullcontext,
     ):
         self.model, self.infer, self.settings = model, infer, settings
         self.classes = model.card.classes
         # The gateway's admission by declared pixels (see admission.py); the consumer decodes one batch at
         # a time and needs none.
         self.budget = budget
-        # Entered around decoding: the gateway's micro-batcher sets it (MicroBatcher.coming) to know which
-        # requests are on their way to it.
-        self.coming: Callable[[], AbstractContextManager] = nullcontext
+        # Entered around decoding: the batcher's (MicroBatcher.coming), to know which requests are on their way.
+        self.coming = coming
 
     def to_input(self, index: int | str, data: bytes) -> np.ndarray:
         """One encoded image -> its (C, H, W) model input; ``ImageError`` names the image by ``index``
@@ -51,7 +51,9 @@ class InferenceCore:
             )
         try:
             spec = self.model.card.preprocess
-            return normalize(pixels_from_bytes(data, spec, max_pixels=self.settings.max_image_pixels)[None], spec)[0]
+            pixels = pixels_from_bytes(data, spec, max_pixels=self.settings.max_image_pixels)
+            x: np.ndarray = normalize(pixels[None], spec)[0]
+            return x
         except ImageError as exc:
             raise ImageError(f"image {index}: {exc}", reason=exc.reason, status_code=exc.status_code) from exc
 
@@ -64,7 +66,9 @@ class InferenceCore:
                 out.append(exc)
         return out
 
-    async def inputs_each(self, images: list[bytes], names: list[int | str] | None = None) -> list:
+    async def inputs_each(
+        self, images: list[bytes], names: list[int | str] | None = None
+    ) -> list[np.ndarray | ImageError]:
         """Per image its (C, H, W) input or its ``ImageError``, decoded in worker threads.
 
         One thread per slice of the batch (as many slices as cores), not one per image: every hand-off
@@ -81,24 +85,27 @@ class InferenceCore:
             with self.coming():
                 return await self._decode(images, names)
 
-    async def _decode(self, images: list[bytes], names: list[int | str]) -> list:
+    async def _decode(self, images: list[bytes], names: list[int | str]) -> list[np.ndarray | ImageError]:
         loop = asyncio.get_running_loop()  # run_in_executor: to_thread's context copy is per-request overhead
         if len(images) == 1:  # the common request: one hand-off, nothing to split or join
             return await loop.run_in_executor(None, self._inputs_sync, names, images)
         slices = min(len(images), DECODE_SLICES)
         bounds = [len(images) * i // slices for i in range(slices + 1)]
         parts = await asyncio.gather(
-            *(loop.run_in_executor(None, self._inputs_sync, names[a:b], images[a:b])
-              for a, b in itertools.pairwise(bounds))
-        )  # fmt: skip
+            *(
+                loop.run_in_executor(None, self._inputs_sync, names[a:b], images[a:b])
+                for a, b in itertools.pairwise(bounds)
+            )
+        )
         return [x for part in parts for x in part]
 
     async def preprocess_all(self, images: list[bytes]) -> np.ndarray:
         """Decode and preprocess in worker threads: (n, C, H, W) float32; the first bad image raises."""
-        arrays = await self.inputs_each(images)
-        for a in arrays:
+        arrays: list[np.ndarray] = []
+        for a in await self.inputs_each(images):
             if isinstance(a, ImageError):
                 raise a
+            arrays.append(a)
         return np.stack(arrays)
 
     async def classify(self, images: list[bytes]) -> np.ndarray:

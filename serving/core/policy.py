@@ -11,10 +11,11 @@ relabel queue. An image with no confident class is never flagged: the model does
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from labelaudit.schemas.model_card import ModelCard
 
@@ -72,26 +73,29 @@ class LabelerPosteriorPolicy:
     name: str = "labeler-posterior-v1"
 
     @classmethod
-    def from_matrices(cls, matrices: dict[str, np.ndarray], counts: dict[str, int]) -> LabelerPosteriorPolicy:
+    def from_matrices(cls, matrices: Mapping[str, npt.ArrayLike], counts: Mapping[str, int]) -> LabelerPosteriorPolicy:
         """Labeler matrices with each labeler's item count; the pooled one weighs them by those counts."""
-        matrices = {a: np.asarray(t, dtype=float) for a, t in matrices.items()}
-        weights = np.array([max(1, counts.get(a, 0)) for a in matrices], dtype=float)
-        pooled = np.einsum("h,hij->ij", weights / weights.sum(), np.stack(list(matrices.values())))
-        return cls(matrices, pooled)
+        arrays = {a: np.asarray(t, dtype=float) for a, t in matrices.items()}
+        weights = np.array([max(1, counts.get(a, 0)) for a in arrays], dtype=float)
+        pooled = np.einsum("h,hij->ij", weights / weights.sum(), np.stack(list(arrays.values())))
+        return cls(arrays, pooled)
 
     @classmethod
     def from_card(cls, card: ModelCard) -> LabelerPosteriorPolicy:
         """The card's labeler matrices, pooled by their training items."""
         if not card.labeler_transition_matrices:
-            raise ValueError("labeler-posterior-v1 needs the labelers' matrices in the model card, and this card has "
-                             "none (a model trained without labeler ids): use confident-joint-v1")  # fmt: skip
+            raise ValueError(
+                "labeler-posterior-v1 needs the labelers' matrices in the model card, and this card has "
+                "none (a model trained without labeler ids): use confident-joint-v1"
+            )
         return cls.from_matrices(card.labeler_transition_matrices, card.labeler_counts)
 
     def posterior(self, probs: np.ndarray, labels: np.ndarray, labeler_ids: Sequence[str]) -> np.ndarray:
         """``q`` (N, K): each item's true class given the model's ``probs`` (N, K) and its label (N,)."""
         columns = np.stack([self.matrices.get(a, self.pooled)[:, y] for a, y in zip(labeler_ids, labels, strict=True)])
         q = probs * columns  # (N, K): p(i) T[i, ȳ]
-        return q / np.maximum(q.sum(1, keepdims=True), 1e-12)
+        posterior: np.ndarray = q / np.maximum(q.sum(1, keepdims=True), 1e-12)
+        return posterior
 
     def judge_batch(
         self, probs: np.ndarray, labels: np.ndarray, labeler_ids: Sequence[str] = ()

@@ -12,13 +12,15 @@ error (a row the database refuses) is the record's own problem and propagates as
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args, get_origin
 
 from labelaudit.errors import StoreUnavailable
 from labelaudit.schemas.audit import AuditRecord
@@ -26,40 +28,74 @@ from labelaudit.schemas.audit import AuditRecord
 if TYPE_CHECKING:
     import psycopg
 
-COLUMNS = (
-    "item_id", "labeler_id", "human_label", "predicted_label", "label_probability", "predicted_probability",
-    "score", "disagrees", "policy", "probabilities", "model_name", "model_version", "source", "topic",
-    "partition", "offset_", "created_at",
-)  # fmt: skip
+# The table is AuditRecord's fields, one column each, in its order: ``offset`` is ``offset_`` (a reserved
+# word in SQL), the probabilities a JSON array, the time an ISO 8601 string, ``disagrees`` 0 or 1.
+COLUMN_NAMES = {"offset": "offset_"}
+FIELDS = tuple(AuditRecord.model_fields)
+COLUMNS = tuple(COLUMN_NAMES.get(name, name) for name in FIELDS)
+# SQL type per field type and dialect (a column is NOT NULL unless its field may be None).
+SQL_TYPES = {
+    "sqlite": {str: "TEXT", float: "REAL", int: "INTEGER", bool: "INTEGER", list: "TEXT", datetime: "TEXT"},
+    "postgresql": {
+        str: "TEXT",
+        float: "DOUBLE PRECISION",
+        int: "BIGINT",
+        bool: "INTEGER",
+        list: "TEXT",
+        datetime: "TEXT",
+    },
+}
+PRIMARY_KEY = {"sqlite": "id INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "id BIGSERIAL PRIMARY KEY"}
 
-SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id TEXT NOT NULL, labeler_id TEXT NOT NULL, human_label TEXT, predicted_label TEXT NOT NULL,
-    label_probability REAL, predicted_probability REAL NOT NULL, score REAL NOT NULL,
-    disagrees INTEGER NOT NULL, policy TEXT NOT NULL, probabilities TEXT NOT NULL,
-    model_name TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
-    topic TEXT, partition INTEGER, offset_ INTEGER, created_at TEXT NOT NULL,
-    UNIQUE (item_id, labeler_id, model_version)
-);
-CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);
-"""
+
+def _column_type(annotation: object) -> tuple[type, bool]:
+    """(the Python type a column stores, whether it may be NULL) from a field's annotation."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    nullable = len(args) < len(get_args(annotation))
+    base = args[0] if nullable else annotation
+    if get_origin(base) is Literal:
+        base = type(get_args(base)[0])
+    return cast(type, get_origin(base) or base), nullable  # the record's fields are all of plain types
+
+
+def table_schema(dialect: str) -> str:
+    """The audit table's DDL in ``dialect`` (sqlite or postgresql), derived from ``AuditRecord``."""
+    columns = [PRIMARY_KEY[dialect]]
+    for name, column in zip(FIELDS, COLUMNS, strict=True):
+        kind, nullable = _column_type(AuditRecord.model_fields[name].annotation)
+        columns.append(f"{column} {SQL_TYPES[dialect][kind]}" + ("" if nullable else " NOT NULL"))
+    columns.append("UNIQUE (item_id, labeler_id, model_version)")
+    return (
+        "CREATE TABLE IF NOT EXISTS audit_records (\n    " + ",\n    ".join(columns) + "\n);\n"
+        "CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);\n"
+    )
+
+
+_values = operator.attrgetter(*FIELDS)
+# The fields a column cannot hold as they are, and how each is stored.
+_STORED_AS: dict[type, Callable[[Any], object]] = {bool: int, list: json.dumps, datetime: datetime.isoformat}
+_CONVERT = tuple(
+    (i, _STORED_AS[kind])
+    for i, name in enumerate(FIELDS)
+    if (kind := _column_type(AuditRecord.model_fields[name].annotation)[0]) in (bool, list, datetime)
+)
+
+
+def _row(r: AuditRecord) -> list[object]:
+    """One record's column values, in ``COLUMNS`` order."""
+    row = list(_values(r))
+    for i, convert in _CONVERT:
+        if row[i] is not None:
+            row[i] = convert(row[i])
+    return row
 
 
 class AuditStore(Protocol):
     def write(self, records: list[AuditRecord]) -> list[bool]: ...
     def ready(self) -> bool: ...
     def count(self) -> int: ...
-    def select(self, sql: str, params: tuple = ()) -> list[tuple]: ...
+    def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]: ...
     def close(self) -> None: ...
-
-
-def _row(r: AuditRecord) -> tuple:
-    return (
-        r.item_id, r.labeler_id, r.human_label, r.predicted_label, r.label_probability, r.predicted_probability,
-        r.score, int(r.disagrees), r.policy, json.dumps(r.probabilities), r.model_name, r.model_version, r.source,
-        r.topic, r.partition, r.offset, r.created_at.isoformat(),
-    )  # fmt: skip
 
 
 class SqliteStore:
@@ -75,7 +111,7 @@ class SqliteStore:
             try:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
-                self._conn.executescript(SQLITE_SCHEMA)
+                self._conn.executescript(table_schema("sqlite"))
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -106,30 +142,18 @@ class SqliteStore:
 
     def count(self) -> int:
         with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+            n: int = self._conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+            return n
 
-    def select(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """A read query in SQL both stores accept, ``?`` placeholders; its rows (the report's aggregates)."""
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            rows: list[tuple[Any, ...]] = self._conn.execute(sql, params).fetchall()
+            return rows
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_records (
-    id BIGSERIAL PRIMARY KEY,
-    item_id TEXT NOT NULL, labeler_id TEXT NOT NULL, human_label TEXT, predicted_label TEXT NOT NULL,
-    label_probability DOUBLE PRECISION, predicted_probability DOUBLE PRECISION NOT NULL,
-    score DOUBLE PRECISION NOT NULL, disagrees INTEGER NOT NULL, policy TEXT NOT NULL, probabilities TEXT NOT NULL,
-    model_name TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
-    topic TEXT, partition INTEGER, offset_ BIGINT, created_at TEXT NOT NULL,
-    UNIQUE (item_id, labeler_id, model_version)
-);
-CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);
-"""
 
 
 class PostgresStore:
@@ -157,7 +181,7 @@ class PostgresStore:
         with self._connection() as conn:
             # Two processes creating the table at once would race; an advisory lock serialises them.
             conn.execute("SELECT pg_advisory_xact_lock(724716)")
-            conn.execute(POSTGRES_SCHEMA)
+            conn.execute(table_schema("postgresql"))
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -203,9 +227,9 @@ class PostgresStore:
 
     def count(self) -> int:
         with self._connection() as conn:
-            return conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+            return cast(tuple[int], conn.execute("SELECT COUNT(*) FROM audit_records").fetchone())[0]  # one row
 
-    def select(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """As ``SqliteStore.select``: ``?`` placeholders become psycopg's ``%s`` (a literal ``%`` is kept).
 
         Nested-loop joins are off for these reads: they are whole-window aggregates, and on a table whose

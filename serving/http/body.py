@@ -17,6 +17,16 @@ class BadRequest(LabelAuditError):
     reason = "bad_request"
 
 
+class UnsupportedMediaType(BadRequest):
+    """A body that is neither of the forms a route reads: 415."""
+
+    status_code = 415
+    reason = "unsupported_media_type"
+
+    def __init__(self, content_type: str):
+        super().__init__(f"unsupported content type {content_type!r}; send multipart/form-data or application/json")
+
+
 class BodyTimeout(BadRequest):
     """The client stopped sending its body: 408, and the connection is closed (what was not read of the body
     would otherwise be taken for the next request)."""

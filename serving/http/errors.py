@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +17,7 @@ from labelaudit.serving.http.body import BodyTimeout
 log = logging.getLogger("labelaudit.http")
 
 
-def documented_errors(*codes: int) -> dict[int, dict]:
+def documented_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for a route's error statuses: every one has the ErrorResponse body."""
     return {code: {"model": ErrorResponse} for code in codes}
 

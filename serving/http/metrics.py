@@ -99,8 +99,9 @@ class MeasureRequests:
             await self.app(scope, receive, send_and_note)
         except ClientDisconnect:
             status = CLIENT_CLOSED
-            log.info("%s %s: the client closed the connection before sending its whole body", scope["method"],
-                     scope["path"])  # fmt: skip
+            log.info(
+                "%s %s: the client closed the connection before sending its whole body", scope["method"], scope["path"]
+            )
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")  # the router fills scope["route"] in place
             self.metrics.requests.labels(route=path, status=str(status)).inc()

@@ -9,12 +9,16 @@ anyway; its parts are slices of it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
 from labelaudit.serving.http.body import BadRequest
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 
 @dataclass
@@ -51,7 +55,7 @@ class _Collector:
         self.headers: dict[bytes, bytes] = {}
         self.field, self.value, self.data = b"", b"", bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.part_begin,
             "on_part_data": lambda d, a, b: self.data.extend(d[a:b]),

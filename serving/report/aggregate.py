@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from labelaudit.schemas.audit import Verdict
+from labelaudit.schemas.report import QueueItem
 from labelaudit.serving.core.store import AuditStore
 
 _MODEL_FILTER = " AND model_name = ? AND model_version = ?"
@@ -138,20 +140,6 @@ class Night:
     relabel_requests: int
 
 
-@dataclass(frozen=True)
-class QueueRow:
-    item_id: str
-    labeler_id: str
-    human_label: str
-    predicted_label: str
-    predicted_probability: float
-    label_probability: float | None
-    score: float
-    created_at: str
-    other_labels: int
-    agreeing_labels: int
-
-
 def _int(value) -> int:
     return 0 if value is None else int(value)  # PostgreSQL's SUM(bigint) is a Decimal
 
@@ -167,22 +155,23 @@ def models_in_window(store: AuditStore, window: Span) -> list[tuple[str, str, in
 
 
 def totals(store: AuditStore, scope: Scope) -> Totals:
-    (records, items, unlabeled, relabels), = store.select(
+    ((records, items, unlabeled, relabels),) = store.select(
         "SELECT COUNT(*), COUNT(DISTINCT item_id), SUM(CASE WHEN human_label IS NULL THEN 1 ELSE 0 END),"
         f" SUM(disagrees) FROM audit_records WHERE {Span.sql()}" + _MODEL_FILTER,
         scope.params(),
-    )  # fmt: skip
+    )
     return Totals(_int(records), _int(items), _int(unlabeled), _int(relabels))
 
 
 def multi_labeled_items(store: AuditStore, scope: Scope) -> int:
     """Items with labels from two or more labelers in the window."""
-    (count,), = store.select(
+    ((count,),) = store.select(
         "SELECT COUNT(*) FROM (SELECT item_id FROM audit_records"
-        f" WHERE {Span.sql()} AND human_label IS NOT NULL" + _MODEL_FILTER +
-        " GROUP BY item_id HAVING COUNT(*) > 1) multi",
+        f" WHERE {Span.sql()} AND human_label IS NOT NULL"
+        + _MODEL_FILTER
+        + " GROUP BY item_id HAVING COUNT(*) > 1) multi",
         scope.params(),
-    )  # fmt: skip
+    )
     return _int(count)
 
 
@@ -199,7 +188,7 @@ def pair_agreement(store: AuditStore, scope: Scope) -> list[tuple[str, str, int,
         "SELECT a.labeler_id, b.labeler_id, SUM(CASE WHEN a.human_label = b.human_label THEN 1 ELSE 0 END), COUNT(*)"
         " FROM audit_records a JOIN audit_records b ON b.item_id = a.item_id AND b.model_version = a.model_version"
         " AND b.labeler_id > a.labeler_id" + window("a.") + window("b.") + " GROUP BY a.labeler_id, b.labeler_id"
-    )  # fmt: skip
+    )
     rows = store.select(sql, scope.params() + scope.params())
     return [(str(a), str(b), _int(k), _int(n)) for a, b, k, n in rows]
 
@@ -246,28 +235,32 @@ def nights(store: AuditStore, window: Span) -> list[Night]:
     return sorted(out, key=lambda x: (x.night, x.model_name, x.model_version))
 
 
-def relabel_queue(store: AuditStore, scope: Scope, top: int) -> list[QueueRow]:
+def relabel_queue(store: AuditStore, scope: Scope, top: int) -> list[QueueItem]:
     """The policy's relabel requests, ``ORDER BY score DESC LIMIT top``, with the item's other labels."""
     other = (
         "SELECT COUNT(*) FROM audit_records o WHERE o.item_id = q.item_id AND o.model_name = q.model_name"
         " AND o.model_version = q.model_version AND o.labeler_id <> q.labeler_id AND o.human_label IS NOT NULL"
         " AND o.created_at >= ? AND o.created_at < ?"  # the unique index finds the item's few rows: no id range
     )
+    verdict = [*Verdict.model_fields, "created_at"]
     sql = (
-        f"SELECT q.item_id, q.labeler_id, q.human_label, q.predicted_label, q.predicted_probability,"
-        f" q.label_probability, q.score, q.created_at, ({other}), ({other} AND o.human_label = q.human_label)"
-        " FROM (SELECT item_id, labeler_id, human_label, predicted_label, predicted_probability, label_probability,"
-        " score, created_at, model_name, model_version FROM audit_records"
+        f"SELECT {', '.join('q.' + c for c in verdict)}, ({other}), ({other} AND o.human_label = q.human_label)"
+        f" FROM (SELECT {', '.join(verdict)}, model_name, model_version FROM audit_records"
         f" WHERE {Span.sql()}" + _MODEL_FILTER + " AND disagrees = 1"
         " ORDER BY score DESC, item_id, labeler_id LIMIT ?) q ORDER BY q.score DESC, q.item_id, q.labeler_id"
     )
     window = (scope.span.since, scope.span.until)
     rows = store.select(sql, (*window, *window, *scope.params(), top))
     return [
-        QueueRow(str(i), str(a), str(h), str(p), float(pp), None if lp is None else float(lp), float(s), str(t),
-                 _int(o), _int(g))
-        for i, a, h, p, pp, lp, s, t, o, g in rows
-    ]  # fmt: skip
+        QueueItem(
+            rank=rank,
+            **dict(zip(verdict, row[:-2], strict=True)),
+            other_labels=_int(row[-2]),
+            agreeing_labels=_int(row[-1]),
+            thumbnail=False,
+        )
+        for rank, row in enumerate(rows, start=1)
+    ]
 
 
 def classes_in_store(store: AuditStore, model_name: str, model_version: str) -> tuple[list[str], int | None]:

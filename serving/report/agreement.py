@@ -96,8 +96,14 @@ def estimate(pairs: list[tuple[str, str, int, int]], k: int, *, bootstrap: int =
     error = _errors(agree[None], n, k)[0]
     ok = identified(n)
     nan = np.where(ok, 0.0, np.nan)
-    return Estimates(labelers, error + nan, np.quantile(replicates, 0.025, axis=0) + nan,
-                     np.quantile(replicates, 0.975, axis=0) + nan, n.sum(1), replicates)  # fmt: skip
+    return Estimates(
+        labelers,
+        error + nan,
+        np.quantile(replicates, 0.025, axis=0) + nan,
+        np.quantile(replicates, 0.975, axis=0) + nan,
+        n.sum(1),
+        replicates,
+    )
 
 
 def above_pool(est: Estimates, volume: dict[str, int]) -> dict[str, float]:

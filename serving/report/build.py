@@ -22,7 +22,6 @@ from labelaudit.schemas.report import (
     ModelSeen,
     NightRow,
     PreviousNights,
-    QueueItem,
     Rate,
     Report,
     Transition,
@@ -98,16 +97,21 @@ def build_report(
     scope = agg.Scope(window_span, chosen.model_name, chosen.model_version)
     others = [m for m in seen if m != chosen]
     if others:
-        notes.append("Other models audited in this window are not in these numbers: "
-                     + ", ".join(f"{m.model_name} v{m.model_version} ({m.records:,} records)" for m in others) + ".")  # fmt: skip
+        notes.append(
+            "Other models audited in this window are not in these numbers: "
+            + ", ".join(f"{m.model_name} v{m.model_version} ({m.records:,} records)" for m in others)
+            + "."
+        )
 
     step("totals")
     totals = agg.totals(store, scope)
     if classes is None:
         classes, k = agg.classes_in_store(store, chosen.model_name, chosen.model_version)
         if k is not None and k > len(classes):
-            notes.append(f"The model has {k} classes but only {len(classes)} appear in the store; give --model-repo "
-                         "to name the others.")  # fmt: skip
+            notes.append(
+                f"The model has {k} classes but only {len(classes)} appear in the store; give --model-repo "
+                "to name the others."
+            )
     step("labeler pairs (SQL)")
     multi_items = agg.multi_labeled_items(store, scope)
     pairs = agg.pair_agreement(store, scope)
@@ -147,10 +151,10 @@ def build_report(
         consensus=Consensus(labeler_pairs=shared, annotator_agreement=agreement, model_weight=weight),
         labelers=labelers,
         flag_test=flag,
-        relabel_queue=[QueueItem(rank=i + 1, thumbnail=False, **vars(q)) for i, q in enumerate(queue)],
+        relabel_queue=queue,
         trends=[_night_row(n) for n in nights],
         notes=notes,
-    )  # fmt: skip
+    )
 
 
 def _iso(t: datetime) -> str:
@@ -163,13 +167,21 @@ def _midnight(d: date) -> datetime:
 
 
 def _night_row(n: agg.Night) -> NightRow:
-    return NightRow(night=date.fromisoformat(n.night), model_name=n.model_name, model_version=n.model_version,
-                    records=n.records, model_disagreement=rate(n.model_disagreements, n.labels),
-                    relabel_requests=n.relabel_requests)  # fmt: skip
+    return NightRow(
+        night=date.fromisoformat(n.night),
+        model_name=n.model_name,
+        model_version=n.model_version,
+        records=n.records,
+        model_disagreement=rate(n.model_disagreements, n.labels),
+        relabel_requests=n.relabel_requests,
+    )
 
 
 def _per_class(cells: list[agg.Cell], classes: list[str]) -> list[ClassRow]:
-    n, k, relabels, predicted = (defaultdict(int) for _ in range(4))
+    n: defaultdict[str, int] = defaultdict(int)
+    k: defaultdict[str, int] = defaultdict(int)
+    relabels: defaultdict[str, int] = defaultdict(int)
+    predicted: defaultdict[str, int] = defaultdict(int)
     for c in cells:
         n[c.human] += c.labels
         k[c.human] += c.labels if c.human != c.truth else 0
@@ -179,12 +191,22 @@ def _per_class(cells: list[agg.Cell], classes: list[str]) -> list[ClassRow]:
     for name in classes:
         note = None
         if n[name] == 0:
-            note = (f"never given as a label in this window; the model predicted it {predicted[name]:,} times"
-                    if predicted[name] else "never seen in this window, as a label or as a prediction")  # fmt: skip
+            note = (
+                f"never given as a label in this window; the model predicted it {predicted[name]:,} times"
+                if predicted[name]
+                else "never seen in this window, as a label or as a prediction"
+            )
         elif n[name] < THIN:
             note = f"only {n[name]} label{'s' if n[name] > 1 else ''}: the interval is wide"
-        rows.append(ClassRow(name=name, disagreement=rate(k[name], n[name]), relabel_requests=relabels[name],
-                             predicted=predicted[name], note=note))  # fmt: skip
+        rows.append(
+            ClassRow(
+                name=name,
+                disagreement=rate(k[name], n[name]),
+                relabel_requests=relabels[name],
+                predicted=predicted[name],
+                note=note,
+            )
+        )
     return rows
 
 
@@ -208,15 +230,21 @@ def _transition(cells: list[agg.Cell], classes: list[str]) -> Transition:
 def _usable_confusion(confusion: ModelConfusion | None) -> tuple[ModelConfusion | None, str | None]:
     """The card's confusion if the report can deconvolve by it, and what the page should say about it."""
     if confusion is None:
-        return None, ("No model card with the model's confusion was given (--model-repo): a labeler who shares few "
-                      "items with others is judged by its disagreement rate, which counts the model's mistakes too.")  # fmt: skip
+        return None, (
+            "No model card with the model's confusion was given (--model-repo): a labeler who shares few "
+            "items with others is judged by its disagreement rate, which counts the model's mistakes too."
+        )
     if len(confusion.classes) > MAX_CLASSES:
-        return None, (f"The model has {len(confusion.classes)} classes, more than the {MAX_CLASSES} the report "
-                      "deconvolves labelers' disagreement for: their error rates are disagreement rates.")  # fmt: skip
+        return None, (
+            f"The model has {len(confusion.classes)} classes, more than the {MAX_CLASSES} the report "
+            "deconvolves labelers' disagreement for: their error rates are disagreement rates."
+        )
     if "trusted" in confusion.source:
-        return confusion, (f"The model's confusion in its card was measured on the {confusion.source}, which "
-                           "training fitted: it understates the model's mistakes, so labelers' error rates from the "
-                           "model lean toward their disagreement rates.")  # fmt: skip
+        return confusion, (
+            f"The model's confusion in its card was measured on the {confusion.source}, which "
+            "training fitted: it understates the model's mistakes, so labelers' error rates from the "
+            "model lean toward their disagreement rates."
+        )
     return confusion, None
 
 
@@ -241,16 +269,27 @@ def _labelers(
     for a in sorted(stats, key=lambda a: (-stats[a][1], a)):
         k, n = stats[a]
         i = by_id.get(a)
-        rows.append(LabelerRow(
-            labeler_id=a, labels=n, multi_labeled=sum(c.multi_labeled for c in mine[a]), disagreement=rate(k, n),
-            estimated_error=_estimated_error(rate(k, n), est, i, model_errors.get(a)), relabel_requests=sum(c.relabel_requests for c in mine[a]),
-            test=flag.test.get(a), p_value=flag.p.get(a), p_adjusted=flag.adjusted.get(a), flagged=a in flag.flagged,
-            flag_round=flag.flagged.get(a), transition=_transition(mine[a], classes),
-            note=_labeler_note(a, n, a in flag.p, flag.test.get(a)),
-        ))  # fmt: skip
+        rows.append(
+            LabelerRow(
+                labeler_id=a,
+                labels=n,
+                multi_labeled=sum(c.multi_labeled for c in mine[a]),
+                disagreement=rate(k, n),
+                estimated_error=_estimated_error(rate(k, n), est, i, model_errors.get(a)),
+                relabel_requests=sum(c.relabel_requests for c in mine[a]),
+                test=flag.test.get(a),
+                p_value=flag.p.get(a),
+                p_adjusted=flag.adjusted.get(a),
+                flagged=a in flag.flagged,
+                flag_round=flag.flagged.get(a),
+                transition=_transition(mine[a], classes),
+                note=_labeler_note(a, n, a in flag.p, flag.test.get(a)),
+            )
+        )
     flagged = [r.labeler_id for r in rows if r.flagged]
-    return rows, FlagTest(alpha=alpha, description=flag_test_description(alpha), tested=len(flag.p),
-                          flagged=flagged, rounds=flag.rounds)  # fmt: skip
+    return rows, FlagTest(
+        alpha=alpha, description=flag_test_description(alpha), tested=len(flag.p), flagged=flagged, rounds=flag.rounds
+    )
 
 
 @dataclass
@@ -311,8 +350,9 @@ def _flag_p_values(
 def _estimated_error(disagreement: Rate, est: Estimates, i: int | None, model: ErrorRate | None) -> ErrorEstimate:
     """Agreement with other labelers where identified, else the model-deconvolved rate, else disagreement."""
     if i is not None and not np.isnan(est.error[i]):
-        return ErrorEstimate(rate=float(est.error[i]), low=float(est.low[i]), high=float(est.high[i]),
-                             source="agreement")  # fmt: skip
+        return ErrorEstimate(
+            rate=float(est.error[i]), low=float(est.low[i]), high=float(est.high[i]), source="agreement"
+        )
     if model is not None:
         return ErrorEstimate(rate=model.rate, low=model.low, high=model.high, source="model")
     return ErrorEstimate(rate=disagreement.rate, low=disagreement.low, high=disagreement.high, source="disagreement")
@@ -331,27 +371,49 @@ def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> st
     return "; ".join(notes) or None
 
 
-def _headline(totals: agg.Totals, cells: list[agg.Cell], nights: list[agg.Night], model: ModelSeen,
-              window: Window, multi_items: int) -> Headline:  # fmt: skip
+def _headline(
+    totals: agg.Totals,
+    cells: list[agg.Cell],
+    nights: list[agg.Night],
+    model: ModelSeen,
+    window: Window,
+    multi_items: int,
+) -> Headline:
     n = sum(c.labels for c in cells)
     k = sum(c.labels for c in cells if c.human != c.truth)
     km = sum(c.labels for c in cells if c.human != c.predicted)
-    before = [x for x in nights if (x.model_name, x.model_version) == (model.model_name, model.model_version)
-              and date.fromisoformat(x.night) < window.since.date()]  # fmt: skip
+    before = [
+        x
+        for x in nights
+        if (x.model_name, x.model_version) == (model.model_name, model.model_version)
+        and date.fromisoformat(x.night) < window.since.date()
+    ]
     previous = None
     if before:
         pk, pn = sum(x.model_disagreements for x in before), sum(x.labels for x in before)
         change = 100 * (km / n - pk / pn) if n and pn else None
-        previous = PreviousNights(nights=[date.fromisoformat(x.night) for x in before], model_disagreement=rate(pk, pn),
-                                  relabel_requests=rate(sum(x.relabel_requests for x in before), pn),
-                                  change_points=change)  # fmt: skip
-    return Headline(records=totals.records, images_audited=totals.items, labels=n, unlabeled=totals.unlabeled,
-                    multi_labeled_items=multi_items, disagreement=rate(k, n), model_disagreement=rate(km, n),
-                    relabel_requests=totals.relabel_requests, previous=previous)  # fmt: skip
+        previous = PreviousNights(
+            nights=[date.fromisoformat(x.night) for x in before],
+            model_disagreement=rate(pk, pn),
+            relabel_requests=rate(sum(x.relabel_requests for x in before), pn),
+            change_points=change,
+        )
+    return Headline(
+        records=totals.records,
+        images_audited=totals.items,
+        labels=n,
+        unlabeled=totals.unlabeled,
+        multi_labeled_items=multi_items,
+        disagreement=rate(k, n),
+        model_disagreement=rate(km, n),
+        relabel_requests=totals.relabel_requests,
+        previous=previous,
+    )
 
 
-def _notes(totals: agg.Totals, cells: list[agg.Cell], headline: Headline, labelers: list[LabelerRow],
-           nights_back: int) -> list[str]:  # fmt: skip
+def _notes(
+    totals: agg.Totals, cells: list[agg.Cell], headline: Headline, labelers: list[LabelerRow], nights_back: int
+) -> list[str]:
     notes = []
     if headline.labels == 0:
         notes.append(f"None of the {totals.records:,} records in this window carries a human label: nothing to judge.")
@@ -369,15 +431,41 @@ def _empty_note(window: Window, seen: list[ModelSeen], model_version: str | None
     return f"No audit records {span}: an empty night, nothing to report."
 
 
-def _empty_report(window: Window, store_kind: str, classes: list[str], class_source: str, seen: list[ModelSeen],
-                  notes: list[str], alpha: float, trends: list[NightRow]) -> Report:  # fmt: skip
+def _empty_report(
+    window: Window,
+    store_kind: str,
+    classes: list[str],
+    class_source: str,
+    seen: list[ModelSeen],
+    notes: list[str],
+    alpha: float,
+    trends: list[NightRow],
+) -> Report:
     return Report(
-        generated_at=datetime.now(UTC), store=store_kind, window=window, model=None, other_models=seen,
-        classes=classes, class_source=class_source,
-        headline=Headline(records=0, images_audited=0, labels=0, unlabeled=0, multi_labeled_items=0,
-                          disagreement=rate(0, 0), model_disagreement=rate(0, 0), relabel_requests=0, previous=None),
-        per_class=_per_class([], classes), confusion=_confusion([], classes),
-        consensus=Consensus(labeler_pairs=0, annotator_agreement=None, model_weight=1.0), labelers=[],
+        generated_at=datetime.now(UTC),
+        store=store_kind,
+        window=window,
+        model=None,
+        other_models=seen,
+        classes=classes,
+        class_source=class_source,
+        headline=Headline(
+            records=0,
+            images_audited=0,
+            labels=0,
+            unlabeled=0,
+            multi_labeled_items=0,
+            disagreement=rate(0, 0),
+            model_disagreement=rate(0, 0),
+            relabel_requests=0,
+            previous=None,
+        ),
+        per_class=_per_class([], classes),
+        confusion=_confusion([], classes),
+        consensus=Consensus(labeler_pairs=0, annotator_agreement=None, model_weight=1.0),
+        labelers=[],
         flag_test=FlagTest(alpha=alpha, description=flag_test_description(alpha), tested=0, flagged=[]),
-        relabel_queue=[], trends=trends, notes=notes,
-    )  # fmt: skip
+        relabel_queue=[],
+        trends=trends,
+        notes=notes,
+    )

@@ -13,7 +13,7 @@ import numpy as np
 
 from labelaudit.deconvolve import ModelConfusion
 from labelaudit.errors import LabelAuditError
-from labelaudit.schemas.report import Report, Window
+from labelaudit.schemas.report import QueueItem, Report, Window
 from labelaudit.serving.core.model_repo import ModelNotFound, resolve_model
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
@@ -22,8 +22,8 @@ from labelaudit.serving.report.thumbnails import load_thumbnails
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 STEPS = 9  # progress ticks: the build's six steps (SQL), thumbnails, figures and page, files
-QUEUE_COLUMNS = ("rank", "item_id", "labeler_id", "human_label", "predicted_label", "predicted_probability",
-                 "label_probability", "score", "other_labels", "agreeing_labels", "created_at")  # fmt: skip
+# relabel_queue.csv: the queue's fields, rank first (the page's thumbnail flag is not a column).
+QUEUE_COLUMNS = ("rank", *(name for name in QueueItem.model_fields if name not in ("rank", "thumbnail")))
 
 
 def spreadsheet_cell(value: object) -> object:
@@ -107,9 +107,19 @@ def run_report(
         raise ReportError(f"--images {images}: no such manifest or folder")
     store = open_store(store_url)
     try:
-        report = build_report(store, window=window, store_kind=store_kind(store_url), classes=classes,
-                              class_source=class_source, model_version=model_version, nights_back=nights_back,
-                              top=top, alpha=alpha, model_confusion=card_confusion(model_repo), step=step)  # fmt: skip
+        report = build_report(
+            store,
+            window=window,
+            store_kind=store_kind(store_url),
+            classes=classes,
+            class_source=class_source,
+            model_version=model_version,
+            nights_back=nights_back,
+            top=top,
+            alpha=alpha,
+            model_confusion=card_confusion(model_repo),
+            step=step,
+        )
     finally:
         store.close()
     step("thumbnails")
@@ -129,7 +139,9 @@ def _write(folder: Path, report: Report, html: str) -> Written:
     with paths[2].open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([*QUEUE_COLUMNS, "model_name", "model_version"])
+        # No model only for an empty window, whose queue is empty.
+        model = [report.model.model_name, report.model.model_version] if report.model is not None else ["", ""]
         for q in report.relabel_queue:
-            cells = [getattr(q, c) for c in QUEUE_COLUMNS] + [report.model.model_name, report.model.model_version]
+            cells = [getattr(q, c) for c in QUEUE_COLUMNS] + model
             writer.writerow([spreadsheet_cell(cell) for cell in cells])
     return Written(folder, *paths, report)

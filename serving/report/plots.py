@@ -69,8 +69,15 @@ def confusion_heatmap(confusion: Confusion) -> str:
     for i in range(k):
         for j in range(k):
             if counts[i, j]:
-                ax.text(j, i, f"{int(counts[i, j]):,}", ha="center", va="center", fontsize=6,
-                        color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{int(counts[i, j]):,}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
     ax.set_xticks(range(k), confusion.classes, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(k), confusion.classes, fontsize=7)
     ax.set_xlabel("model's label")
@@ -93,11 +100,24 @@ def labeler_rates(rows: list[LabelerRow], pooled: Rate) -> str:
     _rate_dots(ax, names, [r.disagreement for r in rows], [FLAG if r.flagged else OK for r in rows])
     y = np.arange(len(rows))[::-1] - 0.25
     for source, colour, how in ESTIMATES:
-        mine = [(yi, r.estimated_error) for yi, r in zip(y, rows, strict=True) if r.estimated_error.source == source]
+        # (y, rate, low, high) of each labeler whose estimate comes from ``source`` (one without a rate: no dot)
+        mine = [
+            (yi, est.rate, est.low, est.high)
+            for yi, est in zip(y, (r.estimated_error for r in rows), strict=True)
+            if est.source == source and est.rate is not None and est.low is not None and est.high is not None
+        ]
         if mine:
-            e = np.array([[100 * x.rate, 100 * (x.rate - x.low), 100 * (x.high - x.rate)] for _, x in mine])
-            ax.errorbar(e[:, 0], [yi for yi, _ in mine], xerr=e[:, 1:].T, fmt="D", color=colour, capsize=2,
-                        markersize=4, label=f"estimated error rate ({how}, bootstrap)")  # fmt: skip
+            e = np.array([[100 * rate, 100 * (rate - low), 100 * (high - rate)] for _, rate, low, high in mine])
+            ax.errorbar(
+                e[:, 0],
+                [yi for yi, *_ in mine],
+                xerr=e[:, 1:].T,
+                fmt="D",
+                color=colour,
+                capsize=2,
+                markersize=4,
+                label=f"estimated error rate ({how}, bootstrap)",
+            )
     if pooled.rate is not None:
         ax.axvline(
             100 * pooled.rate, color=POOL, ls="--", lw=1, label=f"disagreement, all labels {100 * pooled.rate:.1f}%"
@@ -118,8 +138,11 @@ def transitions(rows: list[LabelerRow]) -> str:
     for ax, row in zip(axes, shown, strict=False):
         t = np.array([r if r is not None else [np.nan] * k for r in row.transition.rows])  # (K, K)
         ax.imshow(np.ma.masked_invalid(t), cmap="Purples", vmin=0, vmax=1)
-        ax.set_title(f"{row.labeler_id or '(no labeler id)'} ({row.labels:,} labels)", fontsize=8,
-                     color=FLAG if row.flagged else "black")  # fmt: skip
+        ax.set_title(
+            f"{row.labeler_id or '(no labeler id)'} ({row.labels:,} labels)",
+            fontsize=8,
+            color=FLAG if row.flagged else "black",
+        )
         ax.set_xticks(range(k), [c[:8] for c in row.transition.classes], rotation=90, fontsize=5)
         ax.set_yticks(range(k), [c[:8] for c in row.transition.classes], fontsize=5)
         ax.set_xlabel("labeler's label", fontsize=6)

@@ -33,16 +33,17 @@ def pct(r: Rate) -> str:
 
 
 def interval(r: Rate) -> str:
-    return "–" if r.low is None else f"{100 * r.low:.1f}–{100 * r.high:.1f}%"
+    return "–" if r.low is None or r.high is None else f"{100 * r.low:.1f}–{100 * r.high:.1f}%"
 
 
 def _table(head: list[str], rows: list[list[str]], row_class: Callable[[int], str] = lambda i: "") -> str:
     th = "".join(f'<th class="{"t" if i == 0 else ""}">{escape(h)}</th>' for i, h in enumerate(head))
     body = "".join(
-        f'<tr class="{row_class(n)}">' + "".join(f'<td class="{"t" if i == 0 else ""}">{c}</td>' for i, c in enumerate(r))
+        f'<tr class="{row_class(n)}">'
+        + "".join(f'<td class="{"t" if i == 0 else ""}">{c}</td>' for i, c in enumerate(r))
         + "</tr>"
         for n, r in enumerate(rows)
-    )  # fmt: skip
+    )
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -72,23 +73,37 @@ def _headline(report: Report) -> str:
     p = h.previous
     change = "no earlier nights"
     if p is not None and p.change_points is not None:
-        change = (f"{p.change_points:+.1f} pts: {pct(h.model_disagreement)} tonight vs {pct(p.model_disagreement)} "
-                  f"over {len(p.nights)} earlier night(s)")  # fmt: skip
+        change = (
+            f"{p.change_points:+.1f} pts: {pct(h.model_disagreement)} tonight vs {pct(p.model_disagreement)} "
+            f"over {len(p.nights)} earlier night(s)"
+        )
     cards = [
         _card(f"{h.images_audited:,}", f"images audited ({h.records:,} records, {h.unlabeled:,} without a label)"),
-        _card(pct(h.disagreement), f"disagreement rate, 95% CI {interval(h.disagreement)} ({h.disagreement.k:,} of "
-              f"{h.labels:,} labels)"),
+        _card(
+            pct(h.disagreement),
+            f"disagreement rate, 95% CI {interval(h.disagreement)} ({h.disagreement.k:,} of {h.labels:,} labels)",
+        ),
         _card(f"{h.relabel_requests:,}", "relabel requests (the serving policy's flags)"),
         _card(escape(change), "change against the previous nights, in disagreement with the model's label"),
         _card(f"{h.multi_labeled_items:,}", "items labeled by two or more labelers"),
-    ]  # fmt: skip
+    ]
     return "<h2>Headline</h2><div class='cards'>" + "".join(cards) + "</div>"
 
 
 def _classes(report: Report) -> str:
-    rows = [[escape(c.name), f"{c.disagreement.n:,}", f"{c.disagreement.k:,}", pct(c.disagreement),
-             interval(c.disagreement), f"{c.relabel_requests:,}", f"{c.predicted:,}",
-             f'<span class="missing">{escape(c.note)}</span>' if c.note else ""] for c in report.per_class]  # fmt: skip
+    rows = [
+        [
+            escape(c.name),
+            f"{c.disagreement.n:,}",
+            f"{c.disagreement.k:,}",
+            pct(c.disagreement),
+            interval(c.disagreement),
+            f"{c.relabel_requests:,}",
+            f"{c.predicted:,}",
+            f'<span class="missing">{escape(c.note)}</span>' if c.note else "",
+        ]
+        for c in report.per_class
+    ]
     out = "<h2>Per class</h2>"
     if report.headline.labels == 0:
         return out + '<p class="missing">No labels in this window: no per-class numbers.</p>'
@@ -102,10 +117,25 @@ def _labeler_row(r: LabelerRow) -> list[str]:
     flag = '<span class="flagmark">flagged</span>' if r.flagged else ""
     note = f'<span class="missing">{escape(r.note)}</span>' if r.note else ""
     e = r.estimated_error
-    est = "–" if e.rate is None else f"{100 * e.rate:.1f}% ({100 * e.low:.1f}–{100 * e.high:.1f}%, {e.source})"
-    return [escape(r.labeler_id or "(no labeler id)"), f"{r.labels:,}", f"{r.multi_labeled:,}",
-            f"{r.disagreement.k:,}", pct(r.disagreement), interval(r.disagreement), est, f"{r.relabel_requests:,}",
-            escape(r.test or "–"), p, flag, note]  # fmt: skip
+    est = (
+        "–"
+        if e.rate is None or e.low is None or e.high is None
+        else f"{100 * e.rate:.1f}% ({100 * e.low:.1f}–{100 * e.high:.1f}%, {e.source})"
+    )
+    return [
+        escape(r.labeler_id or "(no labeler id)"),
+        f"{r.labels:,}",
+        f"{r.multi_labeled:,}",
+        f"{r.disagreement.k:,}",
+        pct(r.disagreement),
+        interval(r.disagreement),
+        est,
+        f"{r.relabel_requests:,}",
+        escape(r.test or "–"),
+        p,
+        flag,
+        note,
+    ]
 
 
 def _labelers(report: Report) -> str:
@@ -114,19 +144,36 @@ def _labelers(report: Report) -> str:
         return out + '<p class="missing">No labeled records in this window: no labelers to compare.</p>'
     f = report.flag_test
     rounds = f"{f.rounds} round{'s' if f.rounds != 1 else ''}"
-    out += f'<p class="method"><b>The flag.</b> {escape(f.description)} Tested: {f.tested}; {rounds}; flagged: ' + (
-        escape(", ".join(f.flagged)) if f.flagged else "none") + ".</p>"  # fmt: skip
+    out += (
+        f'<p class="method"><b>The flag.</b> {escape(f.description)} Tested: {f.tested}; {rounds}; flagged: '
+        + (escape(", ".join(f.flagged)) if f.flagged else "none")
+        + ".</p>"
+    )
     out += _figure(plots.labeler_rates(report.labelers, report.headline.disagreement), "disagreement per labeler")
-    head = ["labeler", "labels", "on shared items", "disagree", "rate", "95% CI", "estimated error (95% CI, from)",
-            "relabel requests", "test", "Holm p", "", ""]  # fmt: skip
+    head = [
+        "labeler",
+        "labels",
+        "on shared items",
+        "disagree",
+        "rate",
+        "95% CI",
+        "estimated error (95% CI, from)",
+        "relabel requests",
+        "test",
+        "Holm p",
+        "",
+        "",
+    ]
     rows = [_labeler_row(r) for r in report.labelers]
     out += _table(head, rows, lambda i: "flag" if report.labelers[i].flagged else "")
     more = len(report.labelers) - plots.MAX_TRANSITIONS
     out += "<h3>How each labeler's labels relate to the truth estimate</h3>"
     out += _figure(plots.transitions(report.labelers), "per-labeler transition matrices")
     if more > 0:
-        out += f'<p class="missing">{more} more labelers\' matrices are in report.json (the page shows the ' \
-               f"{plots.MAX_TRANSITIONS} with the most labels).</p>"  # fmt: skip
+        out += (
+            f'<p class="missing">{more} more labelers\' matrices are in report.json (the page shows the '
+            f"{plots.MAX_TRANSITIONS} with the most labels).</p>"
+        )
     return out
 
 
@@ -143,15 +190,38 @@ def _queue(report: Report, thumbs: dict[str, str]) -> str:
             else '<span class="missing">no image</span>'
         )
         lp = "–" if q.label_probability is None else f"{q.label_probability:.3f}"
-        rows.append([str(q.rank), img, escape(q.item_id), escape(q.labeler_id or "(none)"), escape(q.human_label),
-                     escape(q.predicted_label), f"{q.predicted_probability:.3f}", lp, f"{q.score:.3f}",
-                     f"{q.agreeing_labels}/{q.other_labels}"])  # fmt: skip
+        rows.append(
+            [
+                str(q.rank),
+                img,
+                escape(q.item_id),
+                escape(q.labeler_id or "(none)"),
+                escape(q.human_label),
+                escape(q.predicted_label),
+                f"{q.predicted_probability:.3f}",
+                lp,
+                f"{q.score:.3f}",
+                f"{q.agreeing_labels}/{q.other_labels}",
+            ]
+        )
     missing = sum(not q.thumbnail for q in report.relabel_queue)
     if missing:
-        out += (f'<p class="missing">{missing} of {len(report.relabel_queue)} items have no thumbnail: the store keeps '
-                "no images; give --images (a manifest or a folder) to show them.</p>")  # fmt: skip
-    head = ["#", "image", "item", "labeler", "human label", "model label", "p(model)", "p(human)", "score",
-            "others agreeing"]  # fmt: skip
+        out += (
+            f'<p class="missing">{missing} of {len(report.relabel_queue)} items have no thumbnail: the store keeps '
+            "no images; give --images (a manifest or a folder) to show them.</p>"
+        )
+    head = [
+        "#",
+        "image",
+        "item",
+        "labeler",
+        "human label",
+        "model label",
+        "p(model)",
+        "p(human)",
+        "score",
+        "others agreeing",
+    ]
     return out + _table(head, rows)
 
 
@@ -164,17 +234,29 @@ def _trends(report: Report) -> str:
         "same every night, while the truth estimate depends on how many items several people labeled.</p>"
     )
     out += _figure(plots.trend_lines(report.trends), "disagreement with the model per night")
-    rows = [[r.night.isoformat(), escape(f"{r.model_name} v{r.model_version}"), f"{r.records:,}",
-             f"{r.model_disagreement.n:,}", pct(r.model_disagreement), interval(r.model_disagreement),
-             f"{r.relabel_requests:,}"] for r in report.trends]  # fmt: skip
+    rows = [
+        [
+            r.night.isoformat(),
+            escape(f"{r.model_name} v{r.model_version}"),
+            f"{r.records:,}",
+            f"{r.model_disagreement.n:,}",
+            pct(r.model_disagreement),
+            interval(r.model_disagreement),
+            f"{r.relabel_requests:,}",
+        ]
+        for r in report.trends
+    ]
     head = ["night", "model", "records", "labels", "unlike the model", "95% CI", "relabel requests"]
     return out + _table(head, rows)
 
 
 def _method(report: Report) -> str:
     c = report.consensus
-    agreement = "no item had two labels" if c.annotator_agreement is None else (
-        f"P = {c.annotator_agreement:.3f} over {c.labeler_pairs:,} pairs")  # fmt: skip
+    agreement = (
+        "no item had two labels"
+        if c.annotator_agreement is None
+        else (f"P = {c.annotator_agreement:.3f} over {c.labeler_pairs:,} pairs")
+    )
     return (
         "<h2>How these numbers are made</h2><div class='method'><p>A label <b>disagrees</b> when it differs from its "
         "truth estimate. For an item one person labeled, the truth estimate is the model's label. For an item "
@@ -198,8 +280,17 @@ def _method(report: Report) -> str:
 
 def render_html(report: Report, thumbs: dict[str, str]) -> str:
     """The whole page. ``thumbs``: item_id -> data URI for the queue's images that were found."""
-    body = "".join([_header(report), _headline(report), _classes(report), _labelers(report),
-                    _queue(report, thumbs), _trends(report), _method(report)])  # fmt: skip
+    body = "".join(
+        [
+            _header(report),
+            _headline(report),
+            _classes(report),
+            _labelers(report),
+            _queue(report, thumbs),
+            _trends(report),
+            _method(report),
+        ]
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'

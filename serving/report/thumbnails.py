@@ -36,8 +36,8 @@ def load_thumbnails(source: Path | None, item_ids: list[str]) -> dict[str, str]:
 def thumbnail_uri(path: Path) -> str | None:
     """A PNG thumbnail of the image at ``path`` as a data URI, or None if it cannot be read."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
+        with Image.open(path) as opened:
+            img = opened.convert("RGB" if opened.mode not in ("L", "RGB") else opened.mode)
             scale = SIZE / max(img.size)
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
             # Small images (28 x 28) are blown up with NEAREST so their pixels stay crisp; large ones shrink.

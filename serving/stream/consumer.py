@@ -34,9 +34,11 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import Future
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError, NoBrokersAvailable
@@ -44,11 +46,18 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from labelaudit.errors import LabelAuditError, Unavailable
-from labelaudit.serving.core.audit import Stages
+from labelaudit.serving.core.audit import AuditItem, Stages
+from labelaudit.serving.core.relabel import relabel_request
 from labelaudit.serving.core.runtime import Runtime, open_runtime
+from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.settings import Settings
-from labelaudit.serving.stream.messages import dead_letter, parse_record, relabel_request
-from labelaudit.serving.stream.producer import ensure_topics
+from labelaudit.serving.stream.messages import Record, dead_letter, parse_record
+from labelaudit.serving.stream.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from kafka.producer.future import FutureRecordMetadata
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("labelaudit.stream")
 
@@ -85,23 +94,26 @@ class ConsumerStats:
 
 @dataclass
 class BatchResult:
-    records: list  # the consumer records, in poll order
+    records: list[Record]  # the consumer records, in poll order
     relabels: list[tuple[bytes, bytes]]
-    dead: list[tuple[object, LabelAuditError]]
+    dead: list[tuple[Record, LabelAuditError]]
     audited: int
     new: int
 
     def __add__(self, other: BatchResult) -> BatchResult:
         return BatchResult(
-            self.records + other.records, self.relabels + other.relabels, self.dead + other.dead,
-            self.audited + other.audited, self.new + other.new,
-        )  # fmt: skip
+            self.records + other.records,
+            self.relabels + other.relabels,
+            self.dead + other.dead,
+            self.audited + other.audited,
+            self.new + other.new,
+        )
 
 
 @dataclass
 class _InFlight:
-    records: list
-    future: Future
+    records: list[Record]
+    future: Future[BatchResult]
     polled_at: float = field(default_factory=time.monotonic)
     settled: bool = False  # produced and acknowledged; committed once no earlier batch holds its partitions
     abandoned: bool = False  # gave up while stopping: never committed here, replayed by the next owner
@@ -118,8 +130,16 @@ class _InFlight:
 
 
 class StreamConsumer:
-    def __init__(self, settings: Settings, *, stop_when_idle_s: float | None = None, max_messages: int | None = None):
-        self.settings = settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stop_when_idle_s: float | None = None,
+        max_messages: int | None = None,
+        store: AuditStore | None = None,
+    ):
+        """``store``: an audit store to write to instead of opening ``settings.store_url`` (its owner closes it)."""
+        self.settings, self._store = settings, store
         self.stop_when_idle_s, self.max_messages = stop_when_idle_s, max_messages
         self.stats = ConsumerStats()
         self._stop = threading.Event()
@@ -133,15 +153,19 @@ class StreamConsumer:
 
     # -- the audit side (worker thread) ---------------------------------------------------------------
 
-    def _submit(self, coro) -> Future:
+    def _submit(self, coro: Coroutine[Any, Any, _T]) -> Future[_T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     async def _open_runtime(self) -> None:
-        self._runtime = await self._exit.enter_async_context(open_runtime(self.settings))
+        self._runtime = await self._exit.enter_async_context(open_runtime(self.settings, store=self._store))
         self._stages = Stages.one_at_a_time()  # batches in flight overlap as a pipeline, not all at once
 
-    async def _audit(self, records: list) -> BatchResult:
-        items, item_records, dead = [], [], []
+    async def _audit(self, records: list[Record]) -> BatchResult:
+        if self._runtime is None:  # run() opens it before it polls
+            raise RuntimeError("the consumer's runtime is not open")
+        items: list[AuditItem] = []
+        item_records: list[Record] = []
+        dead: list[tuple[Record, LabelAuditError]] = []
         for record in records:
             try:
                 items.append(
@@ -155,7 +179,8 @@ class StreamConsumer:
             except LabelAuditError as exc:
                 dead.append((record, exc))
         outcomes = await self._runtime.auditor.audit_each(items, source="kafka", stages=self._stages) if items else []
-        relabels, audited, new = [], 0, 0
+        relabels: list[tuple[bytes, bytes]] = []
+        audited, new = 0, 0
         for record, outcome in zip(item_records, outcomes, strict=True):
             if isinstance(outcome, LabelAuditError):
                 dead.append((record, outcome))
@@ -166,7 +191,7 @@ class StreamConsumer:
                 relabels.append(relabel_request(verdict))
         return BatchResult(records, relabels, dead, audited, new)
 
-    async def _audit_resilient(self, records: list) -> BatchResult:
+    async def _audit_resilient(self, records: list[Record]) -> BatchResult:
         """``_audit``, waiting out a store or backend that is away and isolating the records that fail.
 
         ``Unavailable``: the same records again after a backoff, for as long as it lasts. Any other error:
@@ -180,11 +205,11 @@ class StreamConsumer:
             raise
         except Exception as exc:
             result, failing = await self._isolate(records, exc)
-        for record, exc in failing:
-            result += await self._retry_alone(record, exc)
+        for record, error in failing:
+            result += await self._retry_alone(record, error)
         return result
 
-    async def _audit_waiting(self, records: list) -> BatchResult:
+    async def _audit_waiting(self, records: list[Record]) -> BatchResult:
         waits = 0
         while True:
             try:
@@ -196,17 +221,24 @@ class StreamConsumer:
                     waits, f"{len(records)} records wait for the {exc.reason.removesuffix('_unavailable')}: {exc}"
                 )
 
-    async def _isolate(self, records: list, exc: Exception) -> tuple[BatchResult, list[tuple[object, Exception]]]:
+    async def _isolate(
+        self, records: list[Record], exc: Exception
+    ) -> tuple[BatchResult, list[tuple[Record, Exception]]]:
         """A batch that failed with ``exc``, split until each failing record is alone: (what the good
         parts gave, the failing records with their errors, each tried once alone)."""
         if len(records) == 1:
             self._log_alone(records[0], 1, exc)
             return BatchResult([], [], [], 0, 0), [(records[0], exc)]
         SPLITS.inc()
-        log.warning("a batch of %d failed (%s: %s); splitting it to find the records that fail", len(records),
-                    type(exc).__name__, exc)  # fmt: skip
+        log.warning(
+            "a batch of %d failed (%s: %s); splitting it to find the records that fail",
+            len(records),
+            type(exc).__name__,
+            exc,
+        )
         mid = len(records) // 2
-        result, failing = BatchResult([], [], [], 0, 0), []
+        result = BatchResult([], [], [], 0, 0)
+        failing: list[tuple[Record, Exception]] = []
         for half in (records[:mid], records[mid:]):
             try:
                 result += await self._audit_waiting(half)
@@ -217,7 +249,7 @@ class StreamConsumer:
                 result, failing = result + part, failing + part_failing
         return result, failing
 
-    async def _retry_alone(self, record, exc: Exception) -> BatchResult:
+    async def _retry_alone(self, record: Record, exc: Exception) -> BatchResult:
         """A record that failed alone once: tried again after a backoff until ``consume_poison_attempts``
         tries in all, then dead-lettered with reason ``processing_error``."""
         attempts = self.settings.consume_poison_attempts
@@ -234,13 +266,20 @@ class StreamConsumer:
         error = ProcessingError(f"failed {attempts} times alone: {type(exc).__name__}")
         return BatchResult([record], [], [(record, error)], 0, 0)
 
-    def _log_alone(self, record, attempt: int, exc: Exception) -> None:
-        log.warning("%s[%d]@%d failed alone (try %d of %d)", record.topic, record.partition, record.offset, attempt,
-                    self.settings.consume_poison_attempts, exc_info=exc)  # fmt: skip
+    def _log_alone(self, record: Record, attempt: int, exc: Exception) -> None:
+        log.warning(
+            "%s[%d]@%d failed alone (try %d of %d)",
+            record.topic,
+            record.partition,
+            record.offset,
+            attempt,
+            self.settings.consume_poison_attempts,
+            exc_info=exc,
+        )
 
     def _backoff(self, attempt: int) -> float:
         """Seconds before retry ``attempt``: 0.5 s doubling, up to ``consume_retry_max_s``."""
-        return min(self.settings.consume_retry_max_s, 0.5 * 2 ** min(attempt, 10))
+        return min(self.settings.consume_retry_max_s, 0.5 * 2.0 ** min(attempt, 10))
 
     async def _pause(self, attempt: int, why: str) -> None:
         """Back off before retry ``attempt`` (0.5 s doubling, up to ``consume_retry_max_s``), on this event
@@ -299,20 +338,24 @@ class StreamConsumer:
         ``max_request_size`` or the topic's ``max.message.bytes``) is sent again truncated."""
         s = self.settings
 
-        def send_dead(record, exc, *, truncate: bool = False):
+        def send_dead(record: Record, exc: LabelAuditError, *, truncate: bool = False) -> FutureRecordMetadata:
             letter = dead_letter(record, exc, truncate=truncate)
             return producer.send(s.kafka_dlq_topic, key=letter.key, value=letter.value, headers=letter.headers)
 
         dead = [(send_dead(r, exc), r, exc) for r, exc in result.dead]
         relabels = [producer.send(s.kafka_relabel_topic, key=k, value=v) for k, v in result.relabels]
         producer.flush()
-        again = []
+        again: list[FutureRecordMetadata] = []
         for future, r, exc in dead:
             try:
                 future.get(timeout=60)
             except MessageSizeTooLargeError:
-                log.warning("dead letter %s[%d]@%d is too large for the DLQ; sending it truncated", r.topic,
-                            r.partition, r.offset)  # fmt: skip
+                log.warning(
+                    "dead letter %s[%d]@%d is too large for the DLQ; sending it truncated",
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                )
                 again.append(send_dead(r, exc, truncate=True))
         producer.flush()
         for f in again + relabels:
@@ -350,7 +393,7 @@ class StreamConsumer:
                 for tp, start in batch.starts.items():
                     held[tp] = min(held.get(tp, start), start)
         offsets: dict[TopicPartition, int] = {}
-        done = []
+        done: list[_InFlight] = []
         for batch in self._inflight:
             if not batch.settled:
                 continue
@@ -365,8 +408,11 @@ class StreamConsumer:
                 consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
                 self._committed.update(offsets)
             except CommitFailedError as exc:  # the group moved on; the partitions' new owner replays them
-                log.warning("commit refused after a rebalance (%s); the new owner replays %d records", exc,
-                            sum(len(b.records) for b in done))  # fmt: skip
+                log.warning(
+                    "commit refused after a rebalance (%s); the new owner replays %d records",
+                    exc,
+                    sum(len(b.records) for b in done),
+                )
             except KafkaError as exc:  # the broker is away: the batches stay, a later settle commits them
                 log.error("committing failed (%s); trying again", exc)
                 return
@@ -382,8 +428,10 @@ class StreamConsumer:
         st = self.stats
         st.audited, st.new = st.audited + result.audited, st.new + result.new
         st.dead_lettered, st.relabels, st.batches = (
-            st.dead_lettered + len(result.dead), st.relabels + len(result.relabels), st.batches + 1,
-        )  # fmt: skip
+            st.dead_lettered + len(result.dead),
+            st.relabels + len(result.relabels),
+            st.batches + 1,
+        )
 
     def _drain(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
         """Before stopping or giving up the partitions: let the batches running finish (up to
@@ -398,8 +446,11 @@ class StreamConsumer:
             self._settle(consumer, producer)
             left = [b for b in self._inflight if not b.settled]
             if left:
-                log.warning("%d batches (%d records) left uncommitted; they will be consumed again", len(left),
-                            sum(len(b.records) for b in left))  # fmt: skip
+                log.warning(
+                    "%d batches (%d records) left uncommitted; they will be consumed again",
+                    len(left),
+                    sum(len(b.records) for b in left),
+                )
             self._inflight.clear()
         finally:
             self._giving_up.clear()
@@ -419,7 +470,7 @@ class StreamConsumer:
                 self._committed[tp] = consumer.committed(tp) or 0
             LAG.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - self._committed[tp]))
 
-    def request_stop(self, *_args) -> None:
+    def request_stop(self, *_args: object) -> None:
         self._stop.set()
 
     def run(self) -> ConsumerStats:
@@ -434,11 +485,11 @@ class StreamConsumer:
         consumer, producer = clients
         outer = self
 
-        class DrainOnRevoke(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
+        class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no types: Any
+            def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
                 outer._drain(consumer, producer)  # commit what we hold before another member takes it
 
-            def on_partitions_assigned(self, assigned):
+            def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
                 outer.stats.last_message_at = time.monotonic()  # idle time counts from the assignment
                 log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
@@ -464,8 +515,13 @@ class StreamConsumer:
                     self._update_lag(consumer)
                     last_lag = time.monotonic()
                 if time.monotonic() - last_report > 10:
-                    log.info("audited %d (new %d), dead letters %d, relabel requests %d",
-                             self.stats.audited, self.stats.new, self.stats.dead_lettered, self.stats.relabels)  # fmt: skip
+                    log.info(
+                        "audited %d (new %d), dead letters %d, relabel requests %d",
+                        self.stats.audited,
+                        self.stats.new,
+                        self.stats.dead_lettered,
+                        self.stats.relabels,
+                    )
                     last_report = time.monotonic()
                 if self._should_stop(consumer):
                     break
@@ -487,8 +543,9 @@ class StreamConsumer:
             except NoBrokersAvailable:
                 attempt += 1
                 delay = self._backoff(attempt)
-                log.error("no broker at %s answers; trying again in %.1fs", self.settings.kafka_bootstrap_servers,
-                          delay)  # fmt: skip
+                log.error(
+                    "no broker at %s answers; trying again in %.1fs", self.settings.kafka_bootstrap_servers, delay
+                )
                 self._stop.wait(delay)
         return None
 
@@ -505,9 +562,16 @@ class StreamConsumer:
         return False
 
 
-def consume(settings: Settings, *, metrics_port: int = 0, **options) -> ConsumerStats:
+def consume(
+    settings: Settings,
+    *,
+    metrics_port: int = 0,
+    stop_when_idle_s: float | None = None,
+    max_messages: int | None = None,
+    store: AuditStore | None = None,
+) -> ConsumerStats:
     """Run one consumer until SIGTERM/SIGINT (or the stop options) in this process."""
-    consumer = StreamConsumer(settings, **options)
+    consumer = StreamConsumer(settings, stop_when_idle_s=stop_when_idle_s, max_messages=max_messages, store=store)
     signal.signal(signal.SIGTERM, consumer.request_stop)
     signal.signal(signal.SIGINT, consumer.request_stop)
     if metrics_port:

@@ -3,17 +3,16 @@ relabel and dead-letter topics. Pure functions: the consumer's loop is in ``cons
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, cast
 from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
 
 from labelaudit.errors import LabelAuditError, describe_errors
-from labelaudit.schemas.audit import AuditRecord
 from labelaudit.schemas.stream import (
     DLQ_ERROR,
     DLQ_OFFSET,
@@ -23,9 +22,26 @@ from labelaudit.schemas.stream import (
     DLQ_TRUNCATED,
     IMAGE_SCHEMA,
     ImageMessage,
-    RelabelRequest,
 )
 from labelaudit.serving.core.audit import AuditItem
+from labelaudit.serving.core.payload import image_from_base64
+
+
+class Record(Protocol):
+    """What the stream reads of a Kafka consumer record (kafka-python's ``ConsumerRecord``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]] | None: ...
 
 
 class BadMessage(LabelAuditError):
@@ -53,8 +69,9 @@ def read_image_uri(uri: str, max_bytes: int) -> bytes:
         # O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for a regular file.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise BadMessage(f"image_uri cannot be opened: {getattr(exc, 'strerror', None) or exc}",
-                         reason="image_unreadable") from exc  # fmt: skip
+        raise BadMessage(
+            f"image_uri cannot be opened: {getattr(exc, 'strerror', None) or exc}", reason="image_unreadable"
+        ) from exc
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -70,8 +87,9 @@ def read_image_uri(uri: str, max_bytes: int) -> bytes:
     return data
 
 
-def parse_record(record, *, max_message_bytes: int, max_image_bytes: int) -> AuditItem:
-    """A consumer record (key, value bytes) -> the item to audit; ``BadMessage`` says why not."""
+def parse_record(record: Record, *, max_message_bytes: int, max_image_bytes: int) -> AuditItem:
+    """A consumer record (key, value bytes) -> the item to audit; a ``LabelAuditError`` (``BadMessage``, or
+    ``BadBase64`` as on HTTP) says why not, and its reason goes with the dead letter."""
     value = record.value
     if not value:
         raise BadMessage("empty message value", reason="empty_message")
@@ -87,12 +105,9 @@ def parse_record(record, *, max_message_bytes: int, max_image_bytes: int) -> Aud
     if key is not None and key != message.item_id:
         raise BadMessage(f"message key {key!r} differs from item_id {message.item_id!r}", reason="key_mismatch")
     if message.image_b64 is not None:
-        try:
-            image = base64.b64decode(message.image_b64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise BadMessage(f"image_b64 is not valid base64: {exc}", reason="bad_base64") from exc
-    else:
-        image = read_image_uri(message.image_uri, max_image_bytes)
+        image = image_from_base64(message.image_b64, where="image_b64")
+    else:  # ImageMessage.one_image: exactly one of image_b64 and image_uri
+        image = read_image_uri(cast(str, message.image_uri), max_image_bytes)
     return AuditItem(
         item_id=message.item_id,
         labeler_id=message.labeler_id or "",
@@ -113,10 +128,10 @@ TRUNCATED_VALUE_BYTES, TRUNCATED_KEY_BYTES, TRUNCATED_HEADERS_BYTES = 16_384, 1_
 class DeadLetter:
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
 
-def dead_letter(record, error: LabelAuditError, *, truncate: bool = False) -> DeadLetter:
+def dead_letter(record: Record, error: LabelAuditError, *, truncate: bool = False) -> DeadLetter:
     """The record for the DLQ: the original key, value and headers, then why it failed and where it came
     from. ``truncate``: for a record the DLQ cannot take whole, the first bytes of its value and key, its
     headers only if small, and ``DLQ_TRUNCATED`` giving the original value's size; the original stays
@@ -136,22 +151,3 @@ def dead_letter(record, error: LabelAuditError, *, truncate: bool = False) -> De
         if sum(len(k) + len(v or b"") for k, v in headers) > TRUNCATED_HEADERS_BYTES:
             headers = []
     return DeadLetter(key, value, headers + [(k, v.encode()) for k, v in ours.items()])
-
-
-def relabel_request(record: AuditRecord) -> tuple[bytes, bytes]:
-    """(key, value) for the relabel-requests topic."""
-    request = RelabelRequest.model_construct(  # built from a validated record: no second validation
-        request_id=f"{record.item_id}/{record.labeler_id}/{record.model_version}",
-        item_id=record.item_id,
-        labeler_id=record.labeler_id,
-        human_label=record.human_label,
-        predicted_label=record.predicted_label,
-        predicted_probability=record.predicted_probability,
-        label_probability=record.label_probability,
-        score=record.score,
-        policy=record.policy,
-        model_name=record.model_name,
-        model_version=record.model_version,
-        created_at=record.created_at,
-    )
-    return record.item_id.encode(), request.model_dump_json(by_alias=True).encode()

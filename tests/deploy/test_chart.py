@@ -85,8 +85,14 @@ def values(path: Path = CHART / "values.yaml") -> dict:
     return yaml.safe_load(path.read_text())
 
 
-SASL = ["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.mechanism=SCRAM-SHA-512",
-        "--set", "kafka.sasl.username=audit"]  # fmt: skip
+SASL = [
+    "--set",
+    "kafka.securityProtocol=SASL_SSL",
+    "--set",
+    "kafka.sasl.mechanism=SCRAM-SHA-512",
+    "--set",
+    "kafka.sasl.username=audit",
+]
 
 
 # -- the consumer and the topic's partitions ----------------------------------------------------------------
@@ -174,14 +180,21 @@ def test_consumer_metrics_bind_every_address_on_the_declared_port(helm):
 
 
 def test_secrets_are_in_the_secret_and_nowhere_else(helm):
-    secrets = {"api-key": "key-0f9a", "store-url": "postgresql://la:pw-77c1@db.example:5432/la",
-               "kafka-sasl-password": "sasl-31d2"}  # fmt: skip
+    secrets = {
+        "api-key": "key-0f9a",
+        "store-url": "postgresql://la:pw-77c1@db.example:5432/la",
+        "kafka-sasl-password": "sasl-31d2",
+    }
     docs = render(
-        helm, *SASL,
-        "--set", f"auth.apiKey={secrets['api-key']}",
-        "--set", f"store.url={secrets['store-url']}",
-        "--set", f"kafka.sasl.password={secrets['kafka-sasl-password']}",
-    )  # fmt: skip
+        helm,
+        *SASL,
+        "--set",
+        f"auth.apiKey={secrets['api-key']}",
+        "--set",
+        f"store.url={secrets['store-url']}",
+        "--set",
+        f"kafka.sasl.password={secrets['kafka-sasl-password']}",
+    )
     secret = find(docs, "Secret", "la-labelaudit-secrets")
     assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == secrets
     configmap = find(docs, "ConfigMap", "la-labelaudit-settings")
@@ -289,3 +302,20 @@ def test_the_report_runs_nightly_with_the_store(helm):
     report = container(docs, "CronJob", "la-labelaudit-report")
     assert report["args"][0] == "report"
     assert "LABELAUDIT_STORE_URL" in effective_env(docs, report)
+
+
+def test_the_gateway_publishes_relabel_requests_only_when_asked_and_then_reaches_kafka(helm):
+    tls = ["--set", "kafka.tls.existingSecret=kafka-ca"]
+    off = container(render(helm, *tls), "Deployment", "la-labelaudit-gateway")
+    on_docs = render(helm, *tls, "--set", "gateway.publishRelabels=true")
+    on = container(on_docs, "Deployment", "la-labelaudit-gateway")
+
+    assert "LABELAUDIT_HTTP_PUBLISH_RELABELS" not in effective_env(render(helm), off)
+    assert "kafka-tls" not in {m["name"] for m in off["volumeMounts"]}
+    env = effective_env(on_docs, on)
+    assert env["LABELAUDIT_HTTP_PUBLISH_RELABELS"] == "true"
+    assert "LABELAUDIT_KAFKA_SASL_PASSWORD" in env and "LABELAUDIT_KAFKA_RELABEL_TOPIC" in env
+    [mount] = [m for m in on["volumeMounts"] if m["name"] == "kafka-tls"]
+    assert mount["mountPath"] == "/etc/labelaudit/kafka-tls" and mount["readOnly"]
+    volumes = pod_spec(find(on_docs, "Deployment", "la-labelaudit-gateway"))["volumes"]
+    assert {"name": "kafka-tls", "secret": {"secretName": "kafka-ca", "defaultMode": 0o440}} in volumes

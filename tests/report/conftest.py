@@ -4,7 +4,8 @@ SQLite and a real PostgreSQL)."""
 from __future__ import annotations
 
 import pytest
-from reportkit import KNOWN, fill
+
+from tests.report.reportkit import KNOWN, fill
 
 
 @pytest.fixture

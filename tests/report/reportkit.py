@@ -12,15 +12,35 @@ CLASSES = ["cat", "dog", "fox", "owl"]  # owl is never seen
 NIGHT = date(2026, 11, 21)
 
 
-def record(item: str, labeler: str, human: str | None, predicted: str, p: dict[str, float], *, flag: bool = False,
-           score: float = 0.0, version: str = "1", at: str = "2026-11-21T10:00:00") -> AuditRecord:  # fmt: skip
+def record(
+    item: str,
+    labeler: str,
+    human: str | None,
+    predicted: str,
+    p: dict[str, float],
+    *,
+    flag: bool = False,
+    score: float = 0.0,
+    version: str = "1",
+    at: str = "2026-11-21T10:00:00",
+) -> AuditRecord:
     probs = [p.get(c, 0.0) for c in CLASSES]
     return AuditRecord(
-        item_id=item, labeler_id=labeler, human_label=human, predicted_label=predicted,
-        label_probability=None if human is None else p.get(human, 0.0), predicted_probability=p[predicted],
-        score=score, disagrees=flag, policy="confident-joint-v1", probabilities=probs, model_name="m",
-        model_version=version, source="kafka", created_at=datetime.fromisoformat(at).replace(tzinfo=UTC),
-    )  # fmt: skip
+        item_id=item,
+        labeler_id=labeler,
+        human_label=human,
+        predicted_label=predicted,
+        label_probability=None if human is None else p.get(human, 0.0),
+        predicted_probability=p[predicted],
+        score=score,
+        disagrees=flag,
+        policy="confident-joint-v1",
+        probabilities=probs,
+        model_name="m",
+        model_version=version,
+        source="kafka",
+        created_at=datetime.fromisoformat(at).replace(tzinfo=UTC),
+    )
 
 
 CAT, DOG, FOX = (

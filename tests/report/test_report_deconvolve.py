@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reportkit import CLASSES, NIGHT, fill, record
 
 from labelaudit.deconvolve import MAX_CLASSES, ModelConfusion, error_rates, fit, labeler_tables
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import card_confusion, night_window
+from tests.report.reportkit import CLASSES, NIGHT, fill, record
 
 
 def symmetric(k: int, error: float) -> np.ndarray:
@@ -68,8 +68,15 @@ def test_simulated_labelers_error_rates_lie_in_their_intervals(seed):
 
 
 def test_labels_outside_the_models_classes_are_errors():
-    tables = labeler_tables([("a", "cat", "cat", 80), ("a", "dog", "dog", 10), ("a", "cat", "zebra", 10),
-                             ("a", "unknown-to-card", "cat", 5)], ["cat", "dog"])  # fmt: skip
+    tables = labeler_tables(
+        [
+            ("a", "cat", "cat", 80),
+            ("a", "dog", "dog", 10),
+            ("a", "cat", "zebra", 10),
+            ("a", "unknown-to-card", "cat", 5),
+        ],
+        ["cat", "dog"],
+    )
     assert tables["a"].shape == (2, 3) and tables["a"].sum() == 100  # the row with a foreign model label is left out
     perfect_model = np.array([[500, 0], [0, 500]])
     assert error_rates(tables, perfect_model, bootstrap=50)["a"].rate == pytest.approx(0.1, abs=0.01)
@@ -95,10 +102,17 @@ def test_the_report_uses_the_models_confusion_for_single_labeled_labelers(tmp_pa
     card = ModelConfusion(CLASSES, confusion, "val split")
     store = open_store(url)
     try:
-        with_card = build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES,
-                                 class_source="t", model_confusion=lambda name, version: card)  # fmt: skip
-        without = build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES,
-                               class_source="t")  # fmt: skip
+        with_card = build_report(
+            store,
+            window=night_window(NIGHT),
+            store_kind="sqlite",
+            classes=CLASSES,
+            class_source="t",
+            model_confusion=lambda name, version: card,
+        )
+        without = build_report(
+            store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t"
+        )
     finally:
         store.close()
     rows = {r.labeler_id: r for r in with_card.labelers}
@@ -117,13 +131,22 @@ def test_card_confusion_reads_the_reported_versions_card(tmp_path):
     version.mkdir(parents=True)
     (version / "model.onnx").write_bytes(b"")
     card = {
-        "name": "m", "version": "3", "created_at": "2026-12-02T00:00:00Z", "classes": ["a", "b"],
+        "name": "m",
+        "version": "3",
+        "created_at": "2026-12-02T00:00:00Z",
+        "classes": ["a", "b"],
         "preprocess": {"height": 2, "width": 2, "channels": 1, "mean": [0.5], "std": [0.5]},
-        "architecture": "x", "method": "crowd", "init": "scratch", "metrics": {"trusted_acc": 0.5},
+        "architecture": "x",
+        "method": "crowd",
+        "init": "scratch",
+        "metrics": {"trusted_acc": 0.5},
         "gate": {"passed": True, "metric": "trusted_acc", "initial": None, "final": 0.5, "reason": "r"},
-        "disagreement_thresholds": [0.5, 0.5], "thresholds_source": "val split", "data_version": "d",
-        "code_version": "c", "confusion": [[9, 1], [2, 8]],
-    }  # fmt: skip
+        "disagreement_thresholds": [0.5, 0.5],
+        "thresholds_source": "val split",
+        "data_version": "d",
+        "code_version": "c",
+        "confusion": [[9, 1], [2, 8]],
+    }
     (version / "model_card.json").write_text(ModelCard.model_validate(card).model_dump_json())
     lookup = card_confusion(tmp_path)
     found = lookup("m", "3")
@@ -139,8 +162,14 @@ def test_a_model_with_too_many_classes_keeps_disagreement_rates_and_says_so(tmp_
     card = ModelConfusion(many, np.eye(len(many)) * 10, "val split")
     store = open_store(url)
     try:
-        r = build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t",
-                         model_confusion=lambda name, version: card)  # fmt: skip
+        r = build_report(
+            store,
+            window=night_window(NIGHT),
+            store_kind="sqlite",
+            classes=CLASSES,
+            class_source="t",
+            model_confusion=lambda name, version: card,
+        )
     finally:
         store.close()
     assert {x.estimated_error.source for x in r.labelers} == {"disagreement"}

@@ -7,18 +7,19 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from reportkit import CAT, CLASSES, KNOWN, NIGHT, fill, record
 
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import night_window
+from tests.report.reportkit import CAT, CLASSES, KNOWN, NIGHT, fill, record
 
 
 def report_of(url: str, night: date = NIGHT, **kw):
     store = open_store(url)
     try:
-        return build_report(store, window=night_window(night), store_kind="test", classes=CLASSES,
-                            class_source="test", **kw)  # fmt: skip
+        return build_report(
+            store, window=night_window(night), store_kind="test", classes=CLASSES, class_source="test", **kw
+        )
     finally:
         store.close()
 
@@ -88,8 +89,10 @@ def test_relabel_queue_is_ordered_by_score_with_the_items_other_labels(known_sto
 
 def test_trends_cover_the_nights_before_and_every_model(known_store):
     r = report_of(known_store)
-    got = [(t.night.isoformat(), t.model_version, t.records, t.model_disagreement.k, t.model_disagreement.n)
-           for t in r.trends]  # fmt: skip
+    got = [
+        (t.night.isoformat(), t.model_version, t.records, t.model_disagreement.k, t.model_disagreement.n)
+        for t in r.trends
+    ]
     assert got == [("2026-11-20", "1", 2, 1, 2), ("2026-11-21", "1", 17, 6, 16), ("2026-11-21", "2", 1, 1, 1)]
 
 

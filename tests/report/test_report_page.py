@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from reportkit import KNOWN, fill
 from typer.testing import CliRunner
 
 from labelaudit.cli import app
 from labelaudit.schemas.report import Report
+from tests.report.reportkit import KNOWN, fill
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

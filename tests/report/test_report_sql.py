@@ -7,11 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from reportkit import CLASSES, KNOWN, NIGHT, fill, record
 
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import night_window
+from tests.report.reportkit import CLASSES, KNOWN, NIGHT, fill, record
 
 
 def synthetic(n: int, seed: int = 0) -> list:
@@ -48,8 +48,9 @@ def test_only_aggregates_reach_python(tmp_path):
     store = open_store(url)
     counting = CountingStore(store)
     try:
-        r = build_report(counting, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES,
-                         class_source="test", top=10)  # fmt: skip
+        r = build_report(
+            counting, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="test", top=10
+        )
     finally:
         store.close()
     assert r.headline.labels == store_count(url) > 2_500

@@ -131,8 +131,15 @@ def test_step_down_needs_a_real_pool_not_a_few_trusted_checks():
     # The demo's night: five crowd labelers, a QA lead's 50 checks of trusted items (which the model was
     # trained on: 0 disagreements) and 3 test calls. Once the four noisy ones are out, the best crowd
     # labeler would face 53 labels (1% of the night): not a pool, so it is not tested again.
-    night = {"l1": (455, 1485), "l2": (554, 990), "l3": (470, 990), "l4": (400, 990), "l5": (449, 495),
-             "qa": (0, 50), "curl": (0, 3)}  # fmt: skip
+    night = {
+        "l1": (455, 1485),
+        "l2": (554, 990),
+        "l3": (470, 990),
+        "l4": (400, 990),
+        "l5": (449, 495),
+        "qa": (0, 50),
+        "curl": (0, 3),
+    }
     got = step_down(night, _no_agreement(), alpha=0.05)
     assert set(got.flagged) == {"l2", "l3", "l4", "l5"}
     # A QA team that checks at scale is a pool: against 2,000 clean labels l1's 31% is significant.

@@ -26,9 +26,13 @@ def test_from_a_manifest_relative_to_it(tmp_path):
     png(tmp_path / "images" / "a.png")
     png(tmp_path / "images" / "big.png", size=(300, 150))
     (tmp_path / "images" / "bad.png").write_bytes(b"not an image")
-    rows = [{"item_id": "a", "image": "images/a.png"}, {"item_id": "big", "image": "images/big.png"},
-            {"item_id": "bad", "image": "images/bad.png"}, {"item_id": "gone", "image": "images/gone.png"},
-            {"item_id": "other", "image": "images/a.png"}]  # fmt: skip
+    rows = [
+        {"item_id": "a", "image": "images/a.png"},
+        {"item_id": "big", "image": "images/big.png"},
+        {"item_id": "bad", "image": "images/bad.png"},
+        {"item_id": "gone", "image": "images/gone.png"},
+        {"item_id": "other", "image": "images/a.png"},
+    ]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
     got = load_thumbnails(manifest, ["a", "big", "bad", "gone", "never"])

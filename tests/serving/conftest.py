@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from gatewaykit import running_gateway
 
 from labelaudit.serving.settings import Settings
+from tests.serving.gatewaykit import running_gateway
 
 
 @pytest.fixture(scope="session", autouse=True)

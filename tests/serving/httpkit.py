@@ -11,8 +11,14 @@ def connect(address: str, timeout_s: float = 30) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=timeout_s)
 
 
-def request_head(method: str, path: str, *, length: int | None = None, content_type: str | None = None,
-                 headers: dict[str, str] | None = None) -> bytes:  # fmt: skip
+def request_head(
+    method: str,
+    path: str,
+    *,
+    length: int | None = None,
+    content_type: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: gateway"]
     if content_type is not None:
         lines.append(f"Content-Type: {content_type}")

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from gatewaykit import bilevel_png, running_gateway, small_png
 
 from labelaudit.errors import ImageError
 from labelaudit.serving.core.admission import Overloaded, PixelBudget, declared_pixels
 from labelaudit.serving.settings import Settings
+from tests.serving.gatewaykit import bilevel_png, running_gateway, small_png
 
 
 def classify(url: str, images: list[bytes]) -> httpx.Response:

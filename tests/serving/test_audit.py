@@ -40,8 +40,12 @@ def labeled(tiny_data) -> list[dict]:
 
 
 def _json(row: dict, **override) -> dict:
-    body = {"item_id": row["item_id"], "labeler_id": row["labeler_id"], "label": row["label"],
-            "image": base64.b64encode(row["bytes"]).decode()}  # fmt: skip
+    body = {
+        "item_id": row["item_id"],
+        "labeler_id": row["labeler_id"],
+        "label": row["label"],
+        "image": base64.b64encode(row["bytes"]).decode(),
+    }
     return body | override
 
 
@@ -57,10 +61,12 @@ def test_audit_records_the_verdict_once_per_item_labeler_and_model_version(clien
     assert other_labeler["recorded"] is True
     with sqlite3.connect(store_path) as db:
         rows = db.execute("SELECT item_id, labeler_id, disagrees, source FROM audit_records").fetchall()
-    assert sorted(rows) == sorted([
-        (labeled[0]["item_id"], labeled[0]["labeler_id"], int(verdict["disagrees"]), "http"),
-        (labeled[0]["item_id"], "someone-else", int(other_labeler["disagrees"]), "http"),
-    ])  # fmt: skip
+    assert sorted(rows) == sorted(
+        [
+            (labeled[0]["item_id"], labeled[0]["labeler_id"], int(verdict["disagrees"]), "http"),
+            (labeled[0]["item_id"], "someone-else", int(other_labeler["disagrees"]), "http"),
+        ]
+    )
 
 
 def test_multipart_audit_and_the_stored_verdict_match_the_answer(client, labeled, store_path):
@@ -100,11 +106,24 @@ def test_bad_audit_requests_are_4xx_and_write_nothing(client, store_path, kwargs
 
 def _record(item: str, labeler: str = "l", version: str = "1") -> AuditRecord:
     return AuditRecord(
-        item_id=item, labeler_id=labeler, human_label="coat", predicted_label="shirt", label_probability=0.1,
-        predicted_probability=0.8, score=0.7, disagrees=True, policy="p", probabilities=[0.1, 0.8, 0.1],
-        model_name="m", model_version=version, source="kafka", topic="images", partition=0, offset=1,
+        item_id=item,
+        labeler_id=labeler,
+        human_label="coat",
+        predicted_label="shirt",
+        label_probability=0.1,
+        predicted_probability=0.8,
+        score=0.7,
+        disagrees=True,
+        policy="p",
+        probabilities=[0.1, 0.8, 0.1],
+        model_name="m",
+        model_version=version,
+        source="kafka",
+        topic="images",
+        partition=0,
+        offset=1,
         created_at=datetime.now(UTC),
-    )  # fmt: skip
+    )
 
 
 def test_sqlite_store_is_wal_durable_and_unique(tmp_path):
@@ -128,8 +147,12 @@ def test_the_labeler_posterior_policy_judges_with_the_labelers_matrix_from_the_c
     card = resolve_model(model_repo, "labelaudit").card
     policy = LabelerPosteriorPolicy.from_card(card)
     path = tmp_path / "a.db"
-    settings = Settings(model_repo=model_repo, ort_intra_op_threads=1, store_url=f"sqlite:///{path}",
-                        audit_policy="labeler-posterior-v1")  # fmt: skip
+    settings = Settings(
+        model_repo=model_repo,
+        ort_intra_op_threads=1,
+        store_url=f"sqlite:///{path}",
+        audit_policy="labeler-posterior-v1",
+    )
     with TestClient(create_app(settings)) as c:
         answers = [c.post("/v1/audit", json=_json(row)) for row in labeled]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]

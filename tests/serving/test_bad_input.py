@@ -13,7 +13,6 @@ import struct
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from httpkit import connect, post, read_response
 from PIL import Image
 from starlette.requests import Request
 
@@ -21,6 +20,7 @@ from labelaudit.serving.core.store import SqliteStore
 from labelaudit.serving.http.app import create_app
 from labelaudit.serving.http.body import read_body
 from labelaudit.serving.settings import Settings
+from tests.serving.httpkit import connect, post, read_response
 
 
 def png() -> bytes:
@@ -88,8 +88,11 @@ def test_multipart_audit_names_every_missing_part(client):
 
 
 def test_a_good_multipart_audit_still_records(client, a_class):
-    response = client.post("/v1/audit", data={"item_id": "ok-1", "labeler_id": "anna", "label": a_class},
-                           files={"image": ("x.png", GOOD, "image/png")})  # fmt: skip
+    response = client.post(
+        "/v1/audit",
+        data={"item_id": "ok-1", "labeler_id": "anna", "label": a_class},
+        files={"image": ("x.png", GOOD, "image/png")},
+    )
     assert response.status_code == 200 and response.json()["recorded"] is True, response.text
 
 
@@ -175,8 +178,10 @@ BAD_V2 = {
 def test_bad_v2_bodies_are_4xx_and_keep_the_connection(gateway):
     url = "/v2/models/labelaudit/infer"
     binary_nan, binary_headers = v2_binary_images(np.full(784, np.nan, dtype=np.float32))
-    cases = [*((name, body, {}, words) for name, (body, words) in BAD_V2.items()),
-             ("nan-binary", binary_nan, binary_headers, "not finite")]  # fmt: skip
+    cases = [
+        *((name, body, {}, words) for name, (body, words) in BAD_V2.items()),
+        ("nan-binary", binary_nan, binary_headers, "not finite"),
+    ]
     with connect(gateway) as sock:
         for name, body, headers, words in cases:
             sock.sendall(post(url, body, headers=headers))
@@ -211,7 +216,10 @@ def test_v2_bytes_json_data_is_one_byte_per_character(client):
     packed = struct.pack("<I", len(GOOD)) + GOOD  # the same image through the binary extension
     spec = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(packed)}}
     header = json.dumps({"inputs": [spec]}).encode()
-    binary = client.post("/v2/models/labelaudit/infer", content=header + packed,
-                         headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    binary = client.post(
+        "/v2/models/labelaudit/infer",
+        content=header + packed,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert binary.status_code == 200
     np.testing.assert_allclose(r.json()["outputs"][0]["data"], json.loads(binary.content)["outputs"][0]["data"])

@@ -1,5 +1,6 @@
 """The micro-batcher's own logic, with a fake model at the boundary: each caller gets its own rows,
-batches respect the size limit and the delay, overload is refused at once, failures reach every caller."""
+batches respect the size limit and the delay, overload is refused at once, failures reach every caller; and
+which batcher a process gets for its backend and its callers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from labelaudit.serving.http.batcher import MicroBatcher, Overloaded
+from labelaudit.serving.core.admission import Overloaded
+from labelaudit.serving.core.batching import Chunked, InFlightLimit, MicroBatcher, batcher_for
+from labelaudit.serving.settings import Settings
 
 
 class FakeModel:
@@ -160,3 +163,36 @@ def test_a_backlog_is_batched_whole_not_one_request_at_a_time():
     results = asyncio.run(_run(batcher, backlog()))
     assert [float(r[0, 0]) for r in results] == list(range(11))
     assert model.batch_sizes == [1, 10]
+
+
+def test_a_caller_that_brings_whole_batches_gets_one_backend_call_per_max_batch_size_rows():
+    model = FakeModel()
+    images = _images(3, 10)
+    rows = asyncio.run(Chunked(model, max_batch_size=4).submit(images))
+    assert model.batch_sizes == [4, 4, 2]
+    np.testing.assert_allclose(rows[:, 0], images[:, 0, 0, 0])
+
+
+class FakeBackend:
+    infer = FakeModel()
+
+
+@pytest.mark.parametrize(
+    ("backend", "batching", "expected"),
+    [
+        ("onnxruntime", "dynamic", MicroBatcher),
+        ("triton", "dynamic", InFlightLimit),  # Triton gathers on its own side: only a bound here
+        ("onnxruntime", "caller", Chunked),
+        ("triton", "caller", Chunked),
+    ],
+)
+def test_the_batcher_follows_the_backend_and_the_callers(backend, batching, expected):
+    settings = Settings(backend=backend, max_batch_size=8, max_queue_images=32, max_batch_delay_ms=3)
+    batcher = batcher_for(FakeBackend(), settings, batching)
+    assert type(batcher) is expected
+    if isinstance(batcher, MicroBatcher):
+        assert (batcher.max_batch_size, batcher.max_queue_images, batcher.max_delay_s) == (8, 32, 0.003)
+    if isinstance(batcher, InFlightLimit):
+        assert batcher.max_queue_images == 32
+    if isinstance(batcher, Chunked):
+        assert batcher.max_batch_size == 8

@@ -19,8 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from labelaudit.cli import app, shared_metrics_dir
+from labelaudit.cli import app
 from labelaudit.ports import free_port
+from labelaudit.serving.http.server import shared_metrics_dir, worker_environment
 from labelaudit.serving.settings import Settings
 
 REQUESTS = 40
@@ -78,10 +79,23 @@ def two_workers(model_repo, tmp_path):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "labelaudit.cli", "serve", "--model-repo", str(model_repo),
-             "--port", str(port), "--workers", "2"],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "labelaudit.cli",
+                "serve",
+                "--model-repo",
+                str(model_repo),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: log.read_text().count("Application startup complete") == 2, "both workers", log)
@@ -193,3 +207,32 @@ def test_onnxruntime_threads_are_shared_out_among_worker_processes(monkeypatch):
     assert intra_op_threads(auto, 4) == 2  # four workers: two threads each, not 4 x 8
     assert intra_op_threads(auto, 16) == 1  # more workers than CPUs: never zero (zero is ort's "auto")
     assert intra_op_threads(Settings(ort_intra_op_threads=3), 4) == 3  # a setting is kept as given
+
+
+def test_worker_processes_get_every_setting_that_differs_from_its_default(monkeypatch, tmp_path):
+    """What ``serve --workers N`` hands its workers through the environment reads back as the same settings."""
+    for name in list(os.environ):
+        if name.startswith("LABELAUDIT_") or name == "PROMETHEUS_MULTIPROC_DIR":
+            monkeypatch.delenv(name)
+    given = Settings(
+        model_repo=tmp_path / "repo",
+        model_version="3",
+        backend="triton",
+        triton_binary_data=False,
+        api_key="s3cret",
+        store_url="postgresql://u:pw@db/audits",
+        max_batch_delay_ms=0.5,
+        http_workers=2,
+        audit_policy="confident-joint-v1",
+        PROMETHEUS_MULTIPROC_DIR=tmp_path,
+    )
+    env = worker_environment(given)
+    assert "LABELAUDIT_MAX_BATCH_SIZE" not in env  # a default stays the workers' own default
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path)  # a setting read under its own variable
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    again = Settings()
+    secrets = {"api_key": None, "store_url": None}  # compared in clear below
+    assert again.redacted() | secrets == given.redacted() | secrets
+    assert again.api_key.get_secret_value() == "s3cret"
+    assert again.store_url.get_secret_value() == "postgresql://u:pw@db/audits"

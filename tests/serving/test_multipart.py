@@ -16,8 +16,10 @@ def encoded(files, data=None) -> tuple[bytes, str]:
 
 def test_files_and_text_fields_come_back_byte_for_byte():
     blob = bytes(range(256)) * 4 + b"\r\n--not-the-boundary\r\n"  # CRLFs and dashes inside a file
-    body, ctype = encoded([("files", ("a.png", blob, "image/png")), ("files", ("b.png", b"", "image/png"))],
-                          {"top_k": "5", "note": "naïve"})  # fmt: skip
+    body, ctype = encoded(
+        [("files", ("a.png", blob, "image/png")), ("files", ("b.png", b"", "image/png"))],
+        {"top_k": "5", "note": "naïve"},
+    )
     form = parse_form(body, ctype, max_parts=10)
     assert [(f.filename, f.data) for f in form.files("files")] == [("a.png", blob), ("b.png", b"")]
     assert form.text("top_k") == "5" and form.text("note") == "naïve" and form.text("missing") is None

@@ -12,11 +12,11 @@ import time
 
 import httpx
 import pytest
-from gatewaykit import running_gateway
-from httpkit import closed_by_server, connect, post, read_response, request_head
 
 from labelaudit.serving.http.server import server_options
 from labelaudit.serving.settings import Settings
+from tests.serving.gatewaykit import running_gateway
+from tests.serving.httpkit import closed_by_server, connect, post, read_response, request_head
 
 TIMEOUT_S = 1.0  # the header, body and keep-alive timeouts of this server
 LEAVERS = 20

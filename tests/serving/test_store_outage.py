@@ -7,10 +7,10 @@ from __future__ import annotations
 import base64
 
 import httpx
-from gatewaykit import running_gateway, small_png
-from streamkit import run_script
 
 from labelaudit.serving.settings import Settings
+from tests.serving.gatewaykit import running_gateway, small_png
+from tests.stream.streamkit import run_script
 
 
 def audit(url: str, item_id: str) -> httpx.Response:

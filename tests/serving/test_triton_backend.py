@@ -30,18 +30,31 @@ def kserve_server(model_repo, tmp_path_factory):
     assert mlserver.exists(), f"MLServer not found at {mlserver}: run scripts/peers.sh (CI does)"
     root = tmp_path_factory.mktemp("mlserver")
     http_port, grpc_port, metrics_port = free_ports(3)
-    (root / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "parallel_workers": 0, "load_models_at_startup": True,
-    }))  # fmt: skip
+    (root / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                "parallel_workers": 0,
+                "load_models_at_startup": True,
+            }
+        )
+    )
     model_dir = root / "labelaudit"
     model_dir.mkdir()
     shutil.copy(Path(__file__).parent / "kserve_peer" / "onnx_runtime.py", model_dir / "onnx_runtime.py")
     onnx_path = model_repo / "labelaudit" / "1" / "model.onnx"
-    (model_dir / "model-settings.json").write_text(json.dumps({
-        "name": "labelaudit", "implementation": "onnx_runtime.OnnxRuntimeModel",
-        "parameters": {"uri": str(onnx_path), "version": "1"},
-    }))  # fmt: skip
+    (model_dir / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "labelaudit",
+                "implementation": "onnx_runtime.OnnxRuntimeModel",
+                "parameters": {"uri": str(onnx_path), "version": "1"},
+            }
+        )
+    )
     log = (root / "mlserver.log").open("w")
     proc = subprocess.Popen([str(mlserver), "start", str(root)], cwd=root, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120

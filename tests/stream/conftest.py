@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from streamkit import Broker, Stream
 
 from labelaudit.ports import free_port
+from tests.stream.streamkit import Broker, Stream
 
 
 @pytest.fixture(scope="session")

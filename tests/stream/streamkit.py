@@ -127,7 +127,7 @@ class Stream:
         """(key, value, headers) exactly as given: for poison messages."""
         from kafka import KafkaProducer
 
-        from labelaudit.serving.stream.producer import ensure_topics
+        from labelaudit.serving.stream.topics import ensure_topics
 
         ensure_topics(self.settings(), {self.topic: partitions})
         producer = KafkaProducer(bootstrap_servers=self.broker.bootstrap, acks="all", max_request_size=20_000_000)
@@ -179,7 +179,7 @@ def relabel_ids(records) -> set[str]:
 
 def good_messages(tiny_data, n: int, *, offset: int = 0):
     """``n`` distinct items cycling over task B's real images (item ids suffixed #round)."""
-    from labelaudit.serving.stream.producer import image_messages
+    from labelaudit.produce import image_messages
 
     base = list(image_messages(tiny_data / "task_b.jsonl", split=None, by_uri=False, limit=None))
     out = []

@@ -7,12 +7,10 @@ from __future__ import annotations
 import logging
 import time
 
-from streamkit import Stream, counts, good_messages
-
-from labelaudit.serving.core import runtime
+from labelaudit.produce import produce
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.stream.consumer import StreamConsumer
-from labelaudit.serving.stream.producer import produce
+from tests.stream.streamkit import Stream, counts, good_messages
 
 
 class SlowStore:
@@ -38,14 +36,18 @@ def test_a_slow_store_pauses_the_partitions_and_the_group_holds(
     stream = Stream(broker, model_repo, url, tmp_path)
     n, poll_interval_s = 1_200, 4.0
     produce(stream.settings(), good_messages(tiny_data, n), partitions=2)
-    monkeypatch.setattr(runtime, "open_store", lambda u, **kw: SlowStore(open_store(u, **kw), delay_s=0.7))
 
     settings = stream.settings(
-        model_repo=model_repo, store_url=url, kafka_group_id=f"group-{stream.name}", consume_batch_size=50,
-        consume_max_inflight_batches=2, kafka_max_poll_interval_ms=int(poll_interval_s * 1000),
+        model_repo=model_repo,
+        store_url=url,
+        kafka_group_id=f"group-{stream.name}",
+        consume_batch_size=50,
+        consume_max_inflight_batches=2,
+        kafka_max_poll_interval_ms=int(poll_interval_s * 1000),
         ort_intra_op_threads=1,
-    )  # fmt: skip
-    consumer = StreamConsumer(settings, stop_when_idle_s=3)
+    )
+    store = SlowStore(open_store(url), delay_s=0.7)
+    consumer = StreamConsumer(settings, stop_when_idle_s=3, store=store)
     most_in_flight, paused_seen = [0], [False]
     update_lag = consumer._update_lag
 
@@ -56,7 +58,10 @@ def test_a_slow_store_pauses_the_partitions_and_the_group_holds(
 
     monkeypatch.setattr(consumer, "_update_lag", watch)
     started = time.monotonic()
-    stats = consumer.run()
+    try:
+        stats = consumer.run()
+    finally:
+        store.close()
 
     assert time.monotonic() - started > 3 * poll_interval_s  # the backlog took several poll intervals...
     assignments = [r for r in caplog.records if r.getMessage().startswith("assigned")]

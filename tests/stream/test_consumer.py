@@ -16,10 +16,18 @@ import threading
 import time
 
 import pytest
-from streamkit import counts, good_messages, relabel_ids, store_count, store_disagreements, store_query, wait_for
 
+from labelaudit.produce import produce
 from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC, IMAGE_SCHEMA
-from labelaudit.serving.stream.producer import produce
+from tests.stream.streamkit import (
+    counts,
+    good_messages,
+    relabel_ids,
+    store_count,
+    store_disagreements,
+    store_query,
+    wait_for,
+)
 
 
 def test_ten_thousand_messages_make_exactly_ten_thousand_records(stream, tiny_data):
@@ -79,7 +87,10 @@ def test_poison_messages_go_to_the_dlq_with_their_reason(stream, tiny_data):
     poison = {
         b"p-json": (b"{not json", "bad_json"),
         b"p-image": (message("p-image", image_b64=base64.b64encode(b"GIF89a broken").decode()), "not_an_image"),
-        b"p-truncated": (message("p-truncated", image_b64=base64.b64encode(image[: len(image) // 2]).decode()), "corrupt_image"),
+        b"p-truncated": (
+            message("p-truncated", image_b64=base64.b64encode(image[: len(image) // 2]).decode()),
+            "corrupt_image",
+        ),
         b"p-missing": (json.dumps({"schema": IMAGE_SCHEMA, "item_id": "p-missing"}).encode(), "invalid_message"),
         b"p-schema": (message("p-schema", schema="labelaudit.image.v9"), "invalid_message"),
         b"p-label": (message("p-label", label="unicorn"), "unknown_label"),
@@ -88,12 +99,14 @@ def test_poison_messages_go_to_the_dlq_with_their_reason(stream, tiny_data):
         b"p-empty": (None, "empty_message"),
         b"p-key": (message("another-id"), "key_mismatch"),
         b"p-uri": (message("p-uri", image_b64=None, image_uri="http://example.com/x.png"), "unsupported_uri"),
-    }  # fmt: skip
+    }
     unlabeled = [
         m.model_copy(update={"label": None, "labeler_id": None}) for m in good_messages(tiny_data, 5, offset=100)
     ]
-    raw = [(m.item_id.encode(), json.dumps(m.model_dump(mode="json", by_alias=True, exclude_none=True)).encode(), [])
-           for m in good + unlabeled]  # fmt: skip
+    raw = [
+        (m.item_id.encode(), json.dumps(m.model_dump(mode="json", by_alias=True, exclude_none=True)).encode(), [])
+        for m in good + unlabeled
+    ]
     raw += [(key, value, [("trace", b"abc")]) for key, (value, _) in poison.items()]
     random.Random(3).shuffle(raw)
     stream.produce_raw(raw, partitions=2)
@@ -119,7 +132,7 @@ def test_poison_messages_go_to_the_dlq_with_their_reason(stream, tiny_data):
 
 
 def test_two_consumers_share_the_partitions(stream, tiny_data):
-    from labelaudit.serving.stream.producer import ensure_topics
+    from labelaudit.serving.stream.topics import ensure_topics
 
     n = 4_000
     ensure_topics(stream.settings(), {stream.topic: 4})

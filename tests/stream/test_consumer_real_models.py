@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import pytest
-from streamkit import Stream, relabel_ids, store_query
 
-from labelaudit.serving.stream.producer import image_messages, produce
+from labelaudit.produce import image_messages, produce
+from tests.stream.streamkit import Stream, relabel_ids, store_query
 
 pytestmark = pytest.mark.slow
 

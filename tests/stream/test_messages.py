@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.audit import AuditRecord
 from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TRUNCATED, IMAGE_SCHEMA, RelabelRequest
-from labelaudit.serving.stream.messages import BadMessage, dead_letter, parse_record, read_image_uri, relabel_request
+from labelaudit.serving.core.relabel import relabel_request
+from labelaudit.serving.stream.messages import BadMessage, dead_letter, parse_record, read_image_uri
 
 LIMITS = {"max_message_bytes": 10_000, "max_image_bytes": 5_000}
 
@@ -22,8 +24,13 @@ def record(value, key=b"b-1", headers=None):
 
 
 def body(**fields) -> bytes:
-    message = {"schema": IMAGE_SCHEMA, "item_id": "b-1", "image_b64": base64.b64encode(b"png").decode(),
-               "label": "coat", "labeler_id": "anna"}  # fmt: skip
+    message = {
+        "schema": IMAGE_SCHEMA,
+        "item_id": "b-1",
+        "image_b64": base64.b64encode(b"png").decode(),
+        "label": "coat",
+        "labeler_id": "anna",
+    }
     message.update(fields)
     return json.dumps({k: v for k, v in message.items() if v is not None}).encode()
 
@@ -67,7 +74,7 @@ def test_image_by_file_uri(tmp_path):
     ],
 )
 def test_bad_messages_are_refused_with_a_reason(value, key, reason):
-    with pytest.raises(BadMessage) as info:
+    with pytest.raises(LabelAuditError) as info:  # BadMessage, or BadBase64 shared with HTTP
         parse_record(record(value, key=key), **LIMITS)
     assert info.value.reason == reason
     assert str(info.value)  # a sentence for people, next to the machine-readable reason
@@ -119,10 +126,21 @@ def test_an_image_uri_is_read_up_to_its_limit(tmp_path):
 
 def test_relabel_request_id_is_stable_across_redeliveries():
     verdict = AuditRecord(
-        item_id="b-1", labeler_id="anna", human_label="coat", predicted_label="shirt", label_probability=0.05,
-        predicted_probability=0.9, score=0.85, disagrees=True, policy="confident-joint-v1", probabilities=[0.1] * 10,
-        model_name="labelaudit", model_version="1", source="kafka", created_at=datetime.now(UTC),
-    )  # fmt: skip
+        item_id="b-1",
+        labeler_id="anna",
+        human_label="coat",
+        predicted_label="shirt",
+        label_probability=0.05,
+        predicted_probability=0.9,
+        score=0.85,
+        disagrees=True,
+        policy="confident-joint-v1",
+        probabilities=[0.1] * 10,
+        model_name="labelaudit",
+        model_version="1",
+        source="kafka",
+        created_at=datetime.now(UTC),
+    )
     key, value = relabel_request(verdict)
     again = relabel_request(verdict.model_copy(update={"created_at": datetime(2030, 1, 1, tzinfo=UTC)}))[1]
     request = RelabelRequest.model_validate_json(value)

@@ -13,10 +13,10 @@ import signal
 import time
 
 import pytest
-from streamkit import counts, good_messages, refuse_in_store, run_script, store_count, wait_for
 
+from labelaudit.produce import produce
 from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TRUNCATED, IMAGE_SCHEMA
-from labelaudit.serving.stream.producer import produce
+from tests.stream.streamkit import counts, good_messages, refuse_in_store, run_script, store_count, wait_for
 
 
 def raw(messages) -> list[tuple[bytes, bytes, list]]:

@@ -3,19 +3,34 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from typing import get_args
 
 from labelaudit.schemas.audit import AuditRecord
-from labelaudit.serving.core.store import open_store
+from labelaudit.serving.core.store import COLUMNS, open_store
 
 
 def verdict(item: str, labeler: str = "anna", version: str = "1", label: str | None = "coat") -> AuditRecord:
     return AuditRecord(
-        item_id=item, labeler_id=labeler, human_label=label, predicted_label="shirt",
-        label_probability=None if label is None else 0.1, predicted_probability=0.8, score=0.7,
-        disagrees=label is not None, policy="confident-joint-v1", probabilities=[0.1] * 10, model_name="m",
-        model_version=version, source="kafka", topic="images", partition=0, offset=3, created_at=datetime.now(UTC),
-    )  # fmt: skip
+        item_id=item,
+        labeler_id=labeler,
+        human_label=label,
+        predicted_label="shirt",
+        label_probability=None if label is None else 0.1,
+        predicted_probability=0.8,
+        score=0.7,
+        disagrees=label is not None,
+        policy="confident-joint-v1",
+        probabilities=[0.1] * 10,
+        model_name="m",
+        model_version=version,
+        source="kafka",
+        topic="images",
+        partition=0,
+        offset=3,
+        created_at=datetime.now(UTC),
+    )
 
 
 def test_writes_are_unique_and_say_which_were_new(store_url):
@@ -64,3 +79,34 @@ def test_many_processes_can_open_one_new_sqlite_file_at_once(tmp_path):
             outcomes = pool.starmap(_open_and_write, [(str(path), w) for w in range(6)])
             assert outcomes == ["ok"] * 6, outcomes
             assert open_store(f"sqlite:///{path}").count() == 6
+
+
+def test_the_table_is_the_records_fields_and_a_record_reads_back_whole(store_url):
+    store = open_store(store_url)
+    try:
+        if store_url.startswith("sqlite"):
+            rows = store.select("SELECT name, \"notnull\" FROM pragma_table_info('audit_records') ORDER BY cid")
+        else:
+            rows = store.select(
+                "SELECT column_name, CASE is_nullable WHEN 'NO' THEN 1 ELSE 0 END FROM information_schema.columns"
+                " WHERE table_name = 'audit_records' ORDER BY ordinal_position"
+            )
+        columns = {name: bool(not_null) for name, not_null in rows}
+        assert list(columns) == ["id", *COLUMNS]
+        fields = AuditRecord.model_fields
+        assert [c.removesuffix("_") for c in COLUMNS] == list(fields)
+        for name, field in fields.items():  # NOT NULL exactly where the record requires a value
+            assert columns[name if name != "offset" else "offset_"] == (type(None) not in get_args(field.annotation)), (
+                name
+            )
+
+        record = verdict("r")
+        store.write([record])
+        [row] = store.select(f"SELECT {', '.join(COLUMNS)} FROM audit_records")
+        back = dict(zip(fields, row, strict=True))
+        back["disagrees"] = bool(back["disagrees"])
+        back["probabilities"] = json.loads(back["probabilities"])
+        back["created_at"] = datetime.fromisoformat(back["created_at"])
+        assert AuditRecord(**back) == record
+    finally:
+        store.close()

@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from trainkit import CLASSIFIER_A, TASK_A_PREPROCESS
 
 from labelaudit.errors import ClassifierAError
 from labelaudit.training.classifier_a import load_classifier_a, map_classes, parse_init, start_clean_head
 from labelaudit.training.export import export_model
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.train import TrainConfig, train
+from tests.trainkit import CLASSIFIER_A, TASK_A_PREPROCESS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -30,8 +30,13 @@ def test_a_torchvision_or_timm_classifier_a_fine_tunes_exports_and_keeps_its_pre
     arch, _ = CLASSIFIER_A[family]
     weights = classifier_a_file(family)
 
-    result = train(tiny_data / "task_b.jsonl", init=f"{arch}={weights}", out=tmp_path / "run",
-                   preprocess=TASK_A_PREPROCESS, cfg=TrainConfig(method=method, epochs=1, device="cpu"))  # fmt: skip
+    result = train(
+        tiny_data / "task_b.jsonl",
+        init=f"{arch}={weights}",
+        out=tmp_path / "run",
+        preprocess=TASK_A_PREPROCESS,
+        cfg=TrainConfig(method=method, epochs=1, device="cpu"),
+    )
 
     meta = result.meta
     assert meta.arch == arch and meta.init == weights.name
@@ -41,8 +46,9 @@ def test_a_torchvision_or_timm_classifier_a_fine_tunes_exports_and_keeps_its_pre
     assert meta.metrics.initial_val_acc > 0.3
     assert meta.metrics.initial_test_acc is not None
     repo = tmp_path / "repo"
-    exported = export_model(result.checkpoint, manifest=tiny_data / "task_b.jsonl", repo=repo, parity_images=200,
-                            min_images=200)  # fmt: skip
+    exported = export_model(
+        result.checkpoint, manifest=tiny_data / "task_b.jsonl", repo=repo, parity_images=200, min_images=200
+    )
     assert exported.parity.argmax_agreement == 1.0
     card = json.loads(exported.card_path.read_text())
     assert card["architecture"] == arch and card["preprocess"]["mean"] == list(TASK_A_PREPROCESS["mean"])
@@ -114,9 +120,14 @@ def test_training_on_a_task_with_a_new_and_a_missing_class_says_what_happened(ti
         def note(self, text):
             notes.append(text)
 
-    result = train(folder / "task_b.jsonl", init=f"torchvision:resnet18={classifier_a_file('torchvision')}",
-                   out=tmp_path / "run", preprocess=TASK_A_PREPROCESS, reporter=Notes(),
-                   cfg=TrainConfig(method="ce", epochs=1, device="cpu"))  # fmt: skip
+    result = train(
+        folder / "task_b.jsonl",
+        init=f"torchvision:resnet18={classifier_a_file('torchvision')}",
+        out=tmp_path / "run",
+        preprocess=TASK_A_PREPROCESS,
+        reporter=Notes(),
+        cfg=TrainConfig(method="ce", epochs=1, device="cpu"),
+    )
 
     assert "parka" in result.meta.classes and "bag" not in result.meta.classes and len(result.meta.classes) == 9
     said = " ".join(notes)
@@ -150,10 +161,22 @@ def test_the_cli_reports_a_bad_weights_file_as_an_error_not_a_traceback(tiny_dat
     bad = tmp_path / "a.pth"
     bad.write_bytes(b"not torch at all")
     run = subprocess.run(
-        [sys.executable, "-m", "labelaudit", "train", "--manifest", str(tiny_data / "task_b.jsonl"),
-         "--init", f"torchvision:resnet18={bad}", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "labelaudit",
+            "train",
+            "--manifest",
+            str(tiny_data / "task_b.jsonl"),
+            "--init",
+            f"torchvision:resnet18={bad}",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2
     assert "error:" in run.stdout and "not a readable weights file" in run.stdout
     assert "Traceback" not in run.stdout + run.stderr

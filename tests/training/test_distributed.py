@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainkit import one_torch_thread
 
 from labelaudit.training.distributed import Ranks
+from tests.trainkit import one_torch_thread
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +47,33 @@ def classifier_a(ddp_data, tmp_path_factory) -> Path:
 
     with one_torch_thread():
         out = tmp_path_factory.mktemp("ddp-a")
-        return train(ddp_data / "task_a.jsonl", init=None, out=out,
-                     cfg=TrainConfig(method="ce", epochs=6, device="cpu")).checkpoint  # fmt: skip
+        return train(
+            ddp_data / "task_a.jsonl", init=None, out=out, cfg=TrainConfig(method="ce", epochs=6, device="cpu")
+        ).checkpoint
 
 
 def _train(data: Path, init: Path, out: Path, method: str, processes: int) -> dict:
-    args = ["-m", "labelaudit", "train", "--manifest", str(data / "task_b.jsonl"), "--init", str(init),
-            "--method", method, "--epochs", "2", "--device", "cpu", "--augment", "none", "--seed", "1",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "-m",
+        "labelaudit",
+        "train",
+        "--manifest",
+        str(data / "task_b.jsonl"),
+        "--init",
+        str(init),
+        "--method",
+        method,
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--augment",
+        "none",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    ]
     if processes > 1:
         torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
         command = [torchrun, "--standalone", f"--nproc-per-node={processes}", *args]

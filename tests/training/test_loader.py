@@ -55,9 +55,19 @@ def test_auto_caches_small_images_and_streams_when_they_do_not_fit(tiny_data):
 def test_the_device_normalisation_is_serving_s_bit_for_bit(tiny_data):
     manifest = read_manifest(tiny_data / "task_b.jsonl")
     pixels = next(ImageLoader(manifest, SPEC, mode="memory").batches([np.arange(64)])).pixels
-    data = TaskData(images=None, labels=torch.zeros(1, dtype=torch.int64), is_trusted=torch.zeros(1, dtype=bool),
-                    k=10, train_rows=np.arange(1), trusted_rows=np.arange(0), untrusted_rows=np.arange(1),
-                    val_rows=np.arange(0), test_rows=np.arange(0), labeler_ids=np.array(["a"]), spec=SPEC)  # fmt: skip
+    data = TaskData(
+        images=None,
+        labels=torch.zeros(1, dtype=torch.int64),
+        is_trusted=torch.zeros(1, dtype=bool),
+        k=10,
+        train_rows=np.arange(1),
+        trusted_rows=np.arange(0),
+        untrusted_rows=np.arange(1),
+        val_rows=np.arange(0),
+        test_rows=np.arange(0),
+        labeler_ids=np.array(["a"]),
+        spec=SPEC,
+    )
     trainer = Trainer(TrainConfig(device="cpu"), torch.nn.Linear(1, 1), data, SilentReporter())
 
     assert np.array_equal(trainer.to_inputs(pixels).numpy(), normalize(pixels.numpy(), SPEC))
@@ -84,8 +94,9 @@ def test_a_bad_image_in_a_streamed_batch_names_its_line(tiny_data, tmp_path):
 def test_a_streamed_run_trains_exactly_as_a_cached_run(tiny_data, tmp_path, one_thread):
     cfg = dict(method="fasten", epochs=1, device="cpu", augment="none", seed=3)
     cached = train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "m", cfg=TrainConfig(loader="memory", **cfg))
-    streamed = train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "s",
-                     cfg=TrainConfig(loader="stream", workers=2, **cfg))  # fmt: skip
+    streamed = train(
+        tiny_data / "task_b.jsonl", init=None, out=tmp_path / "s", cfg=TrainConfig(loader="stream", workers=2, **cfg)
+    )
 
     assert streamed.meta.metrics.val_acc == cached.meta.metrics.val_acc
     assert streamed.meta.metrics.history[0].train_loss == pytest.approx(cached.meta.metrics.history[0].train_loss)

@@ -76,11 +76,18 @@ def test_the_teacher_is_a_moving_average_and_gets_no_gradient(tiny_data):
 
     n, k = 16, 10
     data = TaskData(
-        images=TensorImages(torch.randn(n, 1, 8, 8)), labels=torch.zeros(n, dtype=torch.int64),
-        is_trusted=torch.zeros(n, dtype=torch.bool), k=k, train_rows=np.arange(8), trusted_rows=np.empty(0, int),
-        untrusted_rows=np.arange(8), unlabeled_rows=np.arange(8, 16), val_rows=np.empty(0, int),
-        test_rows=np.empty(0, int), labeler_ids=np.array(["a"] * n),
-    )  # fmt: skip
+        images=TensorImages(torch.randn(n, 1, 8, 8)),
+        labels=torch.zeros(n, dtype=torch.int64),
+        is_trusted=torch.zeros(n, dtype=torch.bool),
+        k=k,
+        train_rows=np.arange(8),
+        trusted_rows=np.empty(0, int),
+        untrusted_rows=np.arange(8),
+        unlabeled_rows=np.arange(8, 16),
+        val_rows=np.empty(0, int),
+        test_rows=np.empty(0, int),
+        labeler_ids=np.array(["a"] * n),
+    )
     cfg = TrainConfig(device="cpu", augment="none", unlabeled_weight=1.0, ema_decay=0.9, pseudo_threshold=0.0)
     trainer = Trainer(cfg, TwoHeadNet("cnn_small", k, 1), data, SilentReporter())
     teacher = trainer.semi.teacher
@@ -103,8 +110,10 @@ def test_the_label_posterior_weighs_the_network_against_the_labelers_matrix():
     torch.testing.assert_close(got, torch.tensor([0.18 / 0.25, 0.48 / 0.50]))
 
 
-@pytest.mark.parametrize(("pool", "unlabeled_in", "doubted_in"), [("unlabeled+doubted", True, True),
-                                                                   ("unlabeled", True, False), ("doubted", False, True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("pool", "unlabeled_in", "doubted_in"),
+    [("unlabeled+doubted", True, True), ("unlabeled", True, False), ("doubted", False, True)],
+)
 def test_semi_pool_chooses_which_rows_train_without_their_label(tiny_data, pool, unlabeled_in, doubted_in):
     """The pool is the unlabeled images, crowd's doubted rows, or both: the run with and without the unlabeled
     images that the benchmark compares."""

@@ -106,6 +106,11 @@ def test_the_mixed_precision_path_trains_like_fp32_and_exports(tiny, classifier_
     assert abs(runs["bf16"].meta.metrics.val_acc - runs["fp32"].meta.metrics.val_acc) <= 0.05
     net, _ = load_checkpoint(runs["bf16"].checkpoint)
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    exported = export_model(runs["bf16"].checkpoint, manifest=tiny / "task_b.jsonl", repo=tmp_path / "repo",
-                            parity_images=200, min_images=200)  # fmt: skip
+    exported = export_model(
+        runs["bf16"].checkpoint,
+        manifest=tiny / "task_b.jsonl",
+        repo=tmp_path / "repo",
+        parity_images=200,
+        min_images=200,
+    )
     assert exported.parity.argmax_agreement == 1.0

@@ -20,14 +20,22 @@ pytestmark = pytest.mark.slow
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "labelaudit", *args], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=cwd)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "labelaudit", *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
+    )
 
 
 def test_help_shows_every_training_default():
     out = cli("train", "--help").stdout
-    for option, default in (("--epochs", "10"), ("--batch-size", "128"), ("--lr", "0.05"), ("--seed", "0"),
-                            ("--device", "auto"), ("--precision", "auto"), ("--augment", "shift-flip")):  # fmt: skip
+    for option, default in (
+        ("--epochs", "10"),
+        ("--batch-size", "128"),
+        ("--lr", "0.05"),
+        ("--seed", "0"),
+        ("--device", "auto"),
+        ("--precision", "auto"),
+        ("--augment", "shift-flip"),
+    ):
         assert re.search(rf"{option}\b.*?\[default: {re.escape(default)}\]", out, re.S), option
 
 
@@ -37,8 +45,11 @@ def _split_files(tiny_data: Path, folder: Path) -> tuple[Path, Path, Path]:
     folder.mkdir()
     files = {}
     for split in ("train", "val", "test"):
-        mine = [r | {"image": str((tiny_data / r["image"]).resolve()), "split": "train"} for r in rows
-                if r["split"] == split]  # fmt: skip
+        mine = [
+            r | {"image": str((tiny_data / r["image"]).resolve()), "split": "train"}
+            for r in rows
+            if r["split"] == split
+        ]
         files[split] = folder / f"{split}.jsonl"
         files[split].write_text("".join(json.dumps(r) + "\n" for r in mine))
     (folder / "classes.txt").write_text((tiny_data / "classes.txt").read_text())
@@ -47,8 +58,23 @@ def _split_files(tiny_data: Path, folder: Path) -> tuple[Path, Path, Path]:
 
 def test_piped_output_gets_progress_lines_held_out_manifests_count_and_images_decode_once(tiny_data, tmp_path):
     train, val, test = _split_files(tiny_data, tmp_path / "data")
-    run = cli("train", "--manifest", str(train), "--val-manifest", str(val), "--test-manifest", str(test),
-              "--method", "fasten", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "run"))  # fmt: skip
+    run = cli(
+        "train",
+        "--manifest",
+        str(train),
+        "--val-manifest",
+        str(val),
+        "--test-manifest",
+        str(test),
+        "--method",
+        "fasten",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    )
 
     assert run.returncode == 0, run.stdout + run.stderr
     assert re.search(r"fasten epoch 1/2: val 0\.\d+ +trusted", run.stdout), run.stdout  # a line per epoch, as it ends

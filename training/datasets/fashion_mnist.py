@@ -26,9 +26,17 @@ from labelaudit.training.datasets import labelers as lab
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES: tuple[str, ...] = (
-    "t-shirt_top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
-)  # fmt: skip
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
 TRUSTED_LABELER = "qa"
 
 
@@ -131,8 +139,10 @@ def build(
     if not 0 < per_task <= 30_000 or not 0 < val_size < per_task:
         raise ValueError("need 0 < val_size < per_task <= 30000")
     if not 0 <= unlabeled <= 60_000 - 2 * per_task:
-        raise ValueError(f"{unlabeled} unlabeled images: only {60_000 - 2 * per_task} are left beside two tasks of "
-                         f"{per_task}; choose a smaller size or fewer")  # fmt: skip
+        raise ValueError(
+            f"{unlabeled} unlabeled images: only {60_000 - 2 * per_task} are left beside two tasks of "
+            f"{per_task}; choose a smaller size or fewer"
+        )
     rng = np.random.default_rng(seed)
     train_x, train_y, test_x, test_y = load_fashion_mnist(source)
     order = rng.permutation(len(train_x))
@@ -183,15 +193,25 @@ def build(
         pixels = camera_b(train_x[src], np.random.default_rng([seed, 3, i]))
         Image.fromarray(pixels, mode="L").save(images_b / f"{item}.png")
         tick(1)
-        rows_b.append(dict(item_id=item, image=f"images/task_b/{item}.png", split="train",
-                           true_label=CLASSES[train_y[src]]))  # fmt: skip
+        rows_b.append(
+            dict(item_id=item, image=f"images/task_b/{item}.png", split="train", true_label=CLASSES[train_y[src]])
+        )
     for i in range(len(bt_x)):
         item = f"bt-{i:05d}"
         Image.fromarray(bt_x[i], mode="L").save(images_b / f"{item}.png")
         tick(1)
         true = CLASSES[bt_y[i]]
-        rows_b.append(dict(item_id=item, image=f"images/task_b/{item}.png", label=true,
-                           labeler_id=TRUSTED_LABELER, trusted=False, split="test", true_label=true))  # fmt: skip
+        rows_b.append(
+            dict(
+                item_id=item,
+                image=f"images/task_b/{item}.png",
+                label=true,
+                labeler_id=TRUSTED_LABELER,
+                trusted=False,
+                split="test",
+                true_label=true,
+            )
+        )
 
     images_a = out_dir / "images" / "task_a"
     images_a.mkdir(parents=True, exist_ok=True)
@@ -200,9 +220,16 @@ def build(
         item = f"a-{i:05d}"
         Image.fromarray(train_x[src], mode="L").save(images_a / f"{item}.png")
         tick(1)
-        rows_a.append(dict(item_id=item, image=f"images/task_a/{item}.png", label=CLASSES[train_y[src]],
-                           labeler_id=TRUSTED_LABELER, trusted=False,
-                           split="val" if i < val_size else "train"))  # fmt: skip
+        rows_a.append(
+            dict(
+                item_id=item,
+                image=f"images/task_a/{item}.png",
+                label=CLASSES[train_y[src]],
+                labeler_id=TRUSTED_LABELER,
+                trusted=False,
+                split="val" if i < val_size else "train",
+            )
+        )
 
     task_a, task_b = out_dir / "task_a.jsonl", out_dir / "task_b.jsonl"
     task_a.write_text("".join(json.dumps(r) + "\n" for r in rows_a))
@@ -227,6 +254,12 @@ def build(
         ],
     }
     (out_dir / "labelers.json").write_text(json.dumps(truth, indent=2) + "\n")
-    counts = {"task_a": len(rows_a), "task_b_train": len(b_train), "trusted": len(trusted),
-              "task_b_val": val_size, "task_b_test": len(bt_x), "task_b_unlabeled": unlabeled}  # fmt: skip
+    counts = {
+        "task_a": len(rows_a),
+        "task_b_train": len(b_train),
+        "trusted": len(trusted),
+        "task_b_val": val_size,
+        "task_b_test": len(bt_x),
+        "task_b_unlabeled": unlabeled,
+    }
     return BuildReport(out_dir, task_a, task_b, noise, float(wrong.mean()), severity, counts)

@@ -78,8 +78,11 @@ class FasTEN(Method):
         if not self.cfg.held_out_estimate:
             return
         if self._halves is None:
-            self._halves = stratified_halves(self.data.trusted_rows, self.data.labels[self.data.trusted_rows].cpu().numpy(),
-                                             np.random.default_rng([self.cfg.seed, 104729]))  # fmt: skip
+            self._halves = stratified_halves(
+                self.data.trusted_rows,
+                self.data.labels[self.data.trusted_rows].cpu().numpy(),
+                np.random.default_rng([self.cfg.seed, 104729]),
+            )
         first, second = self._halves
         self._fit, self._estimate = (first, second) if self._epoch % 2 else (second, first)
 
@@ -112,8 +115,9 @@ class FasTEN(Method):
         y_t = self.data.labels[rows_t]
         # Which trusted rows the cross-entropy fits and which estimate T̂: all of them both ways, or
         # (held_out_estimate) this epoch's two halves.
-        fit = torch.as_tensor(~np.isin(rows_t, self._estimate) if self.cfg.held_out_estimate else np.ones(n_t, bool),
-                              device=y_t.device)  # fmt: skip
+        fit = torch.as_tensor(
+            ~np.isin(rows_t, self._estimate) if self.cfg.held_out_estimate else np.ones(n_t, bool), device=y_t.device
+        )
         est = ~fit if self.cfg.held_out_estimate else fit
         rows_u_t = torch.as_tensor(rows_u, device=self.assigned.device)
         y_hat = self.assigned[rows_u_t]

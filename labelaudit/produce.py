@@ -1,4 +1,6 @@
-"""``labelaudit produce``: stream a manifest's labeled images into the images topic (demo, load tests)."""
+"""``labelaudit produce``: stream a manifest's labeled images into the images topic (demo, load tests).
+
+A tool above the transports, not part of one: the consumer only needs ``serving.stream.topics``."""
 
 from __future__ import annotations
 
@@ -8,29 +10,12 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka import KafkaProducer
 
 from labelaudit.imaging.manifest import read_manifest
 from labelaudit.schemas.stream import IMAGE_SCHEMA, ImageMessage
 from labelaudit.serving.settings import Settings
-
-
-def ensure_topics(settings: Settings, partitions: dict[str, int]) -> None:
-    """Create each missing topic with its number of partitions (replication 1: for a local broker;
-    on a real cluster create them beforehand)."""
-    admin = KafkaAdminClient(**settings.kafka_client_config(), client_id="labelaudit-admin")
-    try:
-        existing = set(admin.list_topics())
-        for name, n in partitions.items():
-            if name not in existing:
-                try:
-                    admin.create_topics([NewTopic(name, num_partitions=n, replication_factor=1)])
-                except TopicAlreadyExistsError:
-                    pass
-    finally:
-        admin.close()
+from labelaudit.serving.stream.topics import ensure_topics
 
 
 def image_messages(manifest: Path, *, split: str | None, by_uri: bool, limit: int | None) -> Iterable[ImageMessage]:
@@ -48,7 +33,7 @@ def image_messages(manifest: Path, *, split: str | None, by_uri: bool, limit: in
                 "labeler_id": r.labeler_id,
                 "sent_at": datetime.now(UTC),
                 **image,
-            }  # fmt: skip
+            }
         )
 
 

@@ -1,6 +1,11 @@
-"""Dynamic micro-batching: concurrent requests are gathered into one inference call.
+"""How inference calls reach the backend: the runtime builds one ``Batcher`` per process (``batcher_for``).
 
-A batch is released when it holds ``max_batch_size`` images ("full"), when its first request has
+``"dynamic"`` (the gateway): concurrent callers each submit their own few images. With the embedded backend a
+``MicroBatcher`` gathers them into one inference call; Triton batches on its own side (config.pbtxt
+``dynamic_batching``), so there ``InFlightLimit`` only bounds the images in flight. ``"caller"`` (the consumer):
+the caller brings whole batches, and ``Chunked`` calls the backend once per ``max_batch_size`` rows.
+
+``MicroBatcher`` releases a batch when it holds ``max_batch_size`` images ("full"), when its first request has
 waited ``max_delay_s`` ("timeout"), or at once when no other request is waiting or on its way ("idle":
 callers announce themselves with ``coming()`` while they decode, so a lone request never waits for
 companions that are not there). Requests are never split across batches, so each caller gets back
@@ -13,15 +18,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from labelaudit.serving.core.admission import Overloaded
 
+if TYPE_CHECKING:
+    from labelaudit.serving.core.backends import Backend
+    from labelaudit.serving.settings import Settings
+
+Batching = Literal["dynamic", "caller"]
 Release = Literal["full", "timeout", "idle"]
+Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+class Batcher(Protocol):
+    """What the inference core calls: ``submit`` images (n, C, H, W) for their probabilities (n, K), and
+    ``coming()`` around the work before a submit (decoding), so a batch knows who is on the way."""
+
+    queued_images: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, images: np.ndarray) -> np.ndarray: ...
+
+    def coming(self) -> AbstractContextManager[None]: ...
 
 
 class BatchObserver(Protocol):
@@ -33,14 +59,14 @@ class BatchObserver(Protocol):
 @dataclass
 class _Pending:
     images: np.ndarray  # (n, C, H, W)
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
     def __init__(
         self,
-        infer: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        infer: Infer,
         *,
         max_batch_size: int = 64,
         max_delay_s: float = 0.002,
@@ -54,7 +80,7 @@ class MicroBatcher:
         self.queued_images = 0
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carry: _Pending | None = None  # a request that did not fit the previous batch
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._mean_batch_s = 0.01  # running estimate of one batch's inference time, for Retry-After
         self.on_the_way = 0  # requests decoding their images, about to submit (see ``coming``)
 
@@ -117,6 +143,7 @@ class MicroBatcher:
         batch = [await self._next(None)]
         size = len(batch[0].images)
         deadline = batch[0].enqueued + self.max_delay_s
+        item: _Pending | None
         while size < self.max_batch_size:
             if not self.on_the_way and self._carry is None and self._queue.empty():
                 return batch, "idle"  # nobody else is coming: waiting would only add latency
@@ -163,19 +190,26 @@ class MicroBatcher:
                 p.future.set_result(rows)
 
 
-class InFlightLimit:
-    """For backends that batch on their own side (Triton): no gathering here, only a bound on the
-    images in flight, past which callers get ``Overloaded`` at once. Same interface as MicroBatcher."""
-
-    def __init__(self, infer: Callable[[np.ndarray], Awaitable[np.ndarray]], *, max_queue_images: int = 1024):
-        self.infer, self.max_queue_images = infer, max_queue_images
-        self.queued_images = 0
+class _NoWorker:
+    """A batcher without a worker of its own: nothing to start or stop, nobody to wait for."""
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
         pass
+
+    def coming(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+class InFlightLimit(_NoWorker):
+    """For backends that batch on their own side (Triton): no gathering here, only a bound on the
+    images in flight, past which callers get ``Overloaded`` at once. Same interface as MicroBatcher."""
+
+    def __init__(self, infer: Infer, *, max_queue_images: int = 1024):
+        self.infer, self.max_queue_images = infer, max_queue_images
+        self.queued_images = 0
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         if self.queued_images + len(images) > self.max_queue_images:
@@ -187,3 +221,34 @@ class InFlightLimit:
             return await self.infer(images)
         finally:
             self.queued_images -= len(images)
+
+
+class Chunked(_NoWorker):
+    """For callers that batch on their own (the consumer): one backend call per ``max_batch_size`` rows,
+    in turn. Same interface as MicroBatcher; nothing queues here."""
+
+    queued_images = 0
+
+    def __init__(self, infer: Infer, *, max_batch_size: int):
+        self.infer, self.max_batch_size = infer, max_batch_size
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        step = self.max_batch_size
+        return np.concatenate([await self.infer(images[i : i + step]) for i in range(0, len(images), step)])
+
+
+def batcher_for(
+    backend: Backend, settings: Settings, batching: Batching, observer: BatchObserver | None = None
+) -> Batcher:
+    """The batcher a process with this backend and these callers needs (see the module's docstring)."""
+    if batching == "caller":
+        return Chunked(backend.infer, max_batch_size=settings.max_batch_size)
+    if settings.backend != "onnxruntime":
+        return InFlightLimit(backend.infer, max_queue_images=settings.max_queue_images)
+    return MicroBatcher(
+        backend.infer,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_batch_delay_ms / 1000,
+        max_queue_images=settings.max_queue_images,
+        observer=observer,
+    )

@@ -1,0 +1,141 @@
+"""``/v1``: classify images, audit a human label, read the model card. Each route reads its body itself (JSON
+or multipart, checked by the same pydantic models its OpenAPI documents) and calls the runtime's core."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from fastapi import APIRouter, Request
+from fastapi.params import Depends
+from pydantic import BaseModel
+
+from labelaudit.schemas.api import ClassifyForm, ClassifyRequest, ClassifyResponse, ClassifyResult, TopClass
+from labelaudit.schemas.audit import AuditForm, AuditRequest, AuditResponse
+from labelaudit.schemas.model_card import ModelCard
+from labelaudit.serving.core.audit import AuditItem, Auditor
+from labelaudit.serving.core.inference import InferenceCore
+from labelaudit.serving.core.payload import image_from_base64
+from labelaudit.serving.http.body import BadRequest, UnsupportedMediaType, parse_fields, parse_json, read_body
+from labelaudit.serving.http.errors import documented_errors
+from labelaudit.serving.http.metrics import GatewayMetrics
+from labelaudit.serving.http.multipart import Form, parse_form
+from labelaudit.serving.settings import Settings
+
+ERRORS = documented_errors(400, 401, 413, 415, 422, 429, 503)
+
+
+def two_body_forms(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict:
+    """OpenAPI for a route that reads its body itself: JSON or multipart form fields, each a pydantic model
+    (the models the route validates with, so the documented limits are the enforced ones)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_model.model_json_schema()},
+                "multipart/form-data": {"schema": form_model.model_json_schema()},
+            },
+        }
+    }
+
+
+def text_fields(form: Form, names: Iterable[str]) -> dict[str, str]:
+    """The text fields of ``form`` that it has, for a form model (a missing one is the model's to report)."""
+    return {name: value for name in names if (value := form.text(name)) is not None}
+
+
+async def images_from_request(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
+    """(encoded images, ids, top_k) from multipart ``files`` or JSON ``{"images": [{"data": base64}]}``."""
+    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
+    content_type = request.headers.get("content-type", "")
+    limit = settings.max_images_per_request
+    if content_type.startswith("multipart/form-data"):
+        form = parse_form(body, content_type, max_parts=limit + 10)
+        files = form.files("files")
+        if not files:
+            raise BadRequest("multipart body has no 'files' part", reason="no_images", status_code=422)
+        images = [f.data for f in files]
+        top_k = {"top_k": value} if (value := form.text("top_k")) else {}  # empty: the default, as in a web form
+        form_fields = parse_fields(ClassifyForm, {"files": images, **top_k})
+        ids, k = [f.filename for f in files], form_fields.top_k
+    elif content_type.startswith("application/json"):
+        parsed = parse_json(ClassifyRequest, body)
+        images = []
+        for i, item in enumerate(parsed.images):
+            images.append(image_from_base64(item.data, where=f"images[{i}].data"))
+        ids, k = [item.id for item in parsed.images], parsed.top_k
+    else:
+        raise UnsupportedMediaType(content_type)
+    if len(images) > limit:
+        raise BadRequest(
+            f"{len(images)} images in one request; the limit is {limit}", reason="too_many_images", status_code=413
+        )
+    return images, ids, k
+
+
+async def audit_item_from_request(request: Request, settings: Settings) -> AuditItem:
+    """One ``AuditItem`` from JSON (base64 ``image``) or multipart (file ``image`` and text fields)."""
+    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        parsed = parse_json(AuditRequest, body)
+        image = image_from_base64(parsed.image, where="image")
+        return AuditItem(item_id=parsed.item_id, labeler_id=parsed.labeler_id, label=parsed.label, image=image)
+    if content_type.startswith("multipart/form-data"):
+        form = parse_form(body, content_type, max_parts=12)
+        fields = text_fields(form, ["item_id", "labeler_id", "label"])
+        image_part = {"image": upload[0].data} if (upload := form.files("image")) else {}
+        form_fields = parse_fields(AuditForm, {**fields, **image_part})
+        return AuditItem(
+            item_id=form_fields.item_id,
+            labeler_id=form_fields.labeler_id,
+            label=form_fields.label,
+            image=form_fields.image,
+        )
+    raise UnsupportedMediaType(content_type)
+
+
+def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[Depends]) -> APIRouter:
+    """The ``/v1`` routes, each behind ``auth`` (the API key's dependency, or none)."""
+    router = APIRouter(prefix="/v1", dependencies=list(auth))
+
+    @router.post(
+        "/classify",
+        response_model=ClassifyResponse,
+        responses=ERRORS,
+        openapi_extra=two_body_forms(ClassifyRequest, ClassifyForm),
+    )
+    async def classify(request: Request) -> ClassifyResponse:
+        """Top-k classes for one or many images (multipart ``files``, or JSON with base64 ``data``)."""
+        core: InferenceCore = request.app.state.core
+        images, ids, k = await images_from_request(request, settings)
+        probs = await core.classify(images)
+        metrics.images.inc(len(images))
+        metrics.queue_depth.set(request.app.state.batcher.queued_images)
+        results = [
+            ClassifyResult(index=i, id=ids[i], top=[TopClass(label=c, probability=p) for c, p in top])
+            for i, top in enumerate(core.top_k(probs, k))
+        ]
+        return ClassifyResponse(model_name=core.model.name, model_version=core.model.version, results=results)
+
+    @router.post(
+        "/audit",
+        response_model=AuditResponse,
+        responses=ERRORS,
+        openapi_extra=two_body_forms(AuditRequest, AuditForm),
+    )
+    async def audit(request: Request) -> AuditResponse:
+        """Classify one image, judge its human label, record the verdict (the same policy and store as
+        the Kafka consumer). A repeat of (item_id, labeler_id, model version) answers with recorded=false. With
+        ``http_publish_relabels`` on, a disagreement's relabel request is on the relabel topic before the answer."""
+        item = await audit_item_from_request(request, settings)
+        auditor: Auditor = request.app.state.auditor
+        [(record, new)] = await auditor.audit([item], source="http")
+        metrics.images.inc()
+        return AuditResponse(**record.model_dump(include=set(AuditResponse.model_fields) - {"recorded"}), recorded=new)
+
+    @router.get("/models", response_model=ModelCard, responses=ERRORS)
+    async def model_card(request: Request) -> ModelCard:
+        """The served model's card: classes, preprocessing, metrics, transition matrices, thresholds."""
+        return request.app.state.core.model.card
+
+    return router

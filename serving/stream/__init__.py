@@ -1,0 +1,1 @@
+"""The Kafka transport: the consumer, its messages, and the topics it reads and writes."""
