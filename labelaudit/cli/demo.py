@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from labelaudit import demo as online
 from labelaudit.cli.common import console, fail, progress_bars
 from labelaudit.cli.data import build_data
 from labelaudit.cli.report import write_report
@@ -42,6 +41,8 @@ def demo(
     """The whole job on real data: build task A/B, train classifier A, fine-tune on noisy task B, export
     to ONNX and a Triton repository, serve it, stream task B's labeled images through a real Kafka broker
     into the auditing consumer, write the report, and print where everything is with the headline numbers."""
+    from labelaudit import demo as online  # httpx: the dev extra, not the serving image
+
     size = size or ("full" if full else "small")
     if size not in DEMO_EPOCHS:
         raise fail(ValueError(f"--size must be one of {sorted(DEMO_EPOCHS)}"))
