@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,9 +32,18 @@ class Overloaded(LabelAuditError):
         self.retry_after_s = retry_after_s
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def declared_pixels(data: bytes) -> int:
     """Width x height from the image's header (Pillow reads no pixel data for this); 0 when Pillow cannot
-    tell, in which case decoding fails later with the image's own error."""
+    tell, in which case decoding fails later with the image's own error. A PNG's are read straight from its
+    IHDR chunk, which the format puts first (Pillow's open costs about 20 us, a tenth of a small image's
+    decoding, and this runs on the event loop). What a header declares is only admission's estimate: the
+    decoder checks the real size against its own pixel limit."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width * height)
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.width * img.height
@@ -53,8 +63,17 @@ class PixelBudget:
 
     @asynccontextmanager
     async def hold(self, pixels: int) -> AsyncIterator[None]:
-        """Decode ``pixels`` inside this block; waits for room, or refuses (413 above the whole budget,
-        429 when as many pixels as the budget are already waiting)."""
+        """Decode ``pixels`` inside this block (``acquire`` before it, ``release`` after)."""
+        await self.acquire(pixels)
+        try:
+            yield
+        finally:
+            self.release(pixels)
+
+    async def acquire(self, pixels: int) -> None:
+        """Take ``pixels`` of the budget: at once when they fit and nobody waits, else wait for room; refuses
+        with 413 above the whole budget, and with 429 when as many pixels as the budget are already waiting.
+        Every ``acquire`` that returns needs its ``release``."""
         if pixels > self.capacity:
             raise ImageError(
                 f"the request's images declare {pixels:,} pixels in all, above the limit of {self.capacity:,} "
@@ -62,6 +81,9 @@ class PixelBudget:
                 reason="too_many_pixels",
                 status_code=413,
             )
+        if not self.waiting and self.in_use + pixels <= self.capacity:  # the common case: no lock, no waiting
+            self.in_use += pixels
+            return
         if self._freed is None:
             self._freed = asyncio.Condition()
         if self.in_use + pixels > self.capacity and self.waiting + pixels > self.capacity:
@@ -76,9 +98,14 @@ class PixelBudget:
                 self.in_use += pixels
         finally:
             self.waiting -= pixels
-        try:
-            yield
-        finally:
-            self.in_use -= pixels
-            async with self._freed:
-                self._freed.notify_all()
+
+    def release(self, pixels: int) -> None:
+        """Give back what ``acquire`` took, and wake whoever waits for room."""
+        self.in_use -= pixels
+        if self.waiting and self._freed is not None:
+            asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        assert self._freed is not None
+        async with self._freed:
+            self._freed.notify_all()

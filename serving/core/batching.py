@@ -7,15 +7,22 @@ the caller brings whole batches, and ``Chunked`` calls the backend once per ``ma
 
 ``MicroBatcher`` releases a batch when it holds ``max_batch_size`` images ("full"), when its first request has
 waited ``max_delay_s`` ("timeout"), or at once when no other request is waiting or on its way ("idle":
-callers announce themselves with ``coming()`` while they decode, so a lone request never waits for
-companions that are not there). Requests are never split across batches, so each caller gets back
+callers that decode before they submit announce themselves with ``coming()``, so a lone request never waits
+for companions that are not there). Requests are never split across batches, so each caller gets back
 exactly its own rows. Past ``max_queue_images`` waiting images, ``submit`` refuses at once with
 ``Overloaded`` (HTTP 429 with Retry-After) instead of letting latency pile up.
+
+Callers with encoded images (the gateway's classify routes) hand them over as they are (``submit_encoded``):
+the batch decodes them, all its requests' images in one hand-off to a worker thread (a few threads for a
+batch of large photos), and then runs the model. One thread hand-off per request was, after HTTP itself, the
+largest cost of a small image's request (issue 19): each one wakes a thread and takes the GIL twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -24,6 +31,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from labelaudit.errors import ImageError
 from labelaudit.serving.core.admission import Overloaded
 
 if TYPE_CHECKING:
@@ -33,6 +41,18 @@ if TYPE_CHECKING:
 Batching = Literal["dynamic", "caller"]
 Release = Literal["full", "timeout", "idle"]
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Name = int | str  # an image's name in its errors: its place in the request, or its item id
+# One encoded image -> its (C, H, W) input, or ``ImageError``; synchronous, run in a worker thread.
+Decode = Callable[[Name, bytes], np.ndarray]
+# Per image of an encoded request: its probabilities (K,) or why it could not be classified.
+Outcome = np.ndarray | ImageError
+
+SubmitEncoded = Callable[..., Awaitable[list[Outcome]]]  # MicroBatcher.submit_encoded
+
+# A batch's images are decoded in one worker thread, or split among up to this many when they declare more
+# than PIXELS_PER_DECODE_SLICE pixels (photos): Pillow releases the GIL, so the slices decode in parallel.
+DECODE_SLICES = max(1, min(4, os.cpu_count() or 1))
+PIXELS_PER_DECODE_SLICE = 1_000_000
 
 
 class Batcher(Protocol):
@@ -58,8 +78,16 @@ class BatchObserver(Protocol):
 
 @dataclass
 class _Pending:
-    images: np.ndarray  # (n, C, H, W)
-    future: asyncio.Future[np.ndarray]
+    """One caller's images in the queue: ready tensors (``images``), or encoded files for the batch to decode
+    (``encoded``, with their ``names`` and ``decode``). ``n``: how many images, either way."""
+
+    n: int
+    future: asyncio.Future
+    images: np.ndarray | None = None  # (n, C, H, W)
+    encoded: list[bytes] | None = None
+    names: list[Name] = field(default_factory=list)
+    decode: Decode | None = None
+    pixels: int = 0  # declared by the encoded images' headers: how much decoding they are
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -106,16 +134,30 @@ class MicroBatcher:
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Queue ``images`` (n, C, H, W); returns their probabilities (n, K) in the same order."""
-        n = len(images)
-        if self.queued_images + n > self.max_queue_images:
+        result: np.ndarray = await self._enqueue(_Pending(len(images), self._future(), images=images))
+        return result
+
+    async def submit_encoded(
+        self, images: list[bytes], names: list[Name], decode: Decode, *, pixels: int = 0
+    ) -> list[Outcome]:
+        """Queue encoded ``images``; the batch decodes them with ``decode`` (in a worker thread) and runs the
+        model on those that decoded. Returns per image its probabilities (K,) or its ``ImageError``."""
+        pending = _Pending(len(images), self._future(), encoded=images, names=names, decode=decode, pixels=pixels)
+        result: list[Outcome] = await self._enqueue(pending)
+        return result
+
+    def _future(self) -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, pending: _Pending):
+        if self.queued_images + pending.n > self.max_queue_images:
             batches_ahead = self.queued_images / self.max_batch_size + 1
             raise Overloaded(
                 f"{self.queued_images} images are already waiting (limit {self.max_queue_images}); retry shortly",
                 retry_after_s=max(1.0, batches_ahead * self._mean_batch_s),
             )
-        pending = _Pending(images, asyncio.get_running_loop().create_future())
-        self.queued_images += n
-        await self._queue.put(pending)
+        self.queued_images += pending.n
+        self._queue.put_nowait(pending)  # unbounded queue: put never waits (its bound is the check above)
         return await pending.future
 
     async def _next(self, timeout: float | None) -> _Pending:
@@ -141,7 +183,7 @@ class MicroBatcher:
         batch is everything queued (never just its first request: that was a measured bug, batches of 1
         at concurrency 64)."""
         batch = [await self._next(None)]
-        size = len(batch[0].images)
+        size = batch[0].n
         deadline = batch[0].enqueued + self.max_delay_s
         item: _Pending | None
         while size < self.max_batch_size:
@@ -155,17 +197,17 @@ class MicroBatcher:
                     return batch, "timeout"
             elif (item := self._next_nowait()) is None:
                 return batch, "timeout"
-            if size + len(item.images) > self.max_batch_size:
+            if size + item.n > self.max_batch_size:
                 self._carry = item  # never split a request: it opens the next batch
                 return batch, "full"
             batch.append(item)
-            size += len(item.images)
+            size += item.n
         return batch, "full"
 
     async def _run(self) -> None:
         while True:
             batch, reason = await self._gather()
-            images = sum(len(p.images) for p in batch)
+            images = sum(p.n for p in batch)
             self.queued_images -= images
             if self.observer:
                 delay = time.perf_counter() - batch[0].enqueued
@@ -175,7 +217,10 @@ class MicroBatcher:
     async def _infer_and_answer(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            probs = await self.infer(np.concatenate([p.images for p in batch]))
+            decoded = await self._decode(batch)
+            blocks = [p.images if p.images is not None else _stack_good(decoded[i]) for i, p in enumerate(batch)]
+            present = [b for b in blocks if b is not None]
+            probs = await self.infer(np.concatenate(present)) if present else np.empty((0, 0), np.float32)
         except Exception as exc:  # every caller of this batch hears why; the batcher goes on
             for p in batch:
                 if not p.future.done():
@@ -183,11 +228,54 @@ class MicroBatcher:
             return
         self._mean_batch_s = 0.9 * self._mean_batch_s + 0.1 * (time.perf_counter() - started)
         offset = 0
-        for p in batch:
-            rows = probs[offset : offset + len(p.images)]
-            offset += len(p.images)
-            if not p.future.done():  # a caller that went away (cancelled) is skipped
+        for i, p in enumerate(batch):
+            block = blocks[i]
+            rows = probs[offset : offset + (0 if block is None else len(block))]
+            offset += len(rows)
+            if p.future.done():  # a caller that went away (cancelled) is skipped
+                continue
+            if p.images is not None:
                 p.future.set_result(rows)
+                continue
+            answers = iter(rows)
+            p.future.set_result([x if isinstance(x, ImageError) else next(answers) for x in decoded[i]])
+
+    async def _decode(self, batch: list[_Pending]) -> dict[int, list[np.ndarray | ImageError]]:
+        """The batch's encoded images (by place in the batch) decoded in worker threads: one hand-off for the
+        whole batch, or a few in parallel when its images are large."""
+        encoded = [(i, p) for i, p in enumerate(batch) if p.encoded is not None]
+        if not encoded:
+            return {}
+        jobs = [
+            (p.decode, name, data)
+            for _, p in encoded
+            if p.decode is not None and p.encoded is not None
+            for name, data in zip(p.names, p.encoded, strict=True)
+        ]
+        pixels = sum(p.pixels for _, p in encoded)
+        slices = max(1, min(len(jobs), DECODE_SLICES, pixels // PIXELS_PER_DECODE_SLICE))
+        bounds = [len(jobs) * k // slices for k in range(slices + 1)]
+        loop = asyncio.get_running_loop()  # run_in_executor: to_thread's context copy is per-call overhead
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(None, _decode_jobs, jobs[a:b]) for a, b in itertools.pairwise(bounds))
+        )
+        flat = iter([x for part in parts for x in part])
+        return {i: [next(flat) for _ in range(p.n)] for i, p in encoded}
+
+
+def _decode_jobs(jobs: list[tuple[Decode, Name, bytes]]) -> list[np.ndarray | ImageError]:
+    out: list[np.ndarray | ImageError] = []
+    for decode, name, data in jobs:
+        try:
+            out.append(decode(name, data))
+        except ImageError as exc:  # this image fails alone; its request hears why
+            out.append(exc)
+    return out
+
+
+def _stack_good(inputs: list[np.ndarray | ImageError]) -> np.ndarray | None:
+    good = [x for x in inputs if not isinstance(x, ImageError)]
+    return np.stack(good) if good else None
 
 
 class _NoWorker:

@@ -1,6 +1,8 @@
 """The inference core every transport calls: bytes in, probabilities out, preprocessing per the card.
 
-Decoding and preprocessing run in worker threads (Pillow releases the GIL), never on the event loop.
+Decoding and preprocessing run in worker threads (Pillow releases the GIL), never on the event loop: with the
+gateway's micro-batcher, in the batch (``MicroBatcher.submit_encoded``: one thread hand-off for all the images
+of a batch), otherwise per call (``inputs_each``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from labelaudit.errors import ImageError
 from labelaudit.imaging.preprocess import normalize, pixels_from_bytes
 from labelaudit.serving.core.admission import PixelBudget, declared_pixels
+from labelaudit.serving.core.batching import SubmitEncoded
 from labelaudit.serving.core.model_repo import ServedModel
 from labelaudit.serving.settings import Settings
 
@@ -31,6 +34,7 @@ class InferenceCore:
         *,
         budget: PixelBudget | None = None,
         coming: Callable[[], AbstractContextManager[None]] = nullcontext,
+        submit_encoded: SubmitEncoded | None = None,
     ):
         self.model, self.infer, self.settings = model, infer, settings
         self.classes = model.card.classes
@@ -39,6 +43,8 @@ class InferenceCore:
         self.budget = budget
         # Entered around decoding: the batcher's (MicroBatcher.coming), to know which requests are on their way.
         self.coming = coming
+        # The micro-batcher's: hand it encoded images, it decodes them with the batch (see ``classify``).
+        self.submit_encoded = submit_encoded
 
     def to_input(self, index: int | str, data: bytes) -> np.ndarray:
         """One encoded image -> its (C, H, W) model input; ``ImageError`` names the image by ``index``
@@ -56,6 +62,12 @@ class InferenceCore:
             return x
         except ImageError as exc:
             raise ImageError(f"image {index}: {exc}", reason=exc.reason, status_code=exc.status_code) from exc
+
+    def decoding_pixels(self, images: list[bytes]) -> int:
+        """The pixels decoding ``images`` will cost, from their headers: an image declaring more than
+        ``max_image_pixels`` costs none, since the decoder refuses it (400, naming the image) before decoding."""
+        limit = self.settings.max_image_pixels
+        return sum(p for p in map(declared_pixels, images) if p <= limit)
 
     def _inputs_sync(self, names: list[int | str], images: list[bytes]) -> list[np.ndarray | ImageError]:
         out: list[np.ndarray | ImageError] = []
@@ -81,7 +93,7 @@ class InferenceCore:
         if self.budget is None:
             with self.coming():
                 return await self._decode(images, names)
-        async with self.budget.hold(sum(map(declared_pixels, images))):
+        async with self.budget.hold(self.decoding_pixels(images)):
             with self.coming():
                 return await self._decode(images, names)
 
@@ -109,8 +121,24 @@ class InferenceCore:
         return np.stack(arrays)
 
     async def classify(self, images: list[bytes]) -> np.ndarray:
-        """Probabilities (n, K) for encoded images."""
-        return await self.infer(await self.preprocess_all(images))
+        """Probabilities (n, K) for encoded images; the first image that cannot be classified raises its
+        ``ImageError``."""
+        if self.submit_encoded is None:
+            return await self.infer(await self.preprocess_all(images))
+        names: list[int | str] = list(range(len(images)))
+        if self.budget is None:
+            outcomes = await self.submit_encoded(images, names, self.to_input)
+        else:
+            pixels = self.decoding_pixels(images)
+            await self.budget.acquire(pixels)  # held until the batch has decoded and run them
+            try:
+                outcomes = await self.submit_encoded(images, names, self.to_input, pixels=pixels)
+            finally:
+                self.budget.release(pixels)
+        for x in outcomes:
+            if isinstance(x, ImageError):
+                raise x
+        return np.stack(outcomes)
 
     def top_k(self, probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         order = np.argsort(-probs, axis=1)[:, : min(k, probs.shape[1])]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from labelaudit.serving.core.admission import PixelBudget
 from labelaudit.serving.core.audit import Auditor
 from labelaudit.serving.core.backends import Backend, OnnxRuntimeBackend, TritonBackend
-from labelaudit.serving.core.batching import Batcher, Batching, BatchObserver, batcher_for
+from labelaudit.serving.core.batching import Batcher, Batching, BatchObserver, MicroBatcher, batcher_for
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.model_repo import ServedModel, resolve_model
 from labelaudit.serving.core.policy import policy_for
@@ -61,7 +61,14 @@ async def open_runtime(
     opened = None
     relabels = KafkaRelabelPublisher(settings) if publish_relabels else None
     try:
-        core = InferenceCore(model, batcher.submit, settings, budget=budget, coming=batcher.coming)
+        core = InferenceCore(
+            model,
+            batcher.submit,
+            settings,
+            budget=budget,
+            coming=batcher.coming,
+            submit_encoded=batcher.submit_encoded if isinstance(batcher, MicroBatcher) else None,
+        )
         if store is None:
             store = opened = open_store(settings.store_url.get_secret_value(), timeout_s=settings.store_timeout_s)
         auditor = Auditor(core, store, policy_for(model.card, settings.audit_policy), relabels=relabels)

@@ -7,9 +7,10 @@ from collections.abc import Iterable, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.params import Depends
+from fastapi.responses import Response
 from pydantic import BaseModel
 
-from labelaudit.schemas.api import ClassifyForm, ClassifyRequest, ClassifyResponse, ClassifyResult, TopClass
+from labelaudit.schemas.api import ClassifyForm, ClassifyRequest, ClassifyResponse
 from labelaudit.schemas.audit import AuditForm, AuditRequest, AuditResponse
 from labelaudit.schemas.model_card import ModelCard
 from labelaudit.serving.core.audit import AuditItem, Auditor
@@ -19,9 +20,11 @@ from labelaudit.serving.http.body import BadRequest, UnsupportedMediaType, parse
 from labelaudit.serving.http.errors import documented_errors
 from labelaudit.serving.http.metrics import GatewayMetrics
 from labelaudit.serving.http.multipart import Form, parse_form
+from labelaudit.serving.http.responses import OrjsonResponse
 from labelaudit.serving.settings import Settings
 
 ERRORS = documented_errors(400, 401, 413, 415, 422, 429, 503)
+AUDIT_FIELDS = [name for name in AuditResponse.model_fields if name != "recorded"]  # copied from the AuditRecord
 
 
 def two_body_forms(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict:
@@ -104,7 +107,7 @@ def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[
         responses=ERRORS,
         openapi_extra=two_body_forms(ClassifyRequest, ClassifyForm),
     )
-    async def classify(request: Request) -> ClassifyResponse:
+    async def classify(request: Request) -> OrjsonResponse:
         """Top-k classes for one or many images (multipart ``files``, or JSON with base64 ``data``)."""
         core: InferenceCore = request.app.state.core
         images, ids, k = await images_from_request(request, settings)
@@ -112,10 +115,10 @@ def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[
         metrics.images.inc(len(images))
         metrics.queue_depth.set(request.app.state.batcher.queued_images)
         results = [
-            ClassifyResult(index=i, id=ids[i], top=[TopClass(label=c, probability=p) for c, p in top])
+            {"index": i, "id": ids[i], "top": [{"label": c, "probability": p} for c, p in top]}
             for i, top in enumerate(core.top_k(probs, k))
-        ]
-        return ClassifyResponse(model_name=core.model.name, model_version=core.model.version, results=results)
+        ]  # ClassifyResponse's shape, built as plain values (see responses.py)
+        return OrjsonResponse({"model_name": core.model.name, "model_version": core.model.version, "results": results})
 
     @router.post(
         "/audit",
@@ -123,7 +126,7 @@ def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[
         responses=ERRORS,
         openapi_extra=two_body_forms(AuditRequest, AuditForm),
     )
-    async def audit(request: Request) -> AuditResponse:
+    async def audit(request: Request) -> Response:
         """Classify one image, judge its human label, record the verdict (the same policy and store as
         the Kafka consumer). A repeat of (item_id, labeler_id, model version) answers with recorded=false. With
         ``http_publish_relabels`` on, a disagreement's relabel request is on the relabel topic before the answer."""
@@ -131,7 +134,10 @@ def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[
         auditor: Auditor = request.app.state.auditor
         [(record, new)] = await auditor.audit([item], source="http")
         metrics.images.inc()
-        return AuditResponse(**record.model_dump(include=set(AuditResponse.model_fields) - {"recorded"}), recorded=new)
+        answer = AuditResponse.model_construct(  # the record's own checked values: no second validation
+            **{name: getattr(record, name) for name in AUDIT_FIELDS}, recorded=new
+        )
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     @router.get("/models", response_model=ModelCard, responses=ERRORS)
     async def model_card(request: Request) -> ModelCard:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pydantic_core
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from labelaudit import __version__
@@ -24,6 +24,7 @@ from labelaudit.schemas.api import V2InferRequest, V2Tensor
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.http.body import ascii_int, read_body
 from labelaudit.serving.http.errors import documented_errors
+from labelaudit.serving.http.responses import OrjsonResponse
 
 HEADER = "Inference-Header-Content-Length"
 BYTES_INPUT, TENSOR_INPUT, OUTPUT = "image_bytes", "images", "probabilities"
@@ -248,7 +249,7 @@ def build_v2_router(auth: list) -> APIRouter:
             answer["id"] = request_json.id
         if not _wants_binary(request_json):
             out["data"] = probs.ravel().tolist()
-            return JSONResponse(answer)
+            return OrjsonResponse(answer)  # finite: checked above
         raw = probs.astype("<f4").tobytes()
         out["parameters"] = {"binary_data_size": len(raw)}
         header = json.dumps(answer).encode()

@@ -26,6 +26,22 @@ def test_declared_pixels_reads_the_header_only():
     assert declared_pixels(b"not an image") == 0
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP"])
+def test_declared_pixels_agree_with_pillow_for_every_format(fmt):
+    """PNG's size is read from its IHDR chunk directly, the rest through Pillow: both as Pillow reads them; a
+    truncated PNG header falls back to Pillow (which cannot tell either: 0)."""
+    import io
+
+    from PIL import Image
+
+    for size in [(1, 1), (28, 28), (640, 427), (70000 // 7, 3)]:
+        out = io.BytesIO()
+        Image.new("L" if fmt != "WEBP" else "RGB", size).save(out, format=fmt)
+        assert declared_pixels(out.getvalue()) == size[0] * size[1], (fmt, size)
+    if fmt == "PNG":
+        assert declared_pixels(out.getvalue()[:20]) == 0
+
+
 def test_the_budget_refuses_above_itself_waits_when_full_and_refuses_past_a_full_queue():
     async def scenario():
         budget = PixelBudget(100)

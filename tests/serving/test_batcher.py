@@ -9,6 +9,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from labelaudit.errors import ImageError
 from labelaudit.serving.core.admission import Overloaded
 from labelaudit.serving.core.batching import Chunked, InFlightLimit, MicroBatcher, batcher_for
 from labelaudit.serving.settings import Settings
@@ -173,6 +174,77 @@ def test_a_caller_that_brings_whole_batches_gets_one_backend_call_per_max_batch_
     np.testing.assert_allclose(rows[:, 0], images[:, 0, 0, 0])
 
 
+def _decode(name, data: bytes) -> np.ndarray:
+    """A fake decoder: b"7" -> a (1, 2, 2) image of 7s; anything not a number fails as a bad image does."""
+    import threading
+
+    DECODING_THREADS.add(threading.get_ident())
+    try:
+        return np.full((1, 2, 2), float(data), dtype=np.float32)
+    except ValueError:
+        raise ImageError(f"image {name}: not a number", reason="bad_image", status_code=422) from None
+
+
+DECODING_THREADS: set[int] = set()
+
+
+def test_encoded_requests_are_decoded_with_their_batch_and_a_bad_image_fails_alone():
+    """Encoded callers get per image their own row or their own error; the whole batch is decoded in one
+    hand-off to a worker thread (never on the event loop) and goes to the model in one call."""
+    import threading
+
+    model, observer = FakeModel(delay=0.02), Observer()
+    batcher = MicroBatcher(model, max_batch_size=64, max_delay_s=0.05, observer=observer)
+    requests = [[b"1", b"2"], [b"3", b"oops", b"4"], [b"nope"], [b"5"]]
+
+    async def scenario():
+        first = asyncio.create_task(batcher.submit(_images(9)))  # ready tensors share the batches too
+        await asyncio.sleep(0.005)  # the first batch is in the model: the encoded ones queue behind it
+        encoded = [batcher.submit_encoded(r, list(range(len(r))), _decode) for r in requests]
+        return await asyncio.gather(first, *encoded)
+
+    DECODING_THREADS.clear()
+    tensor_rows, *answers = asyncio.run(_run(batcher, scenario()))
+    assert float(tensor_rows[0, 0]) == 9.0
+    got = [[x.reason if isinstance(x, ImageError) else float(x[0]) for x in answer] for answer in answers]
+    assert got == [[1.0, 2.0], [3.0, "bad_image", 4.0], ["bad_image"], [5.0]]
+    assert "image 1" in str(answers[1][1])  # named by its place in its own request
+    assert model.batch_sizes == [1, 5]  # the 7 encoded images in one batch, the 2 bad ones left out of the model
+    assert threading.get_ident() not in DECODING_THREADS and len(DECODING_THREADS) == 1
+    assert batcher.queued_images == 0 and [e["images"] for e in observer.events] == [1, 7]
+
+
+def test_a_batch_of_only_bad_images_never_calls_the_model():
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=8, max_delay_s=0.001)
+    answer = asyncio.run(_run(batcher, batcher.submit_encoded([b"x"], [0], _decode)))
+    assert isinstance(answer[0], ImageError) and model.batch_sizes == []
+
+
+def test_large_encoded_batches_are_decoded_in_parallel_slices_in_order(monkeypatch):
+    """Photos (many declared pixels) are split among a few threads; answers still come back in order."""
+    import labelaudit.serving.core.batching as batching
+
+    monkeypatch.setattr(batching, "DECODE_SLICES", 3)
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=64, max_delay_s=0.05)
+    slices: list[int] = []
+    real = batching._decode_jobs
+    monkeypatch.setattr(batching, "_decode_jobs", lambda jobs: slices.append(len(jobs)) or real(jobs))
+    images = [str(i).encode() for i in range(10)]
+
+    async def small_then_big():
+        small = await batcher.submit_encoded(images, list(range(10)), _decode, pixels=10)
+        big = await batcher.submit_encoded(
+            images, list(range(10)), _decode, pixels=batching.PIXELS_PER_DECODE_SLICE * 10
+        )
+        return small, big
+
+    small, big = asyncio.run(_run(batcher, small_then_big()))
+    assert [float(x[0]) for x in small] == [float(x[0]) for x in big] == list(range(10))
+    assert slices == [10, 3, 3, 4]  # small: one hand-off; big: DECODE_SLICES of them
+
+
 class FakeBackend:
     infer = FakeModel()
 
@@ -196,3 +268,23 @@ def test_the_batcher_follows_the_backend_and_the_callers(backend, batching, expe
         assert batcher.max_queue_images == 32
     if isinstance(batcher, Chunked):
         assert batcher.max_batch_size == 8
+
+
+def test_a_caller_that_left_does_not_shift_the_rows_of_the_others():
+    model = FakeModel(delay=0.02)
+    batcher = MicroBatcher(model, max_batch_size=64, max_delay_s=0.05)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.submit(_images(9)))
+        await asyncio.sleep(0.005)  # the first batch is in the model; the next three queue behind it
+        tasks = [asyncio.create_task(batcher.submit_encoded(r, [0, 1], _decode)) for r in ([b"1", b"2"], [b"3", b"4"])]
+        tasks.insert(1, asyncio.create_task(batcher.submit(_images(7, 2))))
+        await asyncio.sleep(0)
+        tasks[0].cancel()  # the first caller of the next batch goes away
+        await first
+        return await asyncio.gather(*tasks[1:])
+
+    tensor_rows, encoded = asyncio.run(_run(batcher, scenario()))
+    np.testing.assert_allclose(tensor_rows[:, 0], [7.0, 7.01], rtol=1e-6)
+    assert [float(x[0]) for x in encoded] == [3.0, 4.0]
+    assert model.batch_sizes == [1, 6]
