@@ -34,6 +34,12 @@ Systems (rows' ``system``; ``body`` says what travels):
 - ``gateway`` (body ``multipart``, the common client path, ``curl -F files=@x.png``; ``json`` rows send
   base64 in JSON): ``labelaudit serve`` as a user starts it (uvicorn subprocess, embedded onnxruntime,
   default settings) on a free loopback port; POST /v1/classify with top_k=3.
+- ``gateway`` with body ``audit_json`` / ``audit_multipart``: the same gateway, POST /v1/audit, the route
+  that needs no Kafka: one image, a ``labeler_id`` (four of them) and a ``label`` per request (on alternate
+  bodies the core's class and its least likely class, so labels agree and disagree), and an ``item_id`` no
+  other request has: a repeat would be answered from the store without a write and hide the write's cost.
+  Every request classifies, judges and writes a verdict to the gateway's SQLite store, a new file per run
+  (bench/servers.py ``start_gateway``).
 - ``peer_mlserver`` (body ``v2_json_base64``): MLServer from PyPI serving the same model.onnx with its
   adaptive batching (max_batch_size 64 requests, max_batch_time 2 ms: the gateway's defaults) through
   bench/peers/mlserver_runtime.py, which decodes the same image bytes (a KServe v2 BYTES input, base64 on
@@ -47,20 +53,36 @@ loopback, the runtime in process), bench/loadgen.py (the closed loop, CPU accoun
 this file (the plan of points, the parity check and the measuring loop).
 
 Peers run onnxruntime with the gateway's session options. Before timing, every system's probabilities
-on the same images are checked against the in-process core's.
+on the same images are checked against the in-process core's (httpx, whatever ``--client``); the audit
+rows' check: each of the first 8 bodies answered 200, recorded, with the predicted_label that the policy the
+gateway's settings choose gives on the core's probabilities (labeler-posterior-v1 can move a disagreeing
+label's answer off the argmax).
 
-The load: ``concurrency`` workers (asyncio, one process), each sending its next request as soon as the
-previous one answered (closed loop). Each point runs a warm-up, then a fixed window; a request counts
-when it finishes inside the window (requests_per_s = those / window), latencies are those of the
-successful ones, errors are counted by status (``n_429``...) or exception name. HTTP load comes from
-one httpx.AsyncClient per point (pool = concurrency, keep-alive, ``Accept-Encoding: identity``), with
-request bodies encoded once up front so the client spends as little CPU as it can. ``--duration`` and
-``--warmup``, when given, override ``--quick``'s 3 s and 1 s.
+The load: ``concurrency`` clients, each sending its next request as soon as the previous one answered
+(closed loop) over a keep-alive connection of its own, request bodies encoded once up front and cycled
+over (``Accept-Encoding: identity``). Each point runs a warm-up, then a fixed window; requests_per_s counts
+the requests answered 200 in the window, latencies are those of the answered requests, errors are counted
+by status (``n_429``...) or kind. ``--duration`` and ``--warmup``, when given, override ``--quick``'s 3 s and
+1 s. ``--client`` (rows' and config's ``client``) picks the load generator:
+
+- ``wrk`` (the default where the binary is found; ``bash scripts/bench-tools.sh`` installs Debian's 4.1.0):
+  a compiled client in a process of its own, ``-t 1 -c <concurrency> --latency --timeout 60s``, driven by
+  bench/loadgen.lua: the bodies are files in the work folder (``wrk/<system>-<body>-<n>/``), ``request()``
+  returns the next one (an audit body gets its item id, ``<run tag>-<n>``, put in by Lua), ``done()`` writes
+  result.json (requests, window, p50/p99/mean, errors by kind and answers by status code). The warm-up is a
+  run of its own before the measured one; wrk counts whole seconds, so both round up and the row's
+  ``duration_s`` is wrk's own measure of the window. Its latencies include non-200 answers (none when
+  ``errors`` is 0).
+- ``aiohttp`` (the fallback, with a note, where no wrk is found) or ``httpx``: asyncio workers in this
+  process, one session whose pool holds ``concurrency`` connections; a request counts when it finishes
+  inside the window; an audit body's item id is put in per request in Python.
 
 Client and servers share the machine's cores (2 on the dev machines, shared with other work): every
-HTTP row pays for its client too. Rows carry the CPU seconds the load generator and the server used per
-request, so that cost can be read. Writes bench/results/serve.json (serve_quick.json with --quick); with
-``--model resnet18-224``, serve_resnet18.json (serve_resnet18_quick.json); ``--name`` overrides either.
+HTTP row pays for its client too, which is why wrk is the default: its CPU per request is a small fraction
+of the Python clients'. Rows carry the CPU seconds the load generator (this process; with wrk, the wrk
+process, its start of a few milliseconds included) and the server's process tree used per request, so that
+cost can be read. Writes bench/results/serve.json (serve_quick.json with --quick); with ``--model
+resnet18-224``, serve_resnet18.json (serve_resnet18_quick.json); ``--name`` overrides either.
 """
 
 from __future__ import annotations
@@ -76,6 +98,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 from rich.console import Console
 
 from bench.common import WORK, cpu_name, write_results
@@ -83,13 +106,17 @@ from bench.loadgen import (
     TOP_K,
     Http,
     Send,
+    audit_labeler,
     bentoml_http,
     closed_loop,
     cpu_reader,
+    gateway_audit_http,
     gateway_http,
     http_parity,
     http_sender,
     mlserver_http,
+    wrk_found,
+    wrk_loop,
 )
 from bench.serve_workloads import groups, workload
 from bench.servers import Server, in_process, start_bentoml, start_gateway, start_mlserver, workers_note
@@ -125,6 +152,8 @@ def plan(args) -> list[Point]:
         Point("ort_decode", "bytes", 1),
         Point("gateway", "multipart", 1),
         Point("gateway", "json", 1),
+        Point("gateway", "audit_json", 1),
+        Point("gateway", "audit_multipart", 1),
         Point("peer_mlserver", "v2_json_base64", 1),
         Point("peer_bentoml", "multipart", 1),
     ]
@@ -153,6 +182,7 @@ async def run(args) -> None:
         f"CPU provider; load generator and servers share these cores"
     )
     config = {k: v for k, v in vars(args).items()} | {
+        "client_version": client_version(args.client),
         "payload": load.payload,
         "gateway_settings": "defaults (max_batch_size 64, max_batch_delay_ms 2, max_queue_images 1024, http_workers "
         f"{os.environ.get('LABELAUDIT_HTTP_WORKERS', '0')}: {workers_note()})",
@@ -165,8 +195,9 @@ async def run(args) -> None:
     try:
         async with in_process(repo) as runtime:
             expected = await runtime[0].classify(images[:8])
+            audit = audit_expectations(runtime[0], await runtime[0].classify([g[0] for g in groups(images, 1, 64)]))
             servers = start_servers(args, repo, model_dir, {p.system for p in points}, work=work)
-            https = check_parity(servers, points, images, classes, expected)
+            https = check_parity(servers, points, images, classes, expected, audit)
             for concurrency in args.concurrency:  # systems side by side at each concurrency
                 for p in points:
                     if p.system.startswith("peer_") and p.system not in servers:
@@ -181,6 +212,16 @@ async def run(args) -> None:
     from bench.tables import update_docs
 
     update_docs()
+
+
+def client_version(client: str) -> str:
+    """The load generator, named with its version, for the results' config."""
+    if client == "wrk":
+        first = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+        return first.split(" [")[0]  # "wrk debian/4.1.0-3+b2 [epoll] Copyright ...": the name and the build
+    import importlib.metadata
+
+    return f"{client} {importlib.metadata.version(client)}, one asyncio process"
 
 
 def serving_tree() -> str | None:
@@ -231,20 +272,50 @@ def start_servers(args, repo: Path, model_dir: Path, systems: set[str], *, work:
     return servers
 
 
-def http_for(p: Point, payloads: list[list[bytes]], classes: list[str], top_k: int = TOP_K) -> Http:
+@dataclass
+class AuditExpectation:
+    labels: list[str]  # the human label of each audit body
+    verdicts: np.ndarray  # (N, K): one-hot of the class the gateway's policy should answer for each body
+
+
+def audit_expectations(core, probs: np.ndarray) -> AuditExpectation:
+    """The audit bodies' human labels, one per payload of ``probs`` ((64, K), the core's answers): the core's
+    class for even payloads (agreeing), its least likely class for odd ones (disagreeing); and the class
+    /v1/audit should answer for each. That is the policy's class (the confident class, or labeler-posterior-v1's
+    most probable true class given the label, which a disagreeing label can move off the argmax), so the
+    expectation applies the policy the gateway's settings choose to the core's probabilities."""
+    from labelaudit.serving.core.policy import policy_for
+    from labelaudit.serving.settings import Settings
+
+    classes = core.classes
+    top = probs.argmax(axis=1)
+    labels = [k if i % 2 == 0 else low for i, (k, low) in enumerate(zip(top, probs.argmin(axis=1), strict=True))]
+    policy = policy_for(core.model.card, Settings().audit_policy)
+    _, _, predicted = policy.judge_batch(probs, np.asarray(labels), [audit_labeler(i) for i in range(len(labels))])
+    return AuditExpectation([classes[k] for k in labels], np.eye(len(classes))[predicted])
+
+
+def http_for(
+    p: Point, payloads: list[list[bytes]], classes: list[str], audit: AuditExpectation, top_k: int = TOP_K
+) -> Http:
+    if p.body.startswith("audit_"):
+        return gateway_audit_http(payloads, audit.labels[: len(payloads)], classes, body=p.body)
     if p.system == "gateway":
         return gateway_http(payloads, classes, body=p.body, top_k=top_k)
     return mlserver_http(payloads) if p.system == "peer_mlserver" else bentoml_http(payloads)
 
 
-def check_parity(servers, points, images, classes, expected) -> dict:
-    """Every HTTP system answers like the core; returns the timed bodies per (system, body, n)."""
+def check_parity(servers, points, images, classes, expected, audit: AuditExpectation) -> dict:
+    """Every HTTP system answers like the core (the audit route: the class the core's policy names, and a
+    verdict recorded); returns the timed bodies per (system, body, n)."""
     https = {}
     for p in points:
         if p.system in servers:
             base = servers[p.system].base_url
-            http_parity(base, http_for(p, groups(images[:8], 1, 8), classes, top_k=len(classes)), expected, p.system)
-            https[(p.system, p.body, p.per_request)] = http_for(p, groups(images, p.per_request, 64), classes)
+            first = http_for(p, groups(images[:8], 1, 8), classes, audit, top_k=len(classes))
+            want = audit.verdicts if p.body.startswith("audit_") else expected
+            http_parity(base, first, want, f"{p.system} {p.body}")
+            https[(p.system, p.body, p.per_request)] = http_for(p, groups(images, p.per_request, 64), classes, audit)
     return https
 
 
@@ -279,11 +350,16 @@ async def measure(p: Point, concurrency: int, args, images, runtime, servers, ht
         server = servers[p.system]
         before = gateway_batches(server) if p.system == "gateway" else None
         http = https[(p.system, p.body, p.per_request)]
-        async with http_sender(server.base_url, http, concurrency, client=args.client) as send:
-            result = await closed_loop(send, cpu=cpu_reader(server.proc.pid), **loop)
+        if args.client == "wrk":
+            folder = MODELS[args.model] / "wrk" / f"{p.system}-{p.body}-{p.per_request}"
+            result = await wrk_loop(server.base_url, http, server_pid=server.proc.pid, folder=folder, **loop)
+        else:
+            async with http_sender(server.base_url, http, concurrency, client=args.client) as send:
+                result = await closed_loop(send, cpu=cpu_reader(server.proc.pid), **loop)
         after = gateway_batches(server) if p.system == "gateway" else None
     mean_batch = (after[0] - before[0]) / max(1, after[1] - before[1]) if before else None
-    return finish_row(p, concurrency, result, mean_batch, model=args.model)
+    client = None if p.system.startswith("ort_") else args.client
+    return finish_row(p, concurrency, result, mean_batch, model=args.model, client=client)
 
 
 def gateway_batches(server: Server) -> tuple[float, float]:
@@ -293,7 +369,9 @@ def gateway_batches(server: Server) -> tuple[float, float]:
     return float(found.get("sum", 0)), float(found.get("count", 0))
 
 
-def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | None, *, model: str) -> dict:
+def finish_row(
+    p: Point, concurrency: int, result: dict, mean_batch: float | None, *, model: str, client: str | None
+) -> dict:
     ok = result["requests_per_s"] * result["duration_s"]
     per_request = {
         f"{k}_cpu_ms_per_request": round(1000 * v / ok, 3) if v is not None and ok else None
@@ -303,6 +381,7 @@ def finish_row(p: Point, concurrency: int, result: dict, mean_batch: float | Non
         "model": model,
         "system": p.system,
         "body": p.body,
+        "client": client,  # the load generator of an HTTP row; None in process
         "concurrency": concurrency,
         "images_per_request": p.per_request,
         "requests_per_s": result["requests_per_s"],
@@ -346,7 +425,10 @@ def main() -> None:
     ap.add_argument("--mlserver-workers", type=int, default=1, help="MLServer parallel_workers (its default: 1)")
     ap.add_argument("--bentoml-workers", type=int, default=1, help="BentoML service workers (its default: 1)")
     ap.add_argument(
-        "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's HTTP client"
+        "--client",
+        choices=["wrk", "aiohttp", "httpx"],
+        default=None,
+        help="the load generator: wrk (the default where it is installed: scripts/bench-tools.sh), else aiohttp",
     )
     ap.add_argument(
         "--name",
@@ -359,6 +441,15 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.name = args.name or RESULT_NAMES[args.model] + ("_quick" if args.quick else "")
+    if args.client is None:
+        args.client = "wrk" if wrk_found() else "aiohttp"
+        if args.client == "aiohttp":
+            console.print(
+                "[yellow]no wrk found (bash scripts/bench-tools.sh installs it): the aiohttp client, whose "
+                "own CPU per request caps the HTTP rows"
+            )
+    elif args.client == "wrk" and not wrk_found():
+        raise SystemExit("--client wrk: no wrk binary found; bash scripts/bench-tools.sh installs it")
     asyncio.run(run(args))
 
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,7 @@ class Server:
     proc: subprocess.Popen
     base_url: str
     log: Path
+    scratch: list[Path] = field(default_factory=list)  # files of this run only, removed when it stops
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -39,6 +40,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        for path in self.scratch:
+            path.unlink(missing_ok=True)
 
 
 def start_server(name: str, cmd: list[str], *, port: int, ready: str, env: dict, cwd: Path, work: Path) -> Server:
@@ -71,9 +74,17 @@ def workers_note() -> str:
 
 def start_gateway(repo: Path, *, work: Path) -> Server:
     (port,) = free_ports(1)
-    env = {"LABELAUDIT_STORE_URL": f"sqlite:///{work / 'gateway-audit.db'}"}  # never into the checkout
+    # A store of this run's own (never the checkout's), new: the audit rows time writes, never repeats. Named by
+    # the port so that two runs in one work folder keep apart; removed when the gateway stops.
+    store = work / f"gateway-audit-{port}.db"
+    scratch = [store, *(store.with_name(store.name + tail) for tail in ("-wal", "-shm", "-journal"))]
+    for path in scratch:
+        path.unlink(missing_ok=True)
+    env = {"LABELAUDIT_STORE_URL": f"sqlite:///{store}"}
     cmd = [sys.executable, "-m", "labelaudit.cli", "serve", "--model-repo", str(repo), "--port", str(port)]
-    return start_server("gateway", cmd, port=port, ready="/readyz", env=env, cwd=work, work=work)
+    server = start_server("gateway", cmd, port=port, ready="/readyz", env=env, cwd=work, work=work)
+    server.scratch = scratch
+    return server
 
 
 def start_mlserver(venv: Path, onnx_path: Path, *, workers: int, work: Path) -> Server:
