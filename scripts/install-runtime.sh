@@ -64,8 +64,9 @@ fi
 
 # Smoke test, from outside the source tree so that the installed package is the one imported: serving
 # imports without torch, the nightly report too where the source has it, Triton's clients (gRPC and HTTP,
-# which the backend imports only when LABELAUDIT_BACKEND=triton) load, and the CLI answers.
+# which the backend imports only when LABELAUDIT_BACKEND=triton) and granian load, and the CLI answers.
 modules="labelaudit.serving.http.app labelaudit.serving.stream.consumer tritonclient.grpc.aio tritonclient.http.aio"
+modules+=" granian.server granian.http"  # the other HTTP server (LABELAUDIT_HTTP_SERVER=granian): its Rust module loads
 if [ -d serving/report ]; then modules+=" labelaudit.serving.report.job"; fi
 cd /
 MODULES="$modules" "$PYTHON" - <<'EOF'

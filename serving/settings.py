@@ -65,8 +65,12 @@ class Settings(BaseSettings):
     during an outage all of them leave the Service at once, /v1/classify included: turn this off when
     classification must stay up while audits cannot be recorded (those then answer 503 themselves)."""
 
+    http_server: Literal["uvicorn", "granian"] = "uvicorn"
+    """The HTTP server that runs the gateway's app: uvicorn (httptools, uvloop) or granian (Rust, hyper). Both
+    get the same workers, worker settings, metrics folder and timeouts; what granian maps differently (one
+    timer for the keep-alive wait and the request head, hyper's own 431) is in docs/serving.md."""
     http_workers: int = Field(default=0, ge=0)
-    """Gateway processes (uvicorn workers) sharing the port; each has its own model session and batcher.
+    """Gateway processes (server workers) sharing the port; each has its own model session and batcher.
     0 (the default): one per CPU this process may use (``usable_cpus``), since one process is bound by
     its GIL to about one core. Past one, ``/metrics`` sums every worker's metrics
     (``prometheus_multiproc_dir``), whichever answers."""
@@ -79,8 +83,14 @@ class Settings(BaseSettings):
     http_relabel_timeout_s: float = Field(default=5.0, gt=0)
     """How long the gateway waits for the broker to acknowledge a relabel request."""
     http_access_log: bool = False
-    """uvicorn's access log, a line per request. Off by default: at a thousand requests a second it was
-    about 5% of the gateway's Python time, and ``/metrics`` counts requests by route and status anyway."""
+    """The HTTP server's access log, a line per request. Off by default: at a thousand requests a second
+    uvicorn's was about 5% of the gateway's Python time, and ``/metrics`` counts requests by route and status
+    anyway."""
+    http_opentelemetry: bool = False
+    """FastAPI's native OpenTelemetry (a span and duration metrics per request, through the OpenTelemetry
+    providers configured in the process). Off by default: without an exporter it records nothing, yet asks
+    the global providers on every request, which measured about 5% of a small image's request (issue 19).
+    Turn it on when the process exports OpenTelemetry; ``/metrics`` (Prometheus) works either way."""
     prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
     """prometheus_client's multiprocess mode: every process writes its metrics to files here and the
     gateway's ``/metrics`` reads them all. ``labelaudit serve --workers N`` (N > 1) sets it to a fresh
@@ -115,7 +125,8 @@ class Settings(BaseSettings):
     http_header_timeout_s: float = Field(default=10.0, gt=0)
     """A connection must deliver a whole request head (request line and headers) this long after it opens
     or after the first byte of its next request; otherwise it is closed without an answer. uvicorn has
-    no such timeout: a client that sent half a header, or nothing, held its connection for ever."""
+    no such timeout: a client that sent half a header, or nothing, held its connection for ever. (granian
+    times heads itself, from the opening or the last response: see ``http_keep_alive_timeout_s``.)"""
     http_body_timeout_s: float = Field(default=60.0, gt=0)
     """A request's whole body must arrive this long after the route starts reading it; otherwise the answer
     is 408 ``body_timeout`` and the connection is closed. It is a deadline for the body, not a gap between
@@ -126,7 +137,8 @@ class Settings(BaseSettings):
     """uvicorn's ``timeout_keep_alive``: an idle keep-alive connection is closed this long after its last
     response (uvicorn's default). Behind a proxy that keeps upstream connections open, set it above the
     proxy's idle timeout for them (ingress-nginx ``upstream-keepalive-timeout``, 60 s), or the proxy may
-    send a request down a connection the gateway is closing and answer 502."""
+    send a request down a connection the gateway is closing and answer 502. granian has one timer for this
+    wait and the next request's head: the larger of this and ``http_header_timeout_s`` (docs/serving.md)."""
 
     # -- security --------------------------------------------------------------------------------
     api_key: SecretStr | None = None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from labelaudit.cli.common import LOG_FORMAT, fail, settings_with
 from labelaudit.errors import LabelAuditError
+
+HttpServer = Literal["uvicorn", "granian"]  # Settings.http_server's choices
 
 
 def serve(
@@ -22,12 +24,17 @@ def serve(
             min=0, help="Gateway processes sharing the port; 0: one per usable CPU (LABELAUDIT_HTTP_WORKERS)."
         ),
     ] = None,
+    server: Annotated[
+        HttpServer | None,
+        typer.Option(help="The HTTP server that runs the gateway (LABELAUDIT_HTTP_SERVER)."),
+    ] = None,
 ) -> None:
-    """Start the HTTP gateway (uvicorn) on embedded defaults: onnxruntime in process."""
+    """Start the HTTP gateway (uvicorn or granian) on embedded defaults: onnxruntime in process."""
     from labelaudit.serving.http.server import run_gateway
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
-        run_gateway(settings_with(model_repo=model_repo, http_workers=workers), host=host, port=port)
+        settings = settings_with(model_repo=model_repo, http_workers=workers, http_server=server)
+        run_gateway(settings, host=host, port=port)
     except (LabelAuditError, NotADirectoryError) as exc:
         raise fail(exc) from exc

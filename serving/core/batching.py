@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class _Pending:
     (``encoded``, with their ``names`` and ``decode``). ``n``: how many images, either way."""
 
     n: int
-    future: asyncio.Future
+    future: asyncio.Future[Any]  # its rows (n, K) for tensors; a list of Outcome for encoded images
     images: np.ndarray | None = None  # (n, C, H, W)
     encoded: list[bytes] | None = None
     names: list[Name] = field(default_factory=list)
@@ -146,10 +146,10 @@ class MicroBatcher:
         result: list[Outcome] = await self._enqueue(pending)
         return result
 
-    def _future(self) -> asyncio.Future:
+    def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
 
-    async def _enqueue(self, pending: _Pending):
+    async def _enqueue(self, pending: _Pending) -> Any:
         if self.queued_images + pending.n > self.max_queue_images:
             batches_ahead = self.queued_images / self.max_batch_size + 1
             raise Overloaded(

@@ -135,10 +135,12 @@ class InferenceCore:
                 outcomes = await self.submit_encoded(images, names, self.to_input, pixels=pixels)
             finally:
                 self.budget.release(pixels)
+        rows: list[np.ndarray] = []
         for x in outcomes:
             if isinstance(x, ImageError):
                 raise x
-        return np.stack(outcomes)
+            rows.append(x)
+        return np.stack(rows)
 
     def top_k(self, probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         order = np.argsort(-probs, axis=1)[:, : min(k, probs.shape[1])]

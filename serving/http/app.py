@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Classify images with the exported task-B model; audit human labels against it.",
         lifespan=lifespan,
+        # Off unless asked for (see Settings.http_opentelemetry): FastAPI would check its providers per request.
+        telemetry=None if settings.http_opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
 

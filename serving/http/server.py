@@ -1,5 +1,6 @@
-"""How uvicorn runs the gateway (``run_gateway``): its worker processes, their settings and shared metrics,
-its options from the settings, and the one timeout it lacks.
+"""How the gateway is run (``run_gateway``): uvicorn or granian (``Settings.http_server``), its worker
+processes, their settings and shared metrics, each server's options from the settings, and the one timeout
+uvicorn lacks.
 
 uvicorn bounds the wait between requests (``timeout_keep_alive``) but not a request's arrival: any byte
 disarms the keep-alive timer, and nothing rearms it until a response is sent. So a client that opens a
@@ -7,6 +8,10 @@ connection and sends nothing, or half a header line, holds the connection for ev
 has asked for ``--timeout-request-start`` since 2018), and httptools buffers a request head of any size
 (10 MB was accepted). ``HeaderDeadline`` adds that deadline and a 64 KiB cap (431) to uvicorn's httptools
 protocol; the body's deadline is the app's (``read_body``, 408).
+
+granian (hyper underneath) has both of its own, mapped in ``granian_options``: a header read timeout, which
+runs from a connection's opening or its last response (so it is the keep-alive wait too), and a read buffer
+that a request head must fit in (431 past it). docs/serving.md says what differs.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import asyncio
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,9 @@ from labelaudit.serving.core.model_repo import resolve_model
 from labelaudit.serving.settings import Settings, intra_op_threads, usable_cpus
 
 log = logging.getLogger("labelaudit.http")
+
+# What each worker process of either server imports and calls to build its app from its environment.
+APP_FACTORY = "labelaudit.serving.http.app:create_app"
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -121,35 +130,89 @@ def server_options(settings: Settings, *, workers: bool = False) -> dict[str, An
     return options
 
 
+def granian_options(settings: Settings) -> dict[str, Any]:
+    """granian's ``Server`` keyword arguments for the gateway, besides the target, address and workers. HTTP/1
+    only, as uvicorn serves (the head limits below are HTTP/1's); uvloop, as uvicorn[standard] runs; uvicorn's
+    listen backlog (2048); one Rust I/O thread per worker (granian's default: there is a worker per CPU); a
+    worker that dies is started again, as uvicorn's supervisor does. hyper times the wait for a request head
+    from the connection's opening or from its last response, so its one timer is both our header deadline and
+    our keep-alive timeout: it gets the longer of the two (keep-alive above a proxy's idle timeout matters
+    more than a shorter deadline for heads, which then stays bounded all the same)."""
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    head_wait_s = max(settings.http_header_timeout_s, settings.http_keep_alive_timeout_s)
+    return {
+        "interface": Interfaces.ASGI,  # with the lifespan: the app opens its runtime there
+        "http": HTTPModes.http1,
+        "websockets": False,
+        "loop": Loops.uvloop,
+        "backlog": 2048,
+        "runtime_threads": 1,
+        "respawn_failed_workers": True,
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=max(1, round(head_wait_s * 1000)),  # milliseconds
+            keep_alive=True,
+            max_buffer_size=MAX_HEAD_BYTES,  # a head that does not fit: 431 (hyper's answer, empty)
+        ),
+        "log_level": "info",
+        "log_access": settings.http_access_log,
+    }
+
+
 def run_gateway(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve until stopped: one process, or ``settings.http_workers`` of them (0: one per usable CPU) sharing
-    the port, each with its own model session, onnxruntime threads shared out among them, and one metrics
-    folder they all write to. Fails before binding when the model is not there (``ModelNotFound``) or a
-    given metrics folder is not a folder (``NotADirectoryError``)."""
-    import uvicorn
-
-    from labelaudit.serving.http.app import create_app
-
+    """Serve until stopped, with ``settings.http_server``: one process, or ``settings.http_workers`` of them
+    (0: one per usable CPU) sharing the port, each with its own model session, onnxruntime threads shared out
+    among them, and one metrics folder they all write to. Fails before binding when the model is not there
+    (``ModelNotFound``) or a given metrics folder is not a folder (``NotADirectoryError``)."""
     resolve_model(settings.model_repo, settings.model_name, settings.model_version)
     if (given := settings.prometheus_multiproc_dir) is not None and not given.is_dir():
         raise NotADirectoryError(f"PROMETHEUS_MULTIPROC_DIR={given} is not a folder")
     workers = settings.http_workers or usable_cpus()
+    SERVERS[settings.http_server](settings, host, port, workers)
+
+
+def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
+    """One worker runs in this process, on the app built here; several are uvicorn's spawned workers."""
+    import uvicorn
+
+    from labelaudit.serving.http.app import create_app
+
     common: dict[str, Any] = {"host": host, "port": port, "log_level": "info", "access_log": settings.http_access_log}
     if workers == 1:
         uvicorn.run(create_app(settings), **common, **server_options(settings))
         return
-    # Each worker process builds its own app from the environment it inherits: these settings, whole.
-    os.environ.update(worker_environment(settings))
-    os.environ["LABELAUDIT_ORT_INTRA_OP_THREADS"] = str(intra_op_threads(settings, workers))
+    _hand_settings_to_workers(settings, workers)
     with shared_metrics_dir(settings) as folder:
         log.info("the %d workers' metrics are merged from %s", workers, folder)
-        uvicorn.run(
-            "labelaudit.serving.http.app:create_app",
-            factory=True,
-            workers=workers,
-            **common,
-            **server_options(settings, workers=True),
+        uvicorn.run(APP_FACTORY, factory=True, workers=workers, **common, **server_options(settings, workers=True))
+
+
+def _run_granian(settings: Settings, host: str, port: int, workers: int) -> None:
+    """granian always serves from worker processes, one included, so each builds its app from the environment.
+    They are spawned, not forked (Python's default on Linux, which granian would follow), as uvicorn's are: a
+    worker starts from the environment alone, never from what this process imported or opened."""
+    from granian.server import Server
+
+    _hand_settings_to_workers(settings, workers)
+    multiprocessing.set_start_method("spawn", force=True)
+    with shared_metrics_dir(settings) if workers > 1 else nullcontext() as folder:
+        if folder is not None:
+            log.info("the %d workers' metrics are merged from %s", workers, folder)
+        server = Server(
+            APP_FACTORY, factory=True, address=host, port=port, workers=workers, **granian_options(settings)
         )
+        server.serve()
+
+
+def _hand_settings_to_workers(settings: Settings, workers: int) -> None:
+    """Each worker process builds its own app from the environment it inherits: these settings, whole."""
+    os.environ.update(worker_environment(settings))
+    os.environ["LABELAUDIT_ORT_INTRA_OP_THREADS"] = str(intra_op_threads(settings, workers))
+
+
+# The servers ``Settings.http_server`` names; its default there is the gateway's.
+SERVERS: dict[str, Callable[[Settings, str, int, int], None]] = {"uvicorn": _run_uvicorn, "granian": _run_granian}
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -178,7 +241,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 def shared_metrics_dir(settings: Settings) -> Iterator[Path]:
     """The folder where every worker writes its metrics (prometheus_client's multiprocess mode), in the
     environment the workers inherit: the user's PROMETHEUS_MULTIPROC_DIR, or a fresh private one that is
-    removed on exit. Set before uvicorn starts them: prometheus_client reads it when first imported."""
+    removed on exit. Set before the server starts them: prometheus_client reads it when first imported."""
     if (folder := settings.prometheus_multiproc_dir) is not None:
         if any(folder.glob("*.db")):
             log.warning("%s holds metrics files of an earlier run: they are added to this run's totals", folder)

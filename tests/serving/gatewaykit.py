@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import uvicorn
 from PIL import Image
 
@@ -45,3 +51,64 @@ def running_gateway(settings: Settings, **uvicorn_options):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# The line each server logs once per worker when that worker's app has started (after its lifespan).
+WORKER_STARTED = {"uvicorn": "Application startup complete", "granian": "Started worker-"}
+
+
+def wait_for(condition, what: str, log: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; the gateway log ends:\n{log.read_text()[-3000:]}")
+
+
+def answers_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", headers={"Connection": "close"}).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def process_group_is_gone(pgid: int, timeout_s: float = 10) -> bool:
+    """True once no process is left in the group ``pgid`` (the server's workers included)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def served_by_cli(folder: Path, *options: str, server: str, workers: int, env: dict[str, str]):
+    """``labelaudit serve --server SERVER --workers N OPTIONS`` as a real subprocess in a process group of its
+    own, with a minimal environment and ``env`` on top, its output in ``folder/gateway.log``. Yields (url,
+    process, log) once every worker has started its app and ``/readyz`` answers; on the way out kills whatever
+    is left of the group."""
+    port, log = free_port(), folder / "gateway.log"
+    base = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    if "PYTHONPATH" in os.environ:  # the workers run the code the tests import
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    command = [sys.executable, "-m", "labelaudit.cli", "serve", "--port", str(port)]
+    command += ["--server", server, "--workers", str(workers), *options]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, cwd=folder, env=base | env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: log.read_text().count(WORKER_STARTED[server]) == workers, f"{workers} workers", log)
+        wait_for(lambda: answers_ready(url), "/readyz", log)
+        yield url, proc, log
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)

@@ -1,5 +1,6 @@
-"""``labelaudit serve --workers 2`` as a real subprocess: whichever worker answers ``/metrics``, it
-describes the whole gateway (prometheus_client's multiprocess mode)."""
+"""``labelaudit serve --workers 2`` as a real subprocess, under uvicorn and under granian: whichever worker
+answers ``/metrics``, it describes the whole gateway (prometheus_client's multiprocess mode); the workers
+answer as the in-process gateway does, with the settings they were given; SIGTERM leaves no process behind."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,27 +19,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from labelaudit.cli import app
-from labelaudit.ports import free_port
 from labelaudit.serving.http.server import shared_metrics_dir, worker_environment
 from labelaudit.serving.settings import Settings
+from tests.serving.gatewaykit import process_group_is_gone, served_by_cli, wait_for
 
 REQUESTS = 40
 HEADER_TIMEOUT_S = 2
+MAX_IMAGES = 4  # LABELAUDIT_MAX_IMAGES_PER_REQUEST, a setting the workers must read back
 
 
 @pytest.fixture(scope="module")
 def pngs(tiny_data) -> list[bytes]:
     rows = [json.loads(line) for line in (tiny_data / "task_b.jsonl").read_text().splitlines()]
     return [(tiny_data / r["image"]).read_bytes() for r in rows if r["split"] == "test"][:REQUESTS]
-
-
-def wait_for(condition, what: str, log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; the gateway log ends:\n{log.read_text()[-3000:]}")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -62,53 +53,27 @@ def live_gauge_files(tmp: Path) -> list[Path]:
     return sorted(tmp.glob("labelaudit-metrics-*/gauge_live*.db"))
 
 
-@pytest.fixture
-def two_workers(model_repo, tmp_path):
-    """The real CLI with a minimal environment; TMPDIR is the test's, so the metrics folder can be watched."""
-    port, tmp, log = free_port(), tmp_path / "tmp", tmp_path / "gateway.log"
+@pytest.fixture(params=["uvicorn", "granian"])
+def two_workers(request, model_repo, tmp_path):
+    """The real CLI with a minimal environment; TMPDIR is the test's, so the metrics folder can be watched. The
+    model repository is given on the command line only: the workers serve it only if the settings travel."""
+    tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": os.environ.get("HOME", "/root"),
         "TMPDIR": str(tmp),
         "LABELAUDIT_STORE_URL": f"sqlite:///{tmp_path / 'audit.db'}",
         "LABELAUDIT_ORT_INTRA_OP_THREADS": "1",
         "LABELAUDIT_HTTP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "LABELAUDIT_HTTP_KEEP_ALIVE_TIMEOUT_S": "1",  # below the header deadline: granian's one timer is the latter
+        "LABELAUDIT_MAX_IMAGES_PER_REQUEST": str(MAX_IMAGES),
     }
-    if "PYTHONPATH" in os.environ:  # the workers run the code the tests import
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "labelaudit.cli",
-                "serve",
-                "--model-repo",
-                str(model_repo),
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: log.read_text().count("Application startup complete") == 2, "both workers", log)
-        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "/readyz", log)
-        yield url, proc, tmp, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+    options = ("--model-repo", str(model_repo))
+    with served_by_cli(tmp_path, *options, server=request.param, workers=2, env=env) as (url, proc, log):
+        yield url, proc, tmp, log, request.param
 
 
 def test_metrics_of_serve_workers_2_count_every_worker(two_workers, pngs):
-    url, proc, tmp, log = two_workers
+    url, proc, tmp, log, server = two_workers
 
     def classify(png: bytes) -> int:  # a new connection each: the kernel hands them to either worker
         files = {"files": ("x.png", png, "image/png")}
@@ -139,18 +104,39 @@ def test_metrics_of_serve_workers_2_count_every_worker(two_workers, pngs):
     assert folder.stat().st_mode & 0o077 == 0
     assert len(live_gauge_files(tmp)) == 2
 
-    # SIGTTOU: uvicorn retires one worker. Its live gauge goes with it, its counts stay in the total.
-    proc.send_signal(signal.SIGTTOU)
-    wait_for(lambda: len(live_gauge_files(tmp)) == 1, "the retired worker's gauge file to go", log, 30)
-    assert classified(scrape(url)) == REQUESTS
+    if server == "uvicorn":
+        # SIGTTOU: uvicorn retires one worker. Its live gauge goes with it, its counts stay in the total. (granian
+        # has no signal that retires one worker.)
+        proc.send_signal(signal.SIGTTOU)
+        wait_for(lambda: len(live_gauge_files(tmp)) == 1, "the retired worker's gauge file to go", log, 30)
+        assert classified(scrape(url)) == REQUESTS
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()
     assert not list(tmp.glob("labelaudit-metrics-*"))  # the folder serve made is gone
+    assert process_group_is_gone(proc.pid), "a worker outlived the server"
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_serve_workers_answer_as_the_in_process_gateway_with_the_settings_they_were_given(two_workers, pngs, gateway):
+    url = two_workers[0]
+    files = [("files", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs[:MAX_IMAGES])]
+    by_workers = httpx.post(f"{url}/v1/classify", files=files)
+    in_process = httpx.post(f"http://{gateway}/v1/classify", files=files)
+    assert by_workers.status_code == in_process.status_code == 200, by_workers.text
+    for mine, theirs in zip(by_workers.json()["results"], in_process.json()["results"], strict=True):
+        assert [t["label"] for t in mine["top"]] == [t["label"] for t in theirs["top"]]
+        assert [t["probability"] for t in mine["top"]] == pytest.approx([t["probability"] for t in theirs["top"]])
+    # LABELAUDIT_MAX_IMAGES_PER_REQUEST, not the default (64), is each worker's limit.
+    files.append(("files", ("one-more.png", pngs[0], "image/png")))
+    for _ in range(4):  # new connections, so both workers are asked
+        answer = httpx.post(f"{url}/v1/classify", files=files, headers={"Connection": "close"})
+        assert answer.status_code == 413 and answer.json()["error"] == "too_many_images", answer.text
 
 
 def test_serve_workers_close_a_connection_whose_request_head_never_ends(two_workers):
-    """The worker processes load the header deadline by name and read its timeout from their settings."""
+    """uvicorn's workers load the header deadline by name and read its timeout from their settings; granian's
+    header read timeout is set from the same settings."""
     url = two_workers[0]
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=15) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gate")
