@@ -32,8 +32,10 @@ Systems (rows' ``system``; ``body`` says what travels):
   does except HTTP. (Before issue 18 this row skipped the admission by declared pixels, which the gateway has
   had since issue 16.)
 - ``gateway`` (body ``multipart``, the common client path, ``curl -F files=@x.png``; ``json`` rows send
-  base64 in JSON): ``labelaudit serve`` as a user starts it (uvicorn subprocess, embedded onnxruntime,
-  default settings) on a free loopback port; POST /v1/classify with top_k=3.
+  base64 in JSON): ``labelaudit serve`` as a user starts it (a subprocess with its default HTTP server and
+  workers, embedded onnxruntime, default settings) on a free loopback port; POST /v1/classify with top_k=3.
+- ``gateway_alt``: the same, run by the HTTP server that is not the default (``LABELAUDIT_HTTP_SERVER``:
+  granian where uvicorn is the default, and the other way round); every gateway row names its ``http_server``.
 - ``gateway`` with body ``audit_json`` / ``audit_multipart``: the same gateway, POST /v1/audit, the route
   that needs no Kafka: one image, a ``labeler_id`` (four of them) and a ``label`` per request (on alternate
   bodies the core's class and its least likely class, so labels agree and disagree), and an ``item_id`` no
@@ -154,6 +156,8 @@ def plan(args) -> list[Point]:
         Point("gateway", "json", 1),
         Point("gateway", "audit_json", 1),
         Point("gateway", "audit_multipart", 1),
+        Point("gateway_alt", "multipart", 1),
+        Point("gateway_alt", "json", 1),
         Point("peer_mlserver", "v2_json_base64", 1),
         Point("peer_bentoml", "multipart", 1),
     ]
@@ -254,6 +258,9 @@ def start_servers(args, repo: Path, model_dir: Path, systems: set[str], *, work:
     try:
         if "gateway" in systems:
             servers["gateway"] = start_gateway(repo, work=work)
+        if "gateway_alt" in systems:  # the HTTP server that is not the default, same app and settings
+            env = {"LABELAUDIT_HTTP_SERVER": other_http_server()}
+            servers["gateway_alt"] = start_gateway(repo, work=work, name="gateway_alt", env=env)
         for system, venv, start, workers in [
             ("peer_mlserver", Path(args.peers_venv), start_mlserver, args.mlserver_workers),
             ("peer_bentoml", Path(args.bentoml_venv), start_bentoml, args.bentoml_workers),
@@ -300,7 +307,7 @@ def http_for(
 ) -> Http:
     if p.body.startswith("audit_"):
         return gateway_audit_http(payloads, audit.labels[: len(payloads)], classes, body=p.body)
-    if p.system == "gateway":
+    if p.system.startswith("gateway"):
         return gateway_http(payloads, classes, body=p.body, top_k=top_k)
     return mlserver_http(payloads) if p.system == "peer_mlserver" else bentoml_http(payloads)
 
@@ -348,7 +355,7 @@ async def measure(p: Point, concurrency: int, args, images, runtime, servers, ht
         after = (counter.images, counter.batches)
     else:
         server = servers[p.system]
-        before = gateway_batches(server) if p.system == "gateway" else None
+        before = gateway_batches(server) if p.system.startswith("gateway") else None
         http = https[(p.system, p.body, p.per_request)]
         if args.client == "wrk":
             folder = MODELS[args.model] / "wrk" / f"{p.system}-{p.body}-{p.per_request}"
@@ -356,10 +363,25 @@ async def measure(p: Point, concurrency: int, args, images, runtime, servers, ht
         else:
             async with http_sender(server.base_url, http, concurrency, client=args.client) as send:
                 result = await closed_loop(send, cpu=cpu_reader(server.proc.pid), **loop)
-        after = gateway_batches(server) if p.system == "gateway" else None
+        after = gateway_batches(server) if p.system.startswith("gateway") else None
     mean_batch = (after[0] - before[0]) / max(1, after[1] - before[1]) if before else None
     client = None if p.system.startswith("ort_") else args.client
     return finish_row(p, concurrency, result, mean_batch, model=args.model, client=client)
+
+
+def default_http_server() -> str:
+    from labelaudit.serving.settings import Settings
+
+    return str(Settings.model_fields["http_server"].default)
+
+
+def other_http_server() -> str:
+    return "granian" if default_http_server() == "uvicorn" else "uvicorn"
+
+
+def http_server_of(system: str) -> str | None:
+    """``gateway``: ``labelaudit serve`` as a user starts it (the default server); ``gateway_alt``: the other."""
+    return {"gateway": default_http_server(), "gateway_alt": other_http_server()}.get(system)
 
 
 def gateway_batches(server: Server) -> tuple[float, float]:
@@ -382,6 +404,7 @@ def finish_row(
         "system": p.system,
         "body": p.body,
         "client": client,  # the load generator of an HTTP row; None in process
+        "http_server": http_server_of(p.system),  # the gateway's (uvicorn, granian); None for the others
         "concurrency": concurrency,
         "images_per_request": p.per_request,
         "requests_per_s": result["requests_per_s"],
@@ -418,7 +441,9 @@ def main() -> None:
         help="images per request of the extra rows (0 or 1: none; default 8, 4 for resnet18-224)",
     )
     ap.add_argument(
-        "--systems", nargs="+", default=["ort_tensors", "ort_decode", "gateway", "peer_mlserver", "peer_bentoml"]
+        "--systems",
+        nargs="+",
+        default=["ort_tensors", "ort_decode", "gateway", "gateway_alt", "peer_mlserver", "peer_bentoml"],
     )
     ap.add_argument("--peers-venv", default=str(ROOT / ".venv-peers"), help="MLServer's (scripts/peers.sh)")
     ap.add_argument("--bentoml-venv", default=str(ROOT / ".venv-peers-bentoml"), help="BentoML's (scripts/peers.sh)")

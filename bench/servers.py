@@ -72,7 +72,10 @@ def workers_note() -> str:
     return f"{n} uvicorn worker{'s' if n != 1 else ''}"
 
 
-def start_gateway(repo: Path, *, work: Path) -> Server:
+def start_gateway(repo: Path, *, work: Path, name: str = "gateway", env: dict[str, str] | None = None) -> Server:
+    """``labelaudit serve`` on a free port, with default settings but for ``env`` (e.g.
+    ``LABELAUDIT_HTTP_SERVER``). With ``BENCH_GATEWAY_SOURCE`` set to another checkout (a git worktree of an
+    earlier commit), the gateway runs that tree's code, for before/after records of a change."""
     (port,) = free_ports(1)
     # A store of this run's own (never the checkout's), new: the audit rows time writes, never repeats. Named by
     # the port so that two runs in one work folder keep apart; removed when the gateway stops.
@@ -80,9 +83,11 @@ def start_gateway(repo: Path, *, work: Path) -> Server:
     scratch = [store, *(store.with_name(store.name + tail) for tail in ("-wal", "-shm", "-journal"))]
     for path in scratch:
         path.unlink(missing_ok=True)
-    env = {"LABELAUDIT_STORE_URL": f"sqlite:///{store}"}
+    env = {"LABELAUDIT_STORE_URL": f"sqlite:///{store}", **(env or {})}
+    if source := os.environ.get("BENCH_GATEWAY_SOURCE"):
+        env["PYTHONPATH"] = source
     cmd = [sys.executable, "-m", "labelaudit.cli", "serve", "--model-repo", str(repo), "--port", str(port)]
-    server = start_server("gateway", cmd, port=port, ready="/readyz", env=env, cwd=work, work=work)
+    server = start_server(name, cmd, port=port, ready="/readyz", env=env, cwd=work, work=work)
     server.scratch = scratch
     return server
 
