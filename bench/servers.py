@@ -161,7 +161,7 @@ class BatchCounter:
     def __init__(self) -> None:
         self.images = self.batches = 0
 
-    def batch_released(self, *, images: int, requests: int, reason: str, queue_delay_s: float) -> None:
+    def batch_released(self, *, images: int, **_) -> None:
         self.images += images
         self.batches += 1
 

@@ -73,7 +73,9 @@ class Batcher(Protocol):
 class BatchObserver(Protocol):
     """Told about every released batch (the Prometheus metrics implement it)."""
 
-    def batch_released(self, *, images: int, requests: int, reason: Release, queue_delay_s: float) -> None: ...
+    def batch_released(
+        self, *, images: int, requests: int, reason: Release, queue_delay_s: float, queued_images: int
+    ) -> None: ...
 
 
 @dataclass
@@ -211,7 +213,13 @@ class MicroBatcher:
             self.queued_images -= images
             if self.observer:
                 delay = time.perf_counter() - batch[0].enqueued
-                self.observer.batch_released(images=images, requests=len(batch), reason=reason, queue_delay_s=delay)
+                self.observer.batch_released(
+                    images=images,
+                    requests=len(batch),
+                    reason=reason,
+                    queue_delay_s=delay,
+                    queued_images=self.queued_images,
+                )
             await self._infer_and_answer(batch)
 
     async def _infer_and_answer(self, batch: list[_Pending]) -> None:

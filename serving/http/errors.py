@@ -27,25 +27,34 @@ def error_response(
 ) -> JSONResponse:
     """``{"error": reason, "detail": sentence}``; on the KServe v2 routes the protocol's own shape,
     ``{"error": message}``, which V2 clients show to their users (the reason leads the message)."""
-    if request.url.path.startswith("/v2"):
+    return error_at(request.url.path, status, error, detail, headers)
+
+
+def error_at(path: str, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``error_response`` for a request to ``path``."""
+    if path.startswith("/v2"):
         content = {"error": f"{error}: {detail}"}
     else:
         content = {"error": error, "detail": detail}
     return JSONResponse(status_code=status, content=content, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(BodyTimeout)
-    async def _slow_body(request: Request, exc: BodyTimeout) -> JSONResponse:
-        # The rest of the body may still come: the connection cannot carry another request, so it is closed.
-        log.info("408 on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(request, exc.status_code, exc.reason, str(exc), headers={"Connection": "close"})
+def answer_to(path: str, exc: LabelAuditError) -> JSONResponse:
+    """The answer to a request that raised ``exc``: its status and reason, ``Retry-After`` when it says when to
+    come back (429 Overloaded, 503 Unavailable), and ``Connection: close`` after a body that stopped coming."""
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else {}
+    if isinstance(exc, BodyTimeout):  # the rest of the body may still come: the connection cannot carry another
+        headers["Connection"] = "close"
+    return error_at(path, exc.status_code, exc.reason, str(exc), headers or None)
 
+
+def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LabelAuditError)
     async def _ours(request: Request, exc: LabelAuditError) -> JSONResponse:
-        retry = getattr(exc, "retry_after_s", None)  # 429 Overloaded, 503 Unavailable: when to come back
-        headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else None
-        return error_response(request, exc.status_code, exc.reason, str(exc), headers=headers)
+        if isinstance(exc, BodyTimeout):
+            log.info("408 on %s %s: %s", request.method, request.url.path, exc)
+        return answer_to(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

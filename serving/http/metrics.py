@@ -62,7 +62,10 @@ class GatewayMetrics:
         if self.multiprocess_dir is not None:
             mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
-    def batch_released(self, *, images: int, requests: int, reason: str, queue_delay_s: float) -> None:
+    def batch_released(
+        self, *, images: int, requests: int, reason: str, queue_delay_s: float, queued_images: int
+    ) -> None:
+        self.queue_depth.set(queued_images)  # once a batch, not once a request: what waits behind this one
         self.batch_size.observe(images)
         self.batch_requests.observe(requests)
         self.queue_delay.observe(queue_delay_s)

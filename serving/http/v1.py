@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.datastructures import State
 
 from labelaudit.schemas.api import ClassifyForm, ClassifyRequest, ClassifyResponse
 from labelaudit.schemas.audit import AuditForm, AuditRequest, AuditResponse
@@ -46,10 +47,8 @@ def text_fields(form: Form, names: Iterable[str]) -> dict[str, str]:
     return {name: value for name in names if (value := form.text(name)) is not None}
 
 
-async def images_from_request(request: Request, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
+def images_from_body(content_type: str, body: bytes, settings: Settings) -> tuple[list[bytes], list[str | None], int]:
     """(encoded images, ids, top_k) from multipart ``files`` or JSON ``{"images": [{"data": base64}]}``."""
-    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
-    content_type = request.headers.get("content-type", "")
     limit = settings.max_images_per_request
     if content_type.startswith("multipart/form-data"):
         form = parse_form(body, content_type, max_parts=limit + 10)
@@ -75,10 +74,8 @@ async def images_from_request(request: Request, settings: Settings) -> tuple[lis
     return images, ids, k
 
 
-async def audit_item_from_request(request: Request, settings: Settings) -> AuditItem:
+def audit_item_from_body(content_type: str, body: bytes) -> AuditItem:
     """One ``AuditItem`` from JSON (base64 ``image``) or multipart (file ``image`` and text fields)."""
-    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
-    content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         parsed = parse_json(AuditRequest, body)
         image = image_from_base64(parsed.image, where="image")
@@ -97,9 +94,43 @@ async def audit_item_from_request(request: Request, settings: Settings) -> Audit
     raise UnsupportedMediaType(content_type)
 
 
-def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[Depends]) -> APIRouter:
+class V1Handlers:
+    """What ``POST /v1/classify`` and ``POST /v1/audit`` do with a body that has been read: the FastAPI routes
+    (which document them) and the gateway's hot path (``serving/http/hot.py``, which serves them) both call
+    these, so the two cannot answer differently."""
+
+    def __init__(self, settings: Settings, metrics: GatewayMetrics):
+        self.settings, self.metrics = settings, metrics
+
+    async def classify(self, state: State, content_type: str, body: bytes) -> Response:
+        core: InferenceCore = state.core
+        images, ids, k = images_from_body(content_type, body, self.settings)
+        probs = await core.classify(images)
+        self.metrics.images.inc(len(images))
+        results = [
+            {"index": i, "id": ids[i], "top": [{"label": c, "probability": p} for c, p in top]}
+            for i, top in enumerate(core.top_k(probs, k))
+        ]  # ClassifyResponse's shape, built as plain values (see responses.py)
+        return OrjsonResponse({"model_name": core.model.name, "model_version": core.model.version, "results": results})
+
+    async def audit(self, state: State, content_type: str, body: bytes) -> Response:
+        item = audit_item_from_body(content_type, body)
+        auditor: Auditor = state.auditor
+        [(record, new)] = await auditor.audit([item], source="http")
+        self.metrics.images.inc()
+        answer = AuditResponse.model_construct(  # the record's own checked values: no second validation
+            **{name: getattr(record, name) for name in AUDIT_FIELDS}, recorded=new
+        )
+        return Response(answer.model_dump_json(), media_type="application/json")
+
+
+def build_v1_router(handlers: V1Handlers, auth: Sequence[Depends]) -> APIRouter:
     """The ``/v1`` routes, each behind ``auth`` (the API key's dependency, or none)."""
     router = APIRouter(prefix="/v1", dependencies=list(auth))
+    settings = handlers.settings
+
+    async def body_of(request: Request) -> bytes:
+        return await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
 
     @router.post(
         "/classify",
@@ -107,18 +138,10 @@ def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[
         responses=ERRORS,
         openapi_extra=two_body_forms(ClassifyRequest, ClassifyForm),
     )
-    async def classify(request: Request) -> OrjsonResponse:
+    async def classify(request: Request) -> Response:
         """Top-k classes for one or many images (multipart ``files``, or JSON with base64 ``data``)."""
-        core: InferenceCore = request.app.state.core
-        images, ids, k = await images_from_request(request, settings)
-        probs = await core.classify(images)
-        metrics.images.inc(len(images))
-        metrics.queue_depth.set(request.app.state.batcher.queued_images)
-        results = [
-            {"index": i, "id": ids[i], "top": [{"label": c, "probability": p} for c, p in top]}
-            for i, top in enumerate(core.top_k(probs, k))
-        ]  # ClassifyResponse's shape, built as plain values (see responses.py)
-        return OrjsonResponse({"model_name": core.model.name, "model_version": core.model.version, "results": results})
+        body = await body_of(request)
+        return await handlers.classify(request.app.state, request.headers.get("content-type", ""), body)
 
     @router.post(
         "/audit",
@@ -130,14 +153,8 @@ def build_v1_router(settings: Settings, metrics: GatewayMetrics, auth: Sequence[
         """Classify one image, judge its human label, record the verdict (the same policy and store as
         the Kafka consumer). A repeat of (item_id, labeler_id, model version) answers with recorded=false. With
         ``http_publish_relabels`` on, a disagreement's relabel request is on the relabel topic before the answer."""
-        item = await audit_item_from_request(request, settings)
-        auditor: Auditor = request.app.state.auditor
-        [(record, new)] = await auditor.audit([item], source="http")
-        metrics.images.inc()
-        answer = AuditResponse.model_construct(  # the record's own checked values: no second validation
-            **{name: getattr(record, name) for name in AUDIT_FIELDS}, recorded=new
-        )
-        return Response(answer.model_dump_json(), media_type="application/json")
+        body = await body_of(request)
+        return await handlers.audit(request.app.state, request.headers.get("content-type", ""), body)
 
     @router.get("/models", response_model=ModelCard, responses=ERRORS)
     async def model_card(request: Request) -> ModelCard:

@@ -262,3 +262,50 @@ def test_openapi_has_an_example_for_every_request_and_response_body(client):
         op = spec["paths"][path][method]
         assert has_example(op["requestBody"]["content"]["application/json"]), f"{method} {path}: request"
         assert has_example(op["responses"]["200"]["content"]["application/json"]), f"{method} {path}: response"
+
+
+def test_the_hot_path_answers_as_the_documented_routes_do(client, test_images):
+    """POST /v1/classify and /v1/audit are served by serving/http/hot.py in front of FastAPI; the FastAPI routes
+    that document them run the same handlers. Sent straight to the router (no middleware, so no hot path),
+    the same requests get the same answers: the OpenAPI description is of what is served."""
+    from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+
+    app = client.app
+
+    async def app_scope(scope, receive, send):
+        scope["app"] = app  # what Starlette sets before its middleware; the routes read app.state from it
+        await app.router(scope, receive, send)
+
+    router_only = AsyncExitStackMiddleware(app_scope)  # what FastAPI's routes expect around them
+
+    image = test_images[0][1]
+    label = test_images[0][0]
+    requests = [
+        ("/v1/classify", {"files": [("files", ("a.png", image, "image/png"))], "data": {"top_k": "2"}}),
+        ("/v1/classify", {"json": {"images": [{"id": "x", "data": base64.b64encode(image).decode()}]}}),
+        (
+            "/v1/audit",
+            {
+                "json": {
+                    "item_id": "hot-1",
+                    "labeler_id": "l",
+                    "label": label,
+                    "image": base64.b64encode(image).decode(),
+                }
+            },
+        ),
+    ]
+
+    async def direct(path, kwargs):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router_only), base_url="http://x") as c:
+            return await c.post(path, **kwargs)
+
+    for path, kwargs in requests:
+        hot = client.post(path, **kwargs)
+        routed = client.portal.call(direct, path, kwargs)  # on the app's own event loop (its batcher's)
+        assert hot.status_code == routed.status_code == 200, (hot.text, routed.text)
+        assert hot.headers["content-type"] == routed.headers["content-type"] == "application/json"
+        hot_json, routed_json = hot.json(), routed.json()
+        if path == "/v1/audit":  # the same item again: the route's answer is the repeat (recorded false)
+            assert hot_json.pop("recorded") is True and routed_json.pop("recorded") is False
+        assert hot_json == routed_json
