@@ -88,9 +88,9 @@ def test_every_part_comes_back_as_python_multipart_reads_it(seed):
 @pytest.mark.parametrize(
     ("body", "why"),
     [
-        (b"--b\r\ncontent-disposition: form-data; name=\"a\"\r\n\r\nx", "closing boundary"),
+        (b'--b\r\ncontent-disposition: form-data; name="a"\r\n\r\nx', "closing boundary"),
         (b"--b\r\ncontent-disposition form-data\r\n\r\nx\r\n--b--", "no colon"),
-        (b"--b\r\ncontent-disposition: form-data; name=\"a\"\r\nx\r\n--b--", "empty line"),
+        (b'--b\r\ncontent-disposition: form-data; name="a"\r\nx\r\n--b--', "empty line"),
         (b"--bXYZ\r\n\r\nx\r\n--b--", "line break"),
         (b"\r\n--b\r\n\r\nx\r\n--b--", "form-data name"),  # a part without headers names no field
     ],
@@ -104,7 +104,7 @@ def test_malformed_bodies_say_what_is_wrong(body, why):
 
 def test_a_preamble_an_epilogue_padding_and_header_case_are_read_as_the_rfc_says():
     body = (
-        b"ignored preamble\r\n--b  \r\nCONTENT-DISPOSITION: form-data; name=\"files\"; filename=\"a.png\"\r\n"
+        b'ignored preamble\r\n--b  \r\nCONTENT-DISPOSITION: form-data; name="files"; filename="a.png"\r\n'
         b"Content-Type: image/png\r\n\r\nPNG\r\n--b\r\ncontent-disposition: form-data; name=top_k\r\n\r\n3"
         b"\r\n--b--\r\nignored epilogue"
     )
