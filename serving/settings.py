@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     the gateway then needs no broker, and its disagreements reach the relabel queue through the store and the
     report only. On, a broker that does not take the request within ``http_relabel_timeout_s`` is a 503
     ``relabel_unavailable`` (the verdict stays recorded; the client's retry publishes again)."""
+    http_reuse_port: bool = True
+    """uvicorn with several workers: each worker listens on a socket of its own (``SO_REUSEPORT``), so the
+    kernel spreads new connections evenly among them. Off: uvicorn's supervisor, one shared socket, where
+    whichever worker is awake accepts (measured splits up to 60/4 between 2 workers). Ignored where the
+    platform has no ``SO_REUSEPORT`` (then the shared socket) and by granian (its own workers)."""
     http_relabel_timeout_s: float = Field(default=5.0, gt=0)
     """How long the gateway waits for the broker to acknowledge a relabel request."""
     http_access_log: bool = False
