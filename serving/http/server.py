@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -208,10 +209,10 @@ class ReusePortWorkers:
     port, which ``SO_REUSEPORT`` would otherwise allow), spawns the workers, starts a worker again when one
     dies while serving, adds one on SIGTTIN and retires one on SIGTTOU (as uvicorn's supervisor does), and on
     SIGTERM or SIGINT stops them all (each finishes its requests: uvicorn's graceful shutdown). A worker that
-    exits during its start (its app's lifespan failed) stops the gateway with that worker's exit code, rather
-    than being started again and again."""
+    could not start (its socket or its app's lifespan failed: exit code ``STARTUP_FAILURE``) stops the gateway,
+    rather than being started again and again."""
 
-    START_GRACE_S = 30.0  # a worker that dies sooner than this after its start failed to start
+    STARTUP_FAILURE = 3  # a worker's exit code when its app did not start (uvicorn.run's own, for one worker)
 
     def __init__(self, config: Any, workers: int):
         self.config, self.workers = config, workers
@@ -224,31 +225,26 @@ class ReusePortWorkers:
             signal.signal(sig, lambda *_: setattr(self, "stopping", True))
         signal.signal(signal.SIGTTIN, lambda *_: setattr(self, "workers", self.workers + 1))
         signal.signal(signal.SIGTTOU, lambda *_: setattr(self, "workers", max(1, self.workers - 1)))
-        started = {self._start(): time.monotonic() for _ in range(self.workers)}
+        started = [self._start() for _ in range(self.workers)]
         failed: int | None = None
         try:
             while not self.stopping:
                 time.sleep(0.2)
                 while len(started) < self.workers:
-                    started[self._start()] = time.monotonic()
+                    started.append(self._start())
                 while len(started) > self.workers:
-                    retired = list(started)[-1]
-                    del started[retired]
+                    retired = started.pop()
                     retired.terminate()
                     retired.join()
                     log.info("worker %d retired", retired.pid)
-                for proc, since in list(started.items()):
-                    if proc.is_alive():
-                        continue
-                    del started[proc]
-                    if time.monotonic() - since < self.START_GRACE_S and proc.exitcode:
-                        log.error(
-                            "worker %d exited with %s while starting: stopping the gateway", proc.pid, proc.exitcode
-                        )
+                for proc in [p for p in started if not p.is_alive()]:
+                    started.remove(proc)
+                    if proc.exitcode == self.STARTUP_FAILURE:
+                        log.error("worker %d could not start: stopping the gateway", proc.pid)
                         failed, self.stopping = proc.exitcode, True
                         break
                     log.warning("worker %d exited with %s: starting another", proc.pid, proc.exitcode)
-                    started[self._start()] = time.monotonic()
+                    started.append(self._start())
         finally:
             for proc in started:
                 proc.terminate()
@@ -291,8 +287,15 @@ def _reuse_port_worker(config: Any) -> None:
     import uvicorn
 
     config.configure_logging()
-    sock = reuse_port_socket(config.host, config.port)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        sock = reuse_port_socket(config.host, config.port)
+    except OSError as exc:
+        log.error("worker %d could not listen on %s:%s: %s", os.getpid(), config.host, config.port, exc)
+        sys.exit(ReusePortWorkers.STARTUP_FAILURE)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:  # its lifespan failed (uvicorn logged why): the supervisor must not start it again
+        sys.exit(ReusePortWorkers.STARTUP_FAILURE)
 
 
 def _run_granian(settings: Settings, host: str, port: int, workers: int) -> None:

@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -311,3 +313,37 @@ def test_worker_processes_get_every_setting_that_differs_from_its_default(monkey
     assert again.redacted() | secrets == given.redacted() | secrets
     assert again.api_key.get_secret_value() == "s3cret"
     assert again.store_url.get_secret_value() == "postgresql://u:pw@db/audits"
+
+
+def test_a_worker_killed_while_serving_is_replaced(model_repo, tmp_path, pngs):
+    """ReusePortWorkers starts a worker again when one dies after it started (here: SIGKILL); the gateway keeps
+    answering on the other meanwhile, and then has 2 serving workers again."""
+    env = {"LABELAUDIT_STORE_URL": f"sqlite:///{tmp_path / 'audit.db'}", "LABELAUDIT_ORT_INTRA_OP_THREADS": "1"}
+    with served_by_cli(tmp_path, "--model-repo", str(model_repo), server="uvicorn", workers=2, env=env) as served:
+        url, proc, log = served
+        victim, survivor = worker_pids(proc)
+        os.kill(victim, signal.SIGKILL)
+        files = [("files", ("a.png", pngs[0], "image/png"))]
+        for _ in range(5):  # fresh connections: the kernel sends them to the live worker's socket only
+            assert httpx.post(f"{url}/v1/classify", files=files, headers={"Connection": "close"}).status_code == 200
+        wait_for(lambda: len(set(worker_pids(proc)) - {victim}) == 2, "a new worker", log, 60)
+        wait_for(lambda: log.read_text().count("Application startup complete") == 3, "its startup", log, 60)
+        assert survivor in worker_pids(proc) and "starting another" in log.read_text()
+
+
+def test_workers_whose_app_cannot_start_stop_the_gateway(model_repo, tmp_path):
+    """A worker whose lifespan fails (here: no audit store can be opened) exits with STARTUP_FAILURE, and the
+    supervisor stops the gateway with it instead of starting workers again and again."""
+    from labelaudit.serving.http.server import ReusePortWorkers
+    from tests.serving.gatewaykit import free_port
+
+    bad_store = tmp_path / "not-a-folder"
+    bad_store.write_text("a file where the store's folder should be")
+    env = dict(os.environ)
+    env["LABELAUDIT_STORE_URL"] = f"sqlite:///{bad_store / 'audit.db'}"
+    command = [sys.executable, "-m", "labelaudit.cli", "serve", "--port", str(free_port()), "--workers", "2"]
+    result = subprocess.run(
+        command + ["--model-repo", str(model_repo)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == ReusePortWorkers.STARTUP_FAILURE, result.stdout + result.stderr
+    assert "could not start" in result.stdout + result.stderr
