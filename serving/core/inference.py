@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -18,11 +17,9 @@ import numpy as np
 from labelaudit.errors import ImageError
 from labelaudit.imaging.preprocess import normalize, pixels_from_bytes
 from labelaudit.serving.core.admission import PixelBudget, declared_pixels
-from labelaudit.serving.core.batching import SubmitEncoded
+from labelaudit.serving.core.batching import DECODE_SLICES, SubmitEncoded
 from labelaudit.serving.core.model_repo import ServedModel
 from labelaudit.serving.settings import Settings
-
-DECODE_SLICES = max(1, min(4, os.cpu_count() or 1))
 
 
 class InferenceCore:
