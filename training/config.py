@@ -42,6 +42,10 @@ class TrainConfig:
     posterior_temperature: float = 0.5  # crowd, crowdmix: the posterior's sharpening, q^(1/T); 1 = none
     mentormix_gamma: float = 0.6  # mentormix: the loss quantile below which an example counts as clean
     mentormix_burn_in: float = 0.2  # mentormix: fraction of the epochs in which every example counts
+    student_rounds: int = (
+        0  # rounds of training again from classifier A on the last network's targets (training.student)
+    )
+    student_threshold: float = 0.5  # student rounds: rows whose target's top probability is below this sit out
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -37,6 +37,7 @@ from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.semi import EmaTeacher
+from labelaudit.training.student import Student, teacher_targets
 from labelaudit.training.transition import (
     confusion_counts,
     labeler_error_rates,
@@ -505,6 +506,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown precision {cfg.precision!r}; choose from auto, bf16, fp32")
     if cfg.augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
+    if cfg.student_rounds < 0 or not 0.0 <= cfg.student_threshold <= 1.0:
+        raise ValueError("student_rounds must be >= 0 and student_threshold in [0, 1]")
     if cfg.loader not in ("auto", "memory", "stream"):
         raise ValueError(f"unknown loader {cfg.loader!r}; choose from auto, memory, stream")
 
@@ -545,6 +548,15 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     method = method_cls(trainer)
     method.prepare()
     history = trainer.fit(method, phase=cfg.method)
+    for round_ in range(1, cfg.student_rounds + 1):  # training.student: again, on the last network's targets
+        rows, targets = teacher_targets(trainer)
+        trainer.semi = None  # the student's unlabeled rows have the teacher's targets instead
+        trainer.restart_from_init()
+        method = Student(trainer, rows, targets)
+        reporter.note(
+            f"student round {round_}: {len(method.kept)} of {len(rows)} rows have a target >= {cfg.student_threshold}"
+        )
+        history += trainer.fit(method, phase=f"student {round_}")
 
     # 5. final numbers
     final_trusted = trainer.accuracy(data.trusted_rows) if len(data.trusted_rows) else trainer.accuracy(data.val_rows)

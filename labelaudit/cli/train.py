@@ -258,6 +258,12 @@ def train(
     posterior_weight: Annotated[
         float, typer.Option(help="crowd, crowdmix: weight of cross-entropy to the sharpened label posterior; 0 = off.")
     ] = _Defaults.posterior_weight,
+    student_rounds: Annotated[
+        int, typer.Option(help="Train again from classifier A on the last network's posterior targets, N times.")
+    ] = _Defaults.student_rounds,
+    student_threshold: Annotated[
+        float, typer.Option(help="Student rounds: rows whose target's top probability is below this sit out.")
+    ] = _Defaults.student_threshold,
     seed: Annotated[int, typer.Option()] = _Defaults.seed,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _Defaults.device,
     precision: Annotated[
@@ -305,6 +311,8 @@ def train(
             posterior_weight=posterior_weight,
             unlabeled_weight=unlabeled_weight,
             semi_pool=semi_pool,
+            student_rounds=student_rounds,
+            student_threshold=student_threshold,
             seed=seed,
             device=device,
             precision=precision,

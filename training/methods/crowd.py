@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from labelaudit.training.methods.base import Batch, Method, StepStats
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
+from labelaudit.training.mixup import Mixup
 from labelaudit.training.transition import forward_corrected_nll, mixed_forward_nll
 
 EM_STEPS = 5
@@ -171,20 +172,14 @@ class CrowdMix(CrowdForward):
 
     def __init__(self, trainer):
         super().__init__(trainer)
-        self.mix_rng = np.random.default_rng([self.cfg.seed, 7919])  # its own stream: batch plans stay put
-
-    def mix_weight(self) -> float:
-        alpha = self.cfg.mixup_alpha
-        return float(self.mix_rng.beta(alpha, alpha)) if alpha > 0 else 1.0
+        self.mixup = Mixup(self.cfg.mixup_alpha, np.random.default_rng([self.cfg.seed, 7919]))
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted
         n_t = len(rows_t)
         x = self.trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
-        lam = self.mix_weight()
-        partner = torch.as_tensor(self.mix_rng.permutation(len(rows_u)), device=x.device)
-        x_u = x[n_t:]
-        x = torch.cat([x[:n_t], lam * x_u + (1.0 - lam) * x_u[partner]])
+        lam, partner = self.mixup.draw(len(rows_u), x.device)
+        x = torch.cat([x[:n_t], self.mixup.mix(x[n_t:], lam, partner)])
         if self.trainer.autocast:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.trainer.model(x).float()
@@ -195,6 +190,6 @@ class CrowdMix(CrowdForward):
         w = self.cfg.posterior_weight
         if w > 0:  # the mixed image's target: the two posteriors mixed like the images
             q = self.targets[rows_u_t]
-            mixed = (1 - w) * mixed + w * posterior_term(logits[n_t:], lam * q + (1 - lam) * q[partner])
+            mixed = (1 - w) * mixed + w * posterior_term(logits[n_t:], self.mixup.mix(q, lam, partner))
         loss = 0.5 * F.cross_entropy(logits[:n_t], self.data.labels[rows_t]) + 0.5 * mixed.mean()
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))

@@ -1,0 +1,180 @@
+"""Student rounds (training.student): the teacher's targets read each label through its labeler's matrix,
+unlabeled rows get the teacher's predictions and never their label, unsure rows sit out, and the loss is the
+hand-computed one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labelaudit.imaging.manifest import UNLABELED
+from labelaudit.training.loader import TensorImages
+from labelaudit.training.methods.base import Batch
+from labelaudit.training.networks import TwoHeadNet
+from labelaudit.training.student import Student, teacher_targets
+from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer, train
+
+from .test_semi import with_unlabeled
+
+K = 4
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _task(truth: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, trusted: int) -> TaskData:
+    n = len(truth)
+    rows = np.arange(n)
+    is_trusted = rows < trusted
+    unlabeled = labels == UNLABELED
+    return TaskData(
+        images=TensorImages(torch.from_numpy(np.random.default_rng(0).normal(size=(n, 1, 12, 12)).astype(np.float32))),
+        labels=torch.as_tensor(labels),
+        is_trusted=torch.as_tensor(is_trusted),
+        k=K,
+        train_rows=rows[~unlabeled],
+        trusted_rows=rows[is_trusted],
+        untrusted_rows=rows[~is_trusted & ~unlabeled],
+        unlabeled_rows=rows[unlabeled],
+        val_rows=np.empty(0, dtype=np.int64),
+        test_rows=np.empty(0, dtype=np.int64),
+        labeler_ids=labeler_ids,
+    )
+
+
+def _trainer(data: TaskData, **cfg) -> Trainer:
+    torch.manual_seed(0)
+    cfg = TrainConfig(device="cpu", augment="none", batch_size=8, epochs=1, seed=0, min_labeler_items=20, **cfg)
+    return Trainer(cfg, TwoHeadNet("cnn_small", K, 1), data, SilentReporter())
+
+
+def _crowd(n_per: int = 400, seed: int = 0):
+    """8 trusted rows, then a careful labeler, a spammer and a labeler with 3 items (pooled), then 40
+    unlabeled rows; a teacher that puts 0.55 on the true class."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, K, size=8 + 2 * n_per + 3 + 40)
+    labels = truth.copy()
+    ids = np.array(["qa"] * 8 + ["careful"] * n_per + ["spammer"] * n_per + ["rare"] * 3 + [""] * 40)
+    spam = ids == "spammer"
+    labels[spam] = rng.integers(0, K, size=spam.sum())
+    labels[-40:] = UNLABELED
+    probs = torch.full((len(truth), K), 0.45 / (K - 1)).scatter_(1, torch.as_tensor(truth)[:, None], 0.55)
+    return truth, labels, ids, probs
+
+
+def test_teacher_targets_read_labels_through_their_labelers_matrix_and_unlabeled_rows_through_the_teacher(
+    monkeypatch,
+):
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    trainer = _trainer(data)
+    asked: list[np.ndarray] = []
+
+    def predict(rows, batch=512):
+        asked.append(rows)
+        return probs[rows]
+
+    monkeypatch.setattr(trainer, "predict", predict)
+
+    rows, targets = teacher_targets(trainer)
+
+    np.testing.assert_array_equal(rows, np.concatenate([data.untrusted_rows, data.unlabeled_rows]))
+    assert targets.shape == (len(rows), K)
+    torch.testing.assert_close(targets.sum(1), torch.ones(len(rows)))
+    place = {int(r): i for i, r in enumerate(rows)}
+    careful = [place[r] for r in np.flatnonzero(ids == "careful")]
+    spammer = [place[r] for r in np.flatnonzero(ids == "spammer")]
+    unlabeled = [place[r] for r in data.unlabeled_rows]
+    # a careful labeler's label decides: its matrix is near the identity, so the posterior follows the label
+    assert (targets[careful].argmax(1).numpy() == labels[ids == "careful"]).all()
+    assert targets[careful].max(1).values.min() > 0.9
+    # a spammer's label says (almost) nothing: the posterior stays near the teacher's belief (its matrix is
+    # near uniform, up to what 400 labels can tell)
+    assert float((targets[spammer] - probs[ids == "spammer"]).abs().mean()) < 0.06
+    assert (targets[spammer].argmax(1).numpy() == truth[ids == "spammer"]).mean() > 0.9
+    # unlabeled rows: the teacher's prediction, whatever their (absent) label
+    torch.testing.assert_close(targets[unlabeled], probs[data.unlabeled_rows])
+    assert set(np.concatenate(asked).tolist()) == set(rows.tolist())  # trusted rows are never predicted
+
+
+def test_rows_whose_target_is_unsure_sit_the_round_out():
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    targets = probs[rows].clone()
+    targets[:5] = 1.0 / K  # five rows nobody is sure about
+    student = Student(_trainer(data, student_threshold=0.5), rows, targets)
+    np.testing.assert_array_equal(student.rows(), rows[5:])
+    assert set(student.trusted_batch(np.random.default_rng(0)).tolist()) == set(data.trusted_rows.tolist())
+
+
+def test_student_loss_is_half_trusted_ce_and_half_soft_ce_to_the_mixed_targets():
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    student = Student(_trainer(data, mixup_alpha=1.0), rows, probs[rows])
+    lam, partner = 0.3, torch.tensor([2, 0, 1])
+    student.mixup.draw = lambda n, device: (lam, partner)
+    rows_u = np.array([data.untrusted_rows[0], data.untrusted_rows[-1], data.unlabeled_rows[0]])
+    rows_t = data.trusted_rows
+    student.trainer.net.eval()  # deterministic logits to compare against
+
+    loss, _ = student.loss(Batch(untrusted=rows_u, trusted=rows_t))
+
+    with torch.no_grad():
+        x_t, x_u = data.images.x[rows_t], data.images.x[rows_u]
+        logits = student.trainer.net(torch.cat([x_t, lam * x_u + (1 - lam) * x_u[partner]]))
+        ce = F.cross_entropy(logits[: len(rows_t)], data.labels[rows_t])
+        q = probs[rows_u]
+        target = lam * q + (1 - lam) * q[partner]
+        soft = -(target * torch.log_softmax(logits[len(rows_t) :], 1)).sum(1).mean()
+    torch.testing.assert_close(loss.detach(), 0.5 * ce + 0.5 * soft, rtol=1e-5, atol=1e-6)
+
+
+def test_without_a_trusted_set_the_loss_is_the_soft_ce_alone():
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=0)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    student = Student(_trainer(data, mixup_alpha=0.0), rows, probs[rows])
+    student.trainer.net.eval()
+    rows_u = data.untrusted_rows[:4]
+
+    loss, _ = student.loss(Batch(untrusted=rows_u, trusted=student.trusted_batch(np.random.default_rng(0))))
+
+    with torch.no_grad():
+        logits = student.trainer.net(data.images.x[rows_u])
+        expected = -(probs[rows_u] * torch.log_softmax(logits, 1)).sum(1).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_student_round_trains_again_from_classifier_a_on_every_row_it_keeps(tiny_data, tmp_path, monkeypatch):
+    from labelaudit.training import student as student_module
+
+    manifest = with_unlabeled(tiny_data, tmp_path)
+    a = train(tiny_data / "task_a.jsonl", init=None, out=tmp_path / "a", cfg=TrainConfig(method="ce", epochs=1))
+    seen: set[int] = set()
+    restarts: list[int] = []
+    loss = student_module.Student.loss
+
+    def spy(self, batch):
+        seen.update(batch.untrusted.tolist())
+        return loss(self, batch)
+
+    monkeypatch.setattr(student_module.Student, "loss", spy)
+    restart = Trainer.restart_from_init
+    monkeypatch.setattr(Trainer, "restart_from_init", lambda self: (restarts.append(1), restart(self))[1])
+    cfg = TrainConfig(method="crowd", epochs=2, device="cpu", student_rounds=1, student_threshold=0.0)
+
+    result = train(manifest, init=a.checkpoint, out=tmp_path / "b", cfg=cfg)
+
+    history = result.meta.metrics.history
+    assert [h.epoch for h in history] == [1, 2, 1, 2]  # the method's epochs, then the student's
+    assert restarts == [1]
+    task = result.meta
+    assert task.config["student_rounds"] == 1
+    from labelaudit.imaging.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    untrusted_or_unlabeled = np.flatnonzero((m.splits == "train") & ~m.trusted)
+    assert seen == set(untrusted_or_unlabeled.tolist())  # threshold 0: every labeled and unlabeled row
