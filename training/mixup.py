@@ -3,8 +3,14 @@ row, from a random stream of the method's own (so that mixing never shifts the b
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from labelaudit.training.methods.base import Batch
+    from labelaudit.training.train import Trainer
 
 
 class Mixup:
@@ -24,3 +30,14 @@ class Mixup:
     def mix(values: torch.Tensor, lam: float, partner: torch.Tensor) -> torch.Tensor:
         """``λ · values + (1 − λ) · values[partner]``: images (B, C, H, W) or targets (B, K) alike."""
         return lam * values + (1.0 - lam) * values[partner]
+
+    def logits(self, trainer: Trainer, batch: Batch) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """The network's logits (B_t + B_u, K) on ``batch`` with its untrusted rows mixed (the trusted rows
+        first, unmixed), with the draw's ``λ`` and partners (indices into the untrusted rows)."""
+        n_t = len(batch.trusted)
+        x = trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
+        lam, partner = self.draw(len(batch.untrusted), x.device)
+        x = torch.cat([x[:n_t], self.mix(x[n_t:], lam, partner)])
+        if trainer.autocast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return trainer.model(x).float(), lam, partner

@@ -85,12 +85,7 @@ class Student(Method):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted
         n_t = len(rows_t)
-        x = self.trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
-        lam, partner = self.mixup.draw(len(rows_u), x.device)
-        x = torch.cat([x[:n_t], self.mixup.mix(x[n_t:], lam, partner)])
-        if self.trainer.autocast:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.trainer.model(x).float()
+        logits, lam, partner = self.mixup.logits(self.trainer, batch)
         q = self.targets[torch.as_tensor(rows_u, device=self.targets.device)]
         soft = posterior_term(logits[n_t:], self.mixup.mix(q, lam, partner)).mean()
         if n_t == 0:

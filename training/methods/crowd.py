@@ -177,12 +177,7 @@ class CrowdMix(CrowdForward):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted
         n_t = len(rows_t)
-        x = self.trainer.inputs(batch)  # (B_t + B_u, C, H, W), trusted first
-        lam, partner = self.mixup.draw(len(rows_u), x.device)
-        x = torch.cat([x[:n_t], self.mixup.mix(x[n_t:], lam, partner)])
-        if self.trainer.autocast:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.trainer.model(x).float()
+        logits, lam, partner = self.mixup.logits(self.trainer, batch)
         rows_u_t = torch.as_tensor(rows_u, device=self.t.device)
         t_u, y_u = self.t[self.head_of_row[rows_u_t]], self.data.labels[rows_u_t]  # (B_u, K, K), (B_u,)
         p_u = torch.softmax(logits[n_t:], 1)
