@@ -15,6 +15,7 @@ import pytest
 
 from labelaudit.imaging.preprocess import load_image, preprocess
 from labelaudit.schemas.model_card import ModelCard
+from labelaudit.training.methods.auto import CHOICES
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +133,8 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     for text in (
         "classifier A, untouched",
         "auto: ",
-        "crowd from classifier A",
+        f"{CHOICES[(True, True)].method} + ",  # the method auto chose on the recipe's data, then its student round
+        "student round from classifier A",
         "labeler-5",
         "Triton model repository",
         "the gateway at http://127.0.0.1",

@@ -11,7 +11,6 @@ gate) -> checkpoint.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from labelaudit.training.config import SemiPool, TrainConfig
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method
-from labelaudit.training.methods.auto import choose_method
+from labelaudit.training.methods.auto import choose_method, with_choice
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
@@ -479,7 +478,7 @@ def _train(
             classes=len(manifest.classes),
             min_labeler_items=cfg.min_labeler_items,
         )
-        cfg = dataclasses.replace(cfg, method=choice.method, method_choice=choice.reason)
+        cfg = with_choice(cfg, choice)
         method_cls = METHODS[choice.method]
         reporter.note(choice.reason)
     manifest = with_held_out(manifest, **held_out)

@@ -147,7 +147,9 @@ def _print_summary(meta, exported) -> None:
     table.add_row(
         "classifier A, untouched", fmt(m.initial_val_acc), fmt(m.initial_test_acc), fmt(m.initial_trusted_acc)
     )
-    table.add_row(f"{meta.method} from classifier A", fmt(m.val_acc), fmt(m.test_acc), fmt(m.trusted_acc))
+    rounds = meta.config.get("student_rounds", 0)
+    student = f" + {rounds} student round{'s' if rounds > 1 else ''}" if rounds else ""
+    table.add_row(f"{meta.method}{student} from classifier A", fmt(m.val_acc), fmt(m.test_acc), fmt(m.trusted_acc))
     console.print(table)
     labelers = Table(
         title="per labeler, on its training items: disagreement with the model, and its error rate "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelaudit.training.methods.auto import CHOICES, choose_method
+from labelaudit.training.methods.auto import CHOICES, Choice, choose_method, with_choice
 from labelaudit.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,18 +20,28 @@ def rows(trusted: int, labelers: dict[str, int]) -> tuple[np.ndarray, np.ndarray
 @pytest.mark.parametrize(
     ("trusted", "labelers", "expected"),
     [
-        (50, {"ann": 300, "bob": 300}, "crowd"),  # both: per-labeler matrices with a trusted anchor
-        (50, {"": 600}, "fasten"),  # a trusted set, labels without labeler ids
-        (50, {"ann": 590, "bob": 10}, "fasten"),  # one labeler with enough labels is no crowd
-        (3, {"ann": 300, "bob": 300}, "mentormix"),  # fewer trusted rows than classes: no usable set
-        (0, {"": 600}, "mentormix"),
+        (50, {"ann": 300, "bob": 300}, "crowdmix"),  # both: per-labeler matrices with a trusted anchor
+        (50, {"": 600}, "ce"),  # a trusted set, labels without labeler ids
+        (50, {"ann": 590, "bob": 10}, "ce"),  # one labeler with enough labels is no crowd
+        (3, {"ann": 300, "bob": 300}, "ce"),  # fewer trusted rows than classes: no usable set
+        (0, {"": 600}, "ce"),
     ],
 )
 def test_auto_chooses_by_what_the_data_has(trusted, labelers, expected):
     is_trusted, ids = rows(trusted, labelers)
     choice = choose_method(trusted=is_trusted, labeler_ids=ids, classes=10, min_labeler_items=100)
     assert choice.method == expected
-    assert choice.reason.startswith("auto: ") and choice.reason.endswith(f"-> {expected}")
+    assert choice.reason.startswith("auto: ") and choice.reason.endswith(f"-> {choice.describe()}")
+    assert choice.describe().startswith(expected)
+
+
+def test_a_choice_brings_its_measured_settings_but_a_value_the_user_gave_wins():
+    choice = Choice("crowdmix", {"mixup_alpha": 0.3, "student_rounds": 1}, "auto: ... -> crowdmix")
+    plain = with_choice(TrainConfig(method="auto"), choice)
+    assert (plain.method, plain.mixup_alpha, plain.student_rounds) == ("crowdmix", 0.3, 1)
+    assert plain.method_choice == "auto: ... -> crowdmix"
+    mine = with_choice(TrainConfig(method="auto", mixup_alpha=0.5, epochs=3), choice)
+    assert (mine.mixup_alpha, mine.student_rounds, mine.epochs) == (0.5, 1, 3)
 
 
 def test_every_data_shape_has_a_choice():
@@ -41,12 +51,14 @@ def test_every_data_shape_has_a_choice():
 def test_an_auto_run_records_the_method_it_chose_and_why(tiny_data, tmp_path):
     cfg = TrainConfig(method="auto", epochs=1, device="cpu", min_labeler_items=20)  # tiny: ~60 labels each
     result = train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=cfg)
-    assert result.meta.method == "crowd"  # task B: five labelers and a trusted set
-    assert result.meta.config["method_choice"].endswith("-> crowd")
+    best = CHOICES[(True, True)]
+    assert result.meta.method == best.method  # task B: five labelers and a trusted set
+    assert result.meta.config["method_choice"].endswith(f"-> {best.describe()}")
+    assert {k: result.meta.config[k] for k in best.settings} == best.settings
     no_trusted = train(
         tiny_data / "task_a.jsonl",
         init=None,
         out=tmp_path / "a",
         cfg=TrainConfig(method="auto", epochs=1, device="cpu"),
     )
-    assert no_trusted.meta.method == "mentormix"
+    assert no_trusted.meta.method == CHOICES[(False, False)].method
