@@ -56,7 +56,9 @@ def teacher_targets(trainer: Trainer) -> tuple[np.ndarray, torch.Tensor]:
     matrices, _ = labeler_transition_matrices(
         probs.double().cpu().numpy(), labels.cpu().numpy(), group_of, data.k, em_steps=STUDENT_EM_STEPS
     )
-    t = torch.stack([torch.as_tensor(matrices[g], dtype=torch.float64) for g in group_of]).to(probs.device)
+    names = sorted(matrices)
+    head = torch.as_tensor(np.searchsorted(names, group_of), device=probs.device)  # each row's matrix
+    t = torch.as_tensor(np.stack([matrices[g] for g in names]), device=probs.device)[head]  # (N_l, K, K)
     q = class_posterior(probs, t, labels).float() if len(rows_l) else probs
     p_x = trainer.predict(rows_x) if len(rows_x) else torch.empty(0, data.k, device=probs.device)
     return np.concatenate([rows_l, rows_x]).astype(np.int64), torch.cat([q, p_x])
