@@ -6,8 +6,8 @@
 1. Quality. Task B's clean test images (never trained on) are labeled by the recipe's five simulated
    labelers (``training/datasets/labelers.py``: reliable, sloppy, confuser, instance, spammer) at the
    requested noise; ``--multi`` of the items get two more labels from two other labelers. Over
-   ``--nights`` nights, every label goes through the real ``Auditor`` (FasTEN fine-tuned from classifier A,
-   exported to ONNX, onnxruntime) into SQLite and PostgreSQL, and ``labelaudit report`` runs on the last
+   ``--nights`` nights, every label goes through the real ``Auditor`` (task B trained from classifier A with
+   ``--method``, by default ``auto`` as a user would, exported to ONNX, onnxruntime) into SQLite and PostgreSQL, and ``labelaudit report`` runs on the last
    night and on the whole span. A labeler is *truly noisy* when the simulation made it noisy (every kind but
    "reliable"). (Session 2 defined it as "true error rate above the pool's"; at noise 0.4 the confuser's true
    rate sits within a few points of the pool's and lands on either side by chance, so that definition
@@ -53,15 +53,19 @@ FIRST_NIGHT = date(2026, 11, 15)
 # -- the model -------------------------------------------------------------------------------------
 
 
-def prepare_model(size: str, seed: int, noise: float, stream_images: int, epochs: tuple[int, int]) -> tuple[Path, Path]:
-    """Task B data (with ``stream_images`` clean test images) and FasTEN from classifier A, exported."""
+def prepare_model(
+    size: str, seed: int, noise: float, stream_images: int, epochs: tuple[int, int], method: str
+) -> tuple[Path, Path]:
+    """Task B data (with ``stream_images`` clean test images) and task B trained from classifier A with
+    ``method``, exported. The model decides how much of a labeler's errors it shares (a model that learned a
+    labeler's habits hides them from the single-label estimate), so the report is measured with what users run."""
     from labelaudit.training.datasets import fashion_mnist
     from labelaudit.training.export import export_model
     from labelaudit.training.train import TrainConfig, train
 
     per_task, val_size, _ = SIZES[size]
     data = WORK / f"report-{size}-seed{seed}-noise{noise}-test{stream_images}"
-    repo = data / "model_repository"
+    repo = data / f"model_repository-{method}"
     if (repo / "labelaudit" / "1" / "model.onnx").exists():
         return data, repo
     if not (data / "task_b.jsonl").exists():
@@ -72,8 +76,8 @@ def prepare_model(size: str, seed: int, noise: float, stream_images: int, epochs
     b = train(
         data / "task_b.jsonl",
         init=a,
-        out=WORK / f"runs/{data.name}-fasten",
-        cfg=TrainConfig(method="fasten", epochs=epochs[1], seed=seed),
+        out=WORK / f"runs/{data.name}-{method}",
+        cfg=TrainConfig(method=method, epochs=epochs[1], seed=seed),
     )
     export_model(b.checkpoint, manifest=data / "task_b.jsonl", repo=repo, force=True)
     return data, repo
@@ -425,7 +429,9 @@ def fresh_database(base_url: str, name: str) -> str:
 
 def quality(args, pg_base: str, record) -> None:
     for seed in args.seeds:
-        data, repo = prepare_model(args.size, seed, args.noise, args.stream_images, (args.epochs_a, args.epochs_b))
+        data, repo = prepare_model(
+            args.size, seed, args.noise, args.stream_images, (args.epochs_a, args.epochs_b), args.method
+        )
         for multi in args.multi:
             quality_run(args, pg_base, record, data, repo, seed, multi)
 
@@ -452,7 +458,15 @@ def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, s
         "last_night": (night_window(last), {args.nights - 1}),
         "all_nights": (span_window(start, start + timedelta(days=args.nights)), set(range(args.nights))),
     }
-    common = dict(kind="quality", seed=seed, noise=args.noise, multi=share)
+    card = json.loads((repo / "labelaudit" / "model_card.json").read_text())
+    common = dict(
+        kind="quality",
+        seed=seed,
+        noise=args.noise,
+        multi=share,
+        model_method=card["method"],
+        model_test_acc=card["metrics"].get("test_acc"),
+    )
     for scope, (window, nights) in scopes.items():
         errors = true_error_rates(stream, nights)
         timed = {store: report_json(url, window, work / store, classes, repo) for store, url in urls.items()}
@@ -592,6 +606,7 @@ def main() -> None:
     ap.add_argument("--stream-images", type=int, default=10_000)
     ap.add_argument("--epochs-a", type=int, default=8)
     ap.add_argument("--epochs-b", type=int, default=12)
+    ap.add_argument("--method", default="auto", help="task B's training method (auto: what `labelaudit train` picks)")
     ap.add_argument("--scale-records", type=int, default=1_000_000)
     ap.add_argument("--skip", choices=["quality", "scale"], nargs="*", default=[])
     ap.add_argument("--name", default="report")
