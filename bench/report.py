@@ -7,8 +7,8 @@
    labelers (``training/datasets/labelers.py``: reliable, sloppy, confuser, instance, spammer) at the
    requested noise; ``--multi`` of the items get two more labels from two other labelers. Over
    ``--nights`` nights, every label goes through the real ``Auditor`` (task B trained from classifier A with
-   ``--method``, by default ``auto`` as a user would, exported to ONNX, onnxruntime) into SQLite and PostgreSQL, and ``labelaudit report`` runs on the last
-   night and on the whole span. A labeler is *truly noisy* when the simulation made it noisy (every kind but
+   ``--method``, by default ``auto`` as a user would, exported to ONNX, onnxruntime) into SQLite and
+   PostgreSQL, and ``labelaudit report`` runs on the last night and on the whole span. A labeler is *truly noisy* when the simulation made it noisy (every kind but
    "reliable"). (Session 2 defined it as "true error rate above the pool's"; at noise 0.4 the confuser's true
    rate sits within a few points of the pool's and lands on either side by chance, so that definition
    judged the draw, not the labeler. It is kept as the column ``above_pool_rate``.) Measured: Spearman between the report's per-labeler disagreement rate and the true error
