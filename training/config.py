@@ -46,6 +46,8 @@ class TrainConfig:
         0  # rounds of training again from classifier A on the last network's targets (training.student)
     )
     student_threshold: float = 0.5  # student rounds: rows whose target's top probability is below this sit out
+    student_crossfit: int = 0  # first student round: 0 = targets from the first network on its own rows; F >= 2 =
+    # F networks, each trained without one fold of the labeled rows, give that fold's targets (none memorised)
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -25,6 +25,8 @@ is ``crowdmix``'s shape with soft targets: half cross-entropy on the whole trust
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,22 +37,30 @@ from labelaudit.training.methods.base import Batch, Method, StepStats
 from labelaudit.training.methods.crowd import class_posterior, posterior_term
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
 from labelaudit.training.mixup import Mixup
+from labelaudit.training.semi import EmaTeacher
 from labelaudit.training.transition import labeler_transition_matrices
 
 if TYPE_CHECKING:
+    from labelaudit.schemas.model_card import EpochMetrics
     from labelaudit.training.train import Trainer
 
 STUDENT_EM_STEPS = 50  # Dawid-Skene steps behind the targets' labeler matrices
 
 
 @torch.no_grad()
-def teacher_targets(trainer: Trainer) -> tuple[np.ndarray, torch.Tensor]:
+def teacher_targets(
+    trainer: Trainer, teacher: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
     """The rows a student round trains on (untrusted and unlabeled, in that order) and their targets
-    (len(rows), K) from ``trainer``'s network as it stands."""
+    (len(rows), K). ``teacher``: the untrusted and the unlabeled rows' probabilities, when they come from
+    elsewhere (``crossfit_probabilities``); by default ``trainer``'s network as it stands predicts them."""
     data, cfg = trainer.data, trainer.cfg
     rows_l, rows_x = data.untrusted_rows, data.unlabeled_rows
     labels = data.labels[torch.as_tensor(rows_l, device=data.labels.device)]
-    probs = trainer.predict(rows_l)  # (N_l, K)
+    if teacher is None:
+        empty = torch.empty(0, data.k, device=trainer.device)
+        teacher = (trainer.predict(rows_l), trainer.predict(rows_x) if len(rows_x) else empty)
+    probs, p_x = teacher  # (N_l, K), (N_x, K)
     groups = set(labeler_groups(data.labeler_ids, rows_l, cfg.min_labeler_items))
     group_of = np.array([g if g in groups else POOLED_GROUP for g in data.labeler_ids[rows_l].astype(str)])
     matrices, _ = labeler_transition_matrices(
@@ -60,8 +70,43 @@ def teacher_targets(trainer: Trainer) -> tuple[np.ndarray, torch.Tensor]:
     head = torch.as_tensor(np.searchsorted(names, group_of), device=probs.device)  # each row's matrix
     t = torch.as_tensor(np.stack([matrices[g] for g in names]), device=probs.device)[head]  # (N_l, K, K)
     q = class_posterior(probs, t, labels).float() if len(rows_l) else probs
-    p_x = trainer.predict(rows_x) if len(rows_x) else torch.empty(0, data.k, device=probs.device)
     return np.concatenate([rows_l, rows_x]).astype(np.int64), torch.cat([q, p_x])
+
+
+def crossfit_probabilities(
+    trainer: Trainer, make_method: Callable[[Trainer], Method], folds: int
+) -> tuple[torch.Tensor, torch.Tensor, list[EpochMetrics]]:
+    """Teacher probabilities no row's own label shaped (``student_crossfit``): the untrusted rows are split
+    into ``folds`` random folds; for each, a network is trained from classifier A by ``make_method`` on the
+    other folds (the trusted rows always in) and predicts the fold, and every fold's network predicts the
+    unlabeled rows (averaged). Returns those (N_untrusted, K) and (N_unlabeled, K) probabilities and the
+    folds' epochs. A network trained on a row's label partly memorises it, wrong or right; its belief about
+    that row then repeats the label, and reading the label again through the labeler's matrix counts the
+    same evidence twice. A network that never saw the label gives the posterior two independent views."""
+    data = trainer.data
+    rows_l, rows_x = data.untrusted_rows, data.unlabeled_rows
+    fold_of = np.random.default_rng([trainer.cfg.seed, 7919]).permutation(len(rows_l)) % folds
+    probs_l = torch.zeros(len(rows_l), data.k, device=trainer.device)
+    probs_x = torch.zeros(len(rows_x), data.k, device=trainer.device)
+    history: list[EpochMetrics] = []
+    try:
+        for fold in range(folds):
+            held = rows_l[fold_of == fold]
+            trainer.data = replace(
+                data, untrusted_rows=rows_l[fold_of != fold], train_rows=np.setdiff1d(data.train_rows, held)
+            )
+            trainer.restart_from_init()
+            if trainer.semi is not None:
+                trainer.semi = EmaTeacher(trainer)  # its averaged weights start again from classifier A's
+            method = make_method(trainer)
+            method.prepare()
+            history += trainer.fit(method, phase=f"{trainer.cfg.method} fold {fold + 1}/{folds}")
+            probs_l[torch.as_tensor(fold_of == fold, device=trainer.device)] = trainer.predict(held)
+            if len(rows_x):
+                probs_x += trainer.predict(rows_x) / folds
+    finally:
+        trainer.data = data
+    return probs_l, probs_x, history
 
 
 class Student(Method):
@@ -72,6 +117,8 @@ class Student(Method):
     def __init__(self, trainer: Trainer, rows: np.ndarray, targets: torch.Tensor):
         super().__init__(trainer)
         keep = (targets.max(1).values >= self.cfg.student_threshold).cpu().numpy()
+        self.threshold_waived = not keep.any()  # a weak teacher, unsure everywhere: every row rather than none
+        keep |= self.threshold_waived
         self.kept = rows[keep]
         self.targets = torch.zeros(len(self.data.labels), self.data.k, device=targets.device)  # (N, K) by row
         self.targets[torch.as_tensor(rows, device=targets.device)] = targets

@@ -36,7 +36,7 @@ from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.semi import EmaTeacher
-from labelaudit.training.student import Student, teacher_targets
+from labelaudit.training.student import Student, crossfit_probabilities, teacher_targets
 from labelaudit.training.transition import (
     confusion_counts,
     labeler_error_rates,
@@ -507,6 +507,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
     if cfg.student_rounds < 0 or not 0.0 <= cfg.student_threshold <= 1.0:
         raise ValueError("student_rounds must be >= 0 and student_threshold in [0, 1]")
+    if cfg.student_crossfit == 1 or cfg.student_crossfit < 0:
+        raise ValueError("student_crossfit must be 0 (off) or a number of folds >= 2")
     if cfg.loader not in ("auto", "memory", "stream"):
         raise ValueError(f"unknown loader {cfg.loader!r}; choose from auto, memory, stream")
 
@@ -544,16 +546,24 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     initial_test = trainer.accuracy(data.test_rows) if a is not None else None
 
     # 4. the method
-    method = method_cls(trainer)
-    method.prepare()
-    history = trainer.fit(method, phase=cfg.method)
+    teacher = None  # the first student round's teacher probabilities, when cross-fitted
+    if cfg.student_rounds and cfg.student_crossfit:
+        *teacher, history = crossfit_probabilities(trainer, method_cls, cfg.student_crossfit)
+    else:
+        method = method_cls(trainer)
+        method.prepare()
+        history = trainer.fit(method, phase=cfg.method)
     for round_ in range(1, cfg.student_rounds + 1):  # training.student: again, on the last network's targets
-        rows, targets = teacher_targets(trainer)
+        rows, targets = teacher_targets(trainer, teacher)
+        teacher = None  # later rounds: the student as it stands
         trainer.semi = None  # the student's unlabeled rows have the teacher's targets instead
         trainer.restart_from_init()
         method = Student(trainer, rows, targets)
         reporter.note(
-            f"student round {round_}: {len(method.kept)} of {len(rows)} rows have a target >= {cfg.student_threshold}"
+            f"student round {round_}: no row's target reaches {cfg.student_threshold}, so every row trains"
+            if method.threshold_waived
+            else f"student round {round_}: {len(method.kept)} of {len(rows)} rows have a target >= "
+            f"{cfg.student_threshold}"
         )
         history += trainer.fit(method, phase=f"student {round_}")
 

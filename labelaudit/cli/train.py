@@ -264,6 +264,13 @@ def train(
     student_threshold: Annotated[
         float, typer.Option(help="Student rounds: rows whose target's top probability is below this sit out.")
     ] = _Defaults.student_threshold,
+    student_crossfit: Annotated[
+        int,
+        typer.Option(
+            help="First student round: F >= 2 trains F networks, each without one fold of the labeled rows, "
+            "so that no row's target comes from a network that saw its label; 0 = one network for all rows."
+        ),
+    ] = _Defaults.student_crossfit,
     seed: Annotated[int, typer.Option()] = _Defaults.seed,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = _Defaults.device,
     precision: Annotated[
@@ -313,6 +320,7 @@ def train(
             semi_pool=semi_pool,
             student_rounds=student_rounds,
             student_threshold=student_threshold,
+            student_crossfit=student_crossfit,
             seed=seed,
             device=device,
             precision=precision,

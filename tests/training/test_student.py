@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from labelaudit.imaging.manifest import UNLABELED
 from labelaudit.training.loader import TensorImages
+from labelaudit.training.methods import METHODS
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.networks import TwoHeadNet
-from labelaudit.training.student import Student, teacher_targets
+from labelaudit.training.student import Student, crossfit_probabilities, teacher_targets
 from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer, train
 
 from .test_semi import with_unlabeled
@@ -44,7 +45,8 @@ def _task(truth: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, truste
 
 def _trainer(data: TaskData, **cfg) -> Trainer:
     torch.manual_seed(0)
-    cfg = TrainConfig(device="cpu", augment="none", batch_size=8, epochs=1, seed=0, min_labeler_items=20, **cfg)
+    cfg = {"device": "cpu", "augment": "none", "batch_size": 8, "epochs": 1, "seed": 0, "min_labeler_items": 20} | cfg
+    cfg = TrainConfig(**cfg)
     return Trainer(cfg, TwoHeadNet("cnn_small", K, 1), data, SilentReporter())
 
 
@@ -105,7 +107,17 @@ def test_rows_whose_target_is_unsure_sit_the_round_out():
     targets[:5] = 1.0 / K  # five rows nobody is sure about
     student = Student(_trainer(data, student_threshold=0.5), rows, targets)
     np.testing.assert_array_equal(student.rows(), rows[5:])
+    assert not student.threshold_waived
     assert set(student.trusted_batch(np.random.default_rng(0)).tolist()) == set(data.trusted_rows.tolist())
+
+
+def test_when_no_target_reaches_the_threshold_every_row_trains_rather_than_none():
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    student = Student(_trainer(data, student_threshold=0.9), rows, probs[rows])  # the teacher says 0.55 at most
+    assert student.threshold_waived
+    np.testing.assert_array_equal(student.rows(), rows)
 
 
 def test_student_loss_is_half_trusted_ce_and_half_soft_ce_to_the_mixed_targets():
@@ -147,6 +159,55 @@ def test_without_a_trusted_set_the_loss_is_the_soft_ce_alone():
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_crossfit_teacher_predicts_every_row_with_a_network_that_never_trained_on_it(monkeypatch):
+    truth, labels, ids, _ = _crowd(n_per=30)
+    data = _task(truth, labels, ids, trusted=8)
+    trainer = _trainer(data, epochs=2)
+    trained: list[set[int]] = []  # each fold's training rows
+    outputs: list[tuple[set[int], torch.Tensor]] = []  # what each network predicted, and its answer
+    restarts: list[int] = []
+    fit, predict, restart = Trainer.fit, Trainer.predict, Trainer.restart_from_init
+
+    def spy_fit(self, method, *, phase):
+        trained.append(set(method.rows().tolist()) | set(method.trusted_batch(np.random.default_rng(0)).tolist()))
+        return fit(self, method, phase=phase)
+
+    def spy_predict(self, rows, batch=512):
+        out = predict(self, rows, batch)
+        outputs.append((set(rows.tolist()), out))
+        return out
+
+    monkeypatch.setattr(Trainer, "fit", spy_fit)
+    monkeypatch.setattr(Trainer, "predict", spy_predict)
+    monkeypatch.setattr(Trainer, "restart_from_init", lambda self: (restarts.append(1), restart(self))[1])
+
+    probs_l, probs_x, history = crossfit_probabilities(trainer, METHODS["ce"], folds=3)
+
+    assert trainer.data is data  # the full task again afterwards
+    assert len(trained) == 3 and restarts == [1, 1, 1] and len(history) == 3 * 2
+    untrusted, unlabeled = set(data.untrusted_rows.tolist()), set(data.unlabeled_rows.tolist())
+    fold_outputs = [(rows, out) for rows, out in outputs if rows and rows <= untrusted]  # not the epochs' accuracy
+    held = [rows for rows, _ in fold_outputs]
+    assert len(held) == 3 and set().union(*held) == untrusted and sum(len(h) for h in held) == len(untrusted)
+    for fold, rows in enumerate(held):
+        assert not rows & trained[fold]  # the network that predicts a fold never saw its rows
+        assert set(data.trusted_rows.tolist()) <= trained[fold]  # the trusted rows train every fold
+        assert trained[fold] & unlabeled == set()  # and the unlabeled rows none (ce has no unlabeled loss)
+    assert probs_l.shape == (len(untrusted), K) and probs_x.shape == (len(unlabeled), K)
+    torch.testing.assert_close(probs_l.sum(1), torch.ones(len(untrusted)))
+    place = {int(r): i for i, r in enumerate(data.untrusted_rows)}
+    for rows, out in fold_outputs:
+        order = sorted(rows, key=lambda r: place[r])
+        torch.testing.assert_close(probs_l[[place[r] for r in order]], out)
+    on_unlabeled = [out for rows, out in outputs if rows == unlabeled]
+    torch.testing.assert_close(probs_x, torch.stack(on_unlabeled).mean(0))
+
+
+def test_crossfit_needs_two_folds_or_none(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="student_crossfit"):
+        train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=TrainConfig(student_crossfit=1))
+
+
 @pytest.mark.slow
 def test_a_student_round_trains_again_from_classifier_a_on_every_row_it_keeps(tiny_data, tmp_path, monkeypatch):
     from labelaudit.training import student as student_module
@@ -178,3 +239,14 @@ def test_a_student_round_trains_again_from_classifier_a_on_every_row_it_keeps(ti
     m = read_manifest(manifest)
     untrusted_or_unlabeled = np.flatnonzero((m.splits == "train") & ~m.trusted)
     assert seen == set(untrusted_or_unlabeled.tolist())  # threshold 0: every labeled and unlabeled row
+
+
+@pytest.mark.slow
+def test_a_crossfit_student_round_trains_one_network_per_fold_then_the_student(tiny_data, tmp_path):
+    cfg = TrainConfig(method="crowd", epochs=1, device="cpu", student_rounds=1, student_crossfit=2)
+
+    result = train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "b", cfg=cfg)
+
+    assert [h.epoch for h in result.meta.metrics.history] == [1, 1, 1]  # fold 1, fold 2, the student
+    assert result.meta.config["student_crossfit"] == 2
+    assert result.meta.metrics.test_acc is not None
