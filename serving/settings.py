@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     """The HTTP server that runs the gateway's app: uvicorn (httptools, uvloop) or granian (Rust, hyper). Both
     get the same workers, worker settings, metrics folder and timeouts; what granian maps differently (one
     timer for the keep-alive wait and the request head, hyper's own 431) is in docs/serving.md."""
+    http_granian_interface: Literal["rsgi", "asgi"] = "rsgi"
+    """How granian hands requests to the gateway: ``rsgi``, its own interface (the hot routes answered without
+    ASGI's per-message machinery, everything else through the same FastAPI app; ``serving/http/rsgi.py``), or
+    ``asgi``, as uvicorn does. Ignored by uvicorn."""
     http_workers: int = Field(default=0, ge=0)
     """Gateway processes (server workers) sharing the port; each has its own model session and batcher.
     0 (the default): one per CPU this process may use (``usable_cpus``), since one process is bound by

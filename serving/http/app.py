@@ -11,14 +11,13 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import Headers
 
 from labelaudit import __version__
 from labelaudit.errors import LabelAuditError, StoreUnavailable
 from labelaudit.schemas.api import ErrorResponse
 from labelaudit.serving.core.runtime import open_runtime
 from labelaudit.serving.http.errors import install_error_handlers
-from labelaudit.serving.http.hot import HotRoutes
+from labelaudit.serving.http.hot import HeaderLookup, HotPath, HotRoutes
 from labelaudit.serving.http.metrics import GatewayMetrics, MeasureRequests
 from labelaudit.serving.http.v1 import V1Handlers, build_v1_router
 from labelaudit.serving.http.v2 import build_v2_router
@@ -56,8 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     api_key = settings.api_key
 
-    def check_api_key(headers: Headers) -> None:
-        given = headers.get("x-api-key") or ""
+    def check_api_key(headers: HeaderLookup) -> None:
+        given = headers.get("x-api-key", "")
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             given = auth[7:].strip()
@@ -92,13 +91,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_v2_router(auth))
     # The two busiest routes skip FastAPI's per-request machinery (hot.py); inside MeasureRequests, which is
     # added last so that it is the outermost of the two.
-    app.add_middleware(
-        HotRoutes,
+    hot = HotPath(
         settings=settings,
         handlers={"/v1/classify": v1.classify, "/v1/audit": v1.audit},
         authorize=check_api_key if api_key is not None else None,
     )
+    app.add_middleware(HotRoutes, hot=hot)
     app.add_middleware(MeasureRequests, metrics=metrics)
+    app.state.hot_path, app.state.metrics = hot, metrics  # granian's RSGI interface serves them itself (rsgi.py)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -54,33 +55,58 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
 async def receive_body(receive: Receive, content_length: str | None, limit: int, timeout_s: float | None) -> bytes:
     """``read_body`` on ASGI's ``receive`` (the gateway's hot path has no ``Request``); a client that leaves
     mid-body raises Starlette's ``ClientDisconnect``, as ``Request.stream`` does."""
-    declared = ascii_int(content_length)
-    if declared is not None and declared > limit:
-        raise BadRequest(
-            f"body of {declared} bytes is above the limit of {limit}", reason="body_too_large", status_code=413
-        )
-    chunks, size = [], 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+
+    return await collect_body(chunks(), content_length, limit, timeout_s)
+
+
+async def collect_body(
+    chunks: AsyncIterator[bytes], content_length: str | None, limit: int, timeout_s: float | None
+) -> bytes:
+    """The body that ``chunks`` yields (any server's), refused with 413 when the declared length or the bytes
+    passes ``limit``, with 408 when it has not all come ``timeout_s`` seconds after the reading began; a body
+    that ends before its declared length is a client that left (``ClientDisconnect``)."""
+    declared = check_declared_length(content_length, limit)
+    parts, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnect()
-                chunk = message.get("body", b"")
+            async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
                     raise BadRequest(
                         f"body is above the limit of {limit} bytes", reason="body_too_large", status_code=413
                     )
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
+                parts.append(chunk)
     except TimeoutError:
-        raise BodyTimeout(
-            f"the request body did not arrive within {timeout_s:g} s ({size} bytes came"
-            + (f" of {declared})" if declared is not None else ")")
-        ) from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        raise body_timeout(timeout_s, size, declared) from None
+    if declared is not None and size < declared:
+        raise ClientDisconnect()
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def check_declared_length(content_length: str | None, limit: int) -> int | None:
+    """The request's declared body length (None when it declares none), refused with 413 above ``limit``."""
+    declared = ascii_int(content_length)
+    if declared is not None and declared > limit:
+        raise BadRequest(
+            f"body of {declared} bytes is above the limit of {limit}", reason="body_too_large", status_code=413
+        )
+    return declared
+
+
+def body_timeout(timeout_s: float | None, size: int, declared: int | None) -> BodyTimeout:
+    return BodyTimeout(
+        f"the request body did not arrive within {timeout_s:g} s ({size} bytes came"
+        + (f" of {declared})" if declared is not None else ")")
+    )
 
 
 def parse_json(model: type[Model], body: bytes) -> Model:

@@ -62,6 +62,13 @@ class GatewayMetrics:
         if self.multiprocess_dir is not None:
             mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """One request answered (or given up on: 499) on ``route``, the route's path template."""
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+        if status == 429:
+            self.rejected.inc()
+
     def batch_released(
         self, *, images: int, requests: int, reason: str, queue_delay_s: float, queued_images: int
     ) -> None:
@@ -107,7 +114,4 @@ class MeasureRequests:
             )
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")  # the router fills scope["route"] in place
-            self.metrics.requests.labels(route=path, status=str(status)).inc()
-            self.metrics.latency.labels(route=path).observe(time.perf_counter() - started)
-            if status == 429:
-                self.metrics.rejected.inc()
+            self.metrics.request_done(path, status, time.perf_counter() - started)

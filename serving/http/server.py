@@ -39,8 +39,10 @@ from labelaudit.serving.settings import Settings, intra_op_threads, usable_cpus
 
 log = logging.getLogger("labelaudit.http")
 
-# What each worker process of either server imports and calls to build its app from its environment.
+# What each worker process imports and calls to build its app from its environment: the ASGI app (uvicorn,
+# granian's ASGI interface) or that app wrapped for granian's RSGI interface.
 APP_FACTORY = "labelaudit.serving.http.app:create_app"
+RSGI_APP_FACTORY = "labelaudit.serving.http.rsgi:create_rsgi_app"
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -146,8 +148,9 @@ def granian_options(settings: Settings) -> dict[str, Any]:
     from granian.http import HTTP1Settings
 
     head_wait_s = max(settings.http_header_timeout_s, settings.http_keep_alive_timeout_s)
+    rsgi = settings.http_granian_interface == "rsgi"
     return {
-        "interface": Interfaces.ASGI,  # with the lifespan: the app opens its runtime there
+        "interface": Interfaces.RSGI if rsgi else Interfaces.ASGI,  # either runs the app's lifespan (its runtime)
         "http": HTTPModes.http1,
         "websockets": False,
         "loop": Loops.uvloop,
@@ -309,9 +312,8 @@ def _run_granian(settings: Settings, host: str, port: int, workers: int) -> None
     with shared_metrics_dir(settings) if workers > 1 else nullcontext() as folder:
         if folder is not None:
             log.info("the %d workers' metrics are merged from %s", workers, folder)
-        server = Server(
-            APP_FACTORY, factory=True, address=host, port=port, workers=workers, **granian_options(settings)
-        )
+        target = RSGI_APP_FACTORY if settings.http_granian_interface == "rsgi" else APP_FACTORY
+        server = Server(target, factory=True, address=host, port=port, workers=workers, **granian_options(settings))
         server.serve()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from labelaudit.ports import free_port
 from labelaudit.serving.http.app import create_app
@@ -53,8 +55,12 @@ def running_gateway(settings: Settings, **uvicorn_options):
         thread.join(timeout=10)
 
 
-# The line each server logs once per worker when that worker's app has started (after its lifespan).
-WORKER_STARTED = {"uvicorn": "Application startup complete", "granian": "Started worker-"}
+# The line each server logs once per worker when that worker's app has started (after its lifespan); granian
+# also logs "Started worker-N runtime-M" per Rust runtime thread, which this does not count.
+WORKER_STARTED = {
+    "uvicorn": re.compile(r"Application startup complete", re.M),
+    "granian": re.compile(r"Started worker-\d+$", re.M),
+}
 
 
 def wait_for(condition, what: str, log: Path, timeout_s: float = 60) -> None:
@@ -103,7 +109,7 @@ def served_by_cli(folder: Path, *options: str, server: str, workers: int, env: d
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: log.read_text().count(WORKER_STARTED[server]) == workers, f"{workers} workers", log)
+        wait_for(lambda: len(WORKER_STARTED[server].findall(log.read_text())) == workers, f"{workers} workers", log)
         wait_for(lambda: answers_ready(url), "/readyz", log)
         yield url, proc, log
     finally:
@@ -112,3 +118,14 @@ def served_by_cli(folder: Path, *options: str, server: str, workers: int, env: d
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of one ``/metrics`` scrape, keyed ``name{label="value",...}`` (labels sorted)."""
+    text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from labelaudit.cli import app
 from labelaudit.serving.http.server import shared_metrics_dir, worker_environment
 from labelaudit.serving.settings import Settings
-from tests.serving.gatewaykit import process_group_is_gone, served_by_cli, wait_for
+from tests.serving.gatewaykit import process_group_is_gone, scrape, served_by_cli, wait_for
 
 REQUESTS = 40
 HEADER_TIMEOUT_S = 2
@@ -34,17 +33,6 @@ MAX_IMAGES = 4  # LABELAUDIT_MAX_IMAGES_PER_REQUEST, a setting the workers must 
 def pngs(tiny_data) -> list[bytes]:
     rows = [json.loads(line) for line in (tiny_data / "task_b.jsonl").read_text().splitlines()]
     return [(tiny_data / r["image"]).read_bytes() for r in rows if r["split"] == "test"][:REQUESTS]
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of one scrape, keyed ``name{label="value",...}`` (labels sorted)."""
-    text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}"] = s.value
-    return samples
 
 
 def classified(samples: dict[str, float]) -> float:
