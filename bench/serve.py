@@ -35,7 +35,10 @@ Systems (rows' ``system``; ``body`` says what travels):
   base64 in JSON): ``labelaudit serve`` as a user starts it (a subprocess with its default HTTP server and
   workers, embedded onnxruntime, default settings) on a free loopback port; POST /v1/classify with top_k=3.
 - ``gateway_alt``: the same, run by the HTTP server that is not the default (``LABELAUDIT_HTTP_SERVER``:
-  granian where uvicorn is the default, and the other way round); every gateway row names its ``http_server``.
+  granian where uvicorn is the default, and the other way round); every gateway row names its ``http_server``
+  and ``http_interface`` (granian serves over its own RSGI unless told otherwise).
+- ``gateway_granian_asgi``: granian over ASGI (``LABELAUDIT_HTTP_GRANIAN_INTERFACE=asgi``), the same app as
+  uvicorn runs: beside the granian row over RSGI, what the interface moves.
 - ``gateway`` with body ``audit_json`` / ``audit_multipart``: the same gateway, POST /v1/audit, the route
   that needs no Kafka: one image, a ``labeler_id`` (four of them) and a ``label`` per request (on alternate
   bodies the core's class and its least likely class, so labels agree and disagree), and an ``item_id`` no
@@ -158,6 +161,8 @@ def plan(args) -> list[Point]:
         Point("gateway", "audit_multipart", 1),
         Point("gateway_alt", "multipart", 1),
         Point("gateway_alt", "json", 1),
+        Point("gateway_granian_asgi", "multipart", 1),
+        Point("gateway_granian_asgi", "json", 1),
         Point("peer_mlserver", "v2_json_base64", 1),
         Point("peer_bentoml", "multipart", 1),
     ]
@@ -261,6 +266,9 @@ def start_servers(args, repo: Path, model_dir: Path, systems: set[str], *, work:
         if "gateway_alt" in systems:  # the HTTP server that is not the default, same app and settings
             env = {"LABELAUDIT_HTTP_SERVER": other_http_server()}
             servers["gateway_alt"] = start_gateway(repo, work=work, name="gateway_alt", env=env)
+        if "gateway_granian_asgi" in systems:  # granian over ASGI instead of its own RSGI: what the interface moves
+            env = {"LABELAUDIT_HTTP_SERVER": "granian", "LABELAUDIT_HTTP_GRANIAN_INTERFACE": "asgi"}
+            servers["gateway_granian_asgi"] = start_gateway(repo, work=work, name="gateway_granian_asgi", env=env)
         for system, venv, start, workers in [
             ("peer_mlserver", Path(args.peers_venv), start_mlserver, args.mlserver_workers),
             ("peer_bentoml", Path(args.bentoml_venv), start_bentoml, args.bentoml_workers),
@@ -380,8 +388,22 @@ def other_http_server() -> str:
 
 
 def http_server_of(system: str) -> str | None:
-    """``gateway``: ``labelaudit serve`` as a user starts it (the default server); ``gateway_alt``: the other."""
-    return {"gateway": default_http_server(), "gateway_alt": other_http_server()}.get(system)
+    """``gateway``: ``labelaudit serve`` as a user starts it (the default server); ``gateway_alt``: the other;
+    ``gateway_granian_asgi``: granian over ASGI."""
+    servers = {"gateway": default_http_server(), "gateway_alt": other_http_server(), "gateway_granian_asgi": "granian"}
+    return servers.get(system)
+
+
+def http_interface_of(system: str) -> str | None:
+    """How the gateway's server hands it requests: uvicorn always ASGI, granian its RSGI by default."""
+    server = http_server_of(system)
+    if server is None:
+        return None
+    if server == "uvicorn" or system == "gateway_granian_asgi":
+        return "asgi"
+    from labelaudit.serving.settings import Settings
+
+    return str(Settings.model_fields["http_granian_interface"].default)
 
 
 def gateway_batches(server: Server) -> tuple[float, float]:
@@ -405,6 +427,7 @@ def finish_row(
         "body": p.body,
         "client": client,  # the load generator of an HTTP row; None in process
         "http_server": http_server_of(p.system),  # the gateway's (uvicorn, granian); None for the others
+        "http_interface": http_interface_of(p.system),  # asgi | rsgi (granian's own); None for the others
         "concurrency": concurrency,
         "images_per_request": p.per_request,
         "requests_per_s": result["requests_per_s"],
@@ -443,7 +466,15 @@ def main() -> None:
     ap.add_argument(
         "--systems",
         nargs="+",
-        default=["ort_tensors", "ort_decode", "gateway", "gateway_alt", "peer_mlserver", "peer_bentoml"],
+        default=[
+            "ort_tensors",
+            "ort_decode",
+            "gateway",
+            "gateway_alt",
+            "gateway_granian_asgi",
+            "peer_mlserver",
+            "peer_bentoml",
+        ],
     )
     ap.add_argument("--peers-venv", default=str(ROOT / ".venv-peers"), help="MLServer's (scripts/peers.sh)")
     ap.add_argument("--bentoml-venv", default=str(ROOT / ".venv-peers-bentoml"), help="BentoML's (scripts/peers.sh)")

@@ -208,6 +208,14 @@ def _serve_audit_note(result: dict) -> str:
     )
 
 
+def _server_label(row: dict) -> str:
+    """`` (uvicorn)``, `` (granian, rsgi)``: a gateway row's server and, for granian, its interface."""
+    if not row.get("http_server"):
+        return ""
+    interface = f", {row['http_interface']}" if row["http_server"] == "granian" and row.get("http_interface") else ""
+    return f" ({row['http_server']}{interface})"
+
+
 def _serve_lines(rows: list[dict]) -> list[str]:
     lines = [
         "| system | body | concurrency | req/s | images/s | p50 ms | p99 ms | errors | mean batch | "
@@ -217,7 +225,7 @@ def _serve_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         errors = f"{r['errors']}" + "".join(f" ({k}: {v})" for k, v in r.items() if k.startswith("n_"))
         cells = [
-            r["system"] + (f" ({r['http_server']})" if r.get("http_server") else ""),
+            r["system"] + _server_label(r),
             f"`{r['body']}`",
             r["concurrency"],
             f"{r['requests_per_s']:.0f}",
@@ -254,7 +262,9 @@ def serve_aims(result: dict) -> str:
         peers = [r for (sys, _, cc), r in single.items() if sys.startswith("peer_") and cc == c and r["requests_per_s"]]
         peer = max(peers, key=lambda r: r["requests_per_s"]) if peers else None
         call = single.get(("ort_decode", "bytes", 1))
-        for system, body in itertools.product(("gateway", "gateway_alt"), ("multipart", "json")):
+        for system, body in itertools.product(
+            ("gateway", "gateway_alt", "gateway_granian_asgi"), ("multipart", "json")
+        ):
             g = single.get((system, body, c))
             if g is None:
                 continue
@@ -282,14 +292,15 @@ def serve_aims(result: dict) -> str:
             else:
                 cells.append("-")
             verdicts.setdefault(system, []).append(all(checks))
-            server = f" ({g['http_server']})" if g.get("http_server") else ""
+            server = _server_label(g)
             lines.append(
                 f"| {c} | {system}{server} `{body}` | {g['images_per_s']:.0f} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
                 f"{g['errors']} | {'yes' if all(checks) else '**no**'} |"
             )
     summary = (
         " ".join(f"{system}: met at {sum(v)} of {len(v)} points." for system, v in verdicts.items())
-        + " (`gateway` is `labelaudit serve` with its default HTTP server; `gateway_alt` the other server.)"
+        + " (`gateway` is `labelaudit serve` with its default HTTP server; `gateway_alt` the other server; "
+        "`gateway_granian_asgi` granian over ASGI.)"
     )
     return (
         "\nAims (issue 19), single-image requests to the gateway (`labelaudit serve`, its default HTTP server); the "
