@@ -307,6 +307,9 @@ def _run_granian(settings: Settings, host: str, port: int, workers: int) -> None
     worker starts from the environment alone, never from what this process imported or opened."""
     from granian.server import Server
 
+    # granian's workers on Linux each bind the port with SO_REUSEPORT, so another server's listener on it would
+    # be joined, not refused: the address must be free first, as ReusePortWorkers checks for uvicorn's.
+    reuse_port_socket(host, port, probe=True).close()
     _hand_settings_to_workers(settings, workers)
     multiprocessing.set_start_method("spawn", force=True)
     with shared_metrics_dir(settings) if workers > 1 else nullcontext() as folder:

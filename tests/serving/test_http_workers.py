@@ -197,16 +197,21 @@ def test_serve_workers_share_new_connections_evenly(model_repo, tmp_path, pngs):
     assert min(held.values()) >= 16, held
 
 
-def test_serve_refuses_an_address_in_use_before_starting_workers(model_repo, tmp_path):
-    """SO_REUSEPORT would let a second gateway join a port another process listens on: the supervisor checks
-    the address is free first, and fails clearly."""
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_serve_refuses_an_address_in_use_before_starting_workers(model_repo, tmp_path, server, reuse_port):
+    """SO_REUSEPORT (uvicorn's ReusePortWorkers, granian's workers on Linux) would let a second gateway join a
+    port another process listens on, with SO_REUSEPORT too or not: both check the address is free first, and
+    fail clearly."""
     with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = CliRunner().invoke(
             app,
-            ["serve", "--model-repo", str(model_repo), "--port", str(port), "--workers", "2"],
+            ["serve", "--model-repo", str(model_repo), "--port", str(port), "--workers", "2", "--server", server],
             env={"LABELAUDIT_STORE_URL": f"sqlite:///{tmp_path / 'audit.db'}"},
         )
     assert result.exit_code != 0
@@ -330,6 +335,7 @@ def test_workers_whose_app_cannot_start_stop_the_gateway(model_repo, tmp_path):
     env = dict(os.environ)
     env["LABELAUDIT_STORE_URL"] = f"sqlite:///{bad_store / 'audit.db'}"
     command = [sys.executable, "-m", "labelaudit.cli", "serve", "--port", str(free_port()), "--workers", "2"]
+    command += ["--server", "uvicorn"]  # its supervisor's exit status; granian's: tests/serving/test_rsgi.py
     result = subprocess.run(
         command + ["--model-repo", str(model_repo)], env=env, capture_output=True, text=True, timeout=120
     )
