@@ -176,7 +176,15 @@ def stream_table(result: dict) -> str:
     )
 
 
-SERVE_ORDER = ["ort_tensors", "ort_decode", "gateway", "gateway_alt", "peer_mlserver", "peer_bentoml"]
+SERVE_ORDER = [
+    "ort_tensors",
+    "ort_decode",
+    "gateway",
+    "gateway_alt",
+    "gateway_granian_asgi",
+    "peer_mlserver",
+    "peer_bentoml",
+]
 BODY_ORDER = ["multipart", "json", "audit_multipart", "audit_json"]  # within a system; other bodies after these
 
 

@@ -65,13 +65,13 @@ class Settings(BaseSettings):
     during an outage all of them leave the Service at once, /v1/classify included: turn this off when
     classification must stay up while audits cannot be recorded (those then answer 503 themselves)."""
 
-    http_server: Literal["uvicorn", "granian"] = "granian"
-    """The HTTP server that runs the gateway's app: granian (Rust, hyper; over its own RSGI interface, see
-    ``http_granian_interface``) or uvicorn (httptools, uvloop). Both get the same workers, worker settings,
-    metrics folder and timeouts; what granian maps differently (one timer for the keep-alive wait and the
-    request head, hyper's own 431) is in docs/serving.md. granian is the default since issue 19's benchmark:
-    0.84-0.90x the in-process batched ceiling at 32 and 64 concurrent requests where uvicorn reaches
-    0.71-0.80x; uvicorn answers more requests at 8 (bench/results/serve.json, docs/serving.md)."""
+    http_server: Literal["uvicorn", "granian"] = "uvicorn"
+    """The HTTP server that runs the gateway's app: uvicorn (httptools, uvloop) or granian (Rust, hyper; over
+    its own RSGI interface, see ``http_granian_interface``). Both get the same workers, worker settings, metrics
+    folder and timeouts; what granian maps differently (one timer for the keep-alive wait and the request head,
+    hyper's own 431) is in docs/serving.md. Which serves more is for bench/results/serve.json to say: at
+    32 and 64 concurrent requests two runs of issue 19's benchmark ranked them in opposite orders, and uvicorn
+    answered more at 8 in both, so uvicorn stays the default."""
     http_granian_interface: Literal["rsgi", "asgi"] = "rsgi"
     """How granian hands requests to the gateway: ``rsgi``, its own interface (the hot routes answered without
     ASGI's per-message machinery, everything else through the same FastAPI app; ``serving/http/rsgi.py``), or
