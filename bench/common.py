@@ -128,3 +128,15 @@ def checkpoint_probs(checkpoint: Path, manifest: Path, rows, *, head: str = "cle
 
     with torch.no_grad():
         return torch.cat([torch.softmax(logits(x[i : i + 1024]), 1) for i in range(0, len(x), 1024)]).numpy()
+
+
+# The serving benchmark's systems (bench/serve.py), in the order its tables list them (bench/tables.py).
+SERVE_SYSTEMS = [
+    "ort_tensors",
+    "ort_decode",
+    "gateway",
+    "gateway_alt",
+    "gateway_granian_asgi",
+    "peer_mlserver",
+    "peer_bentoml",
+]

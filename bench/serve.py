@@ -106,7 +106,7 @@ import httpx
 import numpy as np
 from rich.console import Console
 
-from bench.common import WORK, cpu_name, write_results
+from bench.common import SERVE_SYSTEMS, WORK, cpu_name, write_results
 from bench.loadgen import (
     TOP_K,
     Http,
@@ -466,15 +466,7 @@ def main() -> None:
     ap.add_argument(
         "--systems",
         nargs="+",
-        default=[
-            "ort_tensors",
-            "ort_decode",
-            "gateway",
-            "gateway_alt",
-            "gateway_granian_asgi",
-            "peer_mlserver",
-            "peer_bentoml",
-        ],
+        default=list(SERVE_SYSTEMS),
     )
     ap.add_argument("--peers-venv", default=str(ROOT / ".venv-peers"), help="MLServer's (scripts/peers.sh)")
     ap.add_argument("--bentoml-venv", default=str(ROOT / ".venv-peers-bentoml"), help="BentoML's (scripts/peers.sh)")

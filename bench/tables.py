@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, commits
+from bench.common import RESULTS, SERVE_SYSTEMS, commits
 
 DOCS = Path(__file__).parent.parent / "docs" / "benchmarks.md"
 METHOD_ORDER = ["classifier_a", "ce", "glc", "fasten", "crowd", "oracle"]
@@ -176,15 +176,7 @@ def stream_table(result: dict) -> str:
     )
 
 
-SERVE_ORDER = [
-    "ort_tensors",
-    "ort_decode",
-    "gateway",
-    "gateway_alt",
-    "gateway_granian_asgi",
-    "peer_mlserver",
-    "peer_bentoml",
-]
+SERVE_ORDER = SERVE_SYSTEMS
 BODY_ORDER = ["multipart", "json", "audit_multipart", "audit_json"]  # within a system; other bodies after these
 
 
