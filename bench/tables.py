@@ -181,7 +181,7 @@ BODY_ORDER = ["multipart", "json", "audit_multipart", "audit_json"]  # within a 
 
 
 def _serve_rows(result: dict, per_request: int) -> list[dict]:
-    rows = [r for r in result["rows"] if r["images_per_request"] == per_request]
+    rows = [r for r in merged_passes(result["rows"]) if r["images_per_request"] == per_request]
 
     def order(r: dict) -> tuple:
         body = BODY_ORDER.index(r["body"]) if r["body"] in BODY_ORDER else len(BODY_ORDER)
@@ -208,6 +208,30 @@ def _serve_audit_note(result: dict) -> str:
     )
 
 
+MERGED_MEANS = ("requests_per_s", "images_per_s", "p50_ms", "p99_ms", "mean_ms", "server_cpu_ms_per_request")
+
+
+def merged_passes(rows: list[dict]) -> list[dict]:
+    """A serving point measured in several passes (bench/serve.py ``passes``) as one row: the mean of its
+    throughput, latencies and CPU, the errors summed, each pass's images/s kept in ``passes_images_per_s``."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["system"], r["body"], r["concurrency"], r["images_per_request"])].append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        row = dict(group[0])
+        for key in MERGED_MEANS:
+            values = [r[key] for r in group if r.get(key) is not None]
+            row[key] = round(float(np.mean(values)), 3) if values else None
+        row["errors"] = sum(r["errors"] for r in group)
+        row["passes_images_per_s"] = [round(r["images_per_s"]) for r in group]
+        out.append(row)
+    return out
+
+
 def _server_label(row: dict) -> str:
     """`` (uvicorn)``, `` (granian, rsgi)``: a gateway row's server and, for granian, its interface."""
     if not row.get("http_server"):
@@ -224,8 +248,11 @@ def _serve_lines(rows: list[dict]) -> list[str]:
     ]
     for r in rows:
         errors = f"{r['errors']}" + "".join(f" ({k}: {v})" for k, v in r.items() if k.startswith("n_"))
+        passes = (
+            " (passes: " + ", ".join(map(str, r["passes_images_per_s"])) + ")" if "passes_images_per_s" in r else ""
+        )
         cells = [
-            r["system"] + _server_label(r),
+            r["system"] + _server_label(r) + passes,
             f"`{r['body']}`",
             r["concurrency"],
             f"{r['requests_per_s']:.0f}",
@@ -246,7 +273,7 @@ def serve_aims(result: dict) -> str:
     in-process batched ceiling (ort_decode with several images per call, best concurrency up to this one) at
     c >= 32; at least 2x the best peer's throughput at an equal or lower p99 from c = 8 up; at c = 1 a p50
     within 1.5x the in-process call's (ort_decode, one image); no errors."""
-    rows = result["rows"]
+    rows = merged_passes(result["rows"])
     single = {(r["system"], r["body"], r["concurrency"]): r for r in rows if r["images_per_request"] == 1}
     batched = [r for r in rows if r["system"] == "ort_decode" and r["images_per_request"] > 1]
     if not batched or not any(k[0] == "gateway" for k in single):
