@@ -69,9 +69,9 @@ class Settings(BaseSettings):
     """The HTTP server that runs the gateway's app: uvicorn (httptools, uvloop) or granian (Rust, hyper; over
     its own RSGI interface, see ``http_granian_interface``). Both get the same workers, worker settings, metrics
     folder and timeouts; what granian maps differently (one timer for the keep-alive wait and the request head,
-    hyper's own 431) is in docs/serving.md. Which serves more is for bench/results/serve.json to say: at
-    32 and 64 concurrent requests two runs of issue 19's benchmark ranked them in opposite orders, and uvicorn
-    answered more at 8 in both, so uvicorn stays the default."""
+    hyper's own 431) is in docs/serving.md. In issue 19's benchmark (bench/results/serve.json) both meet its
+    aims; granian serves 5-10% more at 32 and 64 concurrent requests, uvicorn a third more at 8 and with a
+    lower latency at 1, so uvicorn stays the default."""
     http_granian_interface: Literal["rsgi", "asgi"] = "rsgi"
     """How granian hands requests to the gateway: ``rsgi``, its own interface (the hot routes answered without
     ASGI's per-message machinery, everything else through the same FastAPI app; ``serving/http/rsgi.py``), or
