@@ -548,7 +548,8 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     # 4. the method
     teacher = None  # the first student round's teacher probabilities, when cross-fitted
     if cfg.student_rounds and cfg.student_crossfit:
-        *teacher, history = crossfit_probabilities(trainer, method_cls, cfg.student_crossfit)
+        probs_l, probs_x, history = crossfit_probabilities(trainer, method_cls, cfg.student_crossfit)
+        teacher = (probs_l, probs_x)
     else:
         method = method_cls(trainer)
         method.prepare()

@@ -1,4 +1,4 @@
-"""The gateway's hot path: ``POST /v1/classify`` and ``POST /v1/audit`` answered straight from ASGI.
+"""The gateway's hot path: ``POST /v1/classify`` and ``POST /v1/audit`` answered straight from ASGI (or RSGI).
 
 Everything else goes through FastAPI. These two are where the traffic is, and for a small image FastAPI's
 machinery around a route (the router's matching, the exception middleware, the route's own request and
@@ -75,7 +75,7 @@ class HotPath:
             body = await read_body(length, settings.max_body_bytes, settings.http_body_timeout_s)
             return await handler(state, headers.get("content-type", ""), body)
         except ClientDisconnect:
-            raise
+            raise  # nobody to answer: the caller counts it (499)
         except LabelAuditError as exc:
             if isinstance(exc, BodyTimeout):
                 log.info("408 on POST %s: %s", path, exc)
