@@ -213,6 +213,8 @@ def main() -> None:
                     val_acc=r.meta.metrics.val_acc,
                     epochs=cfg.epochs,
                     train_images_per_s=float(np.mean([h.images_per_s for h in r.history])),
+                    # the clean val accuracy each phase (first round, cross-fit folds, student rounds) ended on
+                    phase_val_acc=[h.val_acc for h in r.history[cfg.epochs - 1 :: cfg.epochs]],
                     seconds=round(time.perf_counter() - started, 1),
                     **diagnostics,
                     **common,

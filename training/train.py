@@ -481,6 +481,8 @@ def _train(
         cfg = with_choice(cfg, choice)
         method_cls = METHODS[choice.method]
         reporter.note(choice.reason)
+    if cfg.student_crossfit and not cfg.student_rounds:  # after auto, which may add the student round
+        raise ValueError("student_crossfit cross-fits the first student round's teacher: it needs student_rounds >= 1")
     manifest = with_held_out(manifest, **held_out)
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fills the pixel cache first; the others then map it

@@ -208,6 +208,12 @@ def test_crossfit_needs_two_folds_or_none(tiny_data, tmp_path):
         train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=TrainConfig(student_crossfit=1))
 
 
+def test_crossfit_without_a_student_round_is_refused(tiny_data, tmp_path):
+    cfg = TrainConfig(method="crowd", epochs=1, device="cpu", student_crossfit=2)
+    with pytest.raises(ValueError, match="needs student_rounds >= 1"):
+        train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=cfg)
+
+
 @pytest.mark.slow
 def test_a_student_round_trains_again_from_classifier_a_on_every_row_it_keeps(tiny_data, tmp_path, monkeypatch):
     from labelaudit.training import student as student_module
