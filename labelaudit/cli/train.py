@@ -330,6 +330,10 @@ def train(
         )
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise fail(exc) from exc
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank whose run finished: exit_now says why
+        from labelaudit.training.distributed import exit_now
+
+        exit_now()
 
 
 def run_export(checkpoint: Path, manifest: Path | None, repo: Path, name: str, version: str, force: bool, **options):
