@@ -7,7 +7,8 @@ levels and seeds, with a 1% trusted set. Writes bench/results/train_noise.json a
 
 A method may carry TrainConfig overrides, a variant with its own row: ``fasten:rho=0.95,epochs=30``;
 ``no_trusted=1`` trains it on task B with the trusted rows removed (a team without a hand-checked set:
-``mentormix:no_trusted=1`` against ``ce:no_trusted=1``). ``--unlabeled N`` builds task B with N more
+``mentormix:no_trusted=1`` against ``ce:no_trusted=1``); ``no_labelers=1`` with one labeler id for every row
+(labels without the labeler's name: ``auto``'s cell for them). ``--unlabeled N`` builds task B with N more
 images without a label (the semi-supervised option trains on them: ``crowd:unlabeled_weight=1``; the
 other methods ignore them). Variants of what was tried go to their own file (``--name train_probes``),
 not the main table.
@@ -72,7 +73,7 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     }
 
 
-BENCH_KEYS = {"no_trusted": False}  # variant keys of the benchmark itself, not TrainConfig fields
+BENCH_KEYS = {"no_trusted": False, "no_labelers": False}  # variant keys of the benchmark itself, not TrainConfig fields
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -101,6 +102,18 @@ def without_trusted(manifest: Path) -> Path:
     if not out.exists():
         rows = [line for line in manifest.read_text().splitlines() if not json.loads(line).get("trusted")]
         out.write_text("\n".join(rows) + "\n")
+    return out
+
+
+def without_labelers(manifest: Path) -> Path:
+    """``manifest`` beside itself with one labeler id, ``unknown``, on every row: what a team whose labels come
+    without the labeler's name has (``auto``'s "no labelers" cell; a label needs some labeler id)."""
+    import json
+
+    out = manifest.with_name(manifest.stem + "_no_labelers.jsonl")
+    if not out.exists():
+        rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+        out.write_text("".join(json.dumps(r | {"labeler_id": "unknown"}) + "\n" for r in rows))
     return out
 
 
@@ -189,6 +202,8 @@ def main() -> None:
                 manifest = data / "task_b.jsonl"
                 if overrides.pop("no_trusted", False):
                     manifest = without_trusted(manifest)
+                if overrides.pop("no_labelers", False):
+                    manifest = without_labelers(manifest)
                 cfg = TrainConfig(
                     **{
                         "method": "ce" if base == "oracle" else base,
