@@ -106,14 +106,14 @@ def without_trusted(manifest: Path) -> Path:
 
 
 def without_labelers(manifest: Path) -> Path:
-    """``manifest`` beside itself with one labeler id, ``unknown``, on every row: what a team whose labels come
+    """``manifest`` beside itself with one labeler id, ``unknown``, on every labeled row: what a team whose labels come
     without the labeler's name has (``auto``'s "no labelers" cell; a label needs some labeler id)."""
     import json
 
     out = manifest.with_name(manifest.stem + "_no_labelers.jsonl")
     if not out.exists():
         rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-        out.write_text("".join(json.dumps(r | {"labeler_id": "unknown"}) + "\n" for r in rows))
+        out.write_text("".join(json.dumps(r | {"labeler_id": "unknown"} if "label" in r else r) + "\n" for r in rows))
     return out
 
 
