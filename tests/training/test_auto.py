@@ -21,8 +21,8 @@ def rows(trusted: int, labelers: dict[str, int]) -> tuple[np.ndarray, np.ndarray
     ("trusted", "labelers", "expected"),
     [
         (50, {"ann": 300, "bob": 300}, "crowdmix"),  # both: per-labeler matrices with a trusted anchor
-        (50, {"": 600}, "ce"),  # a trusted set, labels without labeler ids
-        (50, {"ann": 590, "bob": 10}, "ce"),  # one labeler with enough labels is no crowd
+        (50, {"": 600}, "crowdmix"),  # a trusted set, labels without labeler ids: one matrix for them all
+        (50, {"ann": 590, "bob": 10}, "crowdmix"),  # one labeler with enough labels: the same, no crowd
         (3, {"ann": 300, "bob": 300}, "ce"),  # fewer trusted rows than classes: no usable set
         (0, {"": 600}, "ce"),
     ],
