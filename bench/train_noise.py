@@ -73,7 +73,12 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     }
 
 
-BENCH_KEYS = {"no_trusted": False, "no_labelers": False}  # variant keys of the benchmark itself, not TrainConfig fields
+VARIANTS = {  # variant keys of the benchmark itself, not TrainConfig fields: what each does to a manifest row
+    "no_trusted": lambda row: None if row.get("trusted") else row,  # a team with no hand-checked set
+    # labels without the labeler's name (a label needs some labeler id): auto's "no labelers" cell
+    "no_labelers": lambda row: row | {"labeler_id": "unknown"} if "label" in row else row,
+}
+BENCH_KEYS = dict.fromkeys(VARIANTS, False)
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -94,26 +99,14 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def without_trusted(manifest: Path) -> Path:
-    """``manifest`` beside itself with its trusted rows removed: what a team with no hand-checked set has."""
+def manifest_variant(manifest: Path, key: str) -> Path:
+    """``manifest`` beside itself with each row as ``VARIANTS[key]`` makes it (written once)."""
     import json
 
-    out = manifest.with_name(manifest.stem + "_no_trusted.jsonl")
+    out = manifest.with_name(f"{manifest.stem}_{key}.jsonl")
     if not out.exists():
-        rows = [line for line in manifest.read_text().splitlines() if not json.loads(line).get("trusted")]
-        out.write_text("\n".join(rows) + "\n")
-    return out
-
-
-def without_labelers(manifest: Path) -> Path:
-    """``manifest`` beside itself with one labeler id, ``unknown``, on every labeled row: what a team whose labels come
-    without the labeler's name has (``auto``'s "no labelers" cell; a label needs some labeler id)."""
-    import json
-
-    out = manifest.with_name(manifest.stem + "_no_labelers.jsonl")
-    if not out.exists():
-        rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-        out.write_text("".join(json.dumps(r | {"labeler_id": "unknown"} if "label" in r else r) + "\n" for r in rows))
+        rows = (VARIANTS[key](json.loads(line)) for line in manifest.read_text().splitlines())
+        out.write_text("".join(json.dumps(row) + "\n" for row in rows if row is not None))
     return out
 
 
@@ -200,10 +193,9 @@ def main() -> None:
             for method, (base, overrides) in methods.items():
                 overrides = dict(overrides)
                 manifest = data / "task_b.jsonl"
-                if overrides.pop("no_trusted", False):
-                    manifest = without_trusted(manifest)
-                if overrides.pop("no_labelers", False):
-                    manifest = without_labelers(manifest)
+                for key in VARIANTS:
+                    if overrides.pop(key, False):
+                        manifest = manifest_variant(manifest, key)
                 cfg = TrainConfig(
                     **{
                         "method": "ce" if base == "oracle" else base,
