@@ -69,9 +69,28 @@ def commits(result: dict) -> str:
     return ("Commits " if len(found) > 1 else "Commit ") + ", ".join(found)
 
 
+def devices(result: dict) -> str:
+    """The machine a result's rows were measured on or, where several, each with the seeds it measured."""
+    seeds: dict[str, set] = {}
+    for row in result["rows"]:
+        seeds.setdefault(row.get("device", result["device"]), set()).add(row.get("seed"))
+    if len(seeds) == 1:
+        return next(iter(seeds))
+    parts = []
+    for device, found in seeds.items():
+        numbered = sorted(s for s in found if s is not None)
+        which = f"seed{'s' if len(numbered) > 1 else ''} {', '.join(map(str, numbered))}" if numbered else ""
+        parts.append(f"{device} ({which or 'the rows without a seed'})")
+    return "; ".join(parts)
+
+
 def write_results(name: str, *, config: dict, rows: list[dict], device: str) -> Path:
-    """Write bench/results/<name>.json in the BENCH.md shape (rewritten after every row)."""
+    """Write bench/results/<name>.json in the BENCH.md shape (rewritten after every row). Each row without a
+    ``device`` gets this run's; the rows an appending run kept keep theirs, so a file that several machines
+    added to says which measured what (the top-level ``device`` is the last run's)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        row.setdefault("device", device)
     path = RESULTS / f"{name}.json"
     payload = {
         "bench": name,

@@ -65,7 +65,7 @@ def prepare_model(
 
     per_task, val_size, _ = SIZES[size]
     data = WORK / f"report-{size}-seed{seed}-noise{noise}-test{stream_images}"
-    repo = data / f"model_repository-{method}"
+    repo = data / f"model_repository-{method}-epochs{epochs[1]}"  # a cached model is reused only as trained
     if (repo / "labelaudit" / "1" / "model.onnx").exists():
         return data, repo
     if not (data / "task_b.jsonl").exists():
@@ -76,7 +76,7 @@ def prepare_model(
     b = train(
         data / "task_b.jsonl",
         init=a,
-        out=WORK / f"runs/{data.name}-{method}",
+        out=WORK / f"runs/{data.name}-{method}-epochs{epochs[1]}",
         cfg=TrainConfig(method=method, epochs=epochs[1], seed=seed),
     )
     export_model(b.checkpoint, manifest=data / "task_b.jsonl", repo=repo, force=True)
@@ -605,7 +605,7 @@ def main() -> None:
     ap.add_argument("--nights", type=int, default=3)
     ap.add_argument("--stream-images", type=int, default=10_000)
     ap.add_argument("--epochs-a", type=int, default=8)
-    ap.add_argument("--epochs-b", type=int, default=12)
+    ap.add_argument("--epochs-b", type=int, default=60, help="task B's schedule: issue 17's protocol's")
     ap.add_argument("--method", default="auto", help="task B's training method (auto: what `labelaudit train` picks)")
     ap.add_argument("--scale-records", type=int, default=1_000_000)
     ap.add_argument("--skip", choices=["quality", "scale"], nargs="*", default=[])

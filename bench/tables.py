@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, SERVE_SYSTEMS, commits
+from bench.common import RESULTS, SERVE_SYSTEMS, commits, devices
 
 DOCS = Path(__file__).parent.parent / "docs" / "benchmarks.md"
 METHOD_ORDER = ["classifier_a", "ce", "glc", "fasten", "crowd", "oracle"]
@@ -43,7 +43,7 @@ def train_noise_table(result: dict) -> str:
     return (
         f"Clean-test accuracy (%) on task B, mean ± std over seeds, 1% trusted set. Size `{c.get('size')}` "
         f"({c.get('per_task')} images per task), epochs A/B {c.get('epochs_a')}/{c.get('epochs_b')}, "
-        f"arch `{c.get('arch')}`. Device: {result['device']}. {commits(result)}, {result['date']}.\n\n"
+        f"arch `{c.get('arch')}`. Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n"
         + "\n".join(lines)
         + "\n"
         + (f"\nNote: {c['note']}\n" if c.get("note") else "")
@@ -141,7 +141,7 @@ def label_errors_table(result: dict) -> str:
     return (
         f"Finding task B's wrong training labels from 2-fold out-of-sample `{method}` probabilities (the same "
         f"probabilities for every detector; `labelaudit` is confident-joint-v1, `labelaudit-posterior` is "
-        f"labeler-posterior-v1). Device: {result['device']}. {commits(result)}, {result['date']}.\n\n"
+        f"labeler-posterior-v1). Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n"
         + "\n".join(lines)
         + "\n"
     )
@@ -169,7 +169,7 @@ def stream_table(result: dict) -> str:
         f"Topic to store through `labelaudit consume` processes on a real broker, next to the same backend "
         f"without Kafka and store (`model_only`: decode + onnxruntime in batches of {result['config']['batch']}, pipelined as "
         f"the consumer runs them). "
-        f"Device: {result['device']}. Commit {result['git_commit']}, {result['date']}.\n\n"
+        f"Device: {devices(result)}. Commit {result['git_commit']}, {result['date']}.\n\n"
         + "\n".join(lines)
         + "\n"
         + lag
@@ -360,7 +360,7 @@ def serve_table(result: dict) -> str:
         f"Latencies are of successful requests; CPU per request is the server's process tree and the load "
         f"generator's own process (for in-process rows it is everything). The load generator, the servers and "
         f"other developers' work share the same cores: read ratios within this run, not absolute numbers. "
-        f"Device: {result['device']}. Commit {result['git_commit']}, {result['date']}."
+        f"Device: {devices(result)}. Commit {result['git_commit']}, {result['date']}."
         + (f" {c['serving_tree']}." if c.get("serving_tree") else "")
         + _load_note(result)
         + (f"\n\nNote: {c['note']}" if c.get("note") else "")
@@ -429,7 +429,7 @@ def serve_resnet18_table(result: dict) -> str:
         f"(their probabilities checked against ours before timing). Here the work per image is decoding a "
         f"640x480 JPEG and a ResNet-18 forward pass, so the ratios say how much of the in-process limit the "
         f"gateway keeps at real work per image. The load generator, the servers and other work share "
-        f"the cores. Device: {result['device']}. Commit {result['git_commit']}, {result['date']}."
+        f"the cores. Device: {devices(result)}. Commit {result['git_commit']}, {result['date']}."
         + (f" {c['serving_tree']}." if c.get("serving_tree") else "")
         + _load_note(result)
         + (f"\n\nNote: {c['note']}" if c.get("note") else ""),
@@ -482,7 +482,7 @@ def report_table(result: dict) -> str:
         "Oracle's: the same step-down test with Fisher exact tests on the true error counts, what a perfect "
         "reference would flag. cleanlab: "
         "`get_label_quality_multiannotator`, 1 - annotator quality (it does not flag). SQLite and PostgreSQL "
-        f"gave the same report in {same} of {len(pg)} comparisons. Device: {result['device']}.\n\n"
+        f"gave the same report in {same} of {len(pg)} comparisons. Device: {devices(result)}.\n\n"
         + "\n".join(lines)
         + "\n\n"
         + report_scale_table(result)
@@ -495,7 +495,8 @@ def report_model(result: dict) -> str:
     rows = [r for r in result["rows"] if r.get("model_method")]
     picked = sorted({r["model_method"] for r in rows})
     accs = [r["model_test_acc"] for r in rows if r.get("model_test_acc") is not None]
-    text = f"task B from classifier A with `--method {method}`"
+    epochs = result["config"].get("epochs_b")
+    text = f"task B from classifier A with `--method {method}`" + (f" over {epochs} epochs" if epochs else "")
     if picked and picked != [method]:
         text += f" (it picked {', '.join(picked)})"
     if accs:
@@ -681,7 +682,7 @@ def decode_table(result: dict) -> str:
         "`shorter_side_center_crop` is crop_pct 0.875 (shorter side to 256). simplejpeg (libjpeg-turbo with M/8 "
         "scaling) is a reference, not a path labelaudit takes. Differences are in 0..255 levels, of the draft's "
         "pixels against plain Pillow's and against the training path's (`pixels_from_file`, the same spec). "
-        f"Device: {result['device']}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
+        f"Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + f"\n\n{verdict}\n"
     )
 
 
@@ -798,7 +799,7 @@ def reliability_table(result: dict) -> str:
     )
     parts = [
         f"`bench/reliability.py{' --quick' if c.get('quick') else ''}`: what tests/stream and tests/serving "
-        f"drive in small, at size. Device: {result['device']}. {commits(result)}, {result['date']}."
+        f"drive in small, at size. Device: {devices(result)}. {commits(result)}, {result['date']}."
         + (
             f" The tree had uncommitted changes in {', '.join(f'`{p}`' for p in changed)} (other work in "
             "progress): the code that ran is the commit plus those."
@@ -849,7 +850,7 @@ def compare_table(result: dict) -> str:
         f"Change: {c['change']}. The benchmark run from the tree before ({', '.join(sorted({r['before'] for r in c['rounds']}))}) "
         f"and after ({', '.join(sorted({r['after'] for r in c['rounds']}))}) alternately, {len(c['rounds'])} rounds on one "
         f"machine in one sitting; ratio = after / before (a throughput below 1, a latency above 1: slower). "
-        f"Device: {result['device']}. {result['date']}." + (f" {c['note']}" if c.get("note") else ""),
+        f"Device: {devices(result)}. {result['date']}." + (f" {c['note']}" if c.get("note") else ""),
         "",
         "| " + " | ".join([*keys, *(f"median ratio {m}" for m in metrics), "rounds"]) + " |",
         "|" + " --- |" * (len(keys) + len(metrics) + 1),
@@ -930,7 +931,7 @@ def profile_gateway_table(results: list[dict]) -> str:
             + (f" ({c['serving_tree']})" if c.get("serving_tree") else "")
             + f", {result['date']}; {c['duration']} s windows after {c['warmup']} s of warm-up, "
             f"{c.get('client_version') or c['client']}, {c['payload']}; gateway {c['gateway_settings']}; "
-            f"{c['py_spy']} ({c['py_spy_options']}). Device: {result['device']}."
+            f"{c['py_spy']} ({c['py_spy_options']}). Device: {devices(result)}."
         )
     others = [
         f"`{r['body']}` c={r['concurrency']}: " + ", ".join(f"`{leaf}` ({n})" for leaf, n in r["other_top_leaves"][:3])
