@@ -28,6 +28,7 @@ model does not know (always wrong), so tables are (K, K + extra).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -100,7 +101,10 @@ def error_rates(
         n = int(table.sum())
         if n == 0:
             continue
-        resampled = rng.multinomial(n, (table / n).ravel(), size=replicates).reshape(replicates, *table.shape)
+        # Each labeler's own random stream: its interval must not depend on which labelers came before it in
+        # ``tables`` (SQLite and PostgreSQL return them in different orders) or on who else labeled.
+        own = np.random.default_rng([seed, zlib.crc32(str(labeler).encode())])
+        resampled = own.multinomial(n, (table / n).ravel(), size=replicates).reshape(replicates, *table.shape)
         rate = float(fit(table[None], point_c)[0])
         boot = fit(resampled.astype(float), boot_c)
         # The basic (reflected) interval: the deconvolution's bootstrap spread is skewed away from the point

@@ -67,6 +67,17 @@ def test_simulated_labelers_error_rates_lie_in_their_intervals(seed):
             assert est.rate < disagreement - 0.08
 
 
+def test_a_labelers_interval_does_not_depend_on_the_order_or_company_of_the_others():
+    """SQLite and PostgreSQL hand the report its labelers in different orders; the same store must give
+    the same report, intervals included, and a labeler's interval must not move when another joins."""
+    tables, confusion, _ = simulated({"a": 0.05, "b": 0.3, "c": 0.6}, k=4, items=400, model_error=0.2, seed=3)
+    forward = error_rates(tables, confusion, bootstrap=50)
+    backward = error_rates(dict(reversed(tables.items())), confusion, bootstrap=50)
+    alone = error_rates({"c": tables["c"]}, confusion, bootstrap=50)
+    assert forward == backward
+    assert alone["c"] == forward["c"]
+
+
 def test_labels_outside_the_models_classes_are_errors():
     tables = labeler_tables(
         [
