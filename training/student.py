@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from labelaudit.training.methods.base import Batch, Method, StepStats
+from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_half
 from labelaudit.training.methods.crowd import class_posterior, posterior_term
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
 from labelaudit.training.mixup import Mixup
@@ -137,7 +136,5 @@ class Student(Method):
         logits, lam, partner = self.mixup.logits(self.trainer, batch)
         q = self.targets[torch.as_tensor(rows_u, device=self.targets.device)]
         soft = posterior_term(logits[n_t:], self.mixup.mix(q, lam, partner)).mean()
-        if n_t == 0:
-            return soft, StepStats(loss=soft.item(), seen=len(rows_u))
-        loss = 0.5 * F.cross_entropy(logits[:n_t], self.data.labels[rows_t]) + 0.5 * soft
+        loss = trusted_half(logits[:n_t], self.data.labels[rows_t], soft)
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))

@@ -31,7 +31,7 @@ from labelaudit.training.config import SemiPool, TrainConfig
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method
-from labelaudit.training.methods.auto import choose_method, with_choice
+from labelaudit.training.methods.auto import choose_method, labelers_with_matrices, with_choice
 from labelaudit.training.methods.base import Batch
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
@@ -448,6 +448,24 @@ def train(
             distributed.stop()
 
 
+def _check_trusted_or_labelers(manifest: Manifest, method_cls: type[Method], cfg: TrainConfig) -> None:
+    """A method that needs a trusted set but can do without one when labelers stand in (``crowd``, whose
+    matrices come from EM over each labeler's rows) refuses a manifest with neither, naming both."""
+    train_rows = manifest.mask(split="train")
+    trusted = manifest.trusted[train_rows]
+    if not method_cls.needs_trusted or trusted.any():
+        return
+    labelers = labelers_with_matrices(
+        trusted=trusted, labeler_ids=manifest.labeler_ids[train_rows], min_labeler_items=cfg.min_labeler_items
+    )
+    if len(labelers) < 2:
+        raise ManifestError(
+            f'{manifest.path.name}: no trusted training rows ("trusted": true, "split": "train") and '
+            f"{len(labelers)} labeler(s) with at least {cfg.min_labeler_items} labels (min_labeler_items); "
+            f"{method_cls.name} needs the small hand-checked set, or two labelers whose matrices EM can fit"
+        )
+
+
 def _train(
     manifest_path,
     init,
@@ -467,7 +485,7 @@ def _train(
     a = None if init is None else load_classifier_a(str(init), classes_file=init_classes, preprocess=preprocess)
     manifest = read_manifest(
         manifest_path,
-        require_trusted=method_cls is not None and method_cls.needs_trusted,
+        require_trusted=method_cls is not None and method_cls.needs_trusted and not method_cls.labelers_suffice,
         fallback_classes=None if a is None else a.classes,
     )
     if method_cls is None:
@@ -481,6 +499,7 @@ def _train(
         cfg = with_choice(cfg, choice)
         method_cls = METHODS[choice.method]
         reporter.note(choice.reason)
+    _check_trusted_or_labelers(manifest, method_cls, cfg)
     if cfg.student_crossfit and not cfg.student_rounds:  # after auto, which may add the student round
         raise ValueError("student_crossfit cross-fits the first student round's teacher: it needs student_rounds >= 1")
     manifest = with_held_out(manifest, **held_out)

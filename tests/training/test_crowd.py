@@ -100,6 +100,23 @@ def test_crowd_loss_is_half_trusted_ce_and_half_per_labeler_forward_correction()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", [CrowdForward, CrowdMix])
+def test_without_a_trusted_set_the_loss_is_the_labelers_forward_correction_alone(kind):
+    data = _task(trusted=0)
+    method = _method(data, kind, mixup_alpha=0.0)
+    method.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
+    rows_u = np.array([0, 1, 2])
+    method.trainer.net.eval()
+
+    loss, _ = method.loss(Batch(untrusted=rows_u, trusted=data.trusted_rows))
+
+    with torch.no_grad():
+        p = torch.softmax(method.trainer.net(data.images.x[rows_u]), 1)
+        t_rows = [method.t[0], method.t[1], method.t[0]]  # ann, bob, ann
+        expected = torch.stack([-torch.log(p[i] @ t_rows[i][:, data.labels[r]]) for i, r in enumerate(rows_u)]).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_crowd_never_rewrites_labels_and_refreshes_row_stochastic_matrices():
     data = _task()
     method = _method(data)

@@ -4,6 +4,9 @@ a trusted set refuse clearly."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -43,7 +46,30 @@ def test_mentormix_trains_without_any_trusted_row(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("method", ["glc", "fasten", "crowd", "crowdmix"])
 def test_methods_that_need_a_trusted_set_refuse_a_manifest_without_one(tiny_data, tmp_path, method):
+    # task A: no trusted rows and no labeler ids, so not even crowd's labelers can stand in
     with pytest.raises(ManifestError, match="no trusted training rows"):
         train(
             tiny_data / "task_a.jsonl", init=None, out=tmp_path, cfg=TrainConfig(method=method, epochs=1, device="cpu")
         )
+
+
+def _without_trusted_rows(manifest: Path) -> Path:
+    """``manifest`` with its trusted rows dropped, beside it (its image paths are relative)."""
+    out = manifest.with_name(f"{manifest.stem}-no-trusted.jsonl")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows if not r.get("trusted")))
+    return out
+
+
+@pytest.mark.parametrize("method", ["crowd", "crowdmix"])
+def test_crowd_fits_its_labelers_matrices_without_a_trusted_set(tiny_data, tmp_path, method):
+    manifest = _without_trusted_rows(tiny_data / "task_b.jsonl")
+    cfg = TrainConfig(method=method, epochs=2, device="cpu", min_labeler_items=20, student_rounds=1)
+    result = train(manifest, init=None, out=tmp_path / "run", cfg=cfg)
+    history = result.meta.metrics.history
+    assert len(history) == 4 and all(np.isfinite(h.train_loss) for h in history)  # two rounds of two epochs
+    assert len(result.meta.labeler_transition_matrices) >= 2
+
+    few = TrainConfig(method=method, epochs=1, device="cpu", min_labeler_items=10_000)  # no labeler has a matrix
+    with pytest.raises(ManifestError, match="no trusted training rows.*two labelers"):
+        train(manifest, init=None, out=tmp_path / "few", cfg=few)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from labelaudit.training.transition import estimate_transition
 
@@ -38,6 +39,15 @@ class Batch:
         return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else self.untrusted)
 
 
+def trusted_half(logits_t: torch.Tensor, labels_t: torch.Tensor, untrusted_loss: torch.Tensor) -> torch.Tensor:
+    """Half cross-entropy on the trusted rows' ``logits_t`` (B_t, K), half ``untrusted_loss`` (a scalar):
+    the split the trusted-set methods share. With no trusted rows (``crowd`` on its labelers alone, a student
+    round without a trusted set) the untrusted loss is the whole loss."""
+    if len(labels_t) == 0:
+        return untrusted_loss
+    return 0.5 * F.cross_entropy(logits_t, labels_t) + 0.5 * untrusted_loss
+
+
 @dataclass
 class StepStats:
     loss: float
@@ -49,7 +59,8 @@ class Method:
     """Base: shuffled batches over ``rows()``, each with ``trusted_batch()``. Subclasses define ``loss``."""
 
     name = "base"
-    needs_trusted = False
+    needs_trusted = False  # refuses a manifest without trusted training rows...
+    labelers_suffice = False  # ...unless two labelers have enough rows for a matrix each (``crowd``'s EM)
     trains_noisy_head = False  # False: the noisy head gets no gradient (and no DDP synchronisation)
 
     def __init__(self, trainer: Trainer):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labelaudit.training.methods.base import Batch, Method, StepStats
+from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_half
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
 from labelaudit.training.mixup import Mixup
 from labelaudit.training.transition import forward_corrected_nll, mixed_forward_nll
@@ -92,6 +92,7 @@ def initial_transitions(heads: int, k: int, device, diagonal: float = 0.5) -> to
 class CrowdForward(Method):
     name = "crowd"
     needs_trusted = True
+    labelers_suffice = True  # the matrices come from EM over the labelers' rows, the trusted set is only a loss term
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -145,7 +146,7 @@ class CrowdForward(Method):
         w = self.cfg.posterior_weight
         if w > 0:  # toward the labeler-aware posterior, fixed for the epoch
             corrected = (1 - w) * corrected + w * posterior_term(logits[len(rows_t) :], self.targets[rows_u_t])
-        loss = 0.5 * F.cross_entropy(logits[: len(rows_t)], y_t) + 0.5 * corrected.mean()
+        loss = trusted_half(logits[: len(rows_t)], y_t, corrected.mean())
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
 
     def transition(self) -> np.ndarray | None:
@@ -186,5 +187,5 @@ class CrowdMix(CrowdForward):
         if w > 0:  # the mixed image's target: the two posteriors mixed like the images
             q = self.targets[rows_u_t]
             mixed = (1 - w) * mixed + w * posterior_term(logits[n_t:], self.mixup.mix(q, lam, partner))
-        loss = 0.5 * F.cross_entropy(logits[:n_t], self.data.labels[rows_t]) + 0.5 * mixed.mean()
+        loss = trusted_half(logits[:n_t], self.data.labels[rows_t], mixed.mean())
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
