@@ -23,7 +23,9 @@ def rows(trusted: int, labelers: dict[str, int]) -> tuple[np.ndarray, np.ndarray
         (50, {"ann": 300, "bob": 300}, "crowdmix"),  # both: per-labeler matrices with a trusted anchor
         (50, {"": 600}, "crowdmix"),  # a trusted set, labels without labeler ids: one matrix for them all
         (50, {"ann": 590, "bob": 10}, "crowdmix"),  # no crowd: ann's matrix and a pooled one for bob
-        (3, {"ann": 300, "bob": 300}, "ce"),  # fewer trusted rows than classes: no usable set
+        (3, {"ann": 300, "bob": 300}, "crowdmix"),  # fewer trusted rows than classes: the labelers' EM alone
+        (0, {"ann": 300, "bob": 300}, "crowdmix"),  # no trusted set: the labelers' matrices still come from EM
+        (0, {"ann": 590, "bob": 10}, "ce"),  # one labeler with a matrix and no trusted set: nothing to anchor it
         (0, {"": 600}, "ce"),
     ],
 )
