@@ -10,7 +10,8 @@ items by a few Dawid-Skene EM steps, with the network's clean-head probabilities
 - M: ``T_l[i, j] ∝ Σ_n q_n(i) [ȳ_n = j]`` (plus a small pseudo-count).
 
 The loss is FasTEN's clean loss with the labeler's matrix: half cross-entropy on the whole trusted set
-every iteration, half ``-log((T_lᵀ p)[ȳ])`` on the untrusted batch. A spammer's ``T_l`` becomes
+every iteration, half ``-log((T_lᵀ p)[ȳ])`` on the untrusted batch. Without a trusted set (two labelers with
+enough rows needed, ``labelers_suffice``) the untrusted term is the whole loss. A spammer's ``T_l`` becomes
 uniform, so its labels stop pulling; a confuser's shows its swapped pairs and is undone by them. Labels
 are never rewritten, so nothing can cascade.
 """
