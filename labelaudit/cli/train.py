@@ -183,8 +183,12 @@ def train(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="auto | ce | glc | fasten | crowd | crowdmix | mentormix (docs/methods.md)")
-    ] = _Defaults.method,
+        str,
+        typer.Option(
+            help="auto (chosen from what the data has: a trusted set, labeler ids) | ce | glc | fasten | crowd | "
+            "crowdmix | mentormix (docs/methods.md)"
+        ),
+    ] = "auto",
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
     epochs: Annotated[int, typer.Option()] = _Defaults.epochs,
     batch_size: Annotated[int, typer.Option()] = _Defaults.batch_size,
