@@ -449,20 +449,24 @@ def train(
 
 
 def _check_trusted_or_labelers(manifest: Manifest, method_cls: type[Method], cfg: TrainConfig) -> None:
-    """A method that needs a trusted set but can do without one when labelers stand in (``crowd``, whose
-    matrices come from EM over each labeler's rows) refuses a manifest with neither, naming both."""
+    """A method that needs a trusted set refuses a manifest without trusted training rows, unless labelers
+    stand in for it (``labelers_suffice``: ``crowd``, whose matrices come from EM over each labeler's rows)
+    and two of them have ``min_labeler_items`` labels. Runs after ``auto``, so its choice is checked too."""
     train_rows = manifest.mask(split="train")
     trusted = manifest.trusted[train_rows]
     if not method_cls.needs_trusted or trusted.any():
         return
+    where = f'{manifest.path.name}: no trusted training rows ("trusted": true, "split": "train")'
+    if not method_cls.labelers_suffice:
+        raise ManifestError(f"{where}; {method_cls.name} needs the small hand-checked set")
     labelers = labelers_with_matrices(
         trusted=trusted, labeler_ids=manifest.labeler_ids[train_rows], min_labeler_items=cfg.min_labeler_items
     )
     if len(labelers) < 2:
         raise ManifestError(
-            f'{manifest.path.name}: no trusted training rows ("trusted": true, "split": "train") and '
-            f"{len(labelers)} labeler(s) with at least {cfg.min_labeler_items} labels (min_labeler_items); "
-            f"{method_cls.name} needs the small hand-checked set, or two labelers whose matrices EM can fit"
+            f"{where} and {len(labelers)} labeler(s) with at least {cfg.min_labeler_items} labels "
+            f"(min_labeler_items); {method_cls.name} needs the small hand-checked set, or two labelers whose "
+            "matrices EM can fit"
         )
 
 
@@ -485,7 +489,6 @@ def _train(
     a = None if init is None else load_classifier_a(str(init), classes_file=init_classes, preprocess=preprocess)
     manifest = read_manifest(
         manifest_path,
-        require_trusted=method_cls is not None and method_cls.needs_trusted and not method_cls.labelers_suffice,
         fallback_classes=None if a is None else a.classes,
     )
     if method_cls is None:
