@@ -17,6 +17,7 @@ not the main table.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -223,6 +224,7 @@ def main() -> None:
                     # the clean val accuracy each phase (first round, cross-fit folds, student rounds) ended on
                     phase_val_acc=[h.val_acc for h in r.history[cfg.epochs - 1 :: cfg.epochs]],
                     seconds=round(time.perf_counter() - started, 1),
+                    loadavg_1m=round(os.getloadavg()[0], 2),  # other work on the machine slows images/s
                     **diagnostics,
                     **common,
                 )
