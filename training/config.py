@@ -39,6 +39,7 @@ class TrainConfig:
     semi_pool: SemiPool = "unlabeled+doubted"  # semi-supervised: which rows the teacher trains without labels
     mixup_alpha: float = 1.0  # crowdmix, mentormix: λ ~ Beta(α, α) per batch; 0 = no mixing
     posterior_weight: float = 0.0  # crowd, crowdmix: weight of cross-entropy to the sharpened label posterior
+    trim_fraction: float = 0.0  # crowd, crowdmix: share of each batch's largest untrusted losses left out; 0 = off
     posterior_temperature: float = 0.5  # crowd, crowdmix: the posterior's sharpening, q^(1/T); 1 = none
     mentormix_gamma: float = 0.6  # mentormix: the loss quantile below which an example counts as clean
     mentormix_burn_in: float = 0.2  # mentormix: fraction of the epochs in which every example counts

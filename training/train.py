@@ -531,6 +531,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
     if cfg.student_rounds < 0 or not 0.0 <= cfg.student_threshold <= 1.0:
         raise ValueError("student_rounds must be >= 0 and student_threshold in [0, 1]")
+    if not 0.0 <= cfg.trim_fraction < 1.0:
+        raise ValueError("trim_fraction must be in [0, 1): the share of each batch's largest losses left out")
     if cfg.student_crossfit == 1 or cfg.student_crossfit < 0:
         raise ValueError("student_crossfit must be 0 (off) or a number of folds >= 2")
     if cfg.loader not in ("auto", "memory", "stream"):

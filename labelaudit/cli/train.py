@@ -262,6 +262,10 @@ def train(
     posterior_weight: Annotated[
         float, typer.Option(help="crowd, crowdmix: weight of cross-entropy to the sharpened label posterior; 0 = off.")
     ] = _Defaults.posterior_weight,
+    trim_fraction: Annotated[
+        float,
+        typer.Option(help="crowd, crowdmix: share of each batch's largest untrusted losses left out; 0 = off."),
+    ] = _Defaults.trim_fraction,
     student_rounds: Annotated[
         int, typer.Option(help="Train again from classifier A on the last network's posterior targets, N times.")
     ] = _Defaults.student_rounds,
@@ -320,6 +324,7 @@ def train(
             held_out_estimate=held_out_estimate,
             mentormix_gamma=mentormix_gamma,
             posterior_weight=posterior_weight,
+            trim_fraction=trim_fraction,
             unlabeled_weight=unlabeled_weight,
             semi_pool=semi_pool,
             student_rounds=student_rounds,

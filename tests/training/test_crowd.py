@@ -16,9 +16,10 @@ from labelaudit.training.methods.crowd import (
     em_transitions,
     initial_transitions,
     sharpened_posterior,
+    small_loss_mean,
 )
 from labelaudit.training.networks import TwoHeadNet
-from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer
+from labelaudit.training.train import SilentReporter, TaskData, TrainConfig, Trainer, _check_config
 from labelaudit.training.transition import mixed_forward_nll
 
 K = 4
@@ -76,7 +77,8 @@ def _task(n: int = 48, trusted: int = 8, seed: int = 0) -> TaskData:
 
 def _method(data: TaskData, kind: type[CrowdForward] = CrowdForward, **cfg) -> CrowdForward:
     torch.manual_seed(0)
-    cfg = TrainConfig(device="cpu", augment="none", batch_size=8, epochs=1, seed=0, min_labeler_items=5, **cfg)
+    base = dict(device="cpu", augment="none", batch_size=8, epochs=1, seed=0, min_labeler_items=5)
+    cfg = TrainConfig(**(base | cfg))
     return kind(Trainer(cfg, TwoHeadNet("cnn_small", K, 1), data, SilentReporter()))
 
 
@@ -204,3 +206,47 @@ def test_the_posterior_term_blends_in_cross_entropy_to_the_epochs_targets(kind):
     plain.start_epoch()
     plain.trainer.net.eval()
     torch.testing.assert_close(losses[0.0], plain.loss(Batch(**batch))[0])
+
+
+def test_small_loss_mean_leaves_out_the_largest_losses():
+    losses = torch.tensor([0.5, 4.0, 1.0, 3.0, 2.0])
+    assert small_loss_mean(losses, 0.0).item() == pytest.approx(2.1)
+    assert small_loss_mean(losses, 0.4).item() == pytest.approx((0.5 + 1.0 + 2.0) / 3)  # 4.0 and 3.0 left out
+    assert small_loss_mean(losses, 0.3).item() == pytest.approx((0.5 + 1.0 + 2.0 + 3.0) / 4)  # floor(1.5) = 1
+    assert small_loss_mean(losses[:1], 0.9).item() == pytest.approx(0.5)  # one loss is always kept
+
+
+def test_trimming_starts_at_nothing_and_reaches_its_fraction_over_a_fifth_of_the_epochs():
+    method = _method(_task(), CrowdMix, trim_fraction=0.3, epochs=10)  # ramp: 2 epochs
+    shares = []
+    for _ in range(4):
+        method.start_epoch()
+        shares.append(method.trim_now())
+    assert shares == pytest.approx([0.0, 0.15, 0.3, 0.3])
+
+
+@pytest.mark.parametrize("kind", [CrowdForward, CrowdMix])
+def test_a_trimmed_batch_loses_its_largest_untrusted_losses_and_keeps_the_trusted_half(kind):
+    data = _task()
+    batch = Batch(untrusted=np.array([8, 9, 10, 11, 12, 13, 14, 15]), trusted=data.trusted_rows)
+    method = _method(data, kind, mixup_alpha=0.0, trim_fraction=0.25, epochs=1)  # ramp: 1 epoch
+    method.epoch = 2  # past the ramp: a quarter of the batch left out
+    method.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
+    method.trainer.net.eval()
+
+    loss, _ = method.loss(batch)
+
+    with torch.no_grad():
+        logits = method.trainer.net(data.images.x[np.concatenate([batch.trusted, batch.untrusted])])
+        ce = F.cross_entropy(logits[:8], data.labels[batch.trusted])
+        p = torch.softmax(logits[8:], 1)
+        t_rows = [method.t[0] if i % 2 == 0 else method.t[1] for i in range(8)]  # ann, bob, ...
+        nll = torch.stack([-torch.log(p[i] @ t_rows[i][:, data.labels[r]]) for i, r in enumerate(batch.untrusted)])
+        kept = torch.sort(nll).values[:6]  # the two largest of eight left out
+    torch.testing.assert_close(loss.detach(), 0.5 * ce + 0.5 * kept.mean(), rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(kept.mean(), nll.mean())  # the case does tell trimmed from untrimmed
+
+
+def test_trim_fraction_must_leave_something():
+    with pytest.raises(ValueError, match="trim_fraction"):
+        _check_config(TrainConfig(trim_fraction=1.0))

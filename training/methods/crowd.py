@@ -83,6 +83,17 @@ def posterior_term(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * torch.log_softmax(logits, 1)).sum(1)
 
 
+TRIM_RAMP = 0.2  # trim_fraction: the share of the epochs over which the left-out share rises from 0 to its value
+
+
+def small_loss_mean(losses: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of ``losses`` (B,) without the largest ``floor(fraction · B)`` of them (the small-loss trick of
+    Co-teaching, Han et al., NeurIPS 2018: a wrong label the network has not fitted yet costs more than a
+    right one, so the largest losses hold most of the wrong labels). Scalar; at least one loss is kept."""
+    keep = max(1, len(losses) - int(fraction * len(losses)))
+    return (losses if keep == len(losses) else torch.topk(losses, keep, largest=False).values).mean()
+
+
 def initial_transitions(heads: int, k: int, device, diagonal: float = 0.5) -> torch.Tensor:
     """A start that trusts labels half the time: (H, K, K)."""
     t = torch.full((k, k), (1 - diagonal) / (k - 1), device=device)
@@ -107,6 +118,7 @@ class CrowdForward(Method):
         self.t = initial_transitions(len(groups), self.data.k, device)  # (H, K, K)
         self.doubted = np.empty(0, dtype=np.int64)
         self.targets = torch.zeros(len(self.data.labels), self.data.k, device=device)  # (N, K) posterior targets
+        self.epoch = 0  # the current epoch, from 1 (trim_fraction's ramp)
 
     def refresh_transitions(self) -> None:
         """The E and M steps over every untrusted item, with the current network as the prior; and the
@@ -134,7 +146,16 @@ class CrowdForward(Method):
         return self.data.trusted_rows  # the whole trusted set, every iteration
 
     def start_epoch(self) -> None:
+        self.epoch += 1
         self.refresh_transitions()  # once per epoch, before its first batch
+
+    def trim_now(self) -> float:
+        """This epoch's share of the largest untrusted losses left out: none in the first epoch, rising
+        linearly to ``trim_fraction`` over the first ``TRIM_RAMP`` of the epochs (Co-teaching's schedule:
+        early on the network has fitted no label, so the large losses are the hard images, not the wrong
+        labels)."""
+        ramp = max(1.0, TRIM_RAMP * self.cfg.epochs)
+        return self.cfg.trim_fraction * min(1.0, (self.epoch - 1) / ramp)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted
@@ -147,7 +168,7 @@ class CrowdForward(Method):
         w = self.cfg.posterior_weight
         if w > 0:  # toward the labeler-aware posterior, fixed for the epoch
             corrected = (1 - w) * corrected + w * posterior_term(logits[len(rows_t) :], self.targets[rows_u_t])
-        loss = trusted_half(logits[: len(rows_t)], y_t, corrected.mean())
+        loss = trusted_half(logits[: len(rows_t)], y_t, small_loss_mean(corrected, self.trim_now()))
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
 
     def transition(self) -> np.ndarray | None:
@@ -188,5 +209,5 @@ class CrowdMix(CrowdForward):
         if w > 0:  # the mixed image's target: the two posteriors mixed like the images
             q = self.targets[rows_u_t]
             mixed = (1 - w) * mixed + w * posterior_term(logits[n_t:], self.mixup.mix(q, lam, partner))
-        loss = trusted_half(logits[:n_t], self.data.labels[rows_t], mixed.mean())
+        loss = trusted_half(logits[:n_t], self.data.labels[rows_t], small_loss_mean(mixed, self.trim_now()))
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
