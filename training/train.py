@@ -31,8 +31,8 @@ from labelaudit.training.config import SemiPool, TrainConfig
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method
-from labelaudit.training.methods.auto import choose_method, labelers_with_matrices, with_choice
-from labelaudit.training.methods.base import Batch
+from labelaudit.training.methods.auto import choose_method, with_choice
+from labelaudit.training.methods.base import Batch, labelers_with_matrices
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.semi import EmaTeacher
@@ -459,9 +459,7 @@ def _check_trusted_or_labelers(manifest: Manifest, method_cls: type[Method], cfg
     where = f'{manifest.path.name}: no trusted training rows ("trusted": true, "split": "train")'
     if not method_cls.labelers_suffice:
         raise ManifestError(f"{where}; {method_cls.name} needs the small hand-checked set")
-    labelers = labelers_with_matrices(
-        trusted=trusted, labeler_ids=manifest.labeler_ids[train_rows], min_labeler_items=cfg.min_labeler_items
-    )
+    labelers = labelers_with_matrices(manifest.labeler_ids[train_rows], np.flatnonzero(~trusted), cfg.min_labeler_items)
     if len(labelers) < 2:
         raise ManifestError(
             f"{where} and {len(labelers)} labeler(s) with at least {cfg.min_labeler_items} labels "

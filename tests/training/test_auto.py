@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from labelaudit.training.methods.auto import CHOICES, Choice, choose_method, with_choice
+from labelaudit.training.methods.base import labelers_with_matrices
+from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
 from labelaudit.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,3 +66,12 @@ def test_an_auto_run_records_the_method_it_chose_and_why(tiny_data, tmp_path):
         cfg=TrainConfig(method="auto", epochs=1, device="cpu"),
     )
     assert no_trusted.meta.method == CHOICES[(False, False)].method
+
+
+def test_labels_without_a_labeler_id_share_the_pooled_matrix_however_many_they_are():
+    """'' is no labeler: its rows join the pool with the small labelers, in auto's count and crowd's groups."""
+    is_trusted, ids = rows(5, {"ann": 300, "": 600, "bob": 10})
+    untrusted = np.flatnonzero(~is_trusted)
+    assert labelers_with_matrices(ids, untrusted, 100) == ["ann"]
+    assert labeler_groups(ids, untrusted, 100) == ["ann", POOLED_GROUP]
+    assert labeler_groups(ids, untrusted, 5) == ["ann", "bob", POOLED_GROUP]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from labelaudit.training.config import TrainConfig
+from labelaudit.training.methods.base import labelers_with_matrices
 
 MIN_TRUSTED_PER_CLASS = 1.0
 
@@ -51,19 +52,12 @@ CHOICES: dict[tuple[bool, bool], Choice] = {
 }
 
 
-def labelers_with_matrices(*, trusted: np.ndarray, labeler_ids: np.ndarray, min_labeler_items: int) -> list[str]:
-    """The labelers with at least ``min_labeler_items`` untrusted rows: each gets its own matrix.
-    ``trusted`` (N,) bool and ``labeler_ids`` (N,) str ('' for none) over task B's training rows."""
-    ids, counts = np.unique(labeler_ids[~trusted].astype(str), return_counts=True)
-    return [str(i) for i, c in zip(ids, counts, strict=True) if i and c >= min_labeler_items]
-
-
 def choose_method(*, trusted: np.ndarray, labeler_ids: np.ndarray, classes: int, min_labeler_items: int) -> Choice:
     """The method and its settings for task B's training rows: ``trusted`` (N,) bool, ``labeler_ids`` (N,)
     str ('' for none), ``classes`` K."""
     n_trusted = int(trusted.sum())
     has_trusted = n_trusted >= MIN_TRUSTED_PER_CLASS * classes
-    labelers = labelers_with_matrices(trusted=trusted, labeler_ids=labeler_ids, min_labeler_items=min_labeler_items)
+    labelers = labelers_with_matrices(labeler_ids, np.flatnonzero(~trusted), min_labeler_items)
     has_labelers = len(labelers) >= 2
     pick = CHOICES[(has_trusted, has_labelers)]
     trusted_text = (

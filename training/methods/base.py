@@ -39,6 +39,14 @@ class Batch:
         return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else self.untrusted)
 
 
+def labelers_with_matrices(labeler_ids: np.ndarray, rows: np.ndarray, min_items: int) -> list[str]:
+    """The labelers with at least ``min_items`` of ``rows`` (indices into ``labeler_ids``, (N,) str, '' for a
+    label without one): each gets its own transition matrix (``crowd``, the student's targets) or noisy head
+    (FasTEN's ``--per-labeler``); the rest share one."""
+    ids, counts = np.unique(labeler_ids[rows].astype(str), return_counts=True)
+    return [str(i) for i, c in zip(ids, counts, strict=True) if i and c >= min_items]
+
+
 def trusted_half(logits_t: torch.Tensor, labels_t: torch.Tensor, untrusted_loss: torch.Tensor) -> torch.Tensor:
     """Half cross-entropy on the trusted rows' ``logits_t`` (B_t, K), half ``untrusted_loss`` (a scalar):
     the split the trusted-set methods share. With no trusted rows (``crowd`` on its labelers alone, a student

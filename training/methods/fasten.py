@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labelaudit.training.methods.base import Batch, Method, StepStats
+from labelaudit.training.methods.base import Batch, Method, StepStats, labelers_with_matrices
 from labelaudit.training.networks import running_stats_frozen
 from labelaudit.training.transition import correct_labels, estimate_transition, forward_corrected_nll
 
@@ -39,9 +39,8 @@ POOLED_GROUP = "*"
 
 
 def labeler_groups(labeler_ids: np.ndarray, untrusted_rows: np.ndarray, min_items: int) -> list[str]:
-    """Noisy-head groups: every labeler with at least ``min_items`` untrusted items, then the pool."""
-    ids, counts = np.unique(labeler_ids[untrusted_rows], return_counts=True)
-    return [str(i) for i, c in zip(ids, counts, strict=True) if c >= min_items] + [POOLED_GROUP]
+    """Noisy-head (or matrix) groups: every labeler with at least ``min_items`` untrusted items, then the pool."""
+    return labelers_with_matrices(labeler_ids, untrusted_rows, min_items) + [POOLED_GROUP]
 
 
 class FasTEN(Method):
