@@ -14,7 +14,7 @@ SemiPool = Literal["unlabeled+doubted", "unlabeled", "doubted"]
 class TrainConfig:
     """Every knob that changes the result. Saved inside the checkpoint and the model card."""
 
-    method: str = "fasten"  # or "auto": chosen from what the data has (training.methods.auto)
+    method: str = "auto"  # chosen from what the data has (training.methods.auto), or one of training.methods
     method_choice: str = ""  # what "auto" saw and chose, for the checkpoint and the model card
     arch: str = "cnn_small"  # used only when training from scratch; otherwise classifier A's
     epochs: int = 10

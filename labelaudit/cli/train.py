@@ -188,7 +188,7 @@ def train(
             help="auto (chosen from what the data has: a trusted set, labeler ids) | ce | glc | fasten | crowd | "
             "crowdmix | mentormix (docs/methods.md)"
         ),
-    ] = "auto",
+    ] = _Defaults.method,
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.pt and metrics.json.")] = Path("runs/latest"),
     epochs: Annotated[int, typer.Option()] = _Defaults.epochs,
     batch_size: Annotated[int, typer.Option()] = _Defaults.batch_size,
