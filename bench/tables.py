@@ -23,22 +23,26 @@ def _load(name: str) -> dict | None:
 def train_noise_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[float]] = defaultdict(list)
     speed: dict[str, list[float]] = defaultdict(list)
+    load: dict[str, list[float]] = defaultdict(list)  # the machine's load when each row ended (newer rows)
     for row in result["rows"]:
         cells[(row["method"], row["noise_requested"])].append(row["clean_test_acc"])
         if row.get("train_images_per_s"):
             speed[row["method"]].append(row["train_images_per_s"])
+        if row.get("loadavg_1m") is not None:
+            load[row["method"]].append(row["loadavg_1m"])
     noises = sorted({n for _, n in cells})
     seen = {m for m, _ in cells}
     methods = [m for m in METHOD_ORDER if m in seen] + sorted(seen - set(METHOD_ORDER))  # then variants
-    head = "| method | " + " | ".join(f"noise {n:.0%}" for n in noises) + " | train images/s |"
-    lines = [head, "|" + " --- |" * (len(noises) + 2)]
+    head = "| method | " + " | ".join(f"noise {n:.0%}" for n in noises) + " | train images/s | load (1 min) |"
+    lines = [head, "|" + " --- |" * (len(noises) + 3)]
     for m in methods:
         accs = []
         for n in noises:
             v = cells.get((m, n), [])
             accs.append(f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f} (n={len(v)})" if v else "-")
         ips = f"{np.mean(speed[m]):.0f}" if speed.get(m) else "-"
-        lines.append(f"| {m} | " + " | ".join(accs) + f" | {ips} |")
+        busy = f"{np.mean(load[m]):.1f}" if load.get(m) else "-"
+        lines.append(f"| {m} | " + " | ".join(accs) + f" | {ips} | {busy} |")
     c = result["config"]
     return (
         f"Clean-test accuracy (%) on task B, mean ± std over seeds, 1% trusted set. Size `{c.get('size')}` "
