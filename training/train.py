@@ -30,7 +30,7 @@ from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map
 from labelaudit.training.config import SemiPool, TrainConfig
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
-from labelaudit.training.methods import METHODS, Method
+from labelaudit.training.methods import METHODS, Method, ignored_settings
 from labelaudit.training.methods.auto import choose_method, with_choice
 from labelaudit.training.methods.base import Batch, labelers_with_matrices
 from labelaudit.training.methods.fasten import labeler_groups
@@ -501,6 +501,11 @@ def _train(
         method_cls = METHODS[choice.method]
         reporter.note(choice.reason)
     _check_trusted_or_labelers(manifest, method_cls, cfg)
+    for setting, readers in ignored_settings(cfg, method_cls).items():
+        reporter.note(
+            f"note: {setting}={getattr(cfg, setting)} does nothing in this run ({cfg.method}); "
+            f"it applies with {' or '.join(readers)}"
+        )
     if cfg.student_crossfit and not cfg.student_rounds:  # after auto, which may add the student round
         raise ValueError("student_crossfit cross-fits the first student round's teacher: it needs student_rounds >= 1")
     manifest = with_held_out(manifest, **held_out)

@@ -70,6 +70,7 @@ class Method:
     needs_trusted = False  # refuses a manifest without trusted training rows...
     labelers_suffice = False  # ...unless two labelers have enough rows for a matrix each (``crowd``'s EM)
     trains_noisy_head = False  # False: the noisy head gets no gradient (and no DDP synchronisation)
+    settings: frozenset[str] = frozenset()  # the TrainConfig fields only this method (of all methods) reads
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer

@@ -105,6 +105,7 @@ class CrowdForward(Method):
     name = "crowd"
     needs_trusted = True
     labelers_suffice = True  # the matrices come from EM over the labelers' rows, the trusted set is only a loss term
+    settings = frozenset({"posterior_weight", "posterior_temperature", "trim_fraction"})
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -192,6 +193,7 @@ class CrowdMix(CrowdForward):
     """
 
     name = "crowdmix"
+    settings = CrowdForward.settings | {"mixup_alpha"}
 
     def __init__(self, trainer):
         super().__init__(trainer)

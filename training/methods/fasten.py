@@ -47,6 +47,18 @@ class FasTEN(Method):
     name = "fasten"
     needs_trusted = True
     trains_noisy_head = True
+    settings = frozenset(
+        {
+            "trusted_per_class",
+            "rho",
+            "noisy_weight",
+            "trusted_trains_features",
+            "held_out_estimate",
+            "per_labeler",
+            "consistency_weight",
+            "pseudo_threshold",
+        }
+    )
 
     def __init__(self, trainer):
         super().__init__(trainer)

@@ -47,6 +47,7 @@ def draw_partners(v: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
 class MentorMix(Method):
     name = "mentormix"
     needs_trusted = False
+    settings = frozenset({"mentormix_gamma", "mentormix_burn_in", "mixup_alpha"})
 
     def __init__(self, trainer):
         super().__init__(trainer)

@@ -1,0 +1,67 @@
+"""A setting the chosen method never reads is named in the run's notes, with what would read it, instead of
+being silently ignored (``--trim-fraction`` with ``ce``, a student round's threshold without a round)."""
+
+from __future__ import annotations
+
+from labelaudit.training.config import TrainConfig
+from labelaudit.training.methods import METHODS, STUDENT_SETTINGS, ignored_settings
+from labelaudit.training.methods.auto import CHOICES, with_choice
+from labelaudit.training.train import train
+
+
+def test_defaults_and_a_methods_own_settings_are_never_named():
+    for name, cls in METHODS.items():
+        assert ignored_settings(TrainConfig(method=name), cls) == {}
+    fasten = TrainConfig(method="fasten", rho=0.9, per_labeler=True, held_out_estimate=True)
+    assert ignored_settings(fasten, METHODS["fasten"]) == {}
+    crowdmix = TrainConfig(method="crowdmix", mixup_alpha=0.3, trim_fraction=0.2, posterior_weight=0.5)
+    assert ignored_settings(crowdmix, METHODS["crowdmix"]) == {}
+
+
+def test_another_methods_settings_are_named_with_the_methods_that_read_them():
+    cfg = TrainConfig(method="ce", trim_fraction=0.2, mixup_alpha=0.3, rho=0.9)
+    assert ignored_settings(cfg, METHODS["ce"]) == {
+        "mixup_alpha": ["crowdmix", "mentormix", "student_rounds >= 1"],
+        "rho": ["fasten"],
+        "trim_fraction": ["crowd", "crowdmix"],
+    }
+    assert list(ignored_settings(cfg, METHODS["crowd"])) == ["mixup_alpha", "rho"]  # crowd does not mix
+
+
+def test_optional_parts_settings_count_only_when_the_part_is_on():
+    student = TrainConfig(method="ce", student_threshold=0.7, mixup_alpha=0.3)
+    assert set(ignored_settings(student, METHODS["ce"])) == {"student_threshold", "mixup_alpha"}
+    assert ignored_settings(TrainConfig(**{**vars(student), "student_rounds": 1}), METHODS["ce"]) == {}
+    assert "mixup_alpha" in STUDENT_SETTINGS  # the student mixes its batches, whatever the first round's method
+
+    semi = TrainConfig(method="crowd", ema_decay=0.9, doubt_threshold=0.7)
+    assert set(ignored_settings(semi, METHODS["crowd"])) == {"ema_decay", "doubt_threshold"}
+    semi_on = TrainConfig(**{**vars(semi), "unlabeled_weight": 1.0})
+    assert ignored_settings(semi_on, METHODS["crowd"]) == {}
+    assert list(ignored_settings(semi_on, METHODS["ce"])) == ["doubt_threshold"]  # ce doubts no label
+
+
+def test_what_auto_sets_is_read_by_what_it_chose():
+    for choice in CHOICES.values():
+        cfg = with_choice(TrainConfig(method="auto"), choice)
+        assert ignored_settings(cfg, METHODS[choice.method]) == {}
+
+
+def test_a_run_says_which_settings_did_nothing(tiny_data, tmp_path):
+    notes: list[str] = []
+
+    class Notes:
+        def phase(self, *a): ...
+        def advance(self, *a): ...
+        def epoch(self, *a): ...
+        def note(self, text):
+            notes.append(text)
+
+    cfg = TrainConfig(method="auto", epochs=1, device="cpu", trim_fraction=0.2, rho=0.9)
+    result = train(tiny_data / "task_a.jsonl", init=None, out=tmp_path, cfg=cfg, reporter=Notes())
+
+    assert result.meta.method == "ce"  # task A: no trusted set, no labeler ids
+    said = "\n".join(notes)
+    assert "trim_fraction=0.2 does nothing in this run (ce); it applies with crowd or crowdmix" in said
+    assert "rho=0.9 does nothing in this run (ce); it applies with fasten" in said
+    assert sum("does nothing" in n for n in notes) == 2
