@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -40,6 +41,41 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     return f"{os.cpu_count()}-core CPU ({cpu_name()}, {platform.machine()}), torch {torch.__version__} CPU"
+
+
+class LoadSampler:
+    """The machine's 1-minute load average, sampled every ``every`` seconds while the block runs (a daemon
+    thread). A long row's load at its end says little about the load it ran under; its mean and peak do.
+
+    with LoadSampler() as load:
+        ...
+    row |= load.summary()  # loadavg_1m (at the end, as older rows have it), loadavg_1m_mean, loadavg_1m_max
+    """
+
+    def __init__(self, every: float = 15.0):
+        self.every, self.samples = every, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "loadavg_1m": round(self.samples[-1], 2),
+            "loadavg_1m_mean": round(sum(self.samples) / len(self.samples), 2),
+            "loadavg_1m_max": round(max(self.samples), 2),
+        }
 
 
 def kept_rows(name: str, redone) -> tuple[list[dict], dict]:

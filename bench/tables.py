@@ -23,13 +23,14 @@ def _load(name: str) -> dict | None:
 def train_noise_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[float]] = defaultdict(list)
     speed: dict[str, list[float]] = defaultdict(list)
-    load: dict[str, list[float]] = defaultdict(list)  # the machine's load when each row ended (newer rows)
+    load: dict[str, list[float]] = defaultdict(list)  # the machine's load during each row (at its end: older rows)
     for row in result["rows"]:
         cells[(row["method"], row["noise_requested"])].append(row["clean_test_acc"])
         if row.get("train_images_per_s"):
             speed[row["method"]].append(row["train_images_per_s"])
-        if row.get("loadavg_1m") is not None:
-            load[row["method"]].append(row["loadavg_1m"])
+        busy = row.get("loadavg_1m_mean", row.get("loadavg_1m"))
+        if busy is not None:
+            load[row["method"]].append(busy)
     noises = sorted({n for _, n in cells})
     seen = {m for m, _ in cells}
     methods = [m for m in METHOD_ORDER if m in seen] + sorted(seen - set(METHOD_ORDER))  # then variants
@@ -47,7 +48,9 @@ def train_noise_table(result: dict) -> str:
     return (
         f"Clean-test accuracy (%) on task B, mean ± std over seeds, 1% trusted set. Size `{c.get('size')}` "
         f"({c.get('per_task')} images per task), epochs A/B {c.get('epochs_a')}/{c.get('epochs_b')}, "
-        f"arch `{c.get('arch')}`. Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n"
+        f"arch `{c.get('arch')}`. Device: {devices(result)}. {commits(result)}, {result['date']}. "
+        "Load: the 1-minute load average, sampled through each row and averaged (rows before this was "
+        "recorded: at the row's end; '-': not recorded).\n\n"
         + "\n".join(lines)
         + "\n"
         + (f"\nNote: {c['note']}\n" if c.get("note") else "")

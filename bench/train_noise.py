@@ -17,7 +17,6 @@ not the main table.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from rich.console import Console
 from bench.common import (
     SIZES,
     WORK,
+    LoadSampler,
     add_grid_args,
     apply_quick,
     checkpoint_probs,
@@ -208,7 +208,8 @@ def main() -> None:
                 )
                 started = time.perf_counter()
                 out = WORK / f"runs/{data.name}-{method.replace(':', '-').replace(',', '-').replace('=', '')}"
-                r = train(manifest, init=classifier_a, out=out, cfg=cfg)
+                with LoadSampler() as load:  # other work on the machine slows images/s
+                    r = train(manifest, init=classifier_a, out=out, cfg=cfg)
                 diagnostics = {}
                 if cfg.method == "fasten":  # is T̂ as noisy as the labels it corrects for?
                     t_hat = r.meta.transition_matrix
@@ -224,7 +225,7 @@ def main() -> None:
                     # the clean val accuracy each phase (first round, cross-fit folds, student rounds) ended on
                     phase_val_acc=[h.val_acc for h in r.history[cfg.epochs - 1 :: cfg.epochs]],
                     seconds=round(time.perf_counter() - started, 1),
-                    loadavg_1m=round(os.getloadavg()[0], 2),  # other work on the machine slows images/s
+                    **load.summary(),
                     **diagnostics,
                     **common,
                 )
