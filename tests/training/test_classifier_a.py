@@ -96,7 +96,9 @@ def test_task_b_classes_map_by_name_new_rows_fresh_and_missing_ones_dropped(clas
     assert net.clean_head.bias[1].item() == pytest.approx(a.backbone.head.bias.mean().item())
 
 
-def test_training_on_a_task_with_a_new_and_a_missing_class_says_what_happened(tiny_data, classifier_a_file, tmp_path):
+def test_training_on_a_task_with_a_new_and_a_missing_class_says_what_happened(
+    tiny_data, classifier_a_file, tmp_path, note_recorder
+):
     rows = [json.loads(line) for line in (tiny_data / "task_b.jsonl").read_text().splitlines()]
     kept = []
     for r in rows:
@@ -111,26 +113,17 @@ def test_training_on_a_task_with_a_new_and_a_missing_class_says_what_happened(ti
     for r in kept:  # the images stay where they are: absolute paths
         r["image"] = str((tiny_data / r["image"]).resolve())
     (folder / "task_b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    notes = []
-
-    class Notes:
-        def phase(self, *a): ...
-        def advance(self, *a): ...
-        def epoch(self, *a): ...
-        def note(self, text):
-            notes.append(text)
-
     result = train(
         folder / "task_b.jsonl",
         init=f"torchvision:resnet18={classifier_a_file('torchvision')}",
         out=tmp_path / "run",
         preprocess=TASK_A_PREPROCESS,
-        reporter=Notes(),
+        reporter=note_recorder,
         cfg=TrainConfig(method="ce", epochs=1, device="cpu"),
     )
 
     assert "parka" in result.meta.classes and "bag" not in result.meta.classes and len(result.meta.classes) == 9
-    said = " ".join(notes)
+    said = " ".join(note_recorder.notes)
     assert "new (fresh rows of the final layer): parka" in said
     assert "dropped" in said and "bag" in said and "coat" in said
 

@@ -47,20 +47,12 @@ def test_what_auto_sets_is_read_by_what_it_chose():
         assert ignored_settings(cfg, METHODS[choice.method]) == {}
 
 
-def test_a_run_says_which_settings_did_nothing(tiny_data, tmp_path):
-    notes: list[str] = []
-
-    class Notes:
-        def phase(self, *a): ...
-        def advance(self, *a): ...
-        def epoch(self, *a): ...
-        def note(self, text):
-            notes.append(text)
-
+def test_a_run_says_which_settings_did_nothing(tiny_data, tmp_path, note_recorder):
     cfg = TrainConfig(method="auto", epochs=1, device="cpu", trim_fraction=0.2, rho=0.9)
-    result = train(tiny_data / "task_a.jsonl", init=None, out=tmp_path, cfg=cfg, reporter=Notes())
+    result = train(tiny_data / "task_a.jsonl", init=None, out=tmp_path, cfg=cfg, reporter=note_recorder)
 
     assert result.meta.method == "ce"  # task A: no trusted set, no labeler ids
+    notes = note_recorder.notes
     said = "\n".join(notes)
     assert "trim_fraction=0.2 does nothing in this run (ce); it applies with crowd or crowdmix" in said
     assert "rho=0.9 does nothing in this run (ce); it applies with fasten" in said
