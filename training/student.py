@@ -60,6 +60,8 @@ def teacher_targets(
         empty = torch.empty(0, data.k, device=trainer.device)
         teacher = (trainer.predict(rows_l), trainer.predict(rows_x) if len(rows_x) else empty)
     probs, p_x = teacher  # (N_l, K), (N_x, K)
+    if len(rows_l) == 0:  # trusted labels only: the student learns the unlabeled rows from the teacher
+        return rows_x.astype(np.int64), p_x
     groups = set(labeler_groups(data.labeler_ids, rows_l, cfg.min_labeler_items))
     group_of = np.array([g if g in groups else POOLED_GROUP for g in data.labeler_ids[rows_l].astype(str)])
     matrices, _ = labeler_transition_matrices(
@@ -68,7 +70,7 @@ def teacher_targets(
     names = sorted(matrices)
     head = torch.as_tensor(np.searchsorted(names, group_of), device=probs.device)  # each row's matrix
     t = torch.as_tensor(np.stack([matrices[g] for g in names]), device=probs.device)[head]  # (N_l, K, K)
-    q = class_posterior(probs, t, labels).float() if len(rows_l) else probs
+    q = class_posterior(probs, t, labels).float()
     return np.concatenate([rows_l, rows_x]).astype(np.int64), torch.cat([q, p_x])
 
 

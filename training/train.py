@@ -449,17 +449,33 @@ def train(
 
 
 def _check_trusted_or_labelers(manifest: Manifest, method_cls: type[Method], cfg: TrainConfig) -> None:
-    """A method that needs a trusted set refuses a manifest without trusted training rows, unless labelers
-    stand in for it (``labelers_suffice``: ``crowd``, whose matrices come from EM over each labeler's rows)
-    and two of them have ``min_labeler_items`` labels. Runs after ``auto``, so its choice is checked too."""
+    """The rows ``method_cls`` needs, or a clear refusal. Labeled training rows at all; rows labeled by
+    labelers for a method that models their noise (``needs_noisy_labels``); a trusted set for a method that
+    needs one, unless labelers stand in for it (``labelers_suffice``: ``crowd``, whose matrices come from EM
+    over each labeler's rows) and two of them have ``min_labeler_items`` labels; and rows for a student round
+    to train on. Runs after ``auto``, so its choice is checked too."""
     train_rows = manifest.mask(split="train")
     trusted = manifest.trusted[train_rows]
+    labeled = manifest.mask(split="train", labeled=True)[train_rows]
+    if not labeled.any():
+        raise ManifestError(f'{manifest.path.name}: no labeled training rows ("split": "train" with a "label")')
+    if method_cls.needs_noisy_labels and not (labeled & ~trusted).any():
+        raise ManifestError(
+            f"{manifest.path.name}: every labeled training row is trusted; {method_cls.name} models the labelers' "
+            "noise and has no labeler's label to read it from (ce, or auto, trains on the trusted rows)"
+        )
+    if cfg.student_rounds and trusted.all():
+        raise ManifestError(
+            f"{manifest.path.name}: student_rounds needs rows to train the student on (labeled by labelers, or "
+            "without a label); every training row is trusted"
+        )
     if not method_cls.needs_trusted or trusted.any():
         return
     where = f'{manifest.path.name}: no trusted training rows ("trusted": true, "split": "train")'
     if not method_cls.labelers_suffice:
         raise ManifestError(f"{where}; {method_cls.name} needs the small hand-checked set")
-    labelers = labelers_with_matrices(manifest.labeler_ids[train_rows], np.flatnonzero(~trusted), cfg.min_labeler_items)
+    noisy = np.flatnonzero(labeled & ~trusted)
+    labelers = labelers_with_matrices(manifest.labeler_ids[train_rows], noisy, cfg.min_labeler_items)
     if len(labelers) < 2:
         raise ManifestError(
             f"{where} and {len(labelers)} labeler(s) with at least {cfg.min_labeler_items} labels "
@@ -493,6 +509,7 @@ def _train(
         train_rows = manifest.mask(split="train")
         choice = choose_method(
             trusted=manifest.trusted[train_rows],
+            labeled=manifest.mask(split="train", labeled=True)[train_rows],
             labeler_ids=manifest.labeler_ids[train_rows],
             classes=len(manifest.classes),
             min_labeler_items=cfg.min_labeler_items,

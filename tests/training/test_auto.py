@@ -75,3 +75,16 @@ def test_labels_without_a_labeler_id_share_the_pooled_matrix_however_many_they_a
     assert labelers_with_matrices(ids, untrusted, 100) == ["ann"]
     assert labeler_groups(ids, untrusted, 100) == ["ann", POOLED_GROUP]
     assert labeler_groups(ids, untrusted, 5) == ["ann", "bob", POOLED_GROUP]
+
+
+def test_trusted_labels_alone_get_ce_whatever_the_unlabeled_rows_carry():
+    """Images without a label (``labeled`` False) are no labeler's labels: with only trusted labels beside
+    them there is no noise to model, whatever labeler ids the unlabeled rows carry."""
+    is_trusted, ids = rows(50, {"ann": 300, "bob": 300})
+    labeled = is_trusted.copy()  # ann's and bob's rows are images without a label
+    choice = choose_method(trusted=is_trusted, labeled=labeled, labeler_ids=ids, classes=10, min_labeler_items=100)
+    assert choice.method == "ce" and choice.settings == {}
+    assert choice.reason == "auto: 50 trusted rows and no labeler's label: no noise to model -> ce"
+    labeled[-300:] = True  # bob's rows labeled after all: one labeler with a matrix beside the trusted set
+    mixed = choose_method(trusted=is_trusted, labeled=labeled, labeler_ids=ids, classes=10, min_labeler_items=100)
+    assert mixed.method == "crowdmix" and "no two labelers" in mixed.reason

@@ -7,7 +7,9 @@ What decides (task B's training rows):
 - a trusted set (at least ``MIN_TRUSTED_PER_CLASS`` per class on average): what glc's and fasten's matrices
   are read from, and half of crowdmix's loss;
 - labeler ids: at least two labelers with ``min_labeler_items`` untrusted items each, so that a matrix per
-  labeler can be estimated by EM, with or without a trusted set.
+  labeler can be estimated by EM, with or without a trusted set;
+- and before both: labels besides the trusted ones. Trusted labels alone (beside images without a label)
+  leave no labelers' noise to model: ``ce``.
 
 | trusted set | labelers | choice | the protocol's numbers (seed 0) |
 | --- | --- | --- | --- |
@@ -52,12 +54,23 @@ CHOICES: dict[tuple[bool, bool], Choice] = {
 }
 
 
-def choose_method(*, trusted: np.ndarray, labeler_ids: np.ndarray, classes: int, min_labeler_items: int) -> Choice:
+def choose_method(
+    *,
+    trusted: np.ndarray,
+    labeler_ids: np.ndarray,
+    classes: int,
+    min_labeler_items: int,
+    labeled: np.ndarray | None = None,
+) -> Choice:
     """The method and its settings for task B's training rows: ``trusted`` (N,) bool, ``labeler_ids`` (N,)
-    str ('' for none), ``classes`` K."""
+    str ('' for none), ``classes`` K, ``labeled`` (N,) bool (False: an image without a label; default all
+    labeled). Trusted labels alone (no labeler's label to model) -> ``ce``."""
     n_trusted = int(trusted.sum())
+    noisy = ~trusted if labeled is None else labeled & ~trusted
+    if not noisy.any():
+        return Choice("ce", {}, f"auto: {n_trusted} trusted rows and no labeler's label: no noise to model -> ce")
     has_trusted = n_trusted >= MIN_TRUSTED_PER_CLASS * classes
-    labelers = labelers_with_matrices(labeler_ids, np.flatnonzero(~trusted), min_labeler_items)
+    labelers = labelers_with_matrices(labeler_ids, np.flatnonzero(noisy), min_labeler_items)
     has_labelers = len(labelers) >= 2
     pick = CHOICES[(has_trusted, has_labelers)]
     trusted_text = (

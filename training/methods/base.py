@@ -69,6 +69,7 @@ class Method:
     name = "base"
     needs_trusted = False  # refuses a manifest without trusted training rows...
     labelers_suffice = False  # ...unless two labelers have enough rows for a matrix each (``crowd``'s EM)
+    needs_noisy_labels = False  # models the labelers' noise: refuses a manifest whose only labels are trusted ones
     trains_noisy_head = False  # False: the noisy head gets no gradient (and no DDP synchronisation)
     settings: frozenset[str] = frozenset()  # the TrainConfig fields only this method (of all methods) reads
 

@@ -104,6 +104,7 @@ def initial_transitions(heads: int, k: int, device, diagonal: float = 0.5) -> to
 class CrowdForward(Method):
     name = "crowd"
     needs_trusted = True
+    needs_noisy_labels = True
     labelers_suffice = True  # the matrices come from EM over the labelers' rows, the trusted set is only a loss term
     settings = frozenset({"posterior_weight", "posterior_temperature", "trim_fraction"})
 

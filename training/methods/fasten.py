@@ -46,6 +46,7 @@ def labeler_groups(labeler_ids: np.ndarray, untrusted_rows: np.ndarray, min_item
 class FasTEN(Method):
     name = "fasten"
     needs_trusted = True
+    needs_noisy_labels = True
     trains_noisy_head = True
     settings = frozenset(
         {

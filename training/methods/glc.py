@@ -34,6 +34,7 @@ class _UntrustedOnly(Method):
 class GoldLossCorrection(Method):
     name = "glc"
     needs_trusted = True
+    needs_noisy_labels = True
 
     def __init__(self, trainer):
         super().__init__(trainer)
