@@ -18,6 +18,8 @@ are never rewritten, so nothing can cascade.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -167,11 +169,23 @@ class CrowdForward(Method):
         rows_u_t = torch.as_tensor(rows_u, device=self.t.device)
         p_u = torch.softmax(logits[len(rows_t) :], 1)
         corrected = forward_corrected_nll(p_u, self.t[self.head_of_row[rows_u_t]], self.data.labels[rows_u_t])
-        w = self.cfg.posterior_weight
-        if w > 0:  # toward the labeler-aware posterior, fixed for the epoch
-            corrected = (1 - w) * corrected + w * posterior_term(logits[len(rows_t) :], self.targets[rows_u_t])
-        loss = trusted_half(logits[: len(rows_t)], y_t, small_loss_mean(corrected, self.trim_now()))
+        loss = self.combined(logits, y_t, corrected, lambda: self.targets[rows_u_t])
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
+
+    def combined(
+        self,
+        logits: torch.Tensor,
+        y_t: torch.Tensor,
+        untrusted: torch.Tensor,
+        targets: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
+        """The loss from the batch's ``logits`` (B_t + B_u, K), trusted rows first, their labels ``y_t``, and
+        the untrusted rows' per-image losses ``untrusted`` (B_u,): blended toward the posterior ``targets()``
+        (B_u, K) with ``posterior_weight``, the largest left out (``trim_fraction``), and the trusted half."""
+        n_t, w = len(y_t), self.cfg.posterior_weight
+        if w > 0:  # toward the labeler-aware posterior, fixed for the epoch
+            untrusted = (1 - w) * untrusted + w * posterior_term(logits[n_t:], targets())
+        return trusted_half(logits[:n_t], y_t, small_loss_mean(untrusted, self.trim_now()))
 
     def transition(self) -> np.ndarray | None:
         """The labelers' matrices pooled by their item counts. (K, K)"""
@@ -208,9 +222,8 @@ class CrowdMix(CrowdForward):
         t_u, y_u = self.t[self.head_of_row[rows_u_t]], self.data.labels[rows_u_t]  # (B_u, K, K), (B_u,)
         p_u = torch.softmax(logits[n_t:], 1)
         mixed = mixed_forward_nll(p_u, t_u, y_u, t_u[partner], y_u[partner], lam)
-        w = self.cfg.posterior_weight
-        if w > 0:  # the mixed image's target: the two posteriors mixed like the images
-            q = self.targets[rows_u_t]
-            mixed = (1 - w) * mixed + w * posterior_term(logits[n_t:], self.mixup.mix(q, lam, partner))
-        loss = trusted_half(logits[:n_t], self.data.labels[rows_t], small_loss_mean(mixed, self.trim_now()))
+        # the mixed image's posterior target: the two posteriors mixed like the images
+        loss = self.combined(
+            logits, self.data.labels[rows_t], mixed, lambda: self.mixup.mix(self.targets[rows_u_t], lam, partner)
+        )
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))
