@@ -448,7 +448,7 @@ def train(
             distributed.stop()
 
 
-def _check_trusted_or_labelers(manifest: Manifest, method_cls: type[Method], cfg: TrainConfig) -> None:
+def _check_rows_for(manifest: Manifest, method_cls: type[Method], cfg: TrainConfig) -> None:
     """The rows ``method_cls`` needs, or a clear refusal. Labeled training rows at all; rows labeled by
     labelers for a method that models their noise (``needs_noisy_labels``); a trusted set for a method that
     needs one, unless labelers stand in for it (``labelers_suffice``: ``crowd``, whose matrices come from EM
@@ -517,7 +517,7 @@ def _train(
         cfg = with_choice(cfg, choice)
         method_cls = METHODS[choice.method]
         reporter.note(choice.reason)
-    _check_trusted_or_labelers(manifest, method_cls, cfg)
+    _check_rows_for(manifest, method_cls, cfg)
     for setting, readers in ignored_settings(cfg, method_cls).items():
         reporter.note(
             f"note: {setting}={getattr(cfg, setting)} does nothing in this run ({cfg.method}); "
