@@ -58,3 +58,52 @@ class TrainConfig:
     loader: LoaderMode = "auto"  # memory: decode once into a cache; stream: decode in workers; auto: by size
     workers: int | None = None  # stream: decoding processes; default: the usable CPUs, at most 8
     memory_budget_mb: float = 1024  # auto: the decoded images' size up to which the cache is used
+
+
+# The range each numeric setting must lie in: (low, high, the text a refusal shows). A bound given as
+# ``(value, False)`` excludes the value itself; ``None``: unbounded on that side.
+Bound = tuple[float, bool] | None
+RANGES: dict[str, tuple[Bound, Bound]] = {
+    "epochs": ((1, True), None),
+    "batch_size": ((1, True), None),
+    "lr": ((0, False), None),
+    "momentum": ((0, True), (1, False)),
+    "weight_decay": ((0, True), None),
+    "warmup_epochs": ((0, True), None),
+    "trusted_per_class": ((0, True), None),
+    "rho": ((0, True), None),  # above 1: no label is ever corrected (a documented use)
+    "noisy_weight": ((0, True), None),
+    "min_labeler_items": ((1, True), None),
+    "consistency_weight": ((0, True), None),
+    "pseudo_threshold": ((0, True), (1, True)),
+    "unlabeled_weight": ((0, True), None),
+    "ema_decay": ((0, True), (1, True)),
+    "doubt_threshold": ((0, True), (1, True)),
+    "mixup_alpha": ((0, True), None),
+    "posterior_weight": ((0, True), (1, True)),
+    "trim_fraction": ((0, True), (1, False)),
+    "posterior_temperature": ((0, False), None),
+    "mentormix_gamma": ((0, False), (1, True)),
+    "mentormix_burn_in": ((0, True), (1, True)),
+    "student_rounds": ((0, True), None),
+    "student_threshold": ((0, True), (1, True)),
+    "memory_budget_mb": ((0, True), None),
+}
+
+
+def _range_text(low: Bound, high: Bound) -> str:
+    if high is None:
+        return f"{'>=' if low[1] else '>'} {low[0]}"
+    return f"in {'[' if low[1] else '('}{low[0]}, {high[0]}{']' if high[1] else ')'}"
+
+
+def out_of_range(cfg: TrainConfig) -> list[str]:
+    """Each setting outside its range (``RANGES``), as ``name=value (must be ...)``; empty when all fit."""
+    bad = []
+    for name, (low, high) in RANGES.items():
+        value = getattr(cfg, name)
+        below = low is not None and (value < low[0] if low[1] else value <= low[0])
+        above = high is not None and (value > high[0] if high[1] else value >= high[0])
+        if below or above:
+            bad.append(f"{name}={value} (must be {_range_text(low, high)})")
+    return bad

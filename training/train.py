@@ -27,7 +27,7 @@ from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
 from labelaudit.training.backbones import split_arch
 from labelaudit.training.checkpoint import CheckpointMeta, save_checkpoint
 from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map_classes, start_clean_head
-from labelaudit.training.config import SemiPool, TrainConfig
+from labelaudit.training.config import SemiPool, TrainConfig, out_of_range
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method, ignored_settings
@@ -549,10 +549,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown precision {cfg.precision!r}; choose from auto, bf16, fp32")
     if cfg.augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
-    if cfg.student_rounds < 0 or not 0.0 <= cfg.student_threshold <= 1.0:
-        raise ValueError("student_rounds must be >= 0 and student_threshold in [0, 1]")
-    if not 0.0 <= cfg.trim_fraction < 1.0:
-        raise ValueError("trim_fraction must be in [0, 1): the share of each batch's largest losses left out")
+    if bad := out_of_range(cfg):
+        raise ValueError("settings out of range: " + "; ".join(bad))
     if cfg.student_crossfit == 1 or cfg.student_crossfit < 0:
         raise ValueError("student_crossfit must be 0 (off) or a number of folds >= 2")
     if cfg.loader not in ("auto", "memory", "stream"):

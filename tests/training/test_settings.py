@@ -1,12 +1,18 @@
 """A setting the chosen method never reads is named in the run's notes, with what would read it, instead of
-being silently ignored (``--trim-fraction`` with ``ce``, a student round's threshold without a round)."""
+being silently ignored (``--trim-fraction`` with ``ce``, a student round's threshold without a round); a
+setting outside its range is refused before anything runs (``--epochs 0`` used to save an untrained network,
+``--batch-size 0`` to end in a ZeroDivisionError)."""
 
 from __future__ import annotations
 
-from labelaudit.training.config import TrainConfig
+from dataclasses import fields
+
+import pytest
+
+from labelaudit.training.config import RANGES, TrainConfig, out_of_range
 from labelaudit.training.methods import METHODS, STUDENT_SETTINGS, ignored_settings
 from labelaudit.training.methods.auto import CHOICES, with_choice
-from labelaudit.training.train import train
+from labelaudit.training.train import _check_config, train
 
 
 def test_defaults_and_a_methods_own_settings_are_never_named():
@@ -57,3 +63,43 @@ def test_a_run_says_which_settings_did_nothing(tiny_data, tmp_path, note_recorde
     assert "trim_fraction=0.2 does nothing in this run (ce); it applies with crowd or crowdmix" in said
     assert "rho=0.9 does nothing in this run (ce); it applies with fasten" in said
     assert sum("does nothing" in n for n in notes) == 2
+
+
+def test_settings_out_of_range_are_refused_before_training_each_named():
+    with pytest.raises(ValueError) as info:
+        _check_config(TrainConfig(epochs=0, batch_size=0, mixup_alpha=-1.0, posterior_weight=2.0))
+    said = str(info.value)
+    assert said.startswith("settings out of range: ")
+    for part in (
+        "epochs=0 (must be >= 1)",
+        "batch_size=0 (must be >= 1)",
+        "mixup_alpha=-1.0 (must be >= 0)",
+        "posterior_weight=2.0 (must be in [0, 1])",
+    ):
+        assert part in said
+
+
+@pytest.mark.parametrize(
+    ("name", "fine", "refused"),
+    [
+        ("lr", [1e-6, 1.0], [0.0, -1.0]),
+        ("momentum", [0.0, 0.99], [1.0, -0.1]),
+        ("trim_fraction", [0.0, 0.99], [1.0, -0.1]),
+        ("mentormix_gamma", [0.01, 1.0], [0.0, 1.1]),
+        ("posterior_temperature", [0.1, 2.0], [0.0]),
+        ("rho", [0.0, 1.01], [-0.1]),  # above 1: never correct a label (a documented use)
+        ("ema_decay", [0.0, 1.0], [1.1]),
+        ("student_threshold", [0.0, 1.0], [1.5]),
+        ("min_labeler_items", [1], [0]),
+    ],
+)
+def test_each_range_takes_its_edges_and_refuses_beyond(name, fine, refused):
+    for value in fine:
+        assert out_of_range(TrainConfig(**{name: value})) == []
+    for value in refused:
+        assert [b.split("=")[0] for b in out_of_range(TrainConfig(**{name: value}))] == [name]
+
+
+def test_every_range_is_a_setting_and_the_defaults_fit():
+    assert set(RANGES) <= {f.name for f in fields(TrainConfig)}
+    assert out_of_range(TrainConfig()) == []
