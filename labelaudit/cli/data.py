@@ -50,7 +50,9 @@ def data(
     noise: Annotated[float, typer.Option(help="Fraction of wrong labels in task B's training labels.")] = 0.4,
     seed: Annotated[int, typer.Option(help="Data seed (the recipe is deterministic for a seed).")] = 0,
     size: Annotated[str, typer.Option(help="tiny | small | full (30,000 images per task).")] = "small",
-    trusted_fraction: Annotated[float, typer.Option(help="Share of task B's training images checked by hand.")] = 0.01,
+    trusted_fraction: Annotated[
+        float, typer.Option(help="Share of task B's training images checked by hand (0: no trusted set).")
+    ] = 0.01,
     unlabeled: Annotated[
         int, typer.Option(help="More task-B training images without a label (semi-supervised training).")
     ] = 0,

@@ -144,6 +144,29 @@ def test_build_refuses_impossible_sizes(tmp_path):
             fm.build(tmp_path, **{**SIZE, **bad})
 
 
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (dict(noise=-0.1), "noise -0.1: the share of wrong labels must be in \\[0, 1\\)"),
+        (dict(noise=1.0), "noise 1.0"),
+        (dict(trusted_fraction=1.0), "trusted_fraction 1.0: must be in \\[0, 1\\)"),
+        (dict(trusted_fraction=-0.01), "trusted_fraction -0.01"),
+        (dict(unlabeled=-5), "unlabeled -5: the number of images without a label must be >= 0"),
+    ],
+)
+def test_build_refuses_settings_outside_their_range_saying_which(tmp_path, bad, says):
+    with pytest.raises(ValueError, match=says):
+        fm.build(tmp_path, **{"noise": NOISE, **SIZE, **bad})
+    assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_a_trusted_fraction_of_zero_builds_no_trusted_set(tmp_path):
+    report = fm.build(tmp_path, noise=NOISE, seed=0, trusted_fraction=0.0, **SIZE)
+    rows = _rows(report.task_b_manifest)
+    assert not any(r["trusted"] for r in rows if "label" in r)
+    assert report.counts["trusted"] == 0
+
+
 def test_unlabeled_images_come_from_outside_both_tasks_and_carry_no_label(tmp_path, built):
     report = fm.build(tmp_path, noise=NOISE, seed=0, unlabeled=150, **SIZE)
     manifest = read_manifest(report.task_b_manifest, require_trusted=True)

@@ -113,7 +113,8 @@ class BuildReport:
 
 
 def _class_balanced_pick(labels: np.ndarray, fraction: float, k: int, rng: np.random.Generator) -> np.ndarray:
-    per_class = max(1, round(fraction * len(labels) / k))
+    """``fraction`` of ``labels``' rows, the same number from every class (at least one; none for 0)."""
+    per_class = max(1, round(fraction * len(labels) / k)) if fraction > 0 else 0
     picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(k)]
     return np.sort(np.concatenate(picks))
 
@@ -138,7 +139,13 @@ def build(
     k = len(CLASSES)
     if not 0 < per_task <= 30_000 or not 0 < val_size < per_task:
         raise ValueError("need 0 < val_size < per_task <= 30000")
-    if not 0 <= unlabeled <= 60_000 - 2 * per_task:
+    if not 0 <= noise < 1:
+        raise ValueError(f"noise {noise}: the share of wrong labels must be in [0, 1)")
+    if not 0 <= trusted_fraction < 1:
+        raise ValueError(f"trusted_fraction {trusted_fraction}: must be in [0, 1) (0: no trusted set)")
+    if unlabeled < 0:
+        raise ValueError(f"unlabeled {unlabeled}: the number of images without a label must be >= 0")
+    if unlabeled > 60_000 - 2 * per_task:
         raise ValueError(
             f"{unlabeled} unlabeled images: only {60_000 - 2 * per_task} are left beside two tasks of "
             f"{per_task}; choose a smaller size or fewer"
