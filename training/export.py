@@ -369,6 +369,8 @@ def parity_inputs(
 ) -> np.ndarray:
     """Up to ``limit`` manifest images, preprocessed as serving will: (N, C, H, W) float32. Only those
     images are decoded, whatever the manifest's size."""
+    if limit < 1:
+        raise ExportRefused(f"parity_images is {limit}: parity needs at least one image (--parity-images)")
     manifest = read_manifest(manifest_path, classes=meta.classes)
     rows = _parity_rows(manifest, limit)
     if len(rows) < min_images:

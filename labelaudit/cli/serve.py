@@ -17,7 +17,7 @@ HttpServer = Literal["uvicorn", "granian"]  # Settings.http_server's choices
 def serve(
     model_repo: Annotated[Path | None, typer.Option(help="Triton model repository (LABELAUDIT_MODEL_REPO).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8080,
     workers: Annotated[
         int | None,
         typer.Option(

@@ -20,10 +20,13 @@ def consume(
     ] = None,
     store_url: Annotated[str | None, typer.Option(help="Audit store URL (LABELAUDIT_STORE_URL).")] = None,
     metrics_port: Annotated[
-        int, typer.Option(help="Serve Prometheus metrics on PORT (0: off), at LABELAUDIT_METRICS_HOST.")
+        int,
+        typer.Option(min=0, max=65535, help="Serve Prometheus metrics on PORT (0: off), at LABELAUDIT_METRICS_HOST."),
     ] = 0,
-    stop_when_idle: Annotated[float | None, typer.Option(help="Exit after this many seconds without messages.")] = None,
-    max_messages: Annotated[int | None, typer.Option(help="Exit after this many messages.")] = None,
+    stop_when_idle: Annotated[
+        float | None, typer.Option(min=0, help="Exit after this many seconds without messages.")
+    ] = None,
+    max_messages: Annotated[int | None, typer.Option(min=1, help="Exit after this many messages.")] = None,
 ) -> None:
     """Join the consumer group on the images topic: audit every labeled image, commit after the store."""
     from labelaudit.serving.stream.consumer import consume as run_consumer
@@ -47,7 +50,7 @@ def consume(
 def produce(
     manifest: Annotated[Path, typer.Option(help="JSONL manifest of labeled images (e.g. data/task_b.jsonl).")],
     split: Annotated[str | None, typer.Option(help="Only rows of this split (train, val, test).")] = "train",
-    limit: Annotated[int | None, typer.Option(help="At most this many messages.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many messages.")] = None,
     repeat: Annotated[int, typer.Option(min=1, help="Send the manifest this many times (item ids suffixed).")] = 1,
     by_uri: Annotated[bool, typer.Option(help="Send file:// URIs instead of the image bytes.")] = False,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions when the topic is created here.")] = 4,

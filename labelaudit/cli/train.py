@@ -382,10 +382,10 @@ def export(
     version: Annotated[str, typer.Option(help="Model version (a positive integer).")] = "1",
     force: Annotated[bool, typer.Option(help="Export even if the model is worse than classifier A.")] = False,
     parity_images: Annotated[
-        int, typer.Option(help="Images ONNX and torch are compared on (test, val, train).")
+        int, typer.Option(min=1, help="Images ONNX and torch are compared on (test, val, train).")
     ] = 1000,
     min_parity_images: Annotated[
-        int, typer.Option(help="Refuse the export when the manifest has fewer images than this.")
+        int, typer.Option(min=0, help="Refuse the export when the manifest has fewer images than this.")
     ] = 1000,
     instance_kind: Annotated[str, typer.Option(help="Triton instance_group kind: cpu | gpu.")] = "cpu",
 ) -> None:

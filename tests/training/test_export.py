@@ -284,6 +284,14 @@ def test_too_few_manifest_rows_refuses(tmp_path: Path, manifest: Path) -> None:
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize("count", [0, -3])
+def test_a_parity_count_below_one_is_refused_not_sliced(tmp_path: Path, manifest: Path, count: int) -> None:
+    """A negative count once sliced all but the last images off the end and checked those."""
+    with pytest.raises(ExportRefused, match=f"parity_images is {count}: parity needs at least one image"):
+        _export(tmp_path, manifest, parity_images=count, min_images=0)
+    assert not (tmp_path / "repo").exists()
+
+
 def test_failed_parity_leaves_nothing_in_the_repo(
     tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
