@@ -60,10 +60,10 @@ class TrainConfig:
     memory_budget_mb: float = 1024  # auto: the decoded images' size up to which the cache is used
 
 
-# The range each numeric setting must lie in: (low, high, the text a refusal shows). A bound given as
-# ``(value, False)`` excludes the value itself; ``None``: unbounded on that side.
-Bound = tuple[float, bool] | None
-RANGES: dict[str, tuple[Bound, Bound]] = {
+# The range each numeric setting must lie in: (low, high), each bound ``(value, inclusive)``; a high of
+# ``None``: no upper bound. Checked before a run starts (``out_of_range``).
+Bound = tuple[float, bool]
+RANGES: dict[str, tuple[Bound, Bound | None]] = {
     "epochs": ((1, True), None),
     "batch_size": ((1, True), None),
     "lr": ((0, False), None),
@@ -91,7 +91,7 @@ RANGES: dict[str, tuple[Bound, Bound]] = {
 }
 
 
-def _range_text(low: Bound, high: Bound) -> str:
+def _range_text(low: Bound, high: Bound | None) -> str:
     if high is None:
         return f"{'>=' if low[1] else '>'} {low[0]}"
     return f"in {'[' if low[1] else '('}{low[0]}, {high[0]}{']' if high[1] else ')'}"
@@ -102,7 +102,7 @@ def out_of_range(cfg: TrainConfig) -> list[str]:
     bad = []
     for name, (low, high) in RANGES.items():
         value = getattr(cfg, name)
-        below = low is not None and (value < low[0] if low[1] else value <= low[0])
+        below = value < low[0] if low[1] else value <= low[0]
         above = high is not None and (value > high[0] if high[1] else value >= high[0])
         if below or above:
             bad.append(f"{name}={value} (must be {_range_text(low, high)})")
