@@ -47,6 +47,7 @@ class TrainConfig:
         0  # rounds of training again from classifier A on the last network's targets (training.student)
     )
     student_threshold: float = 0.5  # student rounds: rows whose target's top probability is below this sit out
+    student_labeled_threshold: float = 0.0  # student rounds: the same, stricter, for the labeled rows' posteriors
     student_crossfit: int = 0  # first student round: 0 = targets from the first network on its own rows; F >= 2 =
     # F networks, each trained without one fold of the labeled rows, give that fold's targets (none memorised)
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
@@ -87,6 +88,7 @@ RANGES: dict[str, tuple[Bound, Bound | None]] = {
     "mentormix_burn_in": ((0, True), (1, True)),
     "student_rounds": ((0, True), None),
     "student_threshold": ((0, True), (1, True)),
+    "student_labeled_threshold": ((0, True), (1, True)),
     "memory_budget_mb": ((0, True), None),
 }
 

@@ -18,7 +18,11 @@ The targets, from the teacher (the network as the first round left it, eval mode
 - an unlabeled row: the teacher's ``p(· | x)``; its (absent) label is never read;
 - a trusted row: its checked label, as in every method.
 
-Rows whose target's largest probability is below ``student_threshold`` are left out of the round. The loss
+Rows whose target's largest probability is below ``student_threshold`` are left out of the round, and labeled
+rows also where it is below ``student_labeled_threshold`` (when that is the stricter): a labeled row's target
+is its label read through its labeler's habits, and where that posterior is unsure the label may be an error
+the teacher shares (issue 17's probes: the instance-dependent labeler's posteriors were right less often than
+the teacher alone), while an unlabeled row's target carries no label to mislead it. The loss
 is ``crowdmix``'s shape with soft targets: half cross-entropy on the whole trusted set (unmixed), half
 ``-Σ_i target_i log p(i | x̃)`` on the mixed batch, the targets mixed like the images.
 """
@@ -117,13 +121,30 @@ class Student(Method):
 
     def __init__(self, trainer: Trainer, rows: np.ndarray, targets: torch.Tensor):
         super().__init__(trainer)
-        keep = (targets.max(1).values >= self.cfg.student_threshold).cpu().numpy()
+        labeled = ~np.isin(rows, self.data.unlabeled_rows)  # the untrusted rows, targets from their labels
+        cfg = self.cfg
+        threshold = np.where(labeled, max(cfg.student_threshold, cfg.student_labeled_threshold), cfg.student_threshold)
+        keep = targets.max(1).values.cpu().numpy() >= threshold
         self.threshold_waived = not keep.any()  # a weak teacher, unsure everywhere: every row rather than none
         keep |= self.threshold_waived
         self.kept = rows[keep]
+        self.counts = {"labeled": (int((keep & labeled).sum()), int(labeled.sum()))}
+        self.counts["unlabeled"] = (int((keep & ~labeled).sum()), int((~labeled).sum()))
         self.targets = torch.zeros(len(self.data.labels), self.data.k, device=targets.device)  # (N, K) by row
         self.targets[torch.as_tensor(rows, device=targets.device)] = targets
         self.mixup = Mixup(self.cfg.mixup_alpha, np.random.default_rng([self.cfg.seed, 104729]))
+
+    def describe_kept(self) -> str:
+        """Which rows train, for the run's output: ``4277 of 4950 labeled rows (target >= 0.8), ...``."""
+        cfg = self.cfg
+        if self.threshold_waived:
+            return f"no row's target reaches {cfg.student_threshold}, so every row trains"
+        bars = {
+            "labeled": max(cfg.student_threshold, cfg.student_labeled_threshold),
+            "unlabeled": cfg.student_threshold,
+        }
+        parts = [f"{kept} of {n} {kind} rows (target >= {bars[kind]})" for kind, (kept, n) in self.counts.items() if n]
+        return ", ".join(parts) + " train"
 
     def rows(self) -> np.ndarray:
         """The labeled and unlabeled rows whose target is sure enough (their targets, not their labels)."""

@@ -604,12 +604,7 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
         trainer.semi = None  # the student's unlabeled rows have the teacher's targets instead
         trainer.restart_from_init()
         method = Student(trainer, rows, targets)
-        reporter.note(
-            f"student round {round_}: no row's target reaches {cfg.student_threshold}, so every row trains"
-            if method.threshold_waived
-            else f"student round {round_}: {len(method.kept)} of {len(rows)} rows have a target >= "
-            f"{cfg.student_threshold}"
-        )
+        reporter.note(f"student round {round_}: {method.describe_kept()}")
         history += trainer.fit(method, phase=f"student {round_}")
 
     # 5. final numbers

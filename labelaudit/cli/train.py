@@ -272,6 +272,15 @@ def train(
     student_threshold: Annotated[
         float, typer.Option(help="Student rounds: rows whose target's top probability is below this sit out.")
     ] = _Defaults.student_threshold,
+    student_labeled_threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Student rounds: labeled rows also sit out where their label's posterior is below this "
+            "(stricter than --student-threshold for them); 0 = the same bar for every row.",
+        ),
+    ] = _Defaults.student_labeled_threshold,
     student_crossfit: Annotated[
         int,
         typer.Option(
@@ -329,6 +338,7 @@ def train(
             semi_pool=semi_pool,
             student_rounds=student_rounds,
             student_threshold=student_threshold,
+            student_labeled_threshold=student_labeled_threshold,
             student_crossfit=student_crossfit,
             seed=seed,
             device=device,
