@@ -48,7 +48,7 @@ def test_auto_trains_ce_on_trusted_labels_and_a_student_learns_the_unlabeled_ima
     assert len(result.history) == 2  # the first round's epoch and the student's
     assert all(h.train_loss == h.train_loss for h in result.history)  # trained (a loss, not NaN)
     unlabeled = sum("label" not in json.loads(line) for line in manifest.read_text().splitlines())
-    assert f"student round 1: {unlabeled} of {unlabeled} rows" in "\n".join(note_recorder.notes)
+    assert f"student round 1: {unlabeled} of {unlabeled} unlabeled rows (target >= 0.0) train" in note_recorder.notes
 
 
 def test_a_student_round_needs_rows_beside_the_trusted_ones(tiny_data, tmp_path):
