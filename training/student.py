@@ -137,12 +137,13 @@ class Student(Method):
     def describe_kept(self) -> str:
         """Which rows train, for the run's output: ``4277 of 4950 labeled rows (target >= 0.8), ...``."""
         cfg = self.cfg
-        if self.threshold_waived:
-            return f"no row's target reaches {cfg.student_threshold}, so every row trains"
         bars = {
             "labeled": max(cfg.student_threshold, cfg.student_labeled_threshold),
             "unlabeled": cfg.student_threshold,
         }
+        if self.threshold_waived:
+            below = " or ".join(f"{kind} >= {bars[kind]}" for kind, (_, n) in self.counts.items() if n)
+            return f"no row's target reaches its bar ({below}), so every row trains"
         parts = [f"{kept} of {n} {kind} rows (target >= {bars[kind]})" for kind, (kept, n) in self.counts.items() if n]
         return ", ".join(parts) + " train"
 

@@ -139,6 +139,10 @@ def test_when_no_target_reaches_the_threshold_every_row_trains_rather_than_none(
     student = Student(_trainer(data, student_threshold=0.9), rows, probs[rows])  # the teacher says 0.55 at most
     assert student.threshold_waived
     np.testing.assert_array_equal(student.rows(), rows)
+    assert (
+        student.describe_kept()
+        == "no row's target reaches its bar (labeled >= 0.9 or unlabeled >= 0.9), so every row trains"
+    )
 
 
 def test_student_loss_is_half_trusted_ce_and_half_soft_ce_to_the_mixed_targets():
