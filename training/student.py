@@ -123,8 +123,11 @@ class Student(Method):
         super().__init__(trainer)
         labeled = ~np.isin(rows, self.data.unlabeled_rows)  # the untrusted rows, targets from their labels
         cfg = self.cfg
-        threshold = np.where(labeled, max(cfg.student_threshold, cfg.student_labeled_threshold), cfg.student_threshold)
-        keep = targets.max(1).values.cpu().numpy() >= threshold
+        self.bars = {
+            "labeled": max(cfg.student_threshold, cfg.student_labeled_threshold),
+            "unlabeled": cfg.student_threshold,
+        }
+        keep = targets.max(1).values.cpu().numpy() >= np.where(labeled, self.bars["labeled"], self.bars["unlabeled"])
         self.threshold_waived = not keep.any()  # a weak teacher, unsure everywhere: every row rather than none
         keep |= self.threshold_waived
         self.kept = rows[keep]
@@ -136,11 +139,7 @@ class Student(Method):
 
     def describe_kept(self) -> str:
         """Which rows train, for the run's output: ``4277 of 4950 labeled rows (target >= 0.8), ...``."""
-        cfg = self.cfg
-        bars = {
-            "labeled": max(cfg.student_threshold, cfg.student_labeled_threshold),
-            "unlabeled": cfg.student_threshold,
-        }
+        bars = self.bars
         if self.threshold_waived:
             below = " or ".join(f"{kind} >= {bars[kind]}" for kind, (_, n) in self.counts.items() if n)
             return f"no row's target reaches its bar ({below}), so every row trains"

@@ -275,8 +275,6 @@ def train(
     student_labeled_threshold: Annotated[
         float,
         typer.Option(
-            min=0.0,
-            max=1.0,
             help="Student rounds: labeled rows also sit out where their label's posterior is below this "
             "(stricter than --student-threshold for them); 0 = the same bar for every row.",
         ),
