@@ -4,10 +4,12 @@ default in ``--help`` without loading torch. Saved inside the checkpoint and the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 LoaderMode = Literal["auto", "memory", "stream"]
 SemiPool = Literal["unlabeled+doubted", "unlabeled", "doubted"]
+StudentTrusted = Literal["half", "rows"]
+Precision = Literal["auto", "bf16", "fp32"]
 
 
 @dataclass
@@ -48,17 +50,28 @@ class TrainConfig:
     )
     student_threshold: float = 0.5  # student rounds: rows whose target's top probability is below this sit out
     student_labeled_threshold: float = 0.0  # student rounds: the same, stricter, for the labeled rows' posteriors
+    student_trusted: StudentTrusted = "half"  # student rounds: "half" = the trusted set every step, half the loss
+    # (as in the first round); "rows" = the trusted rows join the student's rows, their checked labels as targets
     student_crossfit: int = 0  # first student round: 0 = targets from the first network on its own rows; F >= 2 =
     # F networks, each trained without one fold of the labeled rows, give that fold's targets (none memorised)
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast + channels_last on CUDA only
+    precision: Precision = "auto"  # auto: bf16 autocast + channels_last on CUDA only
     image_size: int | None = None  # scratch only; default: the first image's size
     channels: int | None = None  # scratch only; default: 1 for greyscale images (3 for torchvision), else 3
     loader: LoaderMode = "auto"  # memory: decode once into a cache; stream: decode in workers; auto: by size
     workers: int | None = None  # stream: decoding processes; default: the usable CPUs, at most 8
     memory_budget_mb: float = 1024  # auto: the decoded images' size up to which the cache is used
+
+
+# The settings that take one of a few words, and those words. Checked before a run starts (``unknown_choice``).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "semi_pool": get_args(SemiPool),
+    "student_trusted": get_args(StudentTrusted),
+    "precision": get_args(Precision),
+    "loader": get_args(LoaderMode),
+}
 
 
 # The range each numeric setting must lie in: (low, high), each bound ``(value, inclusive)``; a high of
@@ -109,3 +122,12 @@ def out_of_range(cfg: TrainConfig) -> list[str]:
         if below or above:
             bad.append(f"{name}={value} (must be {_range_text(low, high)})")
     return bad
+
+
+def unknown_choice(cfg: TrainConfig) -> list[str]:
+    """Each word setting that is none of its choices (``ALLOWED``), as ``name='value' (choose from ...)``."""
+    return [
+        f"{name}={getattr(cfg, name)!r} (choose from {', '.join(choices)})"
+        for name, choices in ALLOWED.items()
+        if getattr(cfg, name) not in choices
+    ]

@@ -22,9 +22,16 @@ Rows whose target's largest probability is below ``student_threshold`` are left 
 rows also where it is below ``student_labeled_threshold`` (when that is the stricter): a labeled row's target
 is its label read through its labeler's habits, and where that posterior is unsure the label may be an error
 the teacher shares (issue 17's probes: the instance-dependent labeler's posteriors were right less often than
-the teacher alone), while an unlabeled row's target carries no label to mislead it. The loss
-is ``crowdmix``'s shape with soft targets: half cross-entropy on the whole trusted set (unmixed), half
-``-Σ_i target_i log p(i | x̃)`` on the mixed batch, the targets mixed like the images.
+the teacher alone), while an unlabeled row's target carries no label to mislead it. The loss is
+``-Σ_i target_i log p(i | x̃)`` on the mixed batch, the targets mixed like the images, and the trusted rows
+enter it one of two ways (``student_trusted``):
+
+- ``half``: ``crowdmix``'s shape, half cross-entropy on the whole trusted set (unmixed) every step, half the
+  soft term. The first round needs that anchor (its matrices and its network start from nothing better);
+- ``rows``: the trusted rows join the student's rows with their checked labels as one-hot targets, seen once
+  an epoch and mixed like any row. The student's other targets are already the first round's best beliefs,
+  and a few dozen images fitted every step pull a network towards themselves (issue 17's probes: a student
+  given every row's true class came closer to the oracle with ``rows``; docs/methods.md has the numbers).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_half
 from labelaudit.training.methods.crowd import class_posterior, posterior_term
@@ -135,6 +143,12 @@ class Student(Method):
         self.counts["unlabeled"] = (int((keep & ~labeled).sum()), int((~labeled).sum()))
         self.targets = torch.zeros(len(self.data.labels), self.data.k, device=targets.device)  # (N, K) by row
         self.targets[torch.as_tensor(rows, device=targets.device)] = targets
+        self.trusted_as_rows = cfg.student_trusted == "rows" and len(self.data.trusted_rows) > 0
+        if self.trusted_as_rows:  # their checked labels, one-hot, among the other rows' targets
+            trusted = torch.as_tensor(self.data.trusted_rows, device=targets.device)
+            checked = self.data.labels[torch.as_tensor(self.data.trusted_rows, device=self.data.labels.device)]
+            self.targets[trusted] = F.one_hot(checked.to(targets.device), self.data.k).float()
+            self.kept = np.concatenate([self.kept, self.data.trusted_rows])
         self.mixup = Mixup(self.cfg.mixup_alpha, np.random.default_rng([self.cfg.seed, 104729]))
 
     def describe_kept(self) -> str:
@@ -144,6 +158,8 @@ class Student(Method):
             below = " or ".join(f"{kind} >= {bars[kind]}" for kind, (_, n) in self.counts.items() if n)
             return f"no row's target reaches its bar ({below}), so every row trains"
         parts = [f"{kept} of {n} {kind} rows (target >= {bars[kind]})" for kind, (kept, n) in self.counts.items() if n]
+        if self.trusted_as_rows:
+            parts.append(f"the {len(self.data.trusted_rows)} trusted rows (their checked labels)")
         return ", ".join(parts) + " train"
 
     def rows(self) -> np.ndarray:
@@ -151,7 +167,8 @@ class Student(Method):
         return self.kept
 
     def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
-        return self.data.trusted_rows
+        """``student_trusted="half"``: the whole trusted set every step; ``"rows"``: none (they are among the rows)."""
+        return np.empty(0, dtype=np.int64) if self.trusted_as_rows else self.data.trusted_rows
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted

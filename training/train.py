@@ -14,7 +14,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
 from labelaudit.training.backbones import split_arch
 from labelaudit.training.checkpoint import CheckpointMeta, save_checkpoint
 from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map_classes, start_clean_head
-from labelaudit.training.config import SemiPool, TrainConfig, out_of_range
+from labelaudit.training.config import TrainConfig, out_of_range, unknown_choice
 from labelaudit.training.distributed import Ranks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method, ignored_settings
@@ -420,8 +420,6 @@ def train(
     torch.manual_seed(cfg.seed)
     device = rank_device or pick_device(cfg.device)
     method_cls = None if cfg.method == "auto" else METHODS[cfg.method]  # auto: chosen once the data is read
-    if cfg.semi_pool not in get_args(SemiPool):
-        raise ValueError(f"semi_pool {cfg.semi_pool!r}: choose from {', '.join(get_args(SemiPool))}")
     if ranks.active and (cfg.consistency_weight > 0 or cfg.unlabeled_weight > 0):
         raise ValueError(
             "consistency_weight and unlabeled_weight (a second forward pass per step) are not supported with "
@@ -545,16 +543,14 @@ def _train(
 def _check_config(cfg: TrainConfig) -> None:
     if cfg.method not in METHODS and cfg.method != "auto":
         raise ValueError(f"unknown method {cfg.method!r}; choose from auto, {', '.join(sorted(METHODS))}")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"unknown precision {cfg.precision!r}; choose from auto, bf16, fp32")
     if cfg.augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
+    if bad := unknown_choice(cfg):
+        raise ValueError("unknown settings: " + "; ".join(bad))
     if bad := out_of_range(cfg):
         raise ValueError("settings out of range: " + "; ".join(bad))
     if cfg.student_crossfit == 1 or cfg.student_crossfit < 0:
         raise ValueError("student_crossfit must be 0 (off) or a number of folds >= 2")
-    if cfg.loader not in ("auto", "memory", "stream"):
-        raise ValueError(f"unknown loader {cfg.loader!r}; choose from auto, memory, stream")
 
 
 def _network(

@@ -279,6 +279,13 @@ def train(
             "(stricter than --student-threshold for them); 0 = the same bar for every row.",
         ),
     ] = _Defaults.student_labeled_threshold,
+    student_trusted: Annotated[
+        str,
+        typer.Option(
+            help="Student rounds: half = the trusted set every step, half the loss (as in the first round); "
+            "rows = the trusted rows train among the student's rows, their checked labels as targets.",
+        ),
+    ] = _Defaults.student_trusted,
     student_crossfit: Annotated[
         int,
         typer.Option(
@@ -337,6 +344,7 @@ def train(
             student_rounds=student_rounds,
             student_threshold=student_threshold,
             student_labeled_threshold=student_labeled_threshold,
+            student_trusted=student_trusted,
             student_crossfit=student_crossfit,
             seed=seed,
             device=device,

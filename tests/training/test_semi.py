@@ -129,7 +129,9 @@ def test_semi_pool_chooses_which_rows_train_without_their_label(tiny_data, pool,
 
 
 def test_an_unknown_semi_pool_is_refused_before_training(tiny_data, tmp_path):
-    with pytest.raises(ValueError, match="semi_pool 'everything'"):
+    with pytest.raises(
+        ValueError, match=r"semi_pool='everything' \(choose from unlabeled\+doubted, unlabeled, doubted\)"
+    ):
         train(tiny_data / "task_b.jsonl", init=None, out=tmp_path, cfg=TrainConfig(semi_pool="everything"))
 
 

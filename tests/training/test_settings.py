@@ -9,7 +9,7 @@ from dataclasses import fields
 
 import pytest
 
-from labelaudit.training.config import RANGES, TrainConfig, out_of_range
+from labelaudit.training.config import ALLOWED, RANGES, TrainConfig, out_of_range, unknown_choice
 from labelaudit.training.methods import METHODS, STUDENT_SETTINGS, ignored_settings
 from labelaudit.training.methods.auto import CHOICES, with_choice
 from labelaudit.training.train import _check_config, train
@@ -104,3 +104,23 @@ def test_each_range_takes_its_edges_and_refuses_beyond(name, fine, refused):
 def test_every_range_is_a_setting_and_the_defaults_fit():
     assert set(RANGES) <= {f.name for f in fields(TrainConfig)}
     assert out_of_range(TrainConfig()) == []
+
+
+def test_every_word_setting_refuses_another_word_naming_its_choices():
+    assert set(ALLOWED) <= {f.name for f in fields(TrainConfig)}
+    assert unknown_choice(TrainConfig()) == []
+    for name, choices in ALLOWED.items():
+        for word in choices:
+            assert unknown_choice(TrainConfig(**{name: word})) == []
+        assert unknown_choice(TrainConfig(**{name: "everything"})) == [
+            f"{name}='everything' (choose from {', '.join(choices)})"
+        ]
+
+
+def test_an_unknown_word_is_refused_before_training_with_the_choices():
+    with pytest.raises(ValueError) as info:
+        _check_config(TrainConfig(student_trusted="all", loader="disk"))
+    assert str(info.value) == (
+        "unknown settings: student_trusted='all' (choose from half, rows); "
+        "loader='disk' (choose from auto, memory, stream)"
+    )

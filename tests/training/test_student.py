@@ -184,6 +184,40 @@ def test_without_a_trusted_set_the_loss_is_the_soft_ce_alone():
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_trusted_rows_as_rows_join_the_students_rows_with_their_checked_labels_and_no_trusted_half():
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    student = Student(_trainer(data, mixup_alpha=1.0, student_trusted="rows"), rows, probs[rows])
+    np.testing.assert_array_equal(student.rows(), np.concatenate([rows, data.trusted_rows]))
+    assert len(student.trusted_batch(np.random.default_rng(0))) == 0
+    assert student.describe_kept().endswith(", the 8 trusted rows (their checked labels) train")
+    lam, partner = 0.3, torch.tensor([1, 2, 0])
+    student.mixup.draw = lambda n, device: (lam, partner)
+    rows_u = np.array([data.trusted_rows[0], data.untrusted_rows[0], data.unlabeled_rows[0]])
+    student.trainer.net.eval()
+
+    loss, _ = student.loss(Batch(untrusted=rows_u, trusted=student.trusted_batch(np.random.default_rng(0))))
+
+    with torch.no_grad():
+        x_u = data.images.x[rows_u]
+        logits = student.trainer.net(lam * x_u + (1 - lam) * x_u[partner])
+        q = probs[rows_u].clone()
+        q[0] = F.one_hot(torch.as_tensor(labels[rows_u[0]]), K).float()  # the trusted row: its checked label
+        target = lam * q + (1 - lam) * q[partner]
+        expected = -(target * torch.log_softmax(logits, 1)).sum(1).mean()  # no trusted half
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trusted_rows_as_rows_without_a_trusted_set_change_nothing():
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=0)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    student = Student(_trainer(data, student_trusted="rows"), rows, probs[rows])
+    np.testing.assert_array_equal(student.rows(), rows)
+    assert "trusted" not in student.describe_kept()
+
+
 def test_crossfit_teacher_predicts_every_row_with_a_network_that_never_trained_on_it(monkeypatch):
     truth, labels, ids, _ = _crowd(n_per=30)
     data = _task(truth, labels, ids, trusted=8)

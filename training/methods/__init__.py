@@ -20,7 +20,9 @@ METHODS: dict[str, type[Method]] = {
 # Settings of the optional parts of a run: the student rounds (training.student, which mixes its batches too)
 # and the EMA teacher's consistency on unlabeled images (training.semi). Each applies only when switched on;
 # ``doubt_threshold`` only with a method that doubts labels (``Method.doubted_rows``: crowd, crowdmix).
-STUDENT_SETTINGS = frozenset({"student_threshold", "student_labeled_threshold", "student_crossfit", "mixup_alpha"})
+STUDENT_SETTINGS = frozenset(
+    {"student_threshold", "student_labeled_threshold", "student_trusted", "student_crossfit", "mixup_alpha"}
+)
 SEMI_SETTINGS = frozenset({"ema_decay", "semi_pool", "pseudo_threshold"})
 
 
