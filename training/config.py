@@ -54,6 +54,7 @@ class TrainConfig:
     # (as in the first round); "rows" = the trusted rows join the student's rows, their checked labels as targets
     student_crossfit: int = 0  # first student round: 0 = targets from the first network on its own rows; F >= 2 =
     # F networks, each trained without one fold of the labeled rows, give that fold's targets (none memorised)
+    teacher: str = ""  # student rounds: a checkpoint of this manifest's first round to start from; "" = train it
     label_source: Literal["label", "true_label"] = "label"  # "true_label": the oracle (simulated data)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

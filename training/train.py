@@ -25,7 +25,7 @@ from labelaudit.schemas.model_card import EpochMetrics, GateResult, ModelMetrics
 from labelaudit.training import distributed
 from labelaudit.training.augment import AUGMENTATIONS, augment, strong_augment
 from labelaudit.training.backbones import split_arch
-from labelaudit.training.checkpoint import CheckpointMeta, save_checkpoint
+from labelaudit.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map_classes, start_clean_head
 from labelaudit.training.config import TrainConfig, out_of_range, unknown_choice
 from labelaudit.training.distributed import Ranks
@@ -523,6 +523,12 @@ def _train(
         )
     if cfg.student_crossfit and not cfg.student_rounds:  # after auto, which may add the student round
         raise ValueError("student_crossfit cross-fits the first student round's teacher: it needs student_rounds >= 1")
+    if cfg.teacher and not cfg.student_rounds:
+        raise ValueError(
+            f"teacher {cfg.teacher} replaces the first round before a student round: it needs student_rounds >= 1"
+        )
+    if cfg.teacher and cfg.student_crossfit:
+        raise ValueError("teacher and student_crossfit both replace the first round's network: give one")
     manifest = with_held_out(manifest, **held_out)
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fills the pixel cache first; the others then map it
@@ -569,6 +575,22 @@ def _network(
     return net
 
 
+def load_teacher(net: TwoHeadNet, path: Path, manifest: Manifest, arch: str) -> None:
+    """Put the first-round network saved at ``path`` into ``net`` (its feature extractor and clean head; the
+    noisy heads are the method's, not the student's). The checkpoint must come from a run on this very
+    manifest (same bytes, so the same rows, labels and classes) with the same architecture."""
+    saved, meta = load_checkpoint(path)
+    if meta.data_version != manifest.sha256:
+        raise ValueError(
+            f"teacher {path} was trained on another manifest ({meta.manifest}, sha256 {meta.data_version[:12]}), "
+            f"not on {manifest.path.name} (sha256 {manifest.sha256[:12]})"
+        )
+    if meta.arch != arch:
+        raise ValueError(f"teacher {path} is a {meta.arch}, this run trains a {arch}")
+    state = {k: v for k, v in saved.state_dict().items() if not k.startswith("noisy_head.")}
+    net.load_state_dict(state, strict=False)
+
+
 def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls, reporter, ranks) -> TrainResult:
     data = load_task(manifest, images, cfg, device)
     spec = data.spec
@@ -587,7 +609,11 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
 
     # 4. the method
     teacher = None  # the first student round's teacher probabilities, when cross-fitted
-    if cfg.student_rounds and cfg.student_crossfit:
+    if cfg.teacher:  # a first round trained before, on this manifest: the student rounds start from it
+        history = []
+        load_teacher(trainer.net, Path(cfg.teacher), manifest, arch)
+        reporter.note(f"first round: the network saved in {cfg.teacher} (val {trainer.accuracy(data.val_rows):.4f})")
+    elif cfg.student_rounds and cfg.student_crossfit:
         probs_l, probs_x, history = crossfit_probabilities(trainer, method_cls, cfg.student_crossfit)
         teacher = (probs_l, probs_x)
     else:

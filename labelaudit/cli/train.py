@@ -286,6 +286,13 @@ def train(
             "rows = the trusted rows train among the student's rows, their checked labels as targets.",
         ),
     ] = _Defaults.student_trusted,
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="Student rounds: a checkpoint of a first round on this same manifest (a run's checkpoint.pt): "
+            "skip the first round and start the student rounds from it (try student settings at half the cost).",
+        ),
+    ] = _Defaults.teacher,
     student_crossfit: Annotated[
         int,
         typer.Option(
@@ -346,6 +353,7 @@ def train(
             student_labeled_threshold=student_labeled_threshold,
             student_trusted=student_trusted,
             student_crossfit=student_crossfit,
+            teacher=teacher,
             seed=seed,
             device=device,
             precision=precision,

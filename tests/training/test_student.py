@@ -315,3 +315,46 @@ def test_a_crossfit_student_round_trains_one_network_per_fold_then_the_student(t
     assert [h.epoch for h in result.meta.metrics.history] == [1, 1, 1]  # fold 1, fold 2, the student
     assert result.meta.config["student_crossfit"] == 2
     assert result.meta.metrics.test_acc is not None
+
+
+def test_a_saved_first_round_is_the_student_rounds_teacher_and_is_not_trained_again(tiny_data, tmp_path, monkeypatch):
+    from labelaudit.training import train as train_module
+    from labelaudit.training.checkpoint import load_checkpoint
+
+    manifest = tiny_data / "task_b.jsonl"
+    base = {"method": "crowd", "epochs": 1, "device": "cpu", "augment": "none", "min_labeler_items": 20}
+    first = train(manifest, init=None, out=tmp_path / "first", cfg=TrainConfig(**base))
+    saved = load_checkpoint(first.checkpoint)[0].state_dict()
+    teachers: list[dict] = []
+    targets = train_module.teacher_targets
+
+    def spy(trainer, teacher=None):
+        teachers.append({k: v.detach().clone() for k, v in trainer.net.state_dict().items()})
+        return targets(trainer, teacher)
+
+    monkeypatch.setattr(train_module, "teacher_targets", spy)
+    cfg = TrainConfig(**base, student_rounds=1, seed=1, teacher=str(first.checkpoint))
+
+    result = train(manifest, init=None, out=tmp_path / "student", cfg=cfg)
+
+    assert [h.epoch for h in result.meta.metrics.history] == [1]  # the student's epoch alone
+    assert len(teachers) == 1
+    for name, value in saved.items():
+        if not name.startswith("noisy_head."):
+            torch.testing.assert_close(teachers[0][name], value, msg=name)
+    assert result.meta.config["teacher"] == str(first.checkpoint)
+
+
+def test_a_teacher_from_another_manifest_or_without_a_student_round_is_refused(tiny_data, tmp_path):
+    base = {"method": "crowd", "epochs": 1, "device": "cpu", "min_labeler_items": 20}
+    first = train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "first", cfg=TrainConfig(**base))
+    other = tiny_data / "task_b_but_one.jsonl"  # beside the images it names
+    other.write_text("".join(tiny_data.joinpath("task_b.jsonl").read_text().splitlines(keepends=True)[:-1]))
+    teacher = str(first.checkpoint)
+    with pytest.raises(ValueError, match="was trained on another manifest"):
+        train(other, init=None, out=tmp_path / "o", cfg=TrainConfig(**base, student_rounds=1, teacher=teacher))
+    with pytest.raises(ValueError, match="needs student_rounds >= 1"):
+        train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "n", cfg=TrainConfig(**base, teacher=teacher))
+    both = TrainConfig(**base, student_rounds=1, student_crossfit=2, teacher=teacher)
+    with pytest.raises(ValueError, match="give one"):
+        train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "b", cfg=both)
