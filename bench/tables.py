@@ -134,6 +134,40 @@ def _same_schedule(baseline: str, method: str) -> str:
     return f"{baseline}:{epochs[0]}" if epochs else baseline
 
 
+def student_pairs_table(result: dict) -> str:
+    """bench/student_pairs.py: per data seed, the shared teacher and each student variant's mean over its
+    student seeds, with the mean paired difference from ``base`` (same teacher, same student seed) and its
+    standard error."""
+    rows = result["rows"]
+    lines = [
+        "| seed | variant | student seeds | clean test acc (mean ± sd) | vs base, paired (mean ± se) | load avg |",
+        "|" + " --- |" * 6,
+    ]
+    for seed in sorted({r["seed"] for r in rows}):
+        mine = [r for r in rows if r["seed"] == seed]
+        teacher = next((r for r in mine if r["variant"] == "teacher"), None)
+        if teacher:
+            lines.append(
+                f"| {seed} | teacher (`{teacher['first']}`) | - | {100 * teacher['clean_test_acc']:.2f} | - | - |"
+            )
+        base = {r["student_seed"]: r["clean_test_acc"] for r in mine if r["variant"] == "base"}
+        for variant in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "teacher"):
+            accs = {r["student_seed"]: r["clean_test_acc"] for r in mine if r["variant"] == variant}
+            values = 100 * np.array(list(accs.values()))
+            sd = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
+            diffs = 100 * np.array([accs[s] - base[s] for s in accs if s in base])
+            paired = "-"
+            if variant != "base" and len(diffs):
+                se = f" ± {diffs.std(ddof=1) / np.sqrt(len(diffs)):.2f}" if len(diffs) > 1 else ""
+                paired = f"{diffs.mean():+.2f}{se} (n={len(diffs)})"
+            load = np.mean([r["loadavg_1m_mean"] for r in mine if r["variant"] == variant and "loadavg_1m_mean" in r])
+            lines.append(f"| {seed} | `{variant}` | {len(values)} | {values.mean():.2f}{sd} | {paired} | {load:.1f} |")
+    return (
+        "Each seed's first round is trained once and saved; every student round starts from it (`--teacher`), "
+        "so a paired difference carries the student's run-to-run variation only.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def label_errors_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for row in result["rows"]:
@@ -991,6 +1025,11 @@ def update_docs() -> None:
             train_noise_table,
         ),
         ("train_probes", "Training variants tried (`bench/train_noise.py --name train_probes`)", train_noise_table),
+        (
+            "student_pairs",
+            "Student-round settings in pairs, one teacher per seed (`bench/student_pairs.py`)",
+            student_pairs_table,
+        ),
         (
             "train_full",
             "Training at full size (`bench/train_noise.py --name train_full --size full`)",
