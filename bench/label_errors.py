@@ -18,7 +18,6 @@ Needs the bench extra (cleanlab, AGPL-3.0: benchmarks only). Writes bench/result
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +34,11 @@ from bench.common import (
     git_commit,
     kept_rows,
     merged_config,
+    task_data,
     write_results,
 )
 from labelaudit.imaging.manifest import read_manifest
 from labelaudit.serving.core.policy import DisagreementPolicy, LabelerPosteriorPolicy
-from labelaudit.training.datasets import fashion_mnist
 from labelaudit.training.train import TrainConfig, train
 
 console = Console()
@@ -122,12 +121,7 @@ def main() -> None:
     for seed in args.seeds:
         classifier_a = None
         for noise in args.noise:
-            data = WORK / f"{args.size}-seed{seed}-noise{noise}"
-            if not (data / "task_b.jsonl").exists():
-                fashion_mnist.build(
-                    data, noise=noise, seed=seed, per_task=per_task, val_size=val_size, test_size=test_size
-                )
-            actual = json.loads((data / "labelers.json").read_text())["noise_actual"]
+            data, actual = task_data(args.size, seed, noise)
             if classifier_a is None:
                 a_ckpt = WORK / f"runs/{args.size}-seed{seed}-a/checkpoint.pt"
                 if not a_ckpt.exists():

@@ -30,10 +30,10 @@ from bench.common import (
     git_commit,
     kept_rows,
     merged_config,
+    task_data,
     write_results,
 )
 from bench.train_noise import BENCH_KEYS, parse_method
-from labelaudit.training.datasets import fashion_mnist
 from labelaudit.training.train import TrainConfig, train
 
 console = Console()
@@ -83,20 +83,8 @@ def main() -> None:
 
     for seed in args.seeds:
         for noise in args.noise:
-            data = WORK / (
-                f"{args.size}-seed{seed}-noise{noise}" + (f"-unlabeled{args.unlabeled}" if args.unlabeled else "")
-            )
+            data, _ = task_data(args.size, seed, noise, args.unlabeled)
             manifest = data / "task_b.jsonl"
-            if not manifest.exists():
-                fashion_mnist.build(
-                    data,
-                    noise=noise,
-                    seed=seed,
-                    per_task=per_task,
-                    val_size=val_size,
-                    test_size=test_size,
-                    unlabeled=args.unlabeled,
-                )
             runs = WORK / f"runs/pairs-{data.name}"
             a = train(
                 data / "task_a.jsonl",

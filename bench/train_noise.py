@@ -34,11 +34,11 @@ from bench.common import (
     git_commit,
     kept_rows,
     merged_config,
+    task_data,
     write_results,
 )
 from labelaudit.imaging.manifest import read_manifest
 from labelaudit.training.checkpoint import load_checkpoint
-from labelaudit.training.datasets import fashion_mnist
 from labelaudit.training.train import TrainConfig, train
 
 console = Console()
@@ -149,24 +149,7 @@ def main() -> None:
     for seed in args.seeds:
         classifier_a = None
         for noise in args.noise:
-            data = WORK / (
-                f"{args.size}-seed{seed}-noise{noise}" + (f"-unlabeled{args.unlabeled}" if args.unlabeled else "")
-            )
-            if not (data / "task_b.jsonl").exists():
-                built = fashion_mnist.build(
-                    data,
-                    noise=noise,
-                    seed=seed,
-                    per_task=per_task,
-                    val_size=val_size,
-                    test_size=test_size,
-                    unlabeled=args.unlabeled,
-                )
-                actual = built.noise_actual
-            else:
-                import json
-
-                actual = json.loads((data / "labelers.json").read_text())["noise_actual"]
+            data, actual = task_data(args.size, seed, noise, args.unlabeled)
             if classifier_a is None:  # task A is the same for every noise level of a seed
                 started = time.perf_counter()
                 a = train(
