@@ -31,7 +31,8 @@ enter it one of two ways (``student_trusted``):
 - ``rows``: the trusted rows join the student's rows with their checked labels as one-hot targets, seen once
   an epoch and mixed like any row. The student's other targets are already the first round's best beliefs,
   and a few dozen images fitted every step pull a network towards themselves (issue 17's probes: a student
-  given every row's true class came closer to the oracle with ``rows``; docs/methods.md has the numbers).
+  given every row's true class came closer to the oracle with ``rows``; with the real targets the whole
+  protocol runs tie, docs/methods.md).
 """
 
 from __future__ import annotations
