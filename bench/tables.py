@@ -160,8 +160,9 @@ def student_pairs_table(result: dict) -> str:
             if variant != "base" and len(diffs):
                 se = f" ± {diffs.std(ddof=1) / np.sqrt(len(diffs)):.2f}" if len(diffs) > 1 else ""
                 paired = f"{diffs.mean():+.2f}{se} (n={len(diffs)})"
-            load = np.mean([r["loadavg_1m_mean"] for r in mine if r["variant"] == variant and "loadavg_1m_mean" in r])
-            lines.append(f"| {seed} | `{variant}` | {len(values)} | {values.mean():.2f}{sd} | {paired} | {load:.1f} |")
+            loads = [r["loadavg_1m_mean"] for r in mine if r["variant"] == variant and "loadavg_1m_mean" in r]
+            load = f"{np.mean(loads):.1f}" if loads else "-"
+            lines.append(f"| {seed} | `{variant}` | {len(values)} | {values.mean():.2f}{sd} | {paired} | {load} |")
     return (
         "Each seed's first round is trained once and saved; every student round starts from it (`--teacher`), "
         "so a paired difference carries the student's run-to-run variation only.\n\n" + "\n".join(lines) + "\n"
