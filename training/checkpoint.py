@@ -49,7 +49,7 @@ class CheckpointMeta(BaseModel):
 
 def save_checkpoint(path: Path, net: TwoHeadNet, meta: CheckpointMeta) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}  # channels_last or not
     torch.save({"meta": meta.model_dump(mode="json"), "state_dict": state}, path)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -591,21 +591,35 @@ def load_teacher(net: TwoHeadNet, path: Path, manifest: Manifest, arch: str) -> 
     net.load_state_dict(state, strict=False)
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Classifier A's own accuracy on task B before any training (None without A)."""
+
+    trusted: float | None
+    val: float | None
+    test: float | None
+
+
 def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls, reporter, ranks) -> TrainResult:
     data = load_task(manifest, images, cfg, device)
-    spec = data.spec
     if cfg.method == "fasten" and cfg.per_labeler:
         data.noisy_groups = labeler_groups(data.labeler_ids, data.untrusted_rows, cfg.min_labeler_items)
+    checkpoint = out / "checkpoint.pt" if out.suffix != ".pt" else out
 
     # 2. the network
-    net = _network(arch, a, manifest, spec, len(data.noisy_groups), reporter)
+    net = _network(arch, a, manifest, data.spec, len(data.noisy_groups), reporter)
     net.noisy_head.requires_grad_(method_cls.trains_noisy_head)
     trainer = Trainer(cfg, net.to(device), data, reporter, device, ranks)
 
     # 3. the starting point, for the gate, and classifier A's own accuracy on task B
-    initial_trusted = trainer.accuracy(data.trusted_rows) if a is not None and len(data.trusted_rows) else None
-    initial_val = trainer.accuracy(data.val_rows) if a is not None else None
-    initial_test = trainer.accuracy(data.test_rows) if a is not None else None
+    start = _Start(
+        trusted=trainer.accuracy(data.trusted_rows) if a is not None and len(data.trusted_rows) else None,
+        val=trainer.accuracy(data.val_rows) if a is not None else None,
+        test=trainer.accuracy(data.test_rows) if a is not None else None,
+    )
+
+    def describe(run_cfg: TrainConfig, history: list[EpochMetrics]) -> CheckpointMeta:
+        return _describe(trainer, manifest, arch, init_name, run_cfg, device, ranks, history, start)
 
     # 4. the method
     teacher = None  # the first student round's teacher probabilities, when cross-fitted
@@ -620,6 +634,14 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
         method = method_cls(trainer)
         method.prepare()
         history = trainer.fit(method, phase=cfg.method)
+        if cfg.student_rounds:  # kept, so that other student settings can start from it (--teacher)
+            first = checkpoint.with_suffix(".first_round.pt")
+            first_meta = describe(replace(cfg, student_rounds=0), history)
+            _save(first, trainer.net, first_meta, ranks)
+            reporter.note(
+                f"first round saved in {first} (test {first_meta.metrics.test_acc:.4f}): "
+                f"--teacher {first} trains other student settings without it"
+            )
     for round_ in range(1, cfg.student_rounds + 1):  # training.student: again, on the last network's targets
         rows, targets = teacher_targets(trainer, teacher)
         teacher = None  # later rounds: the student as it stands
@@ -629,7 +651,16 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
         reporter.note(f"student round {round_}: {method.describe_kept()}")
         history += trainer.fit(method, phase=f"student {round_}")
 
-    # 5. final numbers
+    # 5. final numbers, and 6. the checkpoint (the noise model stays in it; the export takes the clean head only)
+    meta = describe(cfg, history)
+    _save(checkpoint, trainer.net, meta, ranks, metrics=True)
+    return TrainResult(checkpoint, meta, history)
+
+
+def _describe(trainer, manifest, arch, init_name, cfg, device, ranks, history, start: _Start) -> CheckpointMeta:
+    """The checkpoint's metadata for the network as it stands: accuracies, the disagreement thresholds, each
+    labeler's matrix and error rate from its posterior on the training rows, the gate against ``start``."""
+    data = trainer.data
     final_trusted = trainer.accuracy(data.trusted_rows) if len(data.trusted_rows) else trainer.accuracy(data.val_rows)
     held_out = data.val_rows if len(data.val_rows) else data.trusted_rows
     held_probs = trainer.predict(held_out).cpu().numpy()
@@ -654,20 +685,20 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
         val_acc=trainer.accuracy(data.val_rows),
         test_acc=trainer.accuracy(data.test_rows),
         trusted_acc=final_trusted or 0.0,
-        initial_trusted_acc=initial_trusted,
-        initial_val_acc=initial_val,
-        initial_test_acc=initial_test,
+        initial_trusted_acc=start.trusted,
+        initial_val_acc=start.val,
+        initial_test_acc=start.test,
         history=history,
     )
-    meta = CheckpointMeta(
+    return CheckpointMeta(
         arch=arch,
         classes=list(manifest.classes),
-        preprocess=spec,
+        preprocess=data.spec,
         method=cfg.method,
         init=init_name,
         config=asdict(cfg) | {"device_used": str(device), "processes": ranks.world, "torch": torch.__version__},
         metrics=metrics,
-        gate=_gate(initial_trusted, metrics.trusted_acc, init_name),
+        gate=_gate(start.trusted, metrics.trusted_acc, init_name),
         transition_matrix=None if final_t is None else np.asarray(final_t).round(4).tolist(),
         labeler_transition_matrices={k: v.round(4).tolist() for k, v in labeler_t.items()},
         labeler_counts=labeler_n,
@@ -680,10 +711,12 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
         noisy_heads=data.noisy_groups if len(data.noisy_groups) > 1 else [],
     )
 
-    # 6. checkpoint (the noise model stays in it; the export takes the clean head only)
-    checkpoint = out / "checkpoint.pt" if out.suffix != ".pt" else out
-    if ranks.is_main:  # rank 0 alone writes; the others wait until it has
-        save_checkpoint(checkpoint, trainer.net.to("cpu").to(memory_format=torch.contiguous_format), meta)
-        (checkpoint.parent / "metrics.json").write_text(meta.model_dump_json(indent=2, exclude={"config"}))
+
+def _save(path: Path, net: TwoHeadNet, meta: CheckpointMeta, ranks: Ranks, *, metrics: bool = False) -> None:
+    """Rank 0 alone writes the checkpoint (and with ``metrics`` its metrics.json beside it); the others
+    wait until it has. The network stays where it is."""
+    if ranks.is_main:
+        save_checkpoint(path, net, meta)
+        if metrics:
+            (path.parent / "metrics.json").write_text(meta.model_dump_json(indent=2, exclude={"config"}))
     ranks.barrier()
-    return TrainResult(checkpoint, meta, history)

@@ -289,8 +289,9 @@ def train(
     teacher: Annotated[
         str,
         typer.Option(
-            help="Student rounds: a checkpoint of a first round on this same manifest (a run's checkpoint.pt): "
-            "skip the first round and start the student rounds from it (try student settings at half the cost).",
+            help="Student rounds: a checkpoint of a first round on this same manifest (the checkpoint.first_round.pt "
+            "a student run keeps, or a run's checkpoint.pt): skip the first round and start the student rounds "
+            "from it (try student settings at half the cost).",
         ),
     ] = _Defaults.teacher,
     student_crossfit: Annotated[

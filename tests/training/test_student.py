@@ -358,3 +358,37 @@ def test_a_teacher_from_another_manifest_or_without_a_student_round_is_refused(t
     both = TrainConfig(**base, student_rounds=1, student_crossfit=2, teacher=teacher)
     with pytest.raises(ValueError, match="give one"):
         train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "b", cfg=both)
+
+
+def test_a_student_run_saves_its_first_round_for_later_student_settings(tiny_data, tmp_path, monkeypatch):
+    from labelaudit.training import train as train_module
+    from labelaudit.training.checkpoint import load_checkpoint
+
+    manifest = tiny_data / "task_b.jsonl"
+    base = {"method": "crowd", "epochs": 1, "device": "cpu", "augment": "none", "min_labeler_items": 20}
+    teachers: list[dict] = []
+    targets = train_module.teacher_targets
+
+    def spy(trainer, teacher=None):
+        teachers.append({k: v.detach().clone() for k, v in trainer.net.state_dict().items()})
+        return targets(trainer, teacher)
+
+    monkeypatch.setattr(train_module, "teacher_targets", spy)
+
+    result = train(manifest, init=None, out=tmp_path / "run", cfg=TrainConfig(**base, student_rounds=1))
+
+    first_path = tmp_path / "run" / "checkpoint.first_round.pt"
+    saved, meta = load_checkpoint(first_path)
+    for name, value in saved.state_dict().items():  # the very network the student's targets came from
+        torch.testing.assert_close(teachers[0][name], value, msg=name)
+    assert meta.config["student_rounds"] == 0 and [h.epoch for h in meta.metrics.history] == [1]
+    assert meta.data_version == result.meta.data_version
+    assert [h.epoch for h in result.meta.metrics.history] == [1, 1]  # the final checkpoint: both rounds
+    # other student settings start from it, and a run that trains no first round saves none
+    again = TrainConfig(**base, student_rounds=1, student_trusted="rows", teacher=str(first_path))
+    student = train(manifest, init=None, out=tmp_path / "rows", cfg=again)
+    assert [h.epoch for h in student.meta.metrics.history] == [1]
+    plain = train(manifest, init=None, out=tmp_path / "plain", cfg=TrainConfig(**base))
+    assert not list((tmp_path / "rows").glob("*first_round*")) and not list(
+        plain.checkpoint.parent.glob("*first_round*")
+    )
