@@ -317,22 +317,29 @@ def test_a_crossfit_student_round_trains_one_network_per_fold_then_the_student(t
     assert result.meta.metrics.test_acc is not None
 
 
-def test_a_saved_first_round_is_the_student_rounds_teacher_and_is_not_trained_again(tiny_data, tmp_path, monkeypatch):
+@pytest.fixture
+def teachers(monkeypatch) -> list[dict]:
+    """The weights of the network each student round takes its targets from, one dict per round."""
     from labelaudit.training import train as train_module
+
+    seen: list[dict] = []
+    targets = train_module.teacher_targets
+
+    def spy(trainer, teacher=None):
+        seen.append({k: v.detach().clone() for k, v in trainer.net.state_dict().items()})
+        return targets(trainer, teacher)
+
+    monkeypatch.setattr(train_module, "teacher_targets", spy)
+    return seen
+
+
+def test_a_saved_first_round_is_the_student_rounds_teacher_and_is_not_trained_again(tiny_data, tmp_path, teachers):
     from labelaudit.training.checkpoint import load_checkpoint
 
     manifest = tiny_data / "task_b.jsonl"
     base = {"method": "crowd", "epochs": 1, "device": "cpu", "augment": "none", "min_labeler_items": 20}
     first = train(manifest, init=None, out=tmp_path / "first", cfg=TrainConfig(**base))
     saved = load_checkpoint(first.checkpoint)[0].state_dict()
-    teachers: list[dict] = []
-    targets = train_module.teacher_targets
-
-    def spy(trainer, teacher=None):
-        teachers.append({k: v.detach().clone() for k, v in trainer.net.state_dict().items()})
-        return targets(trainer, teacher)
-
-    monkeypatch.setattr(train_module, "teacher_targets", spy)
     cfg = TrainConfig(**base, student_rounds=1, seed=1, teacher=str(first.checkpoint))
 
     result = train(manifest, init=None, out=tmp_path / "student", cfg=cfg)
@@ -360,20 +367,11 @@ def test_a_teacher_from_another_manifest_or_without_a_student_round_is_refused(t
         train(tiny_data / "task_b.jsonl", init=None, out=tmp_path / "b", cfg=both)
 
 
-def test_a_student_run_saves_its_first_round_for_later_student_settings(tiny_data, tmp_path, monkeypatch):
-    from labelaudit.training import train as train_module
+def test_a_student_run_saves_its_first_round_for_later_student_settings(tiny_data, tmp_path, teachers):
     from labelaudit.training.checkpoint import load_checkpoint
 
     manifest = tiny_data / "task_b.jsonl"
     base = {"method": "crowd", "epochs": 1, "device": "cpu", "augment": "none", "min_labeler_items": 20}
-    teachers: list[dict] = []
-    targets = train_module.teacher_targets
-
-    def spy(trainer, teacher=None):
-        teachers.append({k: v.detach().clone() for k, v in trainer.net.state_dict().items()})
-        return targets(trainer, teacher)
-
-    monkeypatch.setattr(train_module, "teacher_targets", spy)
 
     result = train(manifest, init=None, out=tmp_path / "run", cfg=TrainConfig(**base, student_rounds=1))
 
