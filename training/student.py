@@ -32,7 +32,7 @@ enter it one of two ways (``student_trusted``):
   an epoch and mixed like any row. The student's other targets are already the first round's best beliefs,
   and a few dozen images fitted every step pull a network towards themselves (issue 17's probes: a student
   given every row's true class came closer to the oracle with ``rows``; with the real targets the whole
-  protocol runs tie, docs/methods.md).
+  protocol runs put it ahead on two seeds of three and behind on one, docs/methods.md).
 """
 
 from __future__ import annotations
