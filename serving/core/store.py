@@ -165,7 +165,7 @@ class PostgresStore:
 
     Once open, the pool gives up reconnecting after ``RECONNECT_WINDOW_S`` and the next call starts a fresh
     attempt at once. psycopg_pool's own default keeps retrying for 5 minutes with the wait doubling each
-    time (1, 2, 4, 8, 16 s, ...): after a 20-second outage the pool slept on for another ~10 s with the
+    time (1, 2, 4, 8, 16 s, ...): after an 18-second outage the pool slept on for another ~11 s with the
     server back, and every call in that time was a 503. With the short window a server that is back is
     found by the next call (or within ~1 s by an attempt already under way).
     """
