@@ -143,13 +143,14 @@ def write_results(name: str, *, config: dict, rows: list[dict], device: str) -> 
 SIZES = {"tiny": (1_500, 300, 1_000), "small": (6_000, 1_000, 2_000), "full": (30_000, 2_000, 10_000)}
 
 
-def task_data(size: str, seed: int, noise: float, unlabeled: int = 0) -> tuple[Path, float]:
-    """One point's task A and B data, ``WORK/<size>-seed<s>-noise<n>[-unlabeled<u>]`` (built on first use by
+def task_data(size: str, seed: int, noise: float, unlabeled: int = 0, multi: float = 0.0) -> tuple[Path, float]:
+    """One point's task A and B data, ``WORK/<size>-seed<s>-noise<n>[-unlabeled<u>][-multi<m>]`` (built on first use by
     training.datasets.fashion_mnist, then reused by every benchmark), and the noise actually drawn."""
     from labelaudit.training.datasets import fashion_mnist
 
     per_task, val_size, test_size = SIZES[size]
-    data = WORK / (f"{size}-seed{seed}-noise{noise}" + (f"-unlabeled{unlabeled}" if unlabeled else ""))
+    name = f"{size}-seed{seed}-noise{noise}" + (f"-unlabeled{unlabeled}" if unlabeled else "")
+    data = WORK / (name + (f"-multi{multi}" if multi else ""))
     if not (data / "task_b.jsonl").exists():
         fashion_mnist.build(
             data,
@@ -159,6 +160,7 @@ def task_data(size: str, seed: int, noise: float, unlabeled: int = 0) -> tuple[P
             val_size=val_size,
             test_size=test_size,
             unlabeled=unlabeled,
+            multi=multi,
         )
     return data, json.loads((data / "labelers.json").read_text())["noise_actual"]
 

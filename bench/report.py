@@ -112,16 +112,7 @@ def simulate_stream(data: Path, *, noise: float, seed: int, multi: float, nights
     rng = np.random.default_rng([seed, 7])
     first = lab.assign_labelers(len(rows), rng)
     severity = lab.solve_severity(noise, true, hardness, first, k)
-    columns = [first]
-    shares = np.array([p.share for p in lab.POOL])
-    extra = rng.random(len(rows)) < multi
-    for _ in range(2):  # two more labelers per multi-labeled item, each different from the ones before
-        col = np.full(len(rows), -1)
-        for i in np.flatnonzero(extra):
-            w = shares.copy()
-            w[[c[i] for c in columns]] = 0
-            col[i] = rng.choice(len(lab.POOL), p=w / w.sum())
-        columns.append(col)
+    columns = [first, *lab.more_labelers(first, multi, rng)]
     labels: list[list[tuple[str, int]]] = [[] for _ in rows]
     for col in columns:
         has = np.flatnonzero(col >= 0)

@@ -10,18 +10,22 @@ A method may carry TrainConfig overrides, a variant with its own row: ``fasten:r
 ``mentormix:no_trusted=1`` against ``ce:no_trusted=1``); ``no_labelers=1`` with one labeler id for every row
 (labels without the labeler's name: ``auto``'s cell for them). ``--unlabeled N`` builds task B with N more
 images without a label (the semi-supervised option trains on them: ``crowd:unlabeled_weight=1``; the
-other methods ignore them). Variants of what was tried go to their own file (``--name train_probes``),
+other methods ignore them). ``--multi S`` gives that share of the labeled images two more labels from two
+other labelers (several labels per image: rows also score the model card's per-labeler error rates against
+the truth); its rows go to their own file (``--name train_multi``). Variants of what was tried go to their own file (``--name train_probes``),
 not the main table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from scipy.stats import spearmanr
 
 from bench.common import (
     SIZES,
@@ -102,13 +106,27 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
 def manifest_variant(manifest: Path, key: str) -> Path:
     """``manifest`` beside itself with each row as ``VARIANTS[key]`` makes it (written once)."""
-    import json
-
     out = manifest.with_name(f"{manifest.stem}_{key}.jsonl")
     if not out.exists():
         rows = (VARIANTS[key](json.loads(line)) for line in manifest.read_text().splitlines())
         out.write_text("".join(json.dumps(row) + "\n" for row in rows if row is not None))
     return out
+
+
+def labeler_rate_quality(rates: dict, data: Path) -> dict:
+    """The model card's per-labeler error rates against the recipe's truth (labelers.json): mean absolute
+    error and Spearman over the labelers both know; empty when the card has none."""
+    truth = {
+        r["labeler_id"]: r["true_error_rate"] for r in json.loads((data / "labelers.json").read_text())["labelers"]
+    }
+    ids = sorted(a for a in rates if truth.get(a) is not None)
+    if len(ids) < 2:
+        return {}
+    estimate, true = [rates[a].rate for a in ids], [truth[a] for a in ids]
+    return {
+        "labeler_rates_mae": round(float(np.mean(np.abs(np.subtract(estimate, true)))), 4),
+        "labeler_rates_spearman": round(float(spearmanr(estimate, true).statistic), 4),
+    }
 
 
 def untouched_test_acc(checkpoint: Path, manifest: Path) -> float:
@@ -125,6 +143,7 @@ def main() -> None:
     ap.add_argument("--arch", default="cnn_small")
     ap.add_argument("--name", default="train_noise")
     ap.add_argument("--unlabeled", type=int, default=0, help="task-B images without a label (data recipe)")
+    ap.add_argument("--multi", type=float, default=0.0, help="share of labeled images with two more labels")
     args = ap.parse_args()
     apply_quick(args)
     methods = {spec: parse_method(spec) for spec in args.methods}
@@ -138,7 +157,7 @@ def main() -> None:
     git_commit()  # pin the commit the run started from
 
     def point(row: dict) -> tuple:
-        return row["method"], row["seed"], row["noise_requested"]
+        return row["method"], row["seed"], row["noise_requested"], row.get("multi", 0.0)
 
     def record(**row) -> None:
         rows[:] = [r for r in rows if point(r) != point(row)]  # an earlier run's measurement of this point
@@ -149,7 +168,7 @@ def main() -> None:
     for seed in args.seeds:
         classifier_a = None
         for noise in args.noise:
-            data, actual = task_data(args.size, seed, noise, args.unlabeled)
+            data, actual = task_data(args.size, seed, noise, args.unlabeled, args.multi)
             if classifier_a is None:  # task A is the same for every noise level of a seed
                 started = time.perf_counter()
                 a = train(
@@ -169,6 +188,7 @@ def main() -> None:
                 seed=seed,
                 trusted_fraction=0.01,
                 unlabeled=args.unlabeled,
+                **({"multi": args.multi} if args.multi else {}),
             )
             a_test_acc = untouched_test_acc(classifier_a, data / "task_b.jsonl")
             record(method="classifier_a", clean_test_acc=a_test_acc, epochs=0, train_images_per_s=None, **common)
@@ -208,6 +228,7 @@ def main() -> None:
                     seconds=round(time.perf_counter() - started, 1),
                     **load.summary(),
                     **diagnostics,
+                    **labeler_rate_quality(r.meta.labeler_error_rates, data),
                     **common,
                     # the start this row was trained from (classifier A differs across machines: a row kept from an
                     # earlier run may sit beside another run's classifier_a row)

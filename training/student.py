@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labelaudit.training.items import NO_CHECK, row_items, with_checks
 from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_half
 from labelaudit.training.methods.crowd import class_posterior, posterior_term
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
@@ -77,13 +78,23 @@ def teacher_targets(
         return rows_x.astype(np.int64), p_x
     groups = set(labeler_groups(data.labeler_ids, rows_l, cfg.min_labeler_items))
     group_of = np.array([g if g in groups else POOLED_GROUP for g in data.labeler_ids[rows_l].astype(str)])
+    probs = with_checks(probs, data.items, rows_l)  # an image's checked label is its truth
+    items = row_items(data.items, rows_l, probs.device)
     matrices, _ = labeler_transition_matrices(
-        probs.double().cpu().numpy(), labels.cpu().numpy(), group_of, data.k, em_steps=STUDENT_EM_STEPS
+        probs.double().cpu().numpy(),
+        labels.cpu().numpy(),
+        group_of,
+        data.k,
+        em_steps=STUDENT_EM_STEPS,
+        items=None if items is None else items.cpu().numpy(),
     )
     names = sorted(matrices)
     head = torch.as_tensor(np.searchsorted(names, group_of), device=probs.device)  # each row's matrix
     t = torch.as_tensor(np.stack([matrices[g] for g in names]), device=probs.device)[head]  # (N_l, K, K)
-    q = class_posterior(probs, t, labels).float()
+    q = class_posterior(probs, t, labels, items).float()  # every label of the image read together
+    if data.items is not None:  # one row per image (its target already reads all its labels), none checked
+        keep = np.isin(rows_l, data.items.rows_first(rows_l)) & (data.items.checked[rows_l] == NO_CHECK)
+        rows_l, q = rows_l[keep], q[torch.as_tensor(keep, device=q.device)]
     return np.concatenate([rows_l, rows_x]).astype(np.int64), torch.cat([q, p_x])
 
 
@@ -99,7 +110,13 @@ def crossfit_probabilities(
     same evidence twice. A network that never saw the label gives the posterior two independent views."""
     data = trainer.data
     rows_l, rows_x = data.untrusted_rows, data.unlabeled_rows
-    fold_of = np.random.default_rng([trainer.cfg.seed, 7919]).permutation(len(rows_l)) % folds
+    # by image: a fold's network must not have seen another label of the images it predicts
+    image = (
+        np.arange(len(rows_l)) if data.items is None else np.unique(data.items.of_row[rows_l], return_inverse=True)[1]
+    )
+    fold_of = (np.random.default_rng([trainer.cfg.seed, 7919]).permutation(int(image.max(initial=-1)) + 1) % folds)[
+        image
+    ]
     probs_l = torch.zeros(len(rows_l), data.k, device=trainer.device)
     probs_x = torch.zeros(len(rows_x), data.k, device=trainer.device)
     history: list[EpochMetrics] = []

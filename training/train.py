@@ -29,6 +29,7 @@ from labelaudit.training.checkpoint import CheckpointMeta, load_checkpoint, save
 from labelaudit.training.classifier_a import ClassifierA, load_classifier_a, map_classes, start_clean_head
 from labelaudit.training.config import TrainConfig, out_of_range, unknown_choice
 from labelaudit.training.distributed import Ranks
+from labelaudit.training.items import Items, find_items, with_checks
 from labelaudit.training.loader import ImageLoader, TensorImages, loader_mode
 from labelaudit.training.methods import METHODS, Method, ignored_settings
 from labelaudit.training.methods.auto import choose_method, with_choice
@@ -88,6 +89,7 @@ class TaskData:
     labeler_ids: np.ndarray
     unlabeled_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # label: UNLABELED
     noisy_groups: list[str] = field(default_factory=lambda: ["*"])  # labeler group of each noisy head
+    items: Items | None = None  # which rows label one image (training.items); None: one label per image
     spec: PreprocessSpec | None = None  # how uint8 pixels are normalised; None: ``images`` gives model inputs
 
 
@@ -368,6 +370,7 @@ def load_task(manifest: Manifest, images: ImageLoader, cfg: TrainConfig, device:
         val_rows=rows["val"],
         test_rows=rows["test"],
         labeler_ids=manifest.labeler_ids,
+        items=find_items(manifest.item_ids, labels, is_trusted),
     )
 
 
@@ -669,8 +672,14 @@ def _describe(trainer, manifest, arch, init_name, cfg, device, ranks, history, s
     labels_np = data.labels.cpu().numpy()
     trusted_in_train = np.isin(data.train_rows, data.trusted_rows)
     posterior[trusted_in_train] = np.eye(data.k)[labels_np[data.train_rows[trusted_in_train]]]
+    checked = with_checks(torch.from_numpy(posterior), data.items, data.train_rows).numpy()  # QA'd labels: truth
     labeler_t, labeler_n = labeler_transition_matrices(
-        posterior, labels_np[data.train_rows], data.labeler_ids[data.train_rows], data.k, em_steps=LABELER_EM_STEPS
+        checked,
+        labels_np[data.train_rows],
+        data.labeler_ids[data.train_rows],
+        data.k,
+        em_steps=LABELER_EM_STEPS,
+        items=None if data.items is None else data.items.of_row[data.train_rows],
     )
     confusion = confusion_counts(data.labels[held_out].cpu().numpy(), held_probs.argmax(1), data.k)
     untrusted = ~trusted_in_train

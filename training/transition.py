@@ -11,6 +11,7 @@ import torch
 
 from labelaudit.deconvolve import MAX_CLASSES, error_rates, labeler_tables
 from labelaudit.schemas.model_card import LabelerErrorRate
+from labelaudit.training.items import pooled
 
 EPS = 1e-8
 
@@ -74,7 +75,13 @@ def correct_labels(clean_probs: torch.Tensor, original_labels: torch.Tensor, rho
 
 
 def labeler_transition_matrices(
-    posterior: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, k: int, *, em_steps: int = 0
+    posterior: np.ndarray,
+    labels: np.ndarray,
+    labeler_ids: np.ndarray,
+    k: int,
+    *,
+    em_steps: int = 0,
+    items: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Per labeler: ``T_l[i, j] = Σ_n q[n, i] [label_n = j] / Σ_n q[n, i]`` over that labeler's items.
 
@@ -82,25 +89,34 @@ def labeler_transition_matrices(
     a one-hot of the checked label for trusted items), so this works with a single label per item. With
     ``em_steps`` 0, ``q`` is that posterior; otherwise Dawid-Skene EM refines it: ``q[n, i] ∝ posterior[n, i]
     · T_l[i, label_n]`` (what the label says about the truth, given the labeler's habits), then ``T_l`` again,
-    ``em_steps`` times. Without it a careful labeler's matrix inherits the model's own mistakes.
-    A true class the labeler never (softly) saw gets a uniform row. Returns matrices and item counts.
+    ``em_steps`` times. Without it a careful labeler's matrix inherits the model's own mistakes. ``items``
+    (N,): rows that are labels of one image share an index, and the E step reads all of the image's labels
+    (``training.items.pooled``). A true class the labeler never (softly) saw gets a uniform row. Returns
+    matrices and item counts.
     """
-    matrices: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    names, which = np.unique(np.asarray(labeler_ids).astype(str), return_inverse=True)
     onehot = np.eye(k)[labels]  # (N, K)
-    for labeler in np.unique(labeler_ids):
-        mine = labeler_ids == labeler
-        prior, given, q = posterior[mine], labels[mine], posterior[mine]
-        for step in range(em_steps + 1):
-            joint = q.T @ onehot[mine]  # (K true, K given)
-            mass = joint.sum(1, keepdims=True)
-            t = np.where(mass > EPS, joint / np.maximum(mass, EPS), 1.0 / k)
-            if step < em_steps:
-                q = prior * t[:, given].T  # (N_l, K): p(i) T[i, ȳ]
-                q = q / np.maximum(q.sum(1, keepdims=True), EPS)
-        matrices[str(labeler)] = t
-        counts[str(labeler)] = int(mine.sum())
-    return matrices, counts
+    rows_of = [which == h for h in range(len(names))]
+    q = posterior
+    for step in range(em_steps + 1):
+        t = np.stack([_m_step(q[mine], onehot[mine], k) for mine in rows_of])  # (L, K, K)
+        if step < em_steps:
+            likelihood = t[which, :, labels]  # (N, K): T_l[i, ȳ]
+            if items is not None:
+                likelihood = pooled(torch.from_numpy(likelihood), torch.from_numpy(items)).numpy()
+            q = posterior * likelihood
+            q = q / np.maximum(q.sum(1, keepdims=True), EPS)
+    return (
+        {str(n): t[h] for h, n in enumerate(names)},
+        {str(n): int(mine.sum()) for n, mine in zip(names, rows_of, strict=True)},
+    )
+
+
+def _m_step(q: np.ndarray, given: np.ndarray, k: int) -> np.ndarray:
+    """One labeler's matrix from its rows' posteriors ``q`` (n, K) and one-hot labels ``given`` (n, K)."""
+    joint = q.T @ given  # (K true, K given)
+    mass = joint.sum(1, keepdims=True)
+    return np.where(mass > EPS, joint / np.maximum(mass, EPS), 1.0 / k)
 
 
 def per_class_thresholds(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -16,7 +16,9 @@ SIZES = {  # per_task, val_size, test_size
 }
 
 
-def build_data(out: Path, *, noise: float, seed: int, size: str, trusted_fraction: float, unlabeled: int = 0) -> None:
+def build_data(
+    out: Path, *, noise: float, seed: int, size: str, trusted_fraction: float, unlabeled: int = 0, multi: float = 0.0
+) -> None:
     """Write the two tasks with a progress bar and say where they are; ``ValueError`` or ``FileNotFoundError``
     (no Fashion-MNIST package) says why not."""
     from labelaudit.training.datasets import fashion_mnist
@@ -35,6 +37,7 @@ def build_data(out: Path, *, noise: float, seed: int, size: str, trusted_fractio
             test_size=test_size,
             trusted_fraction=trusted_fraction,
             unlabeled=unlabeled,
+            multi=multi,
             progress=lambda n: progress.update(task, advance=n),
         )
     console.print(
@@ -56,9 +59,15 @@ def data(
     unlabeled: Annotated[
         int, typer.Option(help="More task-B training images without a label (semi-supervised training).")
     ] = 0,
+    multi: Annotated[
+        float,
+        typer.Option(help="Share of task B's labeled training images that get two more labels from other labelers."),
+    ] = 0.0,
 ) -> None:
     """Build task A and task B from Debian's Fashion-MNIST, with simulated noisy labelers."""
     try:
-        build_data(out, noise=noise, seed=seed, size=size, trusted_fraction=trusted_fraction, unlabeled=unlabeled)
+        build_data(
+            out, noise=noise, seed=seed, size=size, trusted_fraction=trusted_fraction, unlabeled=unlabeled, multi=multi
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise fail(exc) from exc

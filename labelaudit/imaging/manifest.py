@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +99,7 @@ class Manifest:
 
 def with_held_out(manifest: Manifest, *, val: str | Path | None = None, test: str | Path | None = None) -> Manifest:
     """``manifest`` with the rows of separate ``val`` and ``test`` manifests added under those splits (their
-    labels held to ``manifest``'s classes, their image paths made absolute). Item ids must stay unique."""
+    labels held to ``manifest``'s classes, their image paths made absolute). No item may be in two files."""
     parts = [(manifest, None)] + [
         (read_manifest(path, classes=manifest.classes), split)
         for split, path in (("val", val), ("test", test))
@@ -109,10 +109,11 @@ def with_held_out(manifest: Manifest, *, val: str | Path | None = None, test: st
         return manifest
     seen: dict[str, str] = {}
     for part, _ in parts:
+        mine = {str(item) for item in part.item_ids}  # one file may repeat its own items (several labels)
         for row, item in enumerate(part.item_ids):
             if item in seen:
                 raise ManifestError(f"{part.where(row)}: item_id {item!r} is already in {seen[item]}")
-            seen[str(item)] = part.path.name
+        seen.update(dict.fromkeys(mine, part.path.name))
 
     def column(name: str, part: Manifest, split: str | None) -> np.ndarray:
         if name == "images":
@@ -146,6 +147,39 @@ def _classes_beside(path: Path) -> list[str] | None:
     return None
 
 
+@dataclass
+class _Item:
+    """What ``read_manifest`` has seen of one item so far: its first line, and who labeled it."""
+
+    line: int
+    image: str
+    split: str
+    labeled: bool
+    labelers: set[str] = field(default_factory=set)
+    trusted: bool = False
+
+    def add(self, rec: ManifestRecord) -> None:
+        self.trusted |= rec.trusted
+        if not rec.trusted and rec.labeler_id is not None:
+            self.labelers.add(rec.labeler_id)
+
+
+def _check_another_label(rec: ManifestRecord, item: _Item, where: str) -> None:
+    """A training item may carry several labels, one row each: from different labelers, and at most one
+    checked (``trusted``) row, all naming the same image. Anything else repeating an item_id is refused."""
+    first = f"item_id {rec.item_id!r} is already on line {item.line}"
+    if rec.split != "train" or item.split != "train":
+        raise ManifestError(f"{where}: {first}; several labels of one item are for train rows only")
+    if rec.image != item.image:
+        raise ManifestError(f"{where}: {first} with image {item.image!r}; the rows of one item name one image")
+    if rec.label is None or not item.labeled:
+        raise ManifestError(f"{where}: {first}; an unlabeled image is one row without a label, never repeated")
+    if rec.trusted and item.trusted:
+        raise ManifestError(f"{where}: {first}; an item has at most one checked (trusted) label")
+    if not rec.trusted and rec.labeler_id in item.labelers:
+        raise ManifestError(f"{where}: {first} labeled by {rec.labeler_id!r}; each labeler labels an item once")
+
+
 def read_manifest(
     path: str | Path,
     *,
@@ -158,8 +192,10 @@ def read_manifest(
     The class list labels are held to: ``classes`` if given; otherwise a ``classes.txt`` beside the
     manifest; otherwise ``fallback_classes`` (classifier A's) when they hold every label; otherwise the
     sorted set of labels seen.
-    Raises ``ManifestError`` naming the line for: bad JSON, missing or wrong fields, duplicate item ids,
-    missing image files, unknown labels; and, with ``require_trusted``, a manifest with no trusted rows.
+    An item may repeat on train rows, one row per label (several labelers, or a labeler's label and its
+    checked label): ``_check_another_label``'s rules.
+    Raises ``ManifestError`` naming the line for: bad JSON, missing or wrong fields, an item repeated against
+    those rules, missing image files, unknown labels; and, with ``require_trusted``, a manifest with no trusted rows.
     """
     path = Path(path)
     if not path.is_file():
@@ -168,7 +204,7 @@ def read_manifest(
     columns: dict[str, list] = {
         k: [] for k in ("item_id", "image", "label", "labeler_id", "trusted", "split", "true_label", "line")
     }
-    seen: dict[str, int] = {}
+    seen: dict[str, _Item] = {}
     with path.open("rb") as f:
         for lineno, raw_line in enumerate(f, start=1):
             digest.update(raw_line)
@@ -181,8 +217,10 @@ def read_manifest(
             except ValidationError as exc:
                 raise ManifestError(f"{where}: {describe_errors(exc.errors(), whole='line')}") from None
             if rec.item_id in seen:
-                raise ManifestError(f"{where}: item_id {rec.item_id!r} already on line {seen[rec.item_id]}")
-            seen[rec.item_id] = lineno
+                _check_another_label(rec, seen[rec.item_id], where)
+            else:
+                seen[rec.item_id] = _Item(lineno, rec.image, rec.split, rec.label is not None)
+            seen[rec.item_id].add(rec)
             if not (path.parent / rec.image).is_file():
                 raise ManifestError(f"{where}: image file {rec.image!r} not found (relative to {path.parent})")
             for key, value in (
@@ -206,10 +244,10 @@ def read_manifest(
     if known is None:
         known = sorted(labels_seen)
     index = {c: i for i, c in enumerate(known)}
-    for field in ("label", "true_label"):
-        for value, lineno in zip(columns[field], columns["line"], strict=True):
+    for name in ("label", "true_label"):
+        for value, lineno in zip(columns[name], columns["line"], strict=True):
             if value is not None and value not in index:
-                raise ManifestError(f"{path.name}:{lineno}: unknown {field} {value!r}; the classes are {known}")
+                raise ManifestError(f"{path.name}:{lineno}: unknown {name} {value!r}; the classes are {known}")
     trusted, splits = np.array(columns["trusted"], dtype=bool), np.array(columns["split"])
     if require_trusted and not (trusted & (splits == "train")).any():
         raise ManifestError(

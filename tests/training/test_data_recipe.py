@@ -50,7 +50,7 @@ def test_manifests_parse_with_the_trusted_set_required(built):
     assert a.classes == b.classes == list(fm.CLASSES)  # from classes.txt, in the recipe's order
     assert len(a.records) == 600 and len(b.records) == 600 + 200
     expected = {"task_a": 600, "task_b_train": 500, "trusted": 10, "task_b_val": 100, "task_b_test": 200}
-    assert report.counts == expected | {"task_b_unlabeled": 0}
+    assert report.counts == expected | {"task_b_unlabeled": 0, "task_b_more_labels": 0}
     assert b.mask(split="val").sum() == 100 and b.mask(split="test").sum() == 200
     assert a.mask(split="val").sum() == 100 and not a.mask(trusted=True).any()
 
@@ -152,6 +152,7 @@ def test_build_refuses_impossible_sizes(tmp_path):
         (dict(trusted_fraction=1.0), "trusted_fraction 1.0: must be in \\[0, 1\\)"),
         (dict(trusted_fraction=-0.01), "trusted_fraction -0.01"),
         (dict(unlabeled=-5), "unlabeled -5: the number of images without a label must be >= 0"),
+        (dict(multi=1.5), "multi 1.5: the share of images with two more labels must be in \\[0, 1\\]"),
     ],
 )
 def test_build_refuses_settings_outside_their_range_saying_which(tmp_path, bad, says):
@@ -178,6 +179,32 @@ def test_unlabeled_images_come_from_outside_both_tasks_and_carry_no_label(tmp_pa
     assert [r for r in _rows(report.task_b_manifest) if "label" in r] == first
     with pytest.raises(ValueError, match="unlabeled images"):
         fm.build(tmp_path / "x", noise=NOISE, seed=0, unlabeled=60_000, **SIZE)
+
+
+def test_multi_gives_a_share_of_the_images_two_more_labels_from_other_labelers(tmp_path, built):
+    report = fm.build(tmp_path, noise=NOISE, seed=0, multi=0.3, **SIZE)
+    manifest = read_manifest(report.task_b_manifest, require_trusted=True)  # repeated items are valid rows
+    rows = _rows(report.task_b_manifest)
+    labeled = [r for r in rows if r["split"] == "train" and not r["trusted"]]
+    by_item: dict[str, list[dict]] = {}
+    for r in labeled:
+        by_item.setdefault(r["item_id"], []).append(r)
+    sizes = Counter(len(v) for v in by_item.values())
+    assert set(sizes) == {1, 3} and 0.2 < sizes[3] / len(by_item) < 0.4  # 30% of 490 images
+    assert report.counts["task_b_more_labels"] == 2 * sizes[3] == len(manifest) - 800
+    for item in (v for v in by_item.values() if len(v) == 3):
+        assert len({r["labeler_id"] for r in item}) == 3 and len({r["image"] for r in item}) == 1
+        assert len({r["true_label"] for r in item}) == 1
+    # the first labels are those of the build without more labels, byte for byte, and in front
+    first = _rows(built["first"][1] / "task_b.jsonl")
+    assert rows[:600] == first[:600] and [r for r in rows if r["split"] == "test"] == first[600:]
+    # labelers.json counts every label of each labeler and its error rate over all of them
+    truth = json.loads((tmp_path / "labelers.json").read_text())
+    assert sum(lab_["items"] for lab_ in truth["labelers"]) == len(labeled)
+    for entry in truth["labelers"]:
+        mine = [r for r in labeled if r["labeler_id"] == entry["labeler_id"]]
+        wrong = np.mean([r["label"] != r["true_label"] for r in mine])
+        assert entry["true_error_rate"] == pytest.approx(wrong)
 
 
 def test_camera_b_is_uint8_28x28_and_deterministic_for_a_seeded_rng():

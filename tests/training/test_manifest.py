@@ -102,11 +102,40 @@ def test_an_unknown_true_label_is_refused(tmp_path):
     assert message.startswith("manifest.jsonl:2:") and "true_label" in message and "'emu'" in message
 
 
-def test_a_duplicate_item_id_names_both_lines(tmp_path):
-    path = _write(tmp_path, [_row("a"), _row("b"), {**_row("c"), "item_id": "a"}])
+def test_an_item_may_carry_several_labels_one_row_each(tmp_path):
+    # two labelers and a checked label on item a, one labeler on b: four rows, two items
+    rows = [_row("a"), _row("b"), _row("a", label="dog", labeler_id="bo"), _row("a", labeler_id="qa", trusted=True)]
+    path = _write(tmp_path, rows, classes=["cat", "dog"])
+    manifest = read_manifest(path)
+    assert list(manifest.item_ids) == ["a", "b", "a", "a"]
+    assert list(manifest.labeler_ids) == ["ann", "ann", "bo", "qa"] and list(manifest.trusted) == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("again", "reason"),
+    [
+        ({"image": "img/c.png"}, "with image 'img/a.png'"),  # another image under the same id
+        ({}, "labeled by 'ann'; each labeler labels an item once"),
+        ({"labeler_id": "bo", "split": "val"}, "for train rows only"),
+        ({"label": None, "labeler_id": None}, "an unlabeled image is one row"),
+        ({"labeler_id": "qa2", "trusted": True}, "at most one checked (trusted) label"),
+    ],
+)
+def test_an_item_repeated_against_the_rules_names_both_lines(tmp_path, again, reason):
+    first = [_row("a"), _row("c"), _row("a", labeler_id="qa", trusted=True)]
+    path = _write(tmp_path, first)
+    lines = path.read_text().splitlines()
+    row = {k: v for k, v in (_row("a") | again).items() if v is not None}
+    path.write_text("\n".join([*lines, json.dumps(row)]) + "\n")
     message = _refusal(path)
-    assert message.startswith("manifest.jsonl:3:")
-    assert "'a'" in message and "line 1" in message
+    assert message.startswith("manifest.jsonl:4:"), message
+    assert "item_id 'a' is already on line 1" in message and reason in message, message
+
+
+def test_an_unlabeled_image_cannot_gain_a_label_by_repeating(tmp_path):
+    path = _write(tmp_path, [{"item_id": "u", "image": "img/u.png"}, _row("u")])
+    message = _refusal(path)
+    assert message.startswith("manifest.jsonl:2:") and "unlabeled image is one row" in message
 
 
 def test_require_trusted_refuses_a_manifest_without_trusted_training_rows(tmp_path):

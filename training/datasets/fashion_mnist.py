@@ -129,13 +129,16 @@ def build(
     test_size: int = 10_000,
     trusted_fraction: float = 0.01,
     unlabeled: int = 0,
+    multi: float = 0.0,
     source: Path = FASHION_MNIST_DIR,
     progress=None,
 ) -> BuildReport:
     """Write images and manifests for task A and task B under ``out_dir``. See the module docstring.
 
     ``unlabeled``: that many more task-B training images (through camera B) without a label, from the
-    Fashion-MNIST training images neither task uses (60,000 - 2 x ``per_task`` of them)."""
+    Fashion-MNIST training images neither task uses (60,000 - 2 x ``per_task`` of them). ``multi``: that
+    share of the labeled training images get two more labels, from two other labelers (one manifest row
+    per label); ``noise`` is the share of wrong FIRST labels, the labelers' own rates hold for every label."""
     k = len(CLASSES)
     if not 0 < per_task <= 30_000 or not 0 < val_size < per_task:
         raise ValueError("need 0 < val_size < per_task <= 30000")
@@ -143,6 +146,8 @@ def build(
         raise ValueError(f"noise {noise}: the share of wrong labels must be in [0, 1)")
     if not 0 <= trusted_fraction < 1:
         raise ValueError(f"trusted_fraction {trusted_fraction}: must be in [0, 1) (0: no trusted set)")
+    if not 0 <= multi <= 1:
+        raise ValueError(f"multi {multi}: the share of images with two more labels must be in [0, 1]")
     if unlabeled < 0:
         raise ValueError(f"unlabeled {unlabeled}: the number of images without a label must be >= 0")
     if unlabeled > 60_000 - 2 * per_task:
@@ -172,6 +177,14 @@ def build(
     assignment = lab.assign_labelers(len(untrusted), rng)
     severity = lab.solve_severity(noise, b_y[untrusted], hardness, assignment, k) if noise > 0 else 0.0
     noisy = lab.simulate_labels(b_y[untrusted], hardness, confusable, assignment, severity, k, rng)
+    more: list[tuple[int, int, int]] = []  # (image, labeler, label): the second and third labels
+    rng_more = np.random.default_rng([seed, 11])  # its own stream: the first labels stay as they were
+    for col in lab.more_labelers(assignment, multi, rng_more):
+        has = np.flatnonzero(col >= 0)
+        drawn = lab.simulate_labels(
+            b_y[untrusted[has]], hardness[has], confusable[has], col[has], severity, k, rng_more
+        )
+        more += [(int(untrusted[i]), int(col[i]), int(y)) for i, y in zip(has, drawn, strict=True)]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.txt").write_text("\n".join(CLASSES) + "\n")
@@ -195,6 +208,19 @@ def build(
         else:
             row = dict(label=CLASSES[noisy_of[i]], labeler_id=labeler_of[i], trusted=False, split="train")
         rows_b.append(dict(item_id=item, image=f"images/task_b/{item}.png", **row, true_label=true))
+    for i, labeler, y in sorted(more):
+        item = f"b-{i:05d}"
+        rows_b.append(
+            dict(
+                item_id=item,
+                image=f"images/task_b/{item}.png",
+                label=CLASSES[y],
+                labeler_id=lab.POOL[labeler].labeler_id,
+                trusted=False,
+                split="train",
+                true_label=CLASSES[b_y[i]],
+            )
+        )
     for i, src in enumerate(spare):
         item = f"bu-{i:05d}"
         pixels = camera_b(train_x[src], np.random.default_rng([seed, 3, i]))
@@ -243,19 +269,24 @@ def build(
     task_b.write_text("".join(json.dumps(r) + "\n" for r in rows_b))
 
     wrong = noisy != b_y[untrusted]
+    by = np.concatenate([assignment, np.array([m[1] for m in more], dtype=np.int64)])  # every label's labeler
+    wrong_all = np.concatenate([wrong, np.array([b_y[i] != y for i, _, y in more], dtype=bool)])
     truth = {
         "recipe": "fashion-mnist task A/B v1 (docs/data.md)",
         "seed": seed,
         "noise_requested": noise,
-        "noise_actual": float(wrong.mean()),
+        "noise_actual": float(wrong.mean()),  # the first labels; every label's below
         "severity": severity,
+        "multi": multi,
+        "more_labels": len(more),
+        "noise_actual_all_labels": float(wrong_all.mean()),
         "labelers": [
             {
                 "labeler_id": p.labeler_id,
                 "kind": p.kind,
                 "description": p.description,
-                "items": int((assignment == j).sum()),
-                "true_error_rate": float(wrong[assignment == j].mean()) if (assignment == j).any() else None,
+                "items": int((by == j).sum()),
+                "true_error_rate": float(wrong_all[by == j].mean()) if (by == j).any() else None,
             }
             for j, p in enumerate(lab.POOL)
         ],
@@ -268,5 +299,6 @@ def build(
         "task_b_val": val_size,
         "task_b_test": len(bt_x),
         "task_b_unlabeled": unlabeled,
+        "task_b_more_labels": len(more),
     }
     return BuildReport(out_dir, task_a, task_b, noise, float(wrong.mean()), severity, counts)

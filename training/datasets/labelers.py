@@ -108,6 +108,23 @@ def assign_labelers(n: int, rng: np.random.Generator) -> np.ndarray:
     return assignment
 
 
+def more_labelers(first: np.ndarray, share: float, rng: np.random.Generator, extra: int = 2) -> list[np.ndarray]:
+    """On a random ``share`` of the items, ``extra`` more labelers each, every one different from the item's
+    labelers before it and drawn in proportion to the shares: ``extra`` columns (N,) of indices into POOL,
+    -1 where an item gets no more labels. ``first`` (N,) the labeler each item already has."""
+    shares = np.array([p.share for p in POOL])
+    chosen = rng.random(len(first)) < share
+    columns = [first]
+    for _ in range(extra):
+        col = np.full(len(first), -1)
+        for i in np.flatnonzero(chosen):
+            w = shares.copy()
+            w[[c[i] for c in columns]] = 0
+            col[i] = rng.choice(len(POOL), p=w / w.sum())
+        columns.append(col)
+    return columns[1:]
+
+
 def simulate_labels(
     labels: np.ndarray,
     hardness: np.ndarray,

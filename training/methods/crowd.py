@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labelaudit.training.items import pooled, row_items, with_checks
 from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_half
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
 from labelaudit.training.mixup import Mixup
@@ -34,18 +35,24 @@ PSEUDO_COUNT = 1e-3
 
 
 def em_transitions(
-    probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, start: torch.Tensor, steps: int = EM_STEPS
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    groups: torch.Tensor,
+    start: torch.Tensor,
+    steps: int = EM_STEPS,
+    items: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dawid-Skene EM for per-group transition matrices with a fixed prior.
 
     ``probs`` (N, K) the model's clean probabilities; ``labels`` (N,) the given labels; ``groups`` (N,)
-    each item's group in [0, H); ``start`` (H, K, K) the previous estimate. Returns (H, K, K).
+    each row's group in [0, H); ``start`` (H, K, K) the previous estimate; ``items`` (N,) rows that label
+    one image share an index (the E step reads all its labels), None: one label per image. Returns (H, K, K).
     """
     h_count, k, _ = start.shape
     probs, t = probs.double(), start.double()
     onehot = F.one_hot(labels, k).double()  # (N, K)
     for _ in range(steps):
-        q = probs * t[groups, :, labels]  # (N, K): p(i|x) T[i, ȳ]
+        q = probs * pooled(t[groups, :, labels], items)  # (N, K): p(i|x) Π T[i, ȳ] over the image's labels
         q = q / q.sum(1, keepdim=True).clamp_min(1e-12)
         joint = torch.zeros(h_count, k, k, dtype=torch.float64, device=probs.device)
         joint.index_add_(0, groups, q[:, :, None] * onehot[:, None, :])  # (H, K true, K given)
@@ -54,11 +61,14 @@ def em_transitions(
     return t.float()
 
 
-def class_posterior(probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def class_posterior(
+    probs: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, items: torch.Tensor | None = None
+) -> torch.Tensor:
     """Each item's true class given the network and what its labeler said: ``q(i) ∝ p(i) T[i, ȳ]``, from the
-    network's ``probs`` (N, K) and each item's labeler matrix ``t`` (N, K, K). (N, K) float64, rows summing to 1."""
+    network's ``probs`` (N, K) and each row's labeler matrix ``t`` (N, K, K); with ``items`` (N,), every
+    label of the row's image: ``q(i) ∝ p(i) Π_a T_a[i, ȳ_a]``. (N, K) float64, rows summing to 1."""
     idx = torch.arange(len(labels), device=labels.device)
-    q = probs.double() * t[idx, :, labels].double()  # (N, K): p(i) T[i, ȳ_n]
+    q = probs.double() * pooled(t[idx, :, labels].double(), items)  # (N, K): p(i) T[i, ȳ_n]
     return q / q.sum(1, keepdim=True).clamp_min(1e-12)
 
 
@@ -120,6 +130,7 @@ class CrowdForward(Method):
             [index.get(str(lid), index[POOLED_GROUP]) for lid in self.data.labeler_ids], device=device
         )
         self.t = initial_transitions(len(groups), self.data.k, device)  # (H, K, K)
+        self.items = row_items(self.data.items, self.data.untrusted_rows, device)  # labels of one image
         self.doubted = np.empty(0, dtype=np.int64)
         self.targets = torch.zeros(len(self.data.labels), self.data.k, device=device)  # (N, K) posterior targets
         self.epoch = 0  # the current epoch, from 1 (trim_fraction's ramp)
@@ -129,10 +140,10 @@ class CrowdForward(Method):
         items whose label the resulting posterior doubts."""
         rows = self.data.untrusted_rows
         rows_t = torch.as_tensor(rows, device=self.t.device)
-        probs = self.trainer.predict(rows)
+        probs = with_checks(self.trainer.predict(rows), self.data.items, rows)  # a checked label is the truth
         labels, heads = self.data.labels[rows_t], self.head_of_row[rows_t]
-        self.t = em_transitions(probs, labels, heads, self.t)
-        q = class_posterior(probs, self.t[heads], labels)  # (N, K), once for both uses
+        self.t = em_transitions(probs, labels, heads, self.t, items=self.items)
+        q = class_posterior(probs, self.t[heads], labels, self.items)  # (N, K), once for both uses
         belief = q[torch.arange(len(rows), device=q.device), labels]  # (N,): q_n(ȳ_n)
         self.doubted = rows[(belief < self.cfg.doubt_threshold).cpu().numpy()]
         if self.cfg.posterior_weight > 0:
