@@ -219,7 +219,7 @@ def report_json(store_url: str, window, out: Path, classes: list[str], repo: Pat
 def oracle_flagged(errors: dict[str, tuple[int, int]], alpha: float = 0.05) -> list[str]:
     """The report's step-down test run with Fisher exact tests on the TRUE error counts: what a perfect
     reference would flag."""
-    from labelaudit.serving.report.agreement import estimate
+    from labelaudit.agreement import estimate
     from labelaudit.serving.report.build import step_down
 
     return sorted(step_down(errors, estimate([], 2), alpha).flagged)

@@ -688,6 +688,7 @@ def _describe(trainer, manifest, arch, init_name, cfg, device, ranks, history, s
         labels_np[data.train_rows[untrusted]],
         data.labeler_ids[data.train_rows[untrusted]],
         confusion,
+        items=None if data.items is None else data.items.of_row[data.train_rows[untrusted]],
     )
     final_t = history[-1].transition_matrix if history else None
     metrics = ModelMetrics(

@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
+from labelaudit.agreement import MIN_PAIRS, Estimates, above_pool
+from labelaudit.agreement import estimate as agreement_estimates
 from labelaudit.deconvolve import MAX_CLASSES, ErrorRate, ModelConfusion, error_rates, labeler_tables
 from labelaudit.schemas.report import (
     ClassRow,
@@ -29,8 +31,6 @@ from labelaudit.schemas.report import (
 )
 from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.report import aggregate as agg
-from labelaudit.serving.report.agreement import MIN_PAIRS, Estimates, above_pool
-from labelaudit.serving.report.agreement import estimate as agreement_estimates
 from labelaudit.serving.report.stats import fisher_greater, holm, wilson
 
 THIN = 20  # fewer labels than this: the page says the interval is wide

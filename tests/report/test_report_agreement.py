@@ -9,8 +9,8 @@ import itertools
 import numpy as np
 import pytest
 
+from labelaudit.agreement import above_pool, estimate
 from labelaudit.serving.core.store import open_store
-from labelaudit.serving.report.agreement import above_pool, estimate
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import night_window
 from tests.report.reportkit import CLASSES, NIGHT, fill, record

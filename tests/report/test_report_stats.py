@@ -79,7 +79,7 @@ def test_model_weight_is_crowdlabs_with_equal_weights():
 
 
 def _no_agreement():
-    from labelaudit.serving.report.agreement import estimate
+    from labelaudit.agreement import estimate
 
     return estimate([], 10)  # nobody shares items: every labeler takes the Fisher exact path
 
