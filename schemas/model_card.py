@@ -161,7 +161,8 @@ class ModelCard(BaseModel):
         description="Per labeler_id: its error rate on the training rows, its disagreement with the model's "
         "label there less the model's own mistakes (``confusion``), Dawid-Skene EM with the model as an annotator "
         "of known confusion. The model fitted those labels, so a rate reads low where it memorised them; the "
-        "nightly report makes the same estimate on images the model never trained on.",
+        "nightly report makes the same estimate on images the model never trained on. Where training images carry "
+        "several labels, a labeler the agreement between labelers identifies gets that estimate (source: agreement).",
     )
     disagreement_thresholds: list[float] = Field(
         description="Per class k: the mean predicted probability of k over held-out images labeled k "
