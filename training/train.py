@@ -608,6 +608,8 @@ def _train_on(manifest, images, a, arch, init_name, out, cfg, device, method_cls
     if cfg.method == "fasten" and cfg.per_labeler:
         data.noisy_groups = labeler_groups(data.labeler_ids, data.untrusted_rows, cfg.min_labeler_items)
     checkpoint = out / "checkpoint.pt" if out.suffix != ".pt" else out
+    if data.items is not None:
+        reporter.note(data.items.describe(data.train_rows))
 
     # 2. the network
     net = _network(arch, a, manifest, data.spec, len(data.noisy_groups), reporter)

@@ -147,7 +147,7 @@ def test_a_student_trains_once_per_image_on_the_posterior_of_all_its_labels(monk
     assert right[:200].mean() > right[200:].mean() + 0.08, (right[:200].mean(), right[200:].mean())
 
 
-def test_a_manifest_with_several_labels_per_image_trains_end_to_end(tiny_data, tmp_path, monkeypatch):
+def test_a_manifest_with_several_labels_per_image_trains_end_to_end(tiny_data, tmp_path, monkeypatch, note_recorder):
     import json
 
     from labelaudit.training import student as student_module
@@ -178,9 +178,11 @@ def test_a_manifest_with_several_labels_per_image_trains_end_to_end(tiny_data, t
         method="crowd", epochs=1, device="cpu", student_rounds=1, student_threshold=0.0, min_labeler_items=20
     )
 
-    result = train(manifest, init=None, out=tmp_path / "run", cfg=cfg)
+    result = train(manifest, init=None, out=tmp_path / "run", cfg=cfg, reporter=note_recorder)
 
     assert items_given and all(items_given)  # crowd's EM read every image's labels together
+    said = f"several labels: 100 of {len(labeled) + 10:,} images carry 2-3 (205 labels; 15 checked), read together"
+    assert said in note_recorder.notes, note_recorder.notes
     assert result.meta.labeler_counts["labeler-extra"] == 100
     assert sorted(seen) == at[5:]  # the student: each image's first row once, the 5 checked images not
 
