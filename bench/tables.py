@@ -169,6 +169,50 @@ def student_pairs_table(result: dict) -> str:
     )
 
 
+def train_multi_table(result: dict) -> str:
+    """bench/train_noise.py --multi: each method on task B where a share of the images carry two more labels,
+    beside the same method, seed and schedule on one label per image (train_protocol.json, where it has the
+    row and the same classifier A), and the model card's per-labeler error rates against the truth."""
+    single = {
+        (r["method"], r["seed"]): r for r in (_load("train_protocol") or {"rows": []})["rows"] if not r.get("multi")
+    }
+    lines = [
+        "| seed | method | labeled images with 3 labels | clean test acc | one label per image | difference "
+        "| card's labeler rates: MAE, Spearman | load avg |",
+        "|" + " --- |" * 8,
+    ]
+    paired: dict[tuple[str, float], list[tuple[float, float]]] = defaultdict(list)
+    for r in sorted(result["rows"], key=lambda r: (r["seed"], r.get("multi", 0), r["method"] != "classifier_a")):
+        base = single.get((r["method"], r["seed"]))
+        same_start = base and base.get("classifier_a_test_acc", base["clean_test_acc"]) == r.get(
+            "classifier_a_test_acc", r["clean_test_acc"]
+        )
+        one = f"{100 * base['clean_test_acc']:.2f}" if same_start else "-"
+        diff = f"{100 * (r['clean_test_acc'] - base['clean_test_acc']):+.2f}" if same_start else "-"
+        rates = f"{r['labeler_rates_mae']:.3f}, {r['labeler_rates_spearman']:.2f}" if "labeler_rates_mae" in r else "-"
+        load = f"{r['loadavg_1m_mean']:.1f}" if "loadavg_1m_mean" in r else "-"
+        lines.append(
+            f"| {r['seed']} | `{r['method']}` | {r.get('multi', 0):.0%} | {100 * r['clean_test_acc']:.2f} | {one} "
+            f"| {diff} | {rates} | {load} |"
+        )
+        if same_start and r["method"] != "classifier_a":
+            paired[(r["method"], r.get("multi", 0))].append((r["clean_test_acc"], base["clean_test_acc"]))
+    for (method, multi), pairs in paired.items():
+        if len(pairs) > 1:
+            with_, without = 100 * np.array(pairs).T
+            lines.append(
+                f"| mean of {len(pairs)} | `{method}` | {multi:.0%} | {with_.mean():.2f} | {without.mean():.2f} "
+                f"| {(with_ - without).mean():+.2f} | | |"
+            )
+    return (
+        "Task B as in issue 17's protocol (60 epochs, 5,000 unlabeled images), with a share of the labeled images "
+        'given two more labels by two other labelers (`labelaudit data --multi`; docs/methods.md, "Several labels '
+        "per image\"). 'One label per image': the same method and seed in train_protocol.json (shown only where "
+        f"that row started from the same classifier A). Device: {devices(result)}. {commits(result)}, "
+        f"{result['date']}.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def label_errors_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for row in result["rows"]:
@@ -1026,6 +1070,12 @@ def update_docs() -> None:
             train_noise_table,
         ),
         ("train_probes", "Training variants tried (`bench/train_noise.py --name train_probes`)", train_noise_table),
+        (
+            "train_multi",
+            "Several labels per image (`bench/train_noise.py --name train_multi --multi 0.1 --epochs-b 60 "
+            "--unlabeled 5000`)",
+            train_multi_table,
+        ),
         (
             "student_pairs",
             "Student-round settings in pairs, one teacher per seed (`bench/student_pairs.py`)",
