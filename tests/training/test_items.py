@@ -211,3 +211,33 @@ def test_the_cards_error_rate_comes_from_agreement_where_images_carry_several_la
     assert alone["instance"].source == "model" and alone["instance"].rate < realised - 0.2  # the model's blind spot
     for careful in ("careful-1", "careful-2"):
         assert together[careful].disagreement == alone[careful].disagreement  # the raw figure stays the model's
+
+
+def test_crossfit_folds_hold_every_label_of_an_image_out_together(monkeypatch):
+    from labelaudit.training.methods import METHODS
+    from labelaudit.training.student import crossfit_probabilities
+    from labelaudit.training.train import Trainer
+
+    # 8 trusted images, then 60 images labeled by "careful", 40 of them again by "other" (rows 68-107)
+    rng = np.random.default_rng(0)
+    truth_img = rng.integers(0, K, 68)
+    image = np.concatenate([np.arange(68), np.arange(8, 48)])
+    labels = truth_img[image]
+    ids = np.array(["qa"] * 8 + ["careful"] * 60 + ["other"] * 40)
+    data = _task(truth_img[image], labels, ids, trusted=8)
+    data.items = find_items(image.astype(str), labels, np.arange(len(image)) < 8)
+    trainer = _trainer(data, epochs=1)
+    trained: list[set[int]] = []
+    fit = Trainer.fit
+
+    def spy_fit(self, method, *, phase):
+        trained.append(set(method.rows().tolist()))
+        return fit(self, method, phase=phase)
+
+    monkeypatch.setattr(Trainer, "fit", spy_fit)
+    crossfit_probabilities(trainer, METHODS["ce"], folds=3)
+
+    untrusted = set(data.untrusted_rows.tolist())
+    for rows in trained:
+        held = untrusted - rows
+        assert held and not {image[r] for r in held} & {image[r] for r in rows}  # no image on both sides
