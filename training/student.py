@@ -79,19 +79,14 @@ def teacher_targets(
     groups = set(labeler_groups(data.labeler_ids, rows_l, cfg.min_labeler_items))
     group_of = np.array([g if g in groups else POOLED_GROUP for g in data.labeler_ids[rows_l].astype(str)])
     probs = with_checks(probs, data.items, rows_l)  # an image's checked label is its truth
-    items = row_items(data.items, rows_l, probs.device)
+    image = None if data.items is None else data.items.of_row[rows_l]  # rows labeling one image read together
     matrices, _ = labeler_transition_matrices(
-        probs.double().cpu().numpy(),
-        labels.cpu().numpy(),
-        group_of,
-        data.k,
-        em_steps=STUDENT_EM_STEPS,
-        items=None if items is None else items.cpu().numpy(),
+        probs.double().cpu().numpy(), labels.cpu().numpy(), group_of, data.k, em_steps=STUDENT_EM_STEPS, items=image
     )
     names = sorted(matrices)
     head = torch.as_tensor(np.searchsorted(names, group_of), device=probs.device)  # each row's matrix
     t = torch.as_tensor(np.stack([matrices[g] for g in names]), device=probs.device)[head]  # (N_l, K, K)
-    q = class_posterior(probs, t, labels, items).float()  # every label of the image read together
+    q = class_posterior(probs, t, labels, row_items(data.items, rows_l, probs.device)).float()
     if data.items is not None:  # one row per image (its target already reads all its labels), none checked
         keep = np.isin(rows_l, data.items.rows_first(rows_l)) & (data.items.checked[rows_l] == NO_CHECK)
         rows_l, q = rows_l[keep], q[torch.as_tensor(keep, device=q.device)]
@@ -110,13 +105,12 @@ def crossfit_probabilities(
     same evidence twice. A network that never saw the label gives the posterior two independent views."""
     data = trainer.data
     rows_l, rows_x = data.untrusted_rows, data.unlabeled_rows
-    # by image: a fold's network must not have seen another label of the images it predicts
-    image = (
-        np.arange(len(rows_l)) if data.items is None else np.unique(data.items.of_row[rows_l], return_inverse=True)[1]
-    )
-    fold_of = (np.random.default_rng([trainer.cfg.seed, 7919]).permutation(int(image.max(initial=-1)) + 1) % folds)[
-        image
-    ]
+    # folds by image: no fold's network has seen another label of an image it predicts
+    image = np.arange(len(rows_l))
+    if data.items is not None:
+        image = np.unique(data.items.of_row[rows_l], return_inverse=True)[1]
+    fold_of_image = np.random.default_rng([trainer.cfg.seed, 7919]).permutation(image.max(initial=-1) + 1) % folds
+    fold_of = fold_of_image[image]
     probs_l = torch.zeros(len(rows_l), data.k, device=trainer.device)
     probs_x = torch.zeros(len(rows_x), data.k, device=trainer.device)
     history: list[EpochMetrics] = []
