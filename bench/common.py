@@ -165,6 +165,25 @@ def task_data(size: str, seed: int, noise: float, unlabeled: int = 0, multi: flo
     return data, json.loads((data / "labelers.json").read_text())["noise_actual"]
 
 
+def trained(manifest: Path, *, init, out: Path, cfg, reuse: bool = False):
+    """``train(manifest, init=init, out=out, cfg=cfg)``; with ``reuse``, the run already in ``out`` instead
+    when it was trained on this manifest (its data version) with this config (``git_commit`` in the
+    row says which code trained it, not this one). Returns a ``TrainResult``."""
+    from dataclasses import asdict
+
+    from labelaudit.imaging.manifest import read_manifest
+    from labelaudit.training.checkpoint import load_checkpoint
+    from labelaudit.training.train import TrainResult, train
+
+    checkpoint = out / "checkpoint.pt"
+    if reuse and checkpoint.exists():
+        meta = load_checkpoint(checkpoint)[1]
+        same_config = all(meta.config.get(k) == v for k, v in asdict(cfg).items())
+        if same_config and meta.data_version == read_manifest(manifest).sha256:
+            return TrainResult(checkpoint, meta, meta.metrics.history)
+    return train(manifest, init=init, out=out, cfg=cfg)
+
+
 def add_grid_args(ap) -> None:
     """The knobs every training benchmark shares: data size, seeds, noise levels, epochs."""
     ap.add_argument("--quick", action="store_true", help="tiny data, one seed, 40%% noise, few epochs")

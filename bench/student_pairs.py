@@ -9,7 +9,8 @@ Writes bench/results/student_pairs.json and the docs table.
 Why pairs: issue 17's protocol rows train the first round and the student in one run, so a difference between
 two student settings carries both rounds' run-to-run variation (about 0.3-0.4 points of test accuracy per run on
 the small size), as large as what the settings change. Sharing the teacher removes the first round's part, and
-several student seeds per variant give the rest's spread; the table shows each variant's mean and its
+several student seeds per variant give the rest's spread (``--reuse`` keeps a classifier A and a first round
+already in the runs folder when they were trained on the same data and config: ~15 minutes a seed); the table shows each variant's mean and its
 difference from ``base`` (the student as ``auto`` runs it) with the standard error of the paired differences.
 """
 
@@ -31,6 +32,7 @@ from bench.common import (
     kept_rows,
     merged_config,
     task_data,
+    trained,
     write_results,
 )
 from bench.train_noise import BENCH_KEYS, parse_method
@@ -58,6 +60,11 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=5000, help="task-B images without a label (data recipe)")
     ap.add_argument("--name", default="student_pairs")
     ap.add_argument("--arch", default="cnn_small")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep classifier A and the first round already trained in the runs folder on the same data and config",
+    )
     ap.set_defaults(noise=[0.4], epochs_b=60)
     args = ap.parse_args()
     apply_quick(args)
@@ -86,15 +93,16 @@ def main() -> None:
             data, _ = task_data(args.size, seed, noise, args.unlabeled)
             manifest = data / "task_b.jsonl"
             runs = WORK / f"runs/pairs-{data.name}"
-            a = train(
+            a = trained(
                 data / "task_a.jsonl",
                 init=None,
                 out=runs / "a",
                 cfg=TrainConfig(method="ce", arch=args.arch, epochs=args.epochs_a, seed=seed),
+                reuse=args.reuse,
             )
             common = {"seed": seed, "noise_requested": noise, "unlabeled": args.unlabeled, "first": args.first}
             cfg = TrainConfig(method=first, epochs=args.epochs_b, seed=seed, **first_settings)
-            teacher = train(manifest, init=a.checkpoint, out=runs / "teacher", cfg=cfg)
+            teacher = trained(manifest, init=a.checkpoint, out=runs / "teacher", cfg=cfg, reuse=args.reuse)
             record(
                 variant="teacher",
                 student_seed=None,
