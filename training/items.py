@@ -35,15 +35,15 @@ class Items:
     count: int
 
     def describe(self, rows: np.ndarray) -> str:
-        """``several labels: 495 of 4,950 images carry 2-3 (1,485 labels; 12 checked), read together``."""
-        images, per_image = np.unique(self.of_row[rows], return_counts=True)
+        """``several labels: 495 of 4,950 images carry 2-3 (1,485 labels; 12 of these images checked), read together``."""
+        images, first, per_image = np.unique(self.of_row[rows], return_index=True, return_counts=True)
         several = per_image > 1
-        checked = int((self.checked[rows][np.unique(self.of_row[rows], return_index=True)[1]] != NO_CHECK).sum())
+        checked = int((self.checked[rows[first]][several] != NO_CHECK).sum())
         counts = per_image[several]
         spread = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
         return (
             f"several labels: {several.sum():,} of {len(images):,} images carry {spread} "
-            f"({counts.sum():,} labels; {checked:,} checked), read together"
+            f"({counts.sum():,} labels; {checked:,} of these images checked), read together"
         )
 
     def rows_first(self, rows: np.ndarray) -> np.ndarray:

@@ -181,7 +181,7 @@ def test_a_manifest_with_several_labels_per_image_trains_end_to_end(tiny_data, t
     result = train(manifest, init=None, out=tmp_path / "run", cfg=cfg, reporter=note_recorder)
 
     assert items_given and all(items_given)  # crowd's EM read every image's labels together
-    said = f"several labels: 100 of {len(labeled) + 10:,} images carry 2-3 (205 labels; 15 checked), read together"
+    said = f"several labels: 100 of {len(labeled) + 10:,} images carry 2-3 (205 labels; 5 of these images checked), read together"
     assert said in note_recorder.notes, note_recorder.notes
     assert result.meta.labeler_counts["labeler-extra"] == 100
     assert sorted(seen) == at[5:]  # the student: each image's first row once, the 5 checked images not
