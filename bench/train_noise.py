@@ -8,7 +8,8 @@ levels and seeds, with a 1% trusted set. Writes bench/results/train_noise.json a
 A method may carry TrainConfig overrides, a variant with its own row: ``fasten:rho=0.95,epochs=30``;
 ``no_trusted=1`` trains it on task B with the trusted rows removed (a team without a hand-checked set:
 ``mentormix:no_trusted=1`` against ``ce:no_trusted=1``); ``no_labelers=1`` with one labeler id for every row
-(labels without the labeler's name: ``auto``'s cell for them). ``--unlabeled N`` builds task B with N more
+(labels without the labeler's name: ``auto``'s cell for them); ``separate_labels=1`` gives each label of an
+image an item id of its own (with ``--multi``: the same labels, not read together). ``--unlabeled N`` builds task B with N more
 images without a label (the semi-supervised option trains on them: ``crowd:unlabeled_weight=1``; the
 other methods ignore them). ``--multi S`` gives that share of the labeled images two more labels from two
 other labelers (several labels per image: rows also score the model card's per-labeler error rates against
@@ -82,6 +83,13 @@ VARIANTS = {  # variant keys of the benchmark itself, not TrainConfig fields: wh
     "no_trusted": lambda row: None if row.get("trusted") else row,  # a team with no hand-checked set
     # labels without the labeler's name (a label needs some labeler id): auto's "no labelers" cell
     "no_labelers": lambda row: row | {"labeler_id": "unknown"} if "label" in row else row,
+    # several labels of an image as if they were of different images (the same labels, not read together):
+    # what reading them together adds (--multi)
+    "separate_labels": lambda row: (
+        row | {"item_id": f"{row['item_id']}@{row['labeler_id']}"}
+        if row.get("split") == "train" and "label" in row
+        else row
+    ),
 }
 BENCH_KEYS = dict.fromkeys(VARIANTS, False)
 
