@@ -182,8 +182,11 @@ def train_multi_table(result: dict) -> str:
         "|" + " --- |" * 8,
     ]
     paired: dict[tuple[str, float], list[tuple[float, float]]] = defaultdict(list)
+    together = {(r["method"], r["seed"]): r for r in result["rows"]}
     for r in sorted(result["rows"], key=lambda r: (r["seed"], r.get("multi", 0), r["method"] != "classifier_a")):
         base = single.get((r["method"], r["seed"]))
+        if r["method"].endswith(",separate_labels=1"):  # the same labels, not read together: held against together
+            base = together.get((r["method"].removesuffix(",separate_labels=1"), r["seed"]))
         same_start = base and base.get("classifier_a_test_acc", base["clean_test_acc"]) == r.get(
             "classifier_a_test_acc", r["clean_test_acc"]
         )
@@ -208,7 +211,9 @@ def train_multi_table(result: dict) -> str:
         "Task B as in issue 17's protocol (60 epochs, 5,000 unlabeled images), with a share of the labeled images "
         'given two more labels by two other labelers (`labelaudit data --multi`; docs/methods.md, "Several labels '
         "per image\"). 'One label per image': the same method and seed in train_protocol.json (shown only where "
-        f"that row started from the same classifier A). Device: {devices(result)}. {commits(result)}, "
+        "that row started from the same classifier A); for a `separate_labels=1` row (each label of an image given an "
+        "item id of its own: the same labels, not read together), the same method on the same data read together. "
+        f"Device: {devices(result)}. {commits(result)}, "
         f"{result['date']}.\n\n" + "\n".join(lines) + "\n"
     )
 
