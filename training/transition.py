@@ -143,7 +143,9 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.nd
 def labeler_pairs(labels: np.ndarray, labeler_ids: np.ndarray, items: np.ndarray) -> list[tuple[str, str, int, int]]:
     """Every two labelers of an image: ``(a, b, agreements, shared images)`` rows (a < b), the table
     ``labelaudit.agreement`` estimates error rates from. (N,) labels, labeler ids and item indices."""
-    order = np.argsort(items, kind="stable")
+    _, image, per_image = np.unique(items, return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(per_image[image] > 1)  # rows of images with more than one label: the rest pair with none
+    order = shared[np.argsort(items[shared], kind="stable")]
     starts = np.flatnonzero(np.r_[True, np.diff(items[order]) != 0])
     counts: dict[tuple[str, str], list[int]] = {}
     for block in np.split(order, starts[1:]):
