@@ -52,8 +52,9 @@ def augment(x: torch.Tensor, policy: str) -> torch.Tensor:
     return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
-def strong_augment(x: torch.Tensor) -> torch.Tensor:
-    """FixMatch-style strong view: rotation ±20°, scale 0.85-1.15, shifts of 3/28 of the side, flips,
+def strong_augment(x: torch.Tensor, *, flip: bool = True) -> torch.Tensor:
+    """FixMatch-style strong view: rotation ±20°, scale 0.85-1.15, shifts of 3/28 of the side, flips (unless
+    ``flip`` is False: a policy without flips, for digits or text, keeps them out of the strong view too),
     contrast and brightness jitter, Gaussian noise and a cut-out square of 10/28 of the side.
     (B, C, H, W), normalised inputs."""
     b, _, h, w = x.shape
@@ -61,7 +62,8 @@ def strong_augment(x: torch.Tensor) -> torch.Tensor:
     cutout = max(1, round(min(h, w) * 10 / 28))
     angle = (torch.rand(b, device=dev) * 2 - 1) * math.pi / 9
     scale = 0.85 + 0.3 * torch.rand(b, device=dev)
-    flip = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0)
+    flipped = torch.rand(b, device=dev) < 0.5
+    flip = torch.where(flipped & flip, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0] = torch.cos(angle) / scale * flip
     theta[:, 0, 1] = -torch.sin(angle) / scale

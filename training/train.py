@@ -162,7 +162,7 @@ class Trainer:
         }
         x = batch.x[parts[part]]
         if strong:
-            x = strong_augment(x)
+            x = strong_augment(x, flip="flip" in self.cfg.augment)
         elif self.net.training:
             x = augment(x, self.cfg.augment)
         return x.contiguous(memory_format=torch.channels_last) if self.autocast else x
