@@ -117,9 +117,8 @@ def main() -> None:
                         method=first,
                         epochs=args.epochs_b,
                         seed=student_seed,
-                        student_rounds=1,
                         teacher=str(teacher.checkpoint),
-                        **first_settings | settings,
+                        **{"student_rounds": 1} | first_settings | settings,  # a variant may ask for more rounds
                     )
                     started = time.perf_counter()
                     with LoadSampler() as load:
