@@ -218,6 +218,83 @@ def train_multi_table(result: dict) -> str:
     )
 
 
+def _without(method: str, key: str) -> str:
+    """``method`` without the bench variant ``key=1``: ``ce:class_conditional=1`` -> ``ce``."""
+    name, _, rest = method.partition(":")
+    kept = [kv for kv in rest.split(",") if kv and kv != f"{key}=1"]
+    return f"{name}:{','.join(kept)}" if kept else name
+
+
+def train_conditional_table(result: dict) -> str:
+    """bench/train_noise.py class_conditional=1: each method on labels whose errors are untied from the images
+    (each labeler's labels shuffled within its true classes, its matrix kept), beside the same method, seed and
+    classifier A on the recipe's labels (train_protocol.json) and that seed's oracle."""
+    protocol = {(r["method"], r["seed"]): r for r in (_load("train_protocol") or {"rows": []})["rows"]}
+    mine = {(r["method"], r["seed"]): r for r in result["rows"]}
+    start_of = {seed: r["clean_test_acc"] for (method, seed), r in protocol.items() if method == "classifier_a"}
+
+    def acc(row: dict | None) -> float | None:
+        return None if row is None else 100 * row["clean_test_acc"]
+
+    def same_start(row: dict, other: dict | None) -> dict | None:
+        """``other`` (a protocol row) where it started from ``row``'s classifier A, else None. Protocol rows from
+        before rows named their start started from that file's classifier A row of their seed."""
+        start = None if other is None else other.get("classifier_a_test_acc", start_of.get(other["seed"]))
+        return other if start is not None and start == row.get("classifier_a_test_acc") else None
+
+    def cell(value: float | None, sign: bool = False) -> str:
+        return "-" if value is None else (f"{value:+.2f}" if sign else f"{value:.2f}")
+
+    lines = [
+        "| seed | method | labels untied from images | recipe's labels | difference | minus `ce` (same labels) "
+        "| oracle | oracle minus method | load avg |",
+        "|" + " --- |" * 9,
+    ]
+    means: dict[str, list[list[float | None]]] = defaultdict(list)
+    for (method, seed), r in sorted(mine.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if method == "classifier_a":
+            continue
+        recipe = same_start(r, protocol.get((_without(method, "class_conditional"), seed)))
+        ce = mine.get(("ce:class_conditional=1", seed)) if not method.startswith("ce") else None
+        oracle = same_start(r, protocol.get(("oracle", seed)))
+        values = [
+            acc(r),
+            acc(recipe),
+            None if recipe is None else acc(r) - acc(recipe),
+            None if ce is None else acc(r) - acc(ce),
+            acc(oracle),
+            None if oracle is None else acc(oracle) - acc(r),
+        ]
+        means[method].append(values)
+        load = f"{r['loadavg_1m_mean']:.1f}" if "loadavg_1m_mean" in r else "-"
+        signs = (False, False, True, True, False, False)
+        lines.append(
+            f"| {seed} | `{method}` | "
+            + " | ".join(cell(v, s) for v, s in zip(values, signs, strict=True))
+            + f" | {load} |"
+        )
+    for method, runs in means.items():
+        if len(runs) > 1:
+            columns = [[v for v in column if v is not None] for column in zip(*runs, strict=True)]
+            values = [float(np.mean(c)) if len(c) == len(runs) else None for c in columns]
+            signs = (False, False, True, True, False, False)
+            lines.append(
+                f"| mean of {len(runs)} | `{method}` | "
+                + " | ".join(cell(v, s) for v, s in zip(values, signs, strict=True))
+                + " | |"
+            )
+    return (
+        "Issue 17's protocol (60 epochs, 5,000 unlabeled images, 1% trusted, 40% noise) on labels whose errors are "
+        "untied from the images: each labeler's labels shuffled among its rows of the same true class "
+        "(`class_conditional=1`), so every labeler's transition matrix is the recipe's exactly but the instance "
+        "labeler no longer errs on the hard images toward the class a network also confuses them with. 'Recipe's "
+        "labels' and 'oracle': the same method and seed in train_protocol.json, shown only where that row started "
+        f"from the same classifier A. Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def label_errors_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for row in result["rows"]:
@@ -1080,6 +1157,12 @@ def update_docs() -> None:
             "Several labels per image (`bench/train_noise.py --name train_multi --multi 0.1 --epochs-b 60 "
             "--unlabeled 5000`)",
             train_multi_table,
+        ),
+        (
+            "train_conditional",
+            "Labels whose errors are untied from the images (`bench/train_noise.py --name train_conditional "
+            "--methods ...,class_conditional=1 --epochs-b 60 --unlabeled 5000`)",
+            train_conditional_table,
         ),
         (
             "student_pairs",

@@ -9,7 +9,9 @@ A method may carry TrainConfig overrides, a variant with its own row: ``fasten:r
 ``no_trusted=1`` trains it on task B with the trusted rows removed (a team without a hand-checked set:
 ``mentormix:no_trusted=1`` against ``ce:no_trusted=1``); ``no_labelers=1`` with one labeler id for every row
 (labels without the labeler's name: ``auto``'s cell for them); ``separate_labels=1`` gives each label of an
-image an item id of its own (with ``--multi``: the same labels, not read together). ``--unlabeled N`` builds task B with N more
+image an item id of its own (with ``--multi``: the same labels, not read together); ``class_conditional=1``
+shuffles each labeler's labels among its rows of the same true class (its matrix kept, its errors untied from
+the images: what the recipe's instance labeler costs a method, ``--name train_conditional``). ``--unlabeled N`` builds task B with N more
 images without a label (the semi-supervised option trains on them: ``crowd:unlabeled_weight=1``; the
 other methods ignore them). ``--multi S`` gives that share of the labeled images two more labels from two
 other labelers (several labels per image: rows also score the model card's per-labeler error rates against
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,17 +83,44 @@ def label_diagnostics(checkpoint: Path, manifest: Path, rho: float) -> dict:
     }
 
 
-VARIANTS = {  # variant keys of the benchmark itself, not TrainConfig fields: what each does to a manifest row
-    "no_trusted": lambda row: None if row.get("trusted") else row,  # a team with no hand-checked set
+def _each(change: Callable[[dict], dict | None]) -> Callable[[list[dict]], list[dict]]:
+    """A variant that changes each row on its own (None: the row is left out)."""
+    return lambda rows: [r for r in map(change, rows) if r is not None]
+
+
+def class_conditional(rows: list[dict]) -> list[dict]:
+    """Each labeler's labels shuffled among its labeled training rows of the same true class: every labeler's
+    transition matrix (its counts of true class x given label) is kept exactly, but which image gets a wrong
+    label no longer depends on the image. The recipe's instance labeler errs on hard images toward the class a
+    network also confuses them with; shuffled, it errs as the methods' class-conditional matrices assume. What
+    its image-tied errors cost a method is then the difference from the same method on the recipe's labels."""
+    rng = np.random.default_rng(20261205)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        if row.get("split") == "train" and "label" in row and not row.get("trusted"):
+            groups[(row["labeler_id"], row["true_label"])].append(i)
+    out = [dict(row) for row in rows]
+    for key in sorted(groups):
+        mine = groups[key]
+        for i, j in zip(mine, rng.permutation(mine), strict=True):
+            out[i]["label"] = rows[j]["label"]
+    return out
+
+
+VARIANTS = {  # variant keys of the benchmark itself, not TrainConfig fields: what each does to a manifest's rows
+    "no_trusted": _each(lambda row: None if row.get("trusted") else row),  # a team with no hand-checked set
     # labels without the labeler's name (a label needs some labeler id): auto's "no labelers" cell
-    "no_labelers": lambda row: row | {"labeler_id": "unknown"} if "label" in row else row,
+    "no_labelers": _each(lambda row: row | {"labeler_id": "unknown"} if "label" in row else row),
     # several labels of an image as if they were of different images (the same labels, not read together):
     # what reading them together adds (--multi)
-    "separate_labels": lambda row: (
-        row | {"item_id": f"{row['item_id']}@{row['labeler_id']}"}
-        if row.get("split") == "train" and "label" in row
-        else row
+    "separate_labels": _each(
+        lambda row: (
+            row | {"item_id": f"{row['item_id']}@{row['labeler_id']}"}
+            if row.get("split") == "train" and "label" in row
+            else row
+        )
     ),
+    "class_conditional": class_conditional,  # labelers' errors untied from the images (same matrices)
 }
 BENCH_KEYS = dict.fromkeys(VARIANTS, False)
 
@@ -116,8 +147,8 @@ def manifest_variant(manifest: Path, key: str) -> Path:
     """``manifest`` beside itself with each row as ``VARIANTS[key]`` makes it (written once)."""
     out = manifest.with_name(f"{manifest.stem}_{key}.jsonl")
     if not out.exists():
-        rows = (VARIANTS[key](json.loads(line)) for line in manifest.read_text().splitlines())
-        out.write_text("".join(json.dumps(row) + "\n" for row in rows if row is not None))
+        rows = VARIANTS[key]([json.loads(line) for line in manifest.read_text().splitlines()])
+        out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return out
 
 
