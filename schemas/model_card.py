@@ -106,15 +106,17 @@ class ParityResult(BaseModel):
 
 class LabelerErrorRate(BaseModel):
     """A labeler's estimated error rate with its 95% interval: from its disagreement with the model
-    (``labelaudit.deconvolve``), or, where images carry several labels, from its agreement with the other
-    labelers (``labelaudit.agreement``)."""
+    (``labelaudit.deconvolve``), or, where images carry several labels, from those images' labels
+    (Dawid–Skene over them, ``labelaudit.dawid_skene``)."""
 
     rate: float
     low: float
     high: float
     disagreement: float = Field(description="Its raw disagreement with the model's label, for comparison.")
     source: Literal["model", "agreement"] = Field(
-        default="model", description="model: deconvolved disagreement with the model; agreement: between labelers."
+        default="model",
+        description="model: deconvolved disagreement with the model; agreement: from the other labelers' labels on "
+        "the same images (Dawid-Skene).",
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labelaudit import agreement
+from labelaudit import dawid_skene
 from labelaudit.deconvolve import MAX_CLASSES, error_rates, labeler_tables
 from labelaudit.schemas.model_card import LabelerErrorRate
 from labelaudit.training.items import pooled
@@ -140,24 +140,6 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.nd
     return out
 
 
-def labeler_pairs(labels: np.ndarray, labeler_ids: np.ndarray, items: np.ndarray) -> list[tuple[str, str, int, int]]:
-    """Every two labelers of an image: ``(a, b, agreements, shared images)`` rows (a < b), the table
-    ``labelaudit.agreement`` estimates error rates from. (N,) labels, labeler ids and item indices."""
-    _, image, per_image = np.unique(items, return_inverse=True, return_counts=True)
-    shared = np.flatnonzero(per_image[image] > 1)  # rows of images with more than one label: the rest pair with none
-    order = shared[np.argsort(items[shared], kind="stable")]
-    starts = np.flatnonzero(np.r_[True, np.diff(items[order]) != 0])
-    counts: dict[tuple[str, str], list[int]] = {}
-    for block in np.split(order, starts[1:]):
-        for x, i in enumerate(block):
-            for j in block[x + 1 :]:
-                (a, y_a), (b, y_b) = sorted([(str(labeler_ids[i]), labels[i]), (str(labeler_ids[j]), labels[j])])
-                cell = counts.setdefault((a, b), [0, 0])
-                cell[0] += int(y_a == y_b)
-                cell[1] += 1
-    return [(a, b, agree, n) for (a, b), (agree, n) in sorted(counts.items())]
-
-
 def labeler_error_rates(
     predicted: np.ndarray,
     labels: np.ndarray,
@@ -168,8 +150,8 @@ def labeler_error_rates(
     """Each labeler's error rate on its training rows: its disagreement with the model's label less the
     model's measured mistakes (``labelaudit.deconvolve``). (N,) predicted and given labels, labeler ids;
     ``confusion`` (K, K) counts on held-out rows. With ``items`` (N,) (images with several labels), a
-    labeler whose rate the agreement between labelers identifies (``labelaudit.agreement``, as the nightly
-    report does) gets that rate instead: it does not share the model's blind spot."""
+    labeler whose rate the labels of those images identify (Dawid–Skene over them alone,
+    ``labelaudit.dawid_skene``) gets that rate instead: it does not share the model's blind spot."""
     k = confusion.shape[0]
     if k > MAX_CLASSES:  # the deconvolution's cost grows as K^3: the card leaves the rates out
         return {}
@@ -186,7 +168,7 @@ def labeler_error_rates(
         for a, r in sorted(rates.items())
     }
     if items is not None:
-        shared = agreement.estimate(labeler_pairs(labels, labeler_ids, items), k)
+        shared = dawid_skene.estimate(labels, labeler_ids, items, k)
         for a, rate, low, high in zip(shared.labelers, shared.error, shared.low, shared.high, strict=True):
             if a in out and np.isfinite(rate):
                 update = {"rate": round(float(rate), 4), "low": round(float(low), 4), "high": round(float(high), 4)}

@@ -10,7 +10,7 @@ import torch
 from labelaudit.training.items import NO_CHECK, find_items, with_checks
 from labelaudit.training.methods.crowd import class_posterior, em_transitions, initial_transitions
 from labelaudit.training.student import teacher_targets
-from labelaudit.training.transition import labeler_error_rates, labeler_pairs, labeler_transition_matrices
+from labelaudit.training.transition import labeler_error_rates, labeler_transition_matrices
 
 from .test_student import _task, _trainer
 
@@ -187,13 +187,6 @@ def test_a_manifest_with_several_labels_per_image_trains_end_to_end(tiny_data, t
     assert sorted(seen) == at[5:]  # the student: each image's first row once, the 5 checked images not
 
 
-def test_labeler_pairs_count_agreements_over_every_two_labels_of_an_image():
-    labels = np.array([1, 1, 2, 0, 3, 3])
-    who = np.array(["b", "a", "c", "a", "a", "b"])
-    items = np.array([0, 0, 0, 1, 2, 2])  # image 0: a, b, c; image 1: a alone; image 2: a, b
-    assert labeler_pairs(labels, who, items) == [("a", "b", 2, 2), ("a", "c", 0, 1), ("b", "c", 0, 1)]
-
-
 def test_the_cards_error_rate_comes_from_agreement_where_images_carry_several_labels():
     image, who, labels, probs, truth = _instance_labeler(multi=True)
     predicted = probs.argmax(1)
@@ -206,8 +199,9 @@ def test_the_cards_error_rate_comes_from_agreement_where_images_carry_several_la
     for labeler in ("instance", "careful-1", "careful-2"):
         realised = _realised(who, labels, truth[image], labeler)
         rate = together[labeler]
-        assert rate.source == "agreement" and rate.low < realised < rate.high and abs(rate.rate - realised) < 0.06
+        assert rate.source == "agreement" and abs(rate.rate - realised) < 0.06
     realised = _realised(who, labels, truth[image], "instance")
+    assert together["instance"].low < realised < together["instance"].high  # (intervals' coverage: test_dawid_skene)
     assert alone["instance"].source == "model" and alone["instance"].rate < realised - 0.2  # the model's blind spot
     for careful in ("careful-1", "careful-2"):
         assert together[careful].disagreement == alone[careful].disagreement  # the raw figure stays the model's
