@@ -295,6 +295,35 @@ def train_conditional_table(result: dict) -> str:
     )
 
 
+def card_rates_table(result: dict) -> str:
+    """bench/card_rates.py: each estimator's per-labeler error rates against the truth, per seed and their mean."""
+    names = {
+        "model": "the model's deconvolved disagreement alone",
+        "one_coin": "one-coin fit to pair agreement (the card's source before)",
+        "dawid_skene": "Dawid-Skene over the images' labels",
+        "card": "the card now (Dawid-Skene where identified, else the model's)",
+    }
+    lines = ["| seed | estimator | mean abs error | Spearman vs true error |", "| --- | --- | --- | --- |"]
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(result["rows"], key=lambda r: (r["seed"], list(names).index(r["estimator"]))):
+        by[r["estimator"]].append(r)
+        lines.append(
+            f"| {r['seed']} | {names[r['estimator']]} | {r['mean_abs_error']:.3f} | {r['spearman_vs_true_error']:.2f} |"
+        )
+    for estimator, rows in by.items():
+        if len(rows) > 1:
+            mae = np.mean([r["mean_abs_error"] for r in rows])
+            rho = np.mean([r["spearman_vs_true_error"] for r in rows])
+            lines.append(f"| mean of {len(rows)} | {names[estimator]} | {mae:.3f} | {rho:.2f} |")
+    c = result["config"]
+    return (
+        f"The model card's per-labeler error rates on task B with {c['multi']:.0%} of the labeled images given two "
+        f"more labels (the `{c['method']}` runs of the table above: the same networks and labels for every "
+        "estimator), against the recipe's true rates (labelers.json). "
+        f"Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def label_errors_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for row in result["rows"]:
@@ -1158,6 +1187,7 @@ def update_docs() -> None:
             "--unlabeled 5000`)",
             train_multi_table,
         ),
+        ("card_rates", "The card's labeler rates with several labels (`bench/card_rates.py`)", card_rates_table),
         (
             "train_conditional",
             "Labels whose errors are untied from the images (`bench/train_noise.py --name train_conditional "
