@@ -97,8 +97,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.sizes = [2_000, 20_000]
-    rows, earlier = kept_rows("real_models", redone=lambda r: r.get("kind") == "loader")
     name = "real_models_quick" if args.quick else "real_models"
+    rows, earlier = kept_rows(name, redone=lambda r: r.get("kind") == "loader")
     device = f"{os.cpu_count()}-core CPU ({cpu_name()})"
     config = earlier | {"loader": {"quick": args.quick, "sizes": args.sizes, "workers": args.workers, "batch": 256}}
     folder = WORK / "loader"
