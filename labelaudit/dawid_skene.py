@@ -59,7 +59,11 @@ def _fit(
         np.add.at(votes, (image, label), 1.0)
         start = (votes + 0.1) / (votes + 0.1).sum(1, keepdims=True)
     q, n_images = start, len(start)
-    said = labeler * k + label  # (R,) the row's (labeler, label) cell
+    classes = np.arange(k)
+    # flat cells for one bincount each step (no loop over classes): (R, K) cells of (labeler, said, true class) and
+    # of (image, true class)
+    said_true = ((labeler * k + label)[:, None] * k + classes).ravel()
+    image_true = (image[:, None] * k + classes).ravel()
     rows = np.bincount(labeler, minlength=n_labelers)
 
     def errors(q: np.ndarray) -> np.ndarray:  # (L,): 1 - mean over the labeler's rows of q_n(its label)
@@ -68,19 +72,19 @@ def _fit(
 
     error = errors(q)
     for _ in range(ITERATIONS):
-        # M step. (L, K true, K said): per true class, the posteriors summed by (labeler, label said) (bincount:
-        # add.at is slow), shrunk toward the labeler's one-coin matrix (its accuracy on the diagonal, the rest
-        # spread evenly): a full matrix where its labels show one, a coin where a class has few of them
-        counts = np.stack([np.bincount(said, weights=q[image, i], minlength=n_labelers * k) for i in range(k)], 1)
+        # M step. (L, K true, K said): the posteriors summed by (labeler, label said), shrunk toward the labeler's
+        # one-coin matrix (its accuracy on the diagonal, the rest spread evenly): a full matrix where its labels
+        # show one, a coin where a class has few of them
+        counts = np.bincount(said_true, weights=q[image].ravel(), minlength=n_labelers * k * k)
         accuracy = np.nan_to_num(1.0 - error)[:, None, None]
         coin = accuracy * np.eye(k) + (1.0 - accuracy) / max(k - 1, 1) * (1.0 - np.eye(k))
         counts = PSEUDO_COUNT + counts.reshape(n_labelers, k, k).transpose(0, 2, 1) + PRIOR_STRENGTH * coin
         log_t = np.log(counts / counts.sum(2, keepdims=True))
         # E step: every image's posterior from the class mix and each of its labels
         evidence = log_t[labeler, :, label]  # (R, K): log T_a[i, j] of each row
-        log_q = np.log(np.maximum(q.mean(0), 1e-12)) + np.stack(
-            [np.bincount(image, weights=evidence[:, i], minlength=n_images) for i in range(k)], 1
-        )
+        log_q = np.log(np.maximum(q.mean(0), 1e-12)) + np.bincount(
+            image_true, weights=evidence.ravel(), minlength=n_images * k
+        ).reshape(n_images, k)
         q = np.exp(log_q - log_q.max(1, keepdims=True))
         q /= q.sum(1, keepdims=True)
         before, error = error, errors(q)
