@@ -39,6 +39,18 @@ def fail(exc: Exception) -> typer.Exit:
 def settings_with(**given: object) -> Settings:
     """The settings (``LABELAUDIT_*`` environment, then defaults) with each option the user gave (not None) on
     top: a command's ``--store-url`` wins over ``LABELAUDIT_STORE_URL``."""
+    from pydantic import ValidationError
+
     from labelaudit.serving.settings import Settings
 
-    return Settings(**{name: value for name, value in given.items() if value is not None})
+    try:
+        return Settings(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as exc:  # a bad LABELAUDIT_* value: say which and why, not a traceback
+        secret = {name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+
+        def shown(error: dict) -> str:
+            name = str(error["loc"][0]) if error["loc"] else ""
+            value = "(secret)" if name in secret else repr(error.get("input"))
+            return f"LABELAUDIT_{'_'.join(map(str, error['loc'])).upper()}={value}: {error['msg']}"
+
+        raise fail(ValueError(f"bad setting: {'; '.join(map(shown, exc.errors()))}")) from None
