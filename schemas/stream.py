@@ -65,10 +65,20 @@ class ImageMessage(BaseModel):
 
 
 class RelabelRequest(ModelVerdict):
-    """A human label the model confidently disagrees with: please look at this item again."""
+    """A human label the model confidently disagrees with, please look at this item again; or (``reason``
+    ``audit_sample``) an item drawn at random for a second opinion, please have another labeler label it."""
 
     schema_: Literal["labelaudit.relabel.v1"] = Field(default=RELABEL_SCHEMA, alias="schema")
-    request_id: str = Field(description="item_id/labeler_id/model_version: the same on every redelivery.")
+    request_id: str = Field(
+        description="item_id/labeler_id/model_version for a disagreement; item_id/audit-sample/model_version for "
+        "an audit sample (one request per item, whichever of its labels asked): the same on every redelivery."
+    )
+    reason: Literal["disagreement", "audit_sample"] = Field(
+        default="disagreement",
+        description="disagreement: the model confidently disagrees with this label; audit_sample: the item is in "
+        "the random audit sample (LABELAUDIT_AUDIT_SAMPLE_RATE); ask someone other than labeler_id, without "
+        "showing the label, so that the report can measure every labeler from items shared at random.",
+    )
     human_label: str
     label_probability: float
     created_at: datetime

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     from the model and the labeler's matrix in the card, below 1/2) or ``confident-joint-v1`` (another class
     above its per-class threshold from the card); ``auto``: the first where the card has labeler matrices,
     else the second. See docs/stream.md and bench/results/label_errors.json."""
+    audit_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    """The share of labeled items that get a second-opinion request on the relabel topic (``reason``
+    ``audit_sample``), drawn at random by a hash of the item id, whether or not the model disagrees. A
+    labeler whose mistakes the model shares (it errs on the images the model finds hard, toward the class the
+    model picks) is invisible to the model; only another person's label on a random share of its items shows
+    it, and the nightly report then measures every labeler from those shared items. 0 (the default): none."""
     store_url: SecretStr = SecretStr("sqlite:///labelaudit-audit.db")
     """Where verdicts go: ``sqlite:///path.db`` (default, WAL) or ``postgresql://user:pw@host/db`` (a secret:
     the URL may carry a password)."""

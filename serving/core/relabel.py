@@ -1,5 +1,6 @@
 """Relabel requests: a verdict that disagrees with its human label becomes a message on the relabel topic,
-whichever transport audited it.
+whichever transport audited it; so does a labeled item drawn for the random audit sample
+(``audit_sample_rate``), asking for a second opinion.
 
 The consumer sends them with its dead letters and waits for the broker before it commits the batch's
 offsets (``serving/stream/consumer.py``). The gateway, when ``http_publish_relabels`` is on, publishes
@@ -12,6 +13,7 @@ the same ``request_id`` on every delivery.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,14 +34,34 @@ class RelabelUnavailable(Unavailable):
     reason = "relabel_unavailable"
 
 
-def relabel_request(record: AuditRecord) -> tuple[bytes, bytes]:
-    """(key, value) for the relabel topic: the verdict's fields, keyed by item id."""
-    request = RelabelRequest.model_construct(  # built from a validated record: no second validation
-        request_id=f"{record.item_id}/{record.labeler_id}/{record.model_version}",
-        created_at=record.created_at,
-        **{name: getattr(record, name) for name in ModelVerdict.model_fields},
-    )
-    return record.item_id.encode(), request.model_dump_json(by_alias=True).encode()
+def in_audit_sample(item_id: str, rate: float) -> bool:
+    """Whether ``item_id`` is in the random audit sample of share ``rate``: a hash of the id, so every label of
+    the item, every redelivery, every replica and the report all draw the same answer."""
+    return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "big") < rate * 2**64
+
+
+def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> list[tuple[bytes, bytes]]:
+    """(key, value) messages for the relabel topic, keyed by item id: a request where the verdict disagrees,
+    and one for a second opinion where the labeled item is in the audit sample (``in_audit_sample``). The
+    second has one ``request_id`` per item and model version, whichever label asked: a reader dedupes it as it
+    dedupes a redelivery, and the second opinion's own label asks nothing new."""
+    requests = []
+    if record.disagrees:
+        requests.append(("disagreement", f"{record.item_id}/{record.labeler_id}/{record.model_version}"))
+    if record.human_label is not None and in_audit_sample(record.item_id, audit_sample_rate):
+        requests.append(("audit_sample", f"{record.item_id}/audit-sample/{record.model_version}"))
+    fields = {name: getattr(record, name) for name in ModelVerdict.model_fields}
+    return [
+        (
+            record.item_id.encode(),
+            RelabelRequest.model_construct(  # built from a validated record: no second validation
+                request_id=request_id, reason=reason, created_at=record.created_at, **fields
+            )
+            .model_dump_json(by_alias=True)
+            .encode(),
+        )
+        for reason, request_id in requests
+    ]
 
 
 class RelabelPublisher(Protocol):
@@ -61,7 +83,7 @@ class KafkaRelabelPublisher:
         self._lock = threading.Lock()  # one producer, made once, by whichever worker thread comes first
 
     async def publish(self, records: list[AuditRecord]) -> None:
-        messages = [relabel_request(r) for r in records if r.disagrees]
+        messages = [m for r in records for m in relabel_requests(r, self.settings.audit_sample_rate)]
         if messages:
             await asyncio.to_thread(self._send, messages)
 

@@ -47,7 +47,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from labelaudit.errors import LabelAuditError, Unavailable
 from labelaudit.serving.core.audit import AuditItem, Stages
-from labelaudit.serving.core.relabel import relabel_request
+from labelaudit.serving.core.relabel import relabel_requests
 from labelaudit.serving.core.runtime import Runtime, open_runtime
 from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.settings import Settings
@@ -187,8 +187,8 @@ class StreamConsumer:
                 continue
             verdict, is_new = outcome
             audited, new = audited + 1, new + int(is_new)
-            if verdict.disagrees:  # also when not new: the crash may have come before the produce
-                relabels.append(relabel_request(verdict))
+            # also when not new: the crash may have come before the produce
+            relabels += relabel_requests(verdict, self.settings.audit_sample_rate)
         return BatchResult(records, relabels, dead, audited, new)
 
     async def _audit_resilient(self, records: list[Record]) -> BatchResult:

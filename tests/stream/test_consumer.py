@@ -184,3 +184,24 @@ def _quiet_kafka_logs():
     import logging
 
     logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def test_a_random_audit_sample_gets_second_opinion_requests_beside_the_disagreements(stream, tiny_data):
+    from labelaudit.serving.core.relabel import in_audit_sample
+
+    n = 600
+    produce(stream.settings(), good_messages(tiny_data, n), partitions=2)
+    proc = stream.start_consumer("--max-messages", str(n), LABELAUDIT_AUDIT_SAMPLE_RATE="0.2")
+    assert stream.wait(proc) == 0, stream.consumer_log(0)
+
+    requests = [json.loads(r.value) for r in stream.read_topic(stream.relabel_topic)]
+    by_reason = {
+        reason: {r["request_id"] for r in requests if r["reason"] == reason}
+        for reason in ("disagreement", "audit_sample")
+    }
+    assert by_reason["disagreement"] == store_disagreements(stream.store_url)
+    rows = store_query(stream.store_url, "SELECT item_id, model_version FROM audit_records")
+    sampled = {f"{item}/audit-sample/{version}" for item, version in rows if in_audit_sample(item, 0.2)}
+    assert 0.1 * n < len(sampled) < 0.3 * n
+    assert by_reason["audit_sample"] == sampled  # agreeing labels too: drawn at random, not by the model
+    assert all(r["labeler_id"] and r["human_label"] for r in requests if r["reason"] == "audit_sample")

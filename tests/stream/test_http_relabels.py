@@ -1,5 +1,6 @@
 """``/v1/audit`` with ``http_publish_relabels`` on: a disagreeing verdict reaches the relabel topic of a real broker
-before the gateway answers, as the consumer's do; an agreeing one does not; with the broker away the answer is a
+before the gateway answers, as the consumer's do; an agreeing one does not (unless its item is in the audit
+sample, which asks for a second opinion); with the broker away the answer is a
 503 with its reason, the verdict stays recorded, and the client's retry publishes."""
 
 from __future__ import annotations
@@ -68,6 +69,30 @@ def test_the_gateway_publishes_the_relabel_requests_of_its_disagreements(stream,
     for field in ("human_label", "predicted_label", "policy", "model_version"):
         assert request[field] == answer[field], field
     np.testing.assert_allclose(request["score"], answer["score"])
+
+
+def test_the_gateway_asks_a_second_opinion_on_its_audit_sample_even_where_the_model_agrees(stream, tiny_data):
+    from labelaudit.serving.core.relabel import in_audit_sample
+
+    settings = stream.settings(
+        model_repo=stream.model_repo,
+        store_url=stream.store_url,
+        http_publish_relabels=True,
+        audit_policy="confident-joint-v1",
+        audit_sample_rate=0.5,
+    )
+    items = [f"item-{i}" for i in range(8)]
+    sampled = [i for i in items if in_audit_sample(i, 0.5)]
+    assert 0 < len(sampled) < len(items)
+    image = _test_image(tiny_data)
+    with TestClient(create_app(settings)) as client:
+        top = _labels_by_probability(client, image)[0]
+        answers = [_audit(client, image, item, top) for item in items]  # the model agrees with every label
+    assert all(a.status_code == 200 and not a.json()["disagrees"] for a in answers), [a.text for a in answers]
+
+    requests = [json.loads(m.value) for m in stream.read_topic(stream.relabel_topic)]
+    assert sorted(r["request_id"] for r in requests) == sorted(f"{i}/audit-sample/1" for i in sampled)
+    assert {r["reason"] for r in requests} == {"audit_sample"}
 
 
 def test_a_broker_that_is_away_is_a_503_and_the_retry_publishes(stream, tiny_data):

@@ -13,7 +13,7 @@ import pytest
 from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.audit import AuditRecord
 from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TRUNCATED, IMAGE_SCHEMA, RelabelRequest
-from labelaudit.serving.core.relabel import relabel_request
+from labelaudit.serving.core.relabel import in_audit_sample, relabel_requests
 from labelaudit.serving.stream.messages import BadMessage, dead_letter, parse_record, read_image_uri
 
 LIMITS = {"max_message_bytes": 10_000, "max_image_bytes": 5_000}
@@ -124,29 +124,59 @@ def test_an_image_uri_is_read_up_to_its_limit(tmp_path):
         assert info.value.reason == "unsupported_uri"
 
 
-def test_relabel_request_id_is_stable_across_redeliveries():
-    verdict = AuditRecord(
-        item_id="b-1",
-        labeler_id="anna",
+def _verdict(item_id: str = "b-1", labeler_id: str = "anna", disagrees: bool = True, **more) -> AuditRecord:
+    return AuditRecord(
+        item_id=item_id,
+        labeler_id=labeler_id,
         human_label="coat",
         predicted_label="shirt",
         label_probability=0.05,
         predicted_probability=0.9,
         score=0.85,
-        disagrees=True,
+        disagrees=disagrees,
         policy="confident-joint-v1",
         probabilities=[0.1] * 10,
         model_name="labelaudit",
         model_version="1",
         source="kafka",
         created_at=datetime.now(UTC),
-    )
-    key, value = relabel_request(verdict)
-    again = relabel_request(verdict.model_copy(update={"created_at": datetime(2030, 1, 1, tzinfo=UTC)}))[1]
+    ).model_copy(update=more)
+
+
+def test_relabel_request_id_is_stable_across_redeliveries():
+    verdict = _verdict()
+    ((key, value),) = relabel_requests(verdict)
+    again = relabel_requests(verdict.model_copy(update={"created_at": datetime(2030, 1, 1, tzinfo=UTC)}))[0][1]
     request = RelabelRequest.model_validate_json(value)
-    assert key == b"b-1" and request.request_id == "b-1/anna/1"
+    assert key == b"b-1" and request.request_id == "b-1/anna/1" and request.reason == "disagreement"
     assert RelabelRequest.model_validate_json(again).request_id == request.request_id
     assert json.loads(value)["schema"] == "labelaudit.relabel.v1"
+    assert relabel_requests(_verdict(disagrees=False)) == []  # no sample asked for: an agreeing label asks nothing
+
+
+def test_the_audit_sample_is_a_random_share_of_items_drawn_the_same_way_every_time():
+    ids = [f"item-{i}" for i in range(20_000)]
+    drawn = [in_audit_sample(i, 0.1) for i in ids]
+    assert 0.09 < sum(drawn) / len(drawn) < 0.11
+    assert drawn == [in_audit_sample(i, 0.1) for i in ids]  # a hash, not a random stream
+    assert all(in_audit_sample(i, 0.2) for i, d in zip(ids, drawn, strict=True) if d)  # a larger share keeps these
+    assert not any(in_audit_sample(i, 0.0) for i in ids) and all(in_audit_sample(i, 1.0) for i in ids)
+
+
+def test_an_item_in_the_audit_sample_asks_once_for_a_second_opinion_whichever_label_arrives():
+    item = next(f"item-{i}" for i in range(1_000) if in_audit_sample(f"item-{i}", 0.05))
+    first = relabel_requests(_verdict(item, "anna", disagrees=False), audit_sample_rate=0.05)
+    second = relabel_requests(_verdict(item, "ben", disagrees=True), audit_sample_rate=0.05)
+    ((key, value),) = first
+    sample = RelabelRequest.model_validate_json(value)
+    assert key == item.encode() and sample.reason == "audit_sample"
+    assert sample.request_id == f"{item}/audit-sample/1" and sample.labeler_id == "anna"
+    # ben's label (the second opinion, here disagreeing): its own disagreement request and the same sample request
+    reasons = {RelabelRequest.model_validate_json(v).reason: RelabelRequest.model_validate_json(v) for _, v in second}
+    assert reasons["disagreement"].request_id == f"{item}/ben/1"
+    assert reasons["audit_sample"].request_id == sample.request_id
+    unlabeled = _verdict(item, "", disagrees=False, human_label=None, label_probability=None)
+    assert relabel_requests(unlabeled, audit_sample_rate=1.0) == []  # no label, nothing to second-guess
 
 
 @pytest.mark.parametrize("field", ["item_id", "labeler_id", "label"])
