@@ -17,6 +17,7 @@ from labelaudit.schemas.audit import ModelVerdict
 from labelaudit.schemas.fields import Identifier
 
 IMAGE_SCHEMA: Final = "labelaudit.image.v1"
+RelabelReason = Literal["disagreement", "audit_sample"]
 RELABEL_SCHEMA: Final = "labelaudit.relabel.v1"
 
 # Headers added to a dead letter (values are UTF-8): why it failed and where it came from.
@@ -73,7 +74,7 @@ class RelabelRequest(ModelVerdict):
         description="item_id/labeler_id/model_version for a disagreement; item_id/audit-sample/model_version for "
         "an audit sample (one request per item, whichever of its labels asked): the same on every redelivery."
     )
-    reason: Literal["disagreement", "audit_sample"] = Field(
+    reason: RelabelReason = Field(
         default="disagreement",
         description="disagreement: the model confidently disagrees with this label; audit_sample: the item is in "
         "the random audit sample (LABELAUDIT_AUDIT_SAMPLE_RATE); ask someone other than labeler_id, without "

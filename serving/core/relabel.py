@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from labelaudit.errors import Unavailable
 from labelaudit.schemas.audit import AuditRecord, ModelVerdict
-from labelaudit.schemas.stream import RelabelRequest
+from labelaudit.schemas.stream import RelabelReason, RelabelRequest
 
 if TYPE_CHECKING:
     from labelaudit.serving.settings import Settings
@@ -45,7 +45,7 @@ def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> lis
     and one for a second opinion where the labeled item is in the audit sample (``in_audit_sample``). The
     second has one ``request_id`` per item and model version, whichever label asked: a reader dedupes it as it
     dedupes a redelivery, and the second opinion's own label asks nothing new."""
-    requests = []
+    requests: list[tuple[RelabelReason, str]] = []
     if record.disagrees:
         requests.append(("disagreement", f"{record.item_id}/{record.labeler_id}/{record.model_version}"))
     if record.human_label is not None and in_audit_sample(record.item_id, audit_sample_rate):
