@@ -45,13 +45,19 @@ def _audit(client, image: bytes, item: str, label: str):
     return client.post("/v1/audit", json=body)
 
 
-def test_the_gateway_publishes_the_relabel_requests_of_its_disagreements(stream, tiny_data):
-    settings = stream.settings(
+def _publishing(stream, **more):
+    """The gateway's settings with relabel publishing on, judged by the per-class thresholds."""
+    return stream.settings(
         model_repo=stream.model_repo,
         store_url=stream.store_url,
         http_publish_relabels=True,
         audit_policy="confident-joint-v1",
+        **more,
     )
+
+
+def test_the_gateway_publishes_the_relabel_requests_of_its_disagreements(stream, tiny_data):
+    settings = _publishing(stream)
     image = _test_image(tiny_data)
     with TestClient(create_app(settings)) as client:
         labels = _labels_by_probability(client, image)
@@ -74,13 +80,7 @@ def test_the_gateway_publishes_the_relabel_requests_of_its_disagreements(stream,
 def test_the_gateway_asks_a_second_opinion_on_its_audit_sample_even_where_the_model_agrees(stream, tiny_data):
     from labelaudit.serving.core.relabel import in_audit_sample
 
-    settings = stream.settings(
-        model_repo=stream.model_repo,
-        store_url=stream.store_url,
-        http_publish_relabels=True,
-        audit_policy="confident-joint-v1",
-        audit_sample_rate=0.5,
-    )
+    settings = _publishing(stream, audit_sample_rate=0.5)
     items = [f"item-{i}" for i in range(8)]
     sampled = [i for i in items if in_audit_sample(i, 0.5)]
     assert 0 < len(sampled) < len(items)
