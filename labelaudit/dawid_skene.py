@@ -15,11 +15,11 @@ The EM, over the images with at least two labels (labels as class indices, ``K``
 - M step: ``T_a[i, j] ∝ Σ_{labels (a, j)} q_n(i) + PRIOR_STRENGTH · coin_a[i, j]`` (plus a tiny pseudo-count),
   where ``coin_a`` is the labeler's one-coin matrix (its current accuracy on the diagonal, the rest spread
   evenly): a Dirichlet prior that keeps a class the labeler rarely saw near its overall accuracy, so that a
-  full matrix shows only where its labels show one (on simulated look-alike confusers: 0.014 mean error
-  against 0.020 without it; 0.021 against 0.022 on issue 17's recipe); ``π = mean_n q_n``.
+  full matrix shows only where its labels show one (in development probes on simulated look-alike confusers:
+  0.014 mean error against 0.020 without it; 0.021 against 0.022 on issue 17's recipe); ``π = mean_n q_n``.
 
-It starts from the images' vote shares (majority voting, softened) and stops when no posterior moves by more
-than ``TOLERANCE``. A labeler's error rate is ``1 - mean over its labels of q_n(its label)``, which at EM's
+It starts from the images' vote shares (majority voting, softened) and stops when no labeler's rate moves by
+more than ``TOLERANCE`` in a step. A labeler's error rate is ``1 - mean over its labels of q_n(its label)``, which at EM's
 fixed point is ``1 - Σ_i π_a,i T_a[i, i]`` with ``π_a`` its images' class mix. It is *identified* where the
 labeler is in a triangle of labelers who share at least ``agreement.MIN_PAIRS`` images pairwise (as
 ``agreement``); elsewhere NaN. Interval: a bootstrap over the shared images (95%, percentile).
