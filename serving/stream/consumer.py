@@ -6,7 +6,8 @@ The loop, per batch of polled records:
 2. audit the good ones through the shared ``Auditor`` (decode, classify, judge, write the verdicts to
    the store in one transaction, durable before it returns);
 3. produce the dead letters (original key, value and headers plus the cause) and a relabel request for
-   every disagreement, and wait until the broker acknowledged all of them;
+   every disagreement (and every labeled item in the audit sample, ``audit_sample_rate``), and wait until the
+   broker acknowledged all of them;
 4. only then commit the batch's offsets.
 
 A crash anywhere before 4 replays the batch: the store ignores verdicts it already holds (unique on
