@@ -28,6 +28,8 @@ labeler is in a triangle of labelers who share at least ``agreement.MIN_PAIRS`` 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,20 +44,26 @@ PRIOR_STRENGTH = 2.0  # pseudo-labels per true class of a labeler, spread as its
 SEED = 20261205  # fixed: the same labels give the same rates and intervals
 
 
+Pattern = tuple[tuple[str, int], ...]  # one image's labels: (labeler, class index) pairs, in any order
+
+
 def _fit(
     image: np.ndarray,
     labeler: np.ndarray,
     label: np.ndarray,
+    weight: np.ndarray,
     n_labelers: int,
     k: int,
     start: np.ndarray | None = None,
     tolerance: float = TOLERANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """EM over the rows (label ``label`` by ``labeler`` of image ``image``, each (R,) int, images numbered from
-    0). Returns each image's posterior (n_images, K) and each labeler's error rate (n_labelers,), NaN for a
-    labeler without rows. ``start``: the images' first posteriors (default: their vote shares)."""
+    0), each image counted ``weight`` (n_images,) times: images with the same labels share one posterior, so a
+    distinct set of labels is fitted once however many images carry it. Returns each image's posterior
+    (n_images, K) and each labeler's error rate (n_labelers,), NaN for a labeler without weighted rows.
+    ``start``: the images' first posteriors (default: their vote shares)."""
     if start is None:
-        votes = np.zeros((int(image.max()) + 1, k))
+        votes = np.zeros((len(weight), k))
         np.add.at(votes, (image, label), 1.0)
         start = (votes + 0.1) / (votes + 0.1).sum(1, keepdims=True)
     q, n_images = start, len(start)
@@ -64,25 +72,28 @@ def _fit(
     # of (image, true class)
     said_true = ((labeler * k + label)[:, None] * k + classes).ravel()
     image_true = (image[:, None] * k + classes).ravel()
-    rows = np.bincount(labeler, minlength=n_labelers)
+    row_weight = weight[image]
+    rows = np.bincount(labeler, weights=row_weight, minlength=n_labelers)
 
-    def errors(q: np.ndarray) -> np.ndarray:  # (L,): 1 - mean over the labeler's rows of q_n(its label)
-        right = np.bincount(labeler, weights=q[image, label], minlength=n_labelers)
-        return np.where(rows > 0, 1.0 - right / np.maximum(rows, 1), np.nan)
+    def errors(q: np.ndarray) -> np.ndarray:  # (L,): 1 - weighted mean over the labeler's rows of q_n(its label)
+        right = np.bincount(labeler, weights=row_weight * q[image, label], minlength=n_labelers)
+        return np.where(rows > 0, 1.0 - right / np.maximum(rows, 1e-12), np.nan)
 
     error = errors(q)
     for _ in range(ITERATIONS):
         # M step. (L, K true, K said): the posteriors summed by (labeler, label said), shrunk toward the labeler's
         # one-coin matrix (its accuracy on the diagonal, the rest spread evenly): a full matrix where its labels
         # show one, a coin where a class has few of them
-        counts = np.bincount(said_true, weights=q[image].ravel(), minlength=n_labelers * k * k)
+        weighted = (q[image] * row_weight[:, None]).ravel()
+        tally = np.bincount(said_true, weights=weighted, minlength=n_labelers * k * k).astype(float)
         accuracy = np.nan_to_num(1.0 - error)[:, None, None]
         coin = accuracy * np.eye(k) + (1.0 - accuracy) / max(k - 1, 1) * (1.0 - np.eye(k))
-        counts = PSEUDO_COUNT + counts.reshape(n_labelers, k, k).transpose(0, 2, 1) + PRIOR_STRENGTH * coin
+        counts = PSEUDO_COUNT + tally.reshape(n_labelers, k, k).transpose(0, 2, 1) + PRIOR_STRENGTH * coin
         log_t = np.log(counts / counts.sum(2, keepdims=True))
         # E step: every image's posterior from the class mix and each of its labels
         evidence = log_t[labeler, :, label]  # (R, K): log T_a[i, j] of each row
-        log_q = np.log(np.maximum(q.mean(0), 1e-12)) + np.bincount(
+        mix = (weight[:, None] * q).sum(0) / weight.sum()
+        log_q = np.log(np.maximum(mix, 1e-12)) + np.bincount(
             image_true, weights=evidence.ravel(), minlength=n_images * k
         ).reshape(n_images, k)
         q = np.exp(log_q - log_q.max(1, keepdims=True))
@@ -93,40 +104,60 @@ def _fit(
     return q, error
 
 
+def from_patterns(patterns: Sequence[tuple[Pattern, int]], k: int, *, bootstrap: int = BOOTSTRAP) -> Estimates:
+    """Error rate per labeler from the images' label patterns: each distinct set of labels an image carries
+    (``(labeler, class index)`` pairs, at most one per labeler) with how many images carry it. A pattern of
+    fewer than two labels says nothing and is left out. 95% interval: the images resampled with replacement,
+    which for patterns is a multinomial draw of their counts; NaN where the labeler is not identified.
+    This is the form a store can aggregate (one row per pattern, not per image: the nightly report's)."""
+    patterns = [(tuple(p), int(n)) for p, n in patterns if len(p) > 1 and n > 0]
+    names = sorted({a for p, _ in patterns for a, _ in p})
+    if not names:
+        empty = np.zeros(0)
+        return Estimates([], empty, empty, empty, empty, np.zeros((bootstrap, 0)))
+    index = {a: i for i, a in enumerate(names)}
+    image = np.repeat(np.arange(len(patterns)), [len(p) for p, _ in patterns])
+    labeler = np.array([index[a] for p, _ in patterns for a, _ in p], dtype=np.int64)
+    label = np.array([y for p, _ in patterns for _, y in p], dtype=np.int64)
+    count = np.array([n for _, n in patterns], dtype=float)
+    n_labelers = len(names)
+    posterior, error = _fit(image, labeler, label, count, n_labelers, k)
+
+    member = np.zeros((len(patterns), n_labelers))
+    member[image, labeler] = 1.0
+    pairs = member.T @ (member * count[:, None])  # (L, L) images each two labelers share
+    np.fill_diagonal(pairs, 0)
+
+    rng = np.random.default_rng(SEED)
+    replicates = np.full((bootstrap, n_labelers), np.nan)
+    total = int(count.sum())
+    for b in range(bootstrap):
+        drawn = rng.multinomial(total, count / total).astype(float)
+        # each pattern starts from its posterior in the fit above: a few steps, not a whole run, per replicate
+        replicates[b] = _fit(image, labeler, label, drawn, n_labelers, k, posterior, BOOTSTRAP_TOLERANCE)[1]
+    nan = np.where(identified(pairs), 0.0, np.nan)
+    with warnings.catch_warnings():  # a labeler absent from a replicate: NaN there, left out of its quantiles
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(replicates, [0.025, 0.975], axis=0)
+    return Estimates(names, error + nan, low + nan, high + nan, pairs.sum(1), replicates)
+
+
+def patterns_of(labels: np.ndarray, labeler_ids: np.ndarray, items: np.ndarray) -> list[tuple[Pattern, int]]:
+    """Rows (``labels`` (N,) class indices, ``labeler_ids`` (N,), ``items`` (N,) the image each row labels) ->
+    the images' label patterns with their counts (``from_patterns``' input)."""
+    labels, who = np.asarray(labels, dtype=np.int64), np.asarray(labeler_ids).astype(str)
+    order = np.argsort(np.asarray(items), kind="stable")
+    _, first = np.unique(np.asarray(items)[order], return_index=True)
+    found: Counter[Pattern] = Counter()
+    for rows in np.split(order, first[1:]):
+        found[tuple(sorted(zip(who[rows].tolist(), labels[rows].tolist(), strict=True)))] += 1
+    return list(found.items())
+
+
 def estimate(
     labels: np.ndarray, labeler_ids: np.ndarray, items: np.ndarray, k: int, *, bootstrap: int = BOOTSTRAP
 ) -> Estimates:
     """Error rate per labeler from every image's labels (rows: ``labels`` (N,) class indices in [0, K),
     ``labeler_ids`` (N,), ``items`` (N,) the image each row labels), with a 95% bootstrap interval; NaN where
     the labeler is not identified. Images with one label say nothing here and are left out."""
-    labels, items = np.asarray(labels, dtype=np.int64), np.asarray(items)
-    _, image, per_image = np.unique(items, return_inverse=True, return_counts=True)
-    shared = per_image[image] > 1
-    names, labeler = np.unique(np.asarray(labeler_ids).astype(str)[shared], return_inverse=True)
-    if len(names) == 0:
-        empty = np.zeros(0)
-        return Estimates([], empty, empty, empty, empty, np.zeros((bootstrap, 0)))
-    image, label = np.unique(image[shared], return_inverse=True)[1], labels[shared]
-    n_images, n_labelers = int(image.max()) + 1, len(names)
-    posterior, error = _fit(image, labeler, label, n_labelers, k)
-
-    member = np.zeros((n_images, n_labelers))
-    member[image, labeler] = 1.0
-    pairs = member.T @ member  # (L, L) images each two labelers share
-    np.fill_diagonal(pairs, 0)
-
-    rng = np.random.default_rng(SEED)
-    rows_of = np.split(np.argsort(image, kind="stable"), np.cumsum(np.bincount(image, minlength=n_images))[:-1])
-    replicates = np.full((bootstrap, n_labelers), np.nan)
-    for b in range(bootstrap):
-        drawn = rng.integers(0, n_images, n_images)
-        rows = np.concatenate([rows_of[i] for i in drawn])
-        new_image = np.repeat(np.arange(n_images), [len(rows_of[i]) for i in drawn])
-        # each drawn image starts from its posterior in the fit above: a few steps, not a whole run, per replicate
-        start = posterior[drawn]
-        replicates[b] = _fit(new_image, labeler[rows], label[rows], n_labelers, k, start, BOOTSTRAP_TOLERANCE)[1]
-    nan = np.where(identified(pairs), 0.0, np.nan)
-    with warnings.catch_warnings():  # a labeler absent from a replicate: NaN there, left out of its quantiles
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanquantile(replicates, [0.025, 0.975], axis=0)
-    return Estimates([str(a) for a in names], error + nan, low + nan, high + nan, pairs.sum(1), replicates)
+    return from_patterns(patterns_of(labels, labeler_ids, items), k, bootstrap=bootstrap)

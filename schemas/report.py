@@ -96,7 +96,8 @@ class Transition(_Model):
 
 class ErrorEstimate(_Model):
     """A labeler's estimated error rate and its 95% interval, and where it comes from: ``agreement``
-    (with the other labelers on shared items, one-coin Dawid–Skene moments, bootstrap interval); where the
+    (the labels of the items it shares with other labelers, Dawid–Skene's EM with a confusion matrix per
+    labeler, bootstrap interval over those items); where the
     labeler shares too few items, ``model`` (its disagreement with the model, deconvolved with the model's
     confusion measured on clean held-out images, from the model card; bootstrap interval); without a card
     that has one, ``disagreement`` (its disagreement rate and Wilson interval, which also counts the

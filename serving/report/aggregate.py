@@ -193,6 +193,43 @@ def pair_agreement(store: AuditStore, scope: Scope) -> list[tuple[str, str, int,
     return [(str(a), str(b), _int(k), _int(n)) for a, b, k, n in rows]
 
 
+MAX_PATTERN_LABELS = 8  # an item's labels the pattern query reads (its first labelers, in the store's id order)
+
+
+def label_patterns(
+    store: AuditStore, scope: Scope, unknown: str, max_labels: int = MAX_PATTERN_LABELS
+) -> list[tuple[tuple[tuple[str, str], ...], int]]:
+    """Each distinct set of labels that two or more named labelers gave one item, with how many items carry
+    it: ``(((labeler, label), ...), items)``, the pairs sorted. The input of Dawid–Skene's EM
+    (``labelaudit.dawid_skene.from_patterns``), aggregated in the store: one row per pattern, not per item.
+
+    Portable SQL: ``ROW_NUMBER`` numbers an item's labels by labeler id, and one column pair per position
+    pivots them (``group_concat`` cannot be ordered in the SQLite Python ships). Labels without a labeler id
+    (``unknown``) are not a person and stay out. An item with more than ``max_labels`` named labels is read
+    with its first ``max_labels``.
+    """
+    columns = ", ".join(
+        f"MAX(CASE WHEN pos = {i} THEN labeler_id END) AS a{i}, MAX(CASE WHEN pos = {i} THEN human_label END) AS y{i}"
+        for i in range(1, max_labels + 1)
+    )
+    pattern = ", ".join(f"a{i}, y{i}" for i in range(1, max_labels + 1))
+    sql = (
+        "WITH named AS (SELECT item_id, labeler_id, human_label,"
+        " ROW_NUMBER() OVER (PARTITION BY item_id ORDER BY labeler_id) AS pos,"
+        " COUNT(*) OVER (PARTITION BY item_id) AS copies"
+        f" FROM audit_records WHERE {Span.sql()} AND human_label IS NOT NULL AND labeler_id <> ?"
+        + _MODEL_FILTER
+        + f"), items AS (SELECT {columns} FROM named WHERE copies > 1 GROUP BY item_id)"
+        f" SELECT {pattern}, COUNT(*) FROM items GROUP BY {pattern}"
+    )
+    span, model = scope.params()[:4], scope.params()[4:]
+    found: dict[tuple[tuple[str, str], ...], int] = {}
+    for row in store.select(sql, (*span, unknown, *model)):
+        labels = tuple(sorted((str(a), str(y)) for a, y in zip(row[:-1:2], row[1:-1:2], strict=True) if a is not None))
+        found[labels] = found.get(labels, 0) + _int(row[-1])
+    return sorted(found.items())
+
+
 def model_weight(agreement: float | None, k: int) -> float:
     """``c``: the model counted as one more labeler, CROWDLAB's way (docs/report.md).
 

@@ -10,8 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
+from labelaudit import dawid_skene
 from labelaudit.agreement import MIN_PAIRS, Estimates, above_pool
-from labelaudit.agreement import estimate as agreement_estimates
+from labelaudit.agreement import estimate as one_coin_estimates
 from labelaudit.deconvolve import MAX_CLASSES, ErrorRate, ModelConfusion, error_rates, labeler_tables
 from labelaudit.schemas.report import (
     ClassRow,
@@ -53,9 +54,10 @@ def flag_test_description(alpha: float) -> str:
         "leave the pool and the rest are tested again against the smaller pool, until a round flags nobody "
         "(so a spammer or a mostly noisy crew cannot raise the bar for everyone else). "
         "Where the labeler shares enough items with others (a triangle of labelers sharing at least "
-        f"{MIN_PAIRS} items pairwise), its error rate comes from how often it agrees with them (one-coin "
-        "Dawid–Skene moments, no model involved), and the test is one-sided: the difference to the pool's "
-        "volume-weighted rate over its parametric-bootstrap standard error (z-test). Otherwise the test is a "
+        f"{MIN_PAIRS} items pairwise), its error rate comes from the labels of the items it shares (Dawid–Skene's "
+        "EM over them, a full confusion matrix per labeler, no model involved), and the test is one-sided: the "
+        "difference to the pool's volume-weighted rate over its bootstrap standard error (the shared items "
+        "resampled; z-test). Otherwise the test is a "
         "one-sided Fisher exact test of its disagreements against the pool's other labels (which, unlike a test "
         "against the pool's rate as if it were known, counts the pool's own sampling error). A labeler is tested "
         f"only while the others in the pool hold at least {MIN_POOL_SHARE:.0%} of the window's labels. In "
@@ -130,11 +132,13 @@ def build_report(
     step("relabel queue (SQL)")
     queue = agg.relabel_queue(store, scope, top)
 
-    people = [x for x in pairs if UNKNOWN_LABELER not in x[:2]]
+    step("labels of the shared items (SQL)")
+    shared_rates, note = _shared_estimates(store, scope, classes, pairs)
+    notes += [note] if note else []
     confusion, note = _usable_confusion(model_confusion(chosen.model_name, chosen.model_version))
     notes += [note] if note else []
     model_errors = _model_errors(cells, confusion)
-    labelers, flag = _labelers(cells, classes, alpha, agreement_estimates(people, len(classes)), model_errors)
+    labelers, flag = _labelers(cells, classes, alpha, shared_rates, model_errors)
     headline = _headline(totals, cells, nights, chosen, window, multi_items)
     notes += _notes(totals, cells, headline, labelers, nights_back)
     return Report(
@@ -225,6 +229,29 @@ def _transition(cells: list[agg.Cell], classes: list[str]) -> Transition:
         counts[index[c.truth]][index[c.human]] += c.labels
     rows = [[x / sum(r) for x in r] if sum(r) else None for r in counts]
     return Transition(classes=classes, counts=counts, rows=rows)
+
+
+def _shared_estimates(
+    store: AuditStore, scope: agg.Scope, classes: list[str], pairs: list[tuple[str, str, int, int]]
+) -> tuple[Estimates, str | None]:
+    """Labelers' error rates from the items several of them labeled: Dawid–Skene's EM over the items' label
+    patterns (a full matrix per labeler, so labelers who confuse the same look-alike classes are not read as
+    careful), or the one-coin fit to the pair table above ``MAX_CLASSES`` (the EM's memory grows as K²), and
+    what the page should say about the latter."""
+    people = [x for x in pairs if UNKNOWN_LABELER not in x[:2]]
+    if len(classes) > MAX_CLASSES:
+        return one_coin_estimates(people, len(classes)), (
+            f"The model has {len(classes)} classes, more than the {MAX_CLASSES} the report fits full confusion "
+            "matrices for: labelers' error rates from shared items come from their pairwise agreement (one-coin "
+            "model: it reads labelers who confuse the same classes as more careful than they are)."
+        )
+    if not people:
+        return dawid_skene.from_patterns([], len(classes)), None
+    index = {c: i for i, c in enumerate(classes)}
+    patterns = [
+        (tuple((a, index[y]) for a, y in labels), n) for labels, n in agg.label_patterns(store, scope, UNKNOWN_LABELER)
+    ]
+    return dawid_skene.from_patterns(patterns, len(classes)), None
 
 
 def _usable_confusion(confusion: ModelConfusion | None) -> tuple[ModelConfusion | None, str | None]:

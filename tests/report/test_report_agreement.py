@@ -76,3 +76,46 @@ def test_a_labeler_whose_mistakes_the_model_shares_is_flagged_by_agreement(tmp_p
     assert sly.test == "agreement z-test" and sly.estimated_error.source == "agreement"
     assert sly.estimated_error.rate == pytest.approx(1 / 3, abs=0.08)
     assert r.flag_test.flagged == ["sly"]
+
+
+def test_the_report_reads_look_alike_confusers_with_full_matrices(tmp_path):
+    """Three labelers who all mix up cat/dog and fox/owl agree on their mistakes: the one-coin fit to the pair
+    table reads them as more careful than they are and the careful labeler as sloppier; the report's
+    Dawid-Skene over the shared items' labels recovers every realised error rate."""
+    rng = np.random.default_rng(7)
+    pool = {"careful": ("any", 0.05), "sloppy": ("any", 0.3)} | {f"conf-{i}": ("swap", 0.35) for i in (1, 2, 3)}
+    items = 1_500
+    swap = {0: 1, 1: 0, 2: 3, 3: 2}
+    records, wrong, said_by = [], {a: [] for a in pool}, {}
+    for i in range(items):
+        truth = int(rng.integers(4))
+        p = {c: 0.1 for c in CLASSES} | {CLASSES[truth]: 0.7}
+        for labeler in rng.choice(sorted(pool), 3, replace=False):
+            how, rate = pool[labeler]
+            said = truth
+            if rng.random() < rate:
+                said = swap[truth] if how == "swap" else int((truth + rng.integers(1, 4)) % 4)
+            wrong[labeler].append(said != truth)
+            said_by[(f"x{i}", labeler)] = said
+            records.append(record(f"x{i}", labeler, CLASSES[said], CLASSES[truth], p, flag=said != truth, score=0.5))
+    url = fill(f"sqlite:///{tmp_path / 'a.db'}", records)
+    store = open_store(url)
+    try:
+        r = build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t")
+    finally:
+        store.close()
+    realised = {a: float(np.mean(w)) for a, w in wrong.items()}
+    rows = {x.labeler_id: x.estimated_error for x in r.labelers}
+    assert all(rows[a].source == "agreement" for a in pool)
+    errors = [abs(rows[a].rate - realised[a]) for a in pool]
+    assert np.mean(errors) < 0.025 and max(errors) < 0.06, (rows, realised)
+    assert sum(rows[a].low <= realised[a] <= rows[a].high for a in pool) >= 4
+
+    pairs = []  # the same labels as the one-coin fit reads them
+    for a, b in itertools.combinations(sorted(pool), 2):
+        both = [i for i in range(items) if (f"x{i}", a) in said_by and (f"x{i}", b) in said_by]
+        agree = sum(said_by[(f"x{i}", a)] == said_by[(f"x{i}", b)] for i in both)
+        pairs.append((a, b, agree, len(both)))
+    one_coin = estimate(pairs, k=len(CLASSES))
+    one_coin_errors = [abs(e - realised[a]) for a, e in zip(one_coin.labelers, one_coin.error, strict=True)]
+    assert np.mean(errors) < np.mean(one_coin_errors) - 0.01, (errors, one_coin_errors)

@@ -54,8 +54,16 @@ def test_only_aggregates_reach_python(tmp_path):
     finally:
         store.close()
     assert r.headline.labels == store_count(url) > 2_500
-    # 5 labelers x 3 x 3 x 3 cells at most, a few nights and models, ten queue rows
-    assert counting.rows <= 5 * 27 + 20
+    # the labels of items labeled twice reach Python as patterns (the set of (labeler, label) of an item) with
+    # their counts, for Dawid-Skene: one row per distinct pattern, far fewer than the items
+    labels: dict[str, set] = {}
+    for x in records:
+        labels.setdefault(x.item_id, set()).add((x.labeler_id, x.human_label))
+    shared = [frozenset(v) for v in labels.values() if len(v) > 1]
+    patterns = len(set(shared))
+    assert patterns < len(shared) / 3
+    # 5 labelers x 3 x 3 x 3 cells at most, a few nights and models, ten queue rows, the patterns
+    assert counting.rows <= 5 * 27 + 20 + patterns
 
 
 def store_count(url: str) -> int:
@@ -84,3 +92,42 @@ def test_sqlite_and_postgres_give_the_same_report(tmp_path, postgres_url):
         reports.append(r.model_dump(mode="json", exclude={"generated_at"}))
     assert reports[0]["headline"]["labels"] > 500 and reports[0]["headline"]["multi_labeled_items"] > 50
     assert reports[0] == reports[1]
+
+
+def test_label_patterns_are_the_shared_items_named_labels(tmp_path, postgres_url):
+    """The pattern query (Dawid-Skene's input) in both stores: an item's labels from named labelers, items that
+    carry the same set counted together, another model version's and a nameless labeler's labels left out."""
+    import psycopg
+
+    from labelaudit.serving.report import aggregate as agg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    extra = [
+        *(record("m5", who, "dog", "dog", {"dog": 0.9}) for who in ("cleo", "anna", "ben")),  # m4's set again
+        record("u1", "", "cat", "cat", {"cat": 0.9}),  # one named label and one without a name: no pattern
+        record("u1", "zoe", "cat", "cat", {"cat": 0.9}),
+        record("m1", "zoe", "owl", "cat", {"cat": 0.9}, version="2"),  # another model version
+    ]
+    records = KNOWN + extra
+    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(postgres_url.rsplit("/", 1)[0] + f"/{name}", records)]
+    expected = [
+        ((("anna", "cat"), ("ben", "cat"), ("cleo", "dog")), 1),  # m1
+        ((("anna", "dog"), ("ben", "dog"), ("cleo", "dog")), 2),  # m4, m5
+        ((("anna", "fox"), ("cleo", "fox")), 1),  # m3
+        ((("ben", "dog"), ("cleo", "fox")), 1),  # m2
+    ]
+    for url in urls:
+        store = open_store(url)
+        try:
+            window = night_window(NIGHT)
+            span = agg.span(store, window.since.isoformat(), window.until.isoformat())
+            scope = agg.Scope(span, "m", "1")
+            assert agg.label_patterns(store, scope, "") == expected
+            # an item with more labels than the query reads keeps its first labelers (by id)
+            first_two = agg.label_patterns(store, scope, "", max_labels=2)
+            assert ((("anna", "cat"), ("ben", "cat")), 1) in first_two
+            assert all(len(p) <= 2 for p, _ in first_two)
+        finally:
+            store.close()

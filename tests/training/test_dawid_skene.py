@@ -90,3 +90,19 @@ def test_a_labeler_outside_a_triangle_of_shared_images_is_not_identified():
     rates = dict(zip(est.labelers, est.error, strict=True))
     assert np.isnan(rates["late"]) and np.isnan(est.low[est.labelers.index("late")])
     assert all(np.isfinite(rates[a]) for a in POOL)
+
+
+def test_images_with_the_same_labels_fit_once_with_their_count():
+    """The store hands the report each distinct set of labels with how many items carry it: the EM on those
+    counts is the EM on the images one by one, and a resampled count can only come from images that exist."""
+    image, who, label, _ = _labels(images=600)
+    patterns = dawid_skene.patterns_of(label, who, image)
+    assert len(patterns) < 600 and sum(n for _, n in patterns) == 600
+    one_by_one = [(p, 1) for p, n in patterns for _ in range(n)]
+    grouped = dawid_skene.from_patterns(patterns, K, bootstrap=20)
+    single = dawid_skene.from_patterns(one_by_one, K, bootstrap=20)
+    np.testing.assert_allclose(grouped.error, single.error, atol=1e-9)
+    np.testing.assert_allclose(grouped.shared, single.shared)
+    assert np.all(grouped.low <= grouped.error) and np.all(grouped.error <= grouped.high)
+    # a pattern of one label is no evidence
+    assert dawid_skene.from_patterns([((("careful", 0),), 50)], K).labelers == []
