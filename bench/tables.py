@@ -324,6 +324,36 @@ def card_rates_table(result: dict) -> str:
     )
 
 
+def report_rates_table(result: dict) -> str:
+    """bench/report_rates.py: the report's shared-item estimators against the realised rates, mean over seeds."""
+    names = {
+        "one_coin": "one-coin fit to pair agreement (before)",
+        "dawid_skene": "Dawid-Skene over label patterns (now)",
+    }
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in result["rows"]:
+        cells[(r["multi"], r["scope"], r["estimator"])].append(r)
+    lines = [
+        "| items with 3 labels | window | estimator | mean abs error | Spearman (min) | seeds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for (multi, scope, estimator), rows in sorted(
+        cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "last_night", list(names).index(kv[0][2]))
+    ):
+        rho = [r["spearman_vs_true_error"] for r in rows]
+        lines.append(
+            f"| {multi:.0%} | {scope.replace('_', ' ')} | {names[estimator]} | "
+            f"{np.mean([r['mean_abs_error'] for r in rows]):.3f} | {np.mean(rho):.2f} ({min(rho):.1f}) | {len(rows)} |"
+        )
+    c = result["config"]
+    return (
+        f"The nightly report's per-labeler error rates from the items several labelers labeled: bench/report.py's "
+        f"simulated stream ({c['noise']:.0%} noise, the recipe's five labelers, {c['nights']} nights), every label in "
+        "a SQLite store, both estimators on the same store, against each labeler's realised error rate in the "
+        f"window. Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def label_errors_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for row in result["rows"]:
@@ -1188,6 +1218,11 @@ def update_docs() -> None:
             train_multi_table,
         ),
         ("card_rates", "The card's labeler rates with several labels (`bench/card_rates.py`)", card_rates_table),
+        (
+            "report_rates",
+            "The report's labeler rates from shared items (`bench/report_rates.py`)",
+            report_rates_table,
+        ),
         (
             "train_conditional",
             "Labels whose errors are untied from the images (`bench/train_noise.py --name train_conditional "
