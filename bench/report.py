@@ -43,7 +43,7 @@ import numpy as np
 from rich.console import Console
 from scipy.stats import spearmanr
 
-from bench.common import RESULTS, SIZES, WORK, cpu_name, git_commit, write_results
+from bench.common import RESULTS, SIZES, WORK, LoadSampler, cpu_name, git_commit, write_results
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[1]
@@ -561,7 +561,8 @@ def scale(args, pg_base: str, record) -> None:
         console.print(f"{store}: {n:,} synthetic records written in {time.perf_counter() - t:.0f}s")
         for scope, since in (("last_night", last), ("all_nights", start)):
             for what in ("report", "fetch_all"):
-                m = measure_in_child(url, since.isoformat(), end.isoformat(), what, WORK / "report-scale" / store)
+                with LoadSampler() as load:  # other work on the machine slows both modes
+                    m = measure_in_child(url, since.isoformat(), end.isoformat(), what, WORK / "report-scale" / store)
                 record(
                     kind="scale",
                     mode=what,
@@ -573,6 +574,7 @@ def scale(args, pg_base: str, record) -> None:
                     flagged=None,
                     truly_noisy=None,
                     **m,
+                    **load.summary(),
                 )
 
 

@@ -737,15 +737,15 @@ def report_scale_table(result: dict) -> str:
     if not rows:
         return ""
     lines = [
-        "| store | records in store | scope | records in window | what | seconds | of which SQL | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| store | records in store | scope | records in window | what | seconds | of which SQL | peak RSS MB | load 1m |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         what = "the report" if r["mode"] == "report" else "fetch the records into Python (baseline)"
         sql = f"{r['sql_seconds']:.1f}" if r["mode"] == "report" else "-"
         lines.append(
             f"| {r['store']} | {r['records']:,} | {r['scope']} | {r['window_records']:,} | {what} | "
-            f"{r['seconds']:.1f} | {sql} | {r['peak_rss_mb']:.0f} |"
+            f"{r['seconds']:.1f} | {sql} | {r['peak_rss_mb']:.0f} | {r.get('loadavg_1m_mean', '-')} |"
         )
     return (
         "A synthetic store (50 labelers, 20% of items with three labels), each run in a fresh process "
