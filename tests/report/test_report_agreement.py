@@ -78,44 +78,67 @@ def test_a_labeler_whose_mistakes_the_model_shares_is_flagged_by_agreement(tmp_p
     assert r.flag_test.flagged == ["sly"]
 
 
-def test_the_report_reads_look_alike_confusers_with_full_matrices(tmp_path):
-    """Three labelers who all mix up cat/dog and fox/owl agree on their mistakes: the one-coin fit to the pair
-    table reads them as more careful than they are and the careful labeler as sloppier; the report's
-    Dawid-Skene over the shared items' labels recovers every realised error rate."""
-    rng = np.random.default_rng(7)
-    pool = {"careful": ("any", 0.05), "sloppy": ("any", 0.3)} | {f"conf-{i}": ("swap", 0.35) for i in (1, 2, 3)}
-    items = 1_500
+POOL = {"careful": ("any", 0.05), "sloppy": ("any", 0.3)} | {f"conf-{i}": ("swap", 0.35) for i in (1, 2, 3)}
+
+
+def look_alike_stream(items: int = 1_500, seed: int = 7):
+    """Every item labeled by three of POOL; the confusers swap cat/dog and fox/owl. -> the records, each
+    labeler's realised error rate, and the pair table the one-coin fit reads."""
+    rng = np.random.default_rng(seed)
     swap = {0: 1, 1: 0, 2: 3, 3: 2}
-    records, wrong, said_by = [], {a: [] for a in pool}, {}
+    records, wrong, said_by = [], {a: [] for a in POOL}, {}
     for i in range(items):
         truth = int(rng.integers(4))
         p = {c: 0.1 for c in CLASSES} | {CLASSES[truth]: 0.7}
-        for labeler in rng.choice(sorted(pool), 3, replace=False):
-            how, rate = pool[labeler]
+        for labeler in rng.choice(sorted(POOL), 3, replace=False):
+            how, rate = POOL[labeler]
             said = truth
             if rng.random() < rate:
                 said = swap[truth] if how == "swap" else int((truth + rng.integers(1, 4)) % 4)
             wrong[labeler].append(said != truth)
-            said_by[(f"x{i}", labeler)] = said
+            said_by[(i, labeler)] = said
             records.append(record(f"x{i}", labeler, CLASSES[said], CLASSES[truth], p, flag=said != truth, score=0.5))
-    url = fill(f"sqlite:///{tmp_path / 'a.db'}", records)
-    store = open_store(url)
+    pairs = []
+    for a, b in itertools.combinations(sorted(POOL), 2):
+        both = [i for i in range(items) if (i, a) in said_by and (i, b) in said_by]
+        pairs.append((a, b, sum(said_by[(i, a)] == said_by[(i, b)] for i in both), len(both)))
+    return records, {a: float(np.mean(w)) for a, w in wrong.items()}, pairs
+
+
+def night_report(tmp_path, records):
+    store = open_store(fill(f"sqlite:///{tmp_path / 'a.db'}", records))
     try:
-        r = build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t")
+        return build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t")
     finally:
         store.close()
-    realised = {a: float(np.mean(w)) for a, w in wrong.items()}
-    rows = {x.labeler_id: x.estimated_error for x in r.labelers}
-    assert all(rows[a].source == "agreement" for a in pool)
-    errors = [abs(rows[a].rate - realised[a]) for a in pool]
-    assert np.mean(errors) < 0.025 and max(errors) < 0.06, (rows, realised)
-    assert sum(rows[a].low <= realised[a] <= rows[a].high for a in pool) >= 4
 
-    pairs = []  # the same labels as the one-coin fit reads them
-    for a, b in itertools.combinations(sorted(pool), 2):
-        both = [i for i in range(items) if (f"x{i}", a) in said_by and (f"x{i}", b) in said_by]
-        agree = sum(said_by[(f"x{i}", a)] == said_by[(f"x{i}", b)] for i in both)
-        pairs.append((a, b, agree, len(both)))
+
+def test_the_report_reads_look_alike_confusers_with_full_matrices(tmp_path):
+    """Three labelers who all mix up cat/dog and fox/owl agree on their mistakes: the one-coin fit to the pair
+    table reads them as more careful than they are and the careful labeler as sloppier; the report's
+    Dawid-Skene over the shared items' labels recovers every realised error rate."""
+    records, realised, pairs = look_alike_stream()
+    rows = {x.labeler_id: x.estimated_error for x in night_report(tmp_path, records).labelers}
+    assert all(rows[a].source == "agreement" for a in POOL)
+    errors = [abs(rows[a].rate - realised[a]) for a in POOL]
+    assert np.mean(errors) < 0.025 and max(errors) < 0.06, (rows, realised)
+    assert sum(rows[a].low <= realised[a] <= rows[a].high for a in POOL) >= 4
+
     one_coin = estimate(pairs, k=len(CLASSES))
     one_coin_errors = [abs(e - realised[a]) for a, e in zip(one_coin.labelers, one_coin.error, strict=True)]
     assert np.mean(errors) < np.mean(one_coin_errors) - 0.01, (errors, one_coin_errors)
+
+
+def test_too_many_labelers_and_classes_for_full_matrices_fall_back_to_the_one_coin_fit(tmp_path, monkeypatch):
+    """Dawid-Skene's step costs labelers x K²: above the bound the report keeps the one-coin fit and says so."""
+    from labelaudit.serving.report import build
+
+    monkeypatch.setattr(build, "DS_MAX_WORK", 5 * len(CLASSES) ** 2 - 1)
+    records, _, pairs = look_alike_stream(items=600)
+    r = night_report(tmp_path, records)
+    fit = estimate(pairs, k=len(CLASSES))
+    one_coin = dict(zip(fit.labelers, fit.error, strict=True))
+    for row in r.labelers:
+        assert row.estimated_error.source == "agreement"
+        assert row.estimated_error.rate == pytest.approx(one_coin[row.labeler_id])
+    assert any("one-coin" in note and "5 labelers sharing items, 4 classes" in note for note in r.notes), r.notes
