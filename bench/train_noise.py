@@ -121,6 +121,18 @@ VARIANTS = {  # variant keys of the benchmark itself, not TrainConfig fields: wh
         )
     ),
     "class_conditional": class_conditional,  # labelers' errors untied from the images (same matrices)
+    # a wrong label removed (its image kept, without a label): with `oracle`, what the right labels alone are worth,
+    # the most a method that only finds and drops the wrong labels could use of them
+    "drop_wrong": _each(
+        lambda row: (
+            {k: v for k, v in row.items() if k not in ("label", "labeler_id")}
+            if row.get("split") == "train"
+            and "label" in row
+            and not row.get("trusted")
+            and row["label"] != row["true_label"]
+            else row
+        )
+    ),
 }
 BENCH_KEYS = dict.fromkeys(VARIANTS, False)
 
