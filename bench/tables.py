@@ -295,6 +295,44 @@ def train_conditional_table(result: dict) -> str:
     )
 
 
+def train_bounds_table(result: dict) -> str:
+    """bench/train_noise.py drop_wrong=1 with oracle: the right labels alone, beside the full oracle and auto's
+    model on the recipe's and on untied labels (train_protocol.json, train_conditional.json), each shown only
+    where it started from the same classifier A."""
+    others = [(_load(name) or {"rows": []})["rows"] for name in ("train_protocol", "train_conditional")]
+    row_of = {(r["method"], r["seed"]): r for rows in others for r in rows}
+    # rows from before rows named their start started from their file's classifier A row of that seed
+    start_of = {r["seed"]: r["clean_test_acc"] for rows in others for r in rows if r["method"] == "classifier_a"}
+    auto = "crowdmix:mixup_alpha=0.3,student_rounds=1"
+    columns = {
+        "the full oracle (every true label)": "oracle",
+        "auto, recipe's labels": auto,
+        "auto, labels untied from images": f"{auto},class_conditional=1",
+    }
+    lines = [
+        "| seed | right labels alone | " + " | ".join(columns) + " | load avg |",
+        "|" + " --- |" * (len(columns) + 3),
+    ]
+    for r in sorted(result["rows"], key=lambda r: (r["seed"], r["method"])):
+        if r["method"] == "classifier_a":
+            continue
+        cells = []
+        for method in columns.values():
+            other = row_of.get((method, r["seed"]))
+            start = None if other is None else other.get("classifier_a_test_acc", start_of.get(r["seed"]))
+            same = start is not None and start == r.get("classifier_a_test_acc")
+            cells.append(f"{100 * other['clean_test_acc']:.2f}" if same else "-")
+        load = f"{r['loadavg_1m_mean']:.1f}" if "loadavg_1m_mean" in r else "-"
+        lines.append(f"| {r['seed']} | {100 * r['clean_test_acc']:.2f} | " + " | ".join(cells) + f" | {load} |")
+    return (
+        "Issue 17's protocol (60 epochs, 5,000 unlabeled images, 1% trusted, 40% noise) with every wrong label "
+        "removed and its image kept without a label (`oracle:drop_wrong=1`: plain cross-entropy on the right labels "
+        "and the trusted set): what a method that found and dropped exactly the wrong labels could learn from "
+        "the labels, beside the oracle (every image's true class) and `auto`'s model from the same classifier A. "
+        f"Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def card_rates_table(result: dict) -> str:
     """bench/card_rates.py: each estimator's per-labeler error rates against the truth, per seed and their mean."""
     names = {
@@ -1228,6 +1266,12 @@ def update_docs() -> None:
             "Labels whose errors are untied from the images (`bench/train_noise.py --name train_conditional "
             "--methods ...,class_conditional=1 --epochs-b 60 --unlabeled 5000`)",
             train_conditional_table,
+        ),
+        (
+            "train_bounds",
+            "What the right labels alone are worth (`bench/train_noise.py --name train_bounds --methods "
+            "oracle:drop_wrong=1 --epochs-b 60 --unlabeled 5000`)",
+            train_bounds_table,
         ),
         (
             "student_pairs",
