@@ -20,6 +20,11 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def captioned(caption: str, result: dict, lines: list[str]) -> str:
+    """A table under its caption, which ends with the device, the commits and the date the rows came from."""
+    return f"{caption} Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
+
+
 def train_noise_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[float]] = defaultdict(list)
     speed: dict[str, list[float]] = defaultdict(list)
@@ -324,12 +329,13 @@ def train_bounds_table(result: dict) -> str:
             cells.append(f"{100 * other['clean_test_acc']:.2f}" if same else "-")
         load = f"{r['loadavg_1m_mean']:.1f}" if "loadavg_1m_mean" in r else "-"
         lines.append(f"| {r['seed']} | {100 * r['clean_test_acc']:.2f} | " + " | ".join(cells) + f" | {load} |")
-    return (
+    return captioned(
         "Issue 17's protocol (60 epochs, 5,000 unlabeled images, 1% trusted, 40% noise) with every wrong label "
         "removed and its image kept without a label (`oracle:drop_wrong=1`: plain cross-entropy on the right labels "
         "and the trusted set): what a method that found and dropped exactly the wrong labels could learn from "
-        "the labels, beside the oracle (every image's true class) and `auto`'s model from the same classifier A. "
-        f"Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
+        "the labels, beside the oracle (every image's true class) and `auto`'s model from the same classifier A.",
+        result,
+        lines,
     )
 
 
@@ -354,11 +360,12 @@ def card_rates_table(result: dict) -> str:
             rho = np.mean([r["spearman_vs_true_error"] for r in rows])
             lines.append(f"| mean of {len(rows)} | {names[estimator]} | {mae:.3f} | {rho:.2f} |")
     c = result["config"]
-    return (
+    return captioned(
         f"The model card's per-labeler error rates on task B with {c['multi']:.0%} of the labeled images given two "
         f"more labels (the `{c['method']}` runs of the table above: the same networks and labels for every "
-        "estimator), against the recipe's true rates (labelers.json). "
-        f"Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
+        "estimator), against the recipe's true rates (labelers.json).",
+        result,
+        lines,
     )
 
 
@@ -384,11 +391,13 @@ def report_rates_table(result: dict) -> str:
             f"{np.mean([r['mean_abs_error'] for r in rows]):.3f} | {np.mean(rho):.2f} ({min(rho):.1f}) | {len(rows)} |"
         )
     c = result["config"]
-    return (
+    return captioned(
         f"The nightly report's per-labeler error rates from the items several labelers labeled: bench/report.py's "
         f"simulated stream ({c['noise']:.0%} noise, the recipe's five labelers, {c['nights']} nights), every label in "
         "a SQLite store, both estimators on the same store, against each labeler's realised error rate in the "
-        f"window. Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
+        "window.",
+        result,
+        lines,
     )
 
 
