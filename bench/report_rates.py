@@ -1,7 +1,8 @@
 """The nightly report's labeler error rates from items several labelers labeled: Dawid–Skene over the items'
 label patterns (the report's source now, ``labelaudit.dawid_skene`` on ``aggregate.label_patterns``) against the
 one-coin fit to the labelers' pair agreement (``labelaudit.agreement`` on ``aggregate.pair_agreement``, its
-source before), on the same store. Writes bench/results/report_rates.json and the docs table.
+source before, forced here through the report's fallback), on the same store, and whom the report's flag names
+with each. Writes bench/results/report_rates.json and the docs table.
 
     python -m bench.report_rates            # 3 seeds x 10%/25%/50% of items with three labels (minutes)
 
@@ -10,7 +11,10 @@ The labels are bench/report.py's simulated stream (the recipe's five labelers on
 SQLite store. No model is trained: neither estimator reads the model (its rates come from the labels of the
 shared items alone), so each record's model label is set to the true class. Scored against each labeler's
 realised error rate over the scope's items: mean absolute error and Spearman, for the last night and for all
-three. bench/report.py measures the whole report (its flags, the single-label runs) with a trained model.
+three; and whether the flagged labelers are exactly the ones the simulation made noisy (every kind but
+"reliable", as bench/report.py counts them). Every labeler here shares enough items for a rate from them, so
+the flag tests those rates (its z-test) and the model label plays no part in it. bench/report.py measures the
+whole report (the single-label runs, the flag beside cleanlab) with a trained model.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from rich.progress import track
 from scipy.stats import spearmanr
 
 from bench.common import SIZES, WORK, LoadSampler, device_name, git_commit, write_results
-from bench.report import FIRST_NIGHT, Stream, simulate_stream, true_error_rates
+from bench.report import FIRST_NIGHT, Stream, simulate_stream, true_error_rates, truly_noisy
 
 console = Console()
 
@@ -68,27 +72,32 @@ def fill_store(url: str, stream: Stream, classes: list[str]) -> int:
     return len(records)
 
 
-def estimates(url: str, window, classes: list[str]) -> dict[str, tuple[dict[str, float], float]]:
-    """Each estimator's identified rates (labeler -> rate) and its seconds, from the store."""
-    from labelaudit.agreement import estimate as one_coin
+def estimates(url: str, window, classes: list[str]) -> dict[str, tuple[dict[str, float], list[str], float]]:
+    """Each estimator's identified rates (labeler -> rate), the labelers the report flags with it, and the
+    report's seconds: the report as it is (Dawid–Skene) and with its one-coin fallback forced (the report before)."""
     from labelaudit.serving.core.store import open_store
-    from labelaudit.serving.report import aggregate as agg
-    from labelaudit.serving.report.build import UNKNOWN_LABELER, build_report
+    from labelaudit.serving.report import build
 
+    out = {}
     store = open_store(url)
     try:
-        started = time.perf_counter()
-        report = build_report(store, window=window, store_kind="sqlite", classes=classes, class_source="bench")
-        report_s = time.perf_counter() - started
-        ds = {r.labeler_id: r.estimated_error.rate for r in report.labelers if r.estimated_error.source == "agreement"}
-        started = time.perf_counter()
-        span = agg.span(store, window.since.isoformat(), window.until.isoformat())
-        pairs = agg.pair_agreement(store, agg.Scope(span, "labelaudit", "1"))
-        est = one_coin([p for p in pairs if UNKNOWN_LABELER not in p[:2]], len(classes))
-        coin = {a: float(e) for a, e in zip(est.labelers, est.error, strict=True) if np.isfinite(e)}
-        return {"dawid_skene": (ds, report_s), "one_coin": (coin, time.perf_counter() - started)}
+        for estimator, bound in (("dawid_skene", build.DS_MAX_WORK), ("one_coin", -1)):
+            shipped, build.DS_MAX_WORK = build.DS_MAX_WORK, bound
+            try:
+                started = time.perf_counter()
+                report = build.build_report(
+                    store, window=window, store_kind="sqlite", classes=classes, class_source="bench"
+                )
+                seconds = time.perf_counter() - started
+            finally:
+                build.DS_MAX_WORK = shipped
+            rates = {
+                r.labeler_id: r.estimated_error.rate for r in report.labelers if r.estimated_error.source == "agreement"
+            }
+            out[estimator] = (rates, report.flag_test.flagged, seconds)
     finally:
         store.close()
+    return out
 
 
 def main() -> None:
@@ -127,7 +136,8 @@ def main() -> None:
             truth = {a: w / n for a, (w, n) in true_error_rates(stream, nights).items()}
             with LoadSampler() as load:
                 found = estimates(url, window, classes)
-            for estimator, (rates, seconds) in found.items():
+            noisy = truly_noisy(true_error_rates(stream, nights))
+            for estimator, (rates, flagged, seconds) in found.items():
                 ids = sorted(a for a in rates if a in truth)
                 estimate, true = np.array([rates[a] for a in ids]), np.array([truth[a] for a in ids])
                 row = {
@@ -141,9 +151,11 @@ def main() -> None:
                     if len(ids) > 2
                     else None,
                     "per_labeler": {a: {"true_error": round(truth[a], 4), "estimate": round(rates[a], 4)} for a in ids},
+                    "flagged": sorted(flagged),
+                    "truly_noisy": noisy,
+                    "flagged_equals_truly_noisy": sorted(flagged) == noisy,
                     "records": records,
-                    # dawid_skene: the whole report (every query and statistic); one_coin: its pair query and fit
-                    "seconds": round(seconds, 2),
+                    "seconds": round(seconds, 2),  # the whole report (every query and statistic)
                     **load.summary(),
                     "git_commit": git_commit(),
                 }

@@ -379,8 +379,8 @@ def report_rates_table(result: dict) -> str:
     for r in result["rows"]:
         cells[(r["multi"], r["scope"], r["estimator"])].append(r)
     lines = [
-        "| items with 3 labels | window | estimator | mean abs error | Spearman (min) | seeds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| items with 3 labels | window | estimator | mean abs error | Spearman (min) | flag exact | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (multi, scope, estimator), rows in sorted(
         cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "last_night", list(names).index(kv[0][2]))
@@ -388,14 +388,16 @@ def report_rates_table(result: dict) -> str:
         rho = [r["spearman_vs_true_error"] for r in rows]
         lines.append(
             f"| {multi:.0%} | {scope.replace('_', ' ')} | {names[estimator]} | "
-            f"{np.mean([r['mean_abs_error'] for r in rows]):.3f} | {np.mean(rho):.2f} ({min(rho):.1f}) | {len(rows)} |"
+            f"{np.mean([r['mean_abs_error'] for r in rows]):.3f} | {np.mean(rho):.2f} ({min(rho):.1f}) | "
+            f"{sum(r.get('flagged_equals_truly_noisy', False) for r in rows)} of {len(rows)} | {len(rows)} |"
         )
     c = result["config"]
     return captioned(
         f"The nightly report's per-labeler error rates from the items several labelers labeled: bench/report.py's "
         f"simulated stream ({c['noise']:.0%} noise, the recipe's five labelers, {c['nights']} nights), every label in "
         "a SQLite store, both estimators on the same store, against each labeler's realised error rate in the "
-        "window.",
+        "window. Flag exact: the report flagged exactly the labelers the simulation made noisy (all but the reliable "
+        "one).",
         result,
         lines,
     )
