@@ -26,13 +26,15 @@ def write_report(
     top: int = 50,
     nights: int = 14,
     alpha: float = 0.05,
+    audit_sample_rate: float | None = None,
 ) -> None:
     """Write the report for ``window`` with a progress bar and print its headline and where it is.
-    ``model_repo``: the model cards, for the classes' names and the labelers' error rates."""
+    ``model_repo``: the model cards, for the classes' names and the labelers' error rates.
+    ``audit_sample_rate``: default ``LABELAUDIT_AUDIT_SAMPLE_RATE``, the stream's."""
     from labelaudit.serving.core.model_repo import resolve_model
     from labelaudit.serving.report.job import STEPS, run_report
 
-    settings = settings_with(store_url=store_url)
+    settings = settings_with(store_url=store_url, audit_sample_rate=audit_sample_rate)
     classes, source = None, "the classes seen in the store (no --model-repo)"
     if model_repo is not None:
         served = resolve_model(model_repo, settings.model_name, model_version)
@@ -52,6 +54,7 @@ def write_report(
             top=top,
             alpha=alpha,
             step=lambda name: progress.update(task, advance=1, info=name),
+            audit_sample_rate=settings.audit_sample_rate,
         )
         progress.update(task, completed=STEPS, info="done")
     h = written.report.headline
@@ -91,6 +94,15 @@ def report(
     top: Annotated[int, typer.Option(min=1, help="Items in the relabel queue.")] = 50,
     nights: Annotated[int, typer.Option(min=0, help="Earlier nights in the trends.")] = 14,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Family-wise error rate of the labeler flag.")] = 0.05,
+    audit_sample_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Labelers' error rates from shared items read only the random audit sample's items, the share the "
+            "stream drew (default: LABELAUDIT_AUDIT_SAMPLE_RATE; 0 reads every shared item).",
+        ),
+    ] = None,
 ) -> None:
     """Write the label-disagreement report (report.html, report.json, relabel_queue.csv) for one night."""
     from datetime import date as date_type
@@ -115,6 +127,7 @@ def report(
             top=top,
             nights=nights,
             alpha=alpha,
+            audit_sample_rate=audit_sample_rate,
         )
     except (LabelAuditError, ValueError) as exc:
         raise fail(exc) from exc

@@ -34,10 +34,24 @@ class RelabelUnavailable(Unavailable):
     reason = "relabel_unavailable"
 
 
+AUDIT_DRAW_BITS = 60  # the draw: the first 60 bits of sha256(item id), which a bigint holds in either store
+
+
+def audit_draw(item_id: str) -> int:
+    """The item's draw in [0, 2**60): the first 60 bits of the SHA-256 of its id (UTF-8). The stores compute the
+    same number in SQL (``AuditStore.audit_draw_sql``), so the report can select the audit sample's items."""
+    return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "big") >> (64 - AUDIT_DRAW_BITS)
+
+
+def audit_sample_bound(rate: float) -> int:
+    """Items whose draw is below this are in the audit sample of share ``rate``."""
+    return int(round(rate * 2**AUDIT_DRAW_BITS))
+
+
 def in_audit_sample(item_id: str, rate: float) -> bool:
     """Whether ``item_id`` is in the random audit sample of share ``rate``: a hash of the id, so every label of
     the item, every redelivery, every replica and the report all draw the same answer."""
-    return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "big") < rate * 2**64
+    return audit_draw(item_id) < audit_sample_bound(rate)
 
 
 def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> list[tuple[bytes, bytes]]:

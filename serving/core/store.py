@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args, get_or
 
 from labelaudit.errors import StoreUnavailable
 from labelaudit.schemas.audit import AuditRecord
+from labelaudit.serving.core.relabel import audit_draw
 
 if TYPE_CHECKING:
     import psycopg
@@ -95,6 +96,10 @@ class AuditStore(Protocol):
     def ready(self) -> bool: ...
     def count(self) -> int: ...
     def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]: ...
+    def audit_draw_sql(self, column: str) -> str:
+        """An SQL expression of this store for ``relabel.audit_draw`` of the text in ``column``."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -102,6 +107,7 @@ class SqliteStore:
     def __init__(self, path: str | Path, *, open_timeout_s: float = 30.0):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=open_timeout_s)
+        self._conn.create_function("labelaudit_audit_draw", 1, audit_draw, deterministic=True)
         self._lock = threading.Lock()  # one writer at a time; callers come from worker threads
         # Several processes opening one new file at once (two consumers, a consumer and the gateway) race
         # to switch it to WAL and create the table; SQLite answers the loser "database is locked" at once,
@@ -150,6 +156,9 @@ class SqliteStore:
         with self._lock:
             rows: list[tuple[Any, ...]] = self._conn.execute(sql, params).fetchall()
             return rows
+
+    def audit_draw_sql(self, column: str) -> str:
+        return f"labelaudit_audit_draw({column})"  # registered on the connection: SQLite has no SHA-256
 
     def close(self) -> None:
         with self._lock:
@@ -248,6 +257,10 @@ class PostgresStore:
         with self._connection() as conn:
             conn.execute("SET LOCAL enable_nestloop = off")
             return conn.execute(sql.replace("%", "%%").replace("?", "%s"), params).fetchall()
+
+    def audit_draw_sql(self, column: str) -> str:
+        # the first 15 hex digits of the SHA-256 (PostgreSQL 11+) of the UTF-8 text: its first 60 bits
+        return f"('x' || substr(encode(sha256(convert_to({column}, 'UTF8')), 'hex'), 1, 15))::bit(60)::bigint"
 
     def close(self) -> None:
         self._pool.close()

@@ -175,8 +175,9 @@ def multi_labeled_items(store: AuditStore, scope: Scope) -> int:
     return _int(count)
 
 
-def pair_agreement(store: AuditStore, scope: Scope) -> list[tuple[str, str, int, int]]:
+def pair_agreement(store: AuditStore, scope: Scope, sample_bound: int | None = None) -> list[tuple[str, str, int, int]]:
     """(labeler a, labeler b, items where they agree, items they share) with a < b: the pair table.
+    ``sample_bound``: only the items of the random audit sample (``relabel.audit_sample_bound``).
 
     A self-join on the item; the unique index (item_id, labeler_id, model_version) serves the lookups.
     """
@@ -184,12 +185,17 @@ def pair_agreement(store: AuditStore, scope: Scope) -> list[tuple[str, str, int,
     def window(t: str) -> str:
         return f" AND {Span.sql(t)} AND {t}human_label IS NOT NULL AND {t}model_name = ? AND {t}model_version = ?"
 
+    sample = "" if sample_bound is None else f" AND {store.audit_draw_sql('a.item_id')} < ?"
     sql = (
         "SELECT a.labeler_id, b.labeler_id, SUM(CASE WHEN a.human_label = b.human_label THEN 1 ELSE 0 END), COUNT(*)"
         " FROM audit_records a JOIN audit_records b ON b.item_id = a.item_id AND b.model_version = a.model_version"
-        " AND b.labeler_id > a.labeler_id" + window("a.") + window("b.") + " GROUP BY a.labeler_id, b.labeler_id"
+        " AND b.labeler_id > a.labeler_id"
+        + window("a.")
+        + window("b.")
+        + sample
+        + " GROUP BY a.labeler_id, b.labeler_id"
     )
-    rows = store.select(sql, scope.params() + scope.params())
+    rows = store.select(sql, scope.params() + scope.params() + (() if sample_bound is None else (sample_bound,)))
     return [(str(a), str(b), _int(k), _int(n)) for a, b, k, n in rows]
 
 
@@ -197,7 +203,11 @@ MAX_PATTERN_LABELS = 8  # an item's labels the pattern query reads (its first la
 
 
 def label_patterns(
-    store: AuditStore, scope: Scope, unknown: str, max_labels: int = MAX_PATTERN_LABELS
+    store: AuditStore,
+    scope: Scope,
+    unknown: str,
+    max_labels: int = MAX_PATTERN_LABELS,
+    sample_bound: int | None = None,
 ) -> list[tuple[tuple[tuple[str, str], ...], int]]:
     """Each distinct set of labels that two or more named labelers gave one item, with how many items carry
     it: ``(((labeler, label), ...), items)``, the pairs sorted. The input of Dawid–Skene's EM
@@ -206,7 +216,8 @@ def label_patterns(
     Portable SQL: ``ROW_NUMBER`` numbers an item's labels by labeler id, and one column pair per position
     pivots them (``group_concat`` cannot be ordered in the SQLite Python ships). Labels without a labeler id
     (``unknown``) are not a person and stay out. An item with more than ``max_labels`` named labels is read
-    with its first ``max_labels``.
+    with its first ``max_labels``. ``sample_bound``: only the items of the random audit sample
+    (``relabel.audit_sample_bound``), whose second labels were asked for at random.
     """
     columns = ", ".join(
         f"MAX(CASE WHEN pos = {i} THEN labeler_id END) AS a{i}, MAX(CASE WHEN pos = {i} THEN human_label END) AS y{i}"
@@ -219,12 +230,14 @@ def label_patterns(
         " COUNT(*) OVER (PARTITION BY item_id) AS copies"
         f" FROM audit_records WHERE {Span.sql()} AND human_label IS NOT NULL AND labeler_id <> ?"
         + _MODEL_FILTER
+        + ("" if sample_bound is None else f" AND {store.audit_draw_sql('item_id')} < ?")
         + f"), items AS (SELECT {columns} FROM named WHERE copies > 1 GROUP BY item_id)"
         f" SELECT {pattern}, COUNT(*) FROM items GROUP BY {pattern}"
     )
     span, model = scope.params()[:4], scope.params()[4:]
     found: dict[tuple[tuple[str, str], ...], int] = {}
-    for row in store.select(sql, (*span, unknown, *model)):
+    sample = () if sample_bound is None else (sample_bound,)
+    for row in store.select(sql, (*span, unknown, *model, *sample)):
         labels = tuple(sorted((str(a), str(y)) for a, y in zip(row[:-1:2], row[1:-1:2], strict=True) if a is not None))
         found[labels] = found.get(labels, 0) + _int(row[-1])
     return sorted(found.items())

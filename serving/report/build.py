@@ -30,6 +30,7 @@ from labelaudit.schemas.report import (
     Transition,
     Window,
 )
+from labelaudit.serving.core.relabel import audit_sample_bound
 from labelaudit.serving.core.store import AuditStore
 from labelaudit.serving.report import aggregate as agg
 from labelaudit.serving.report.stats import fisher_greater, holm, wilson
@@ -84,10 +85,14 @@ def build_report(
     alpha: float = 0.05,
     model_confusion: Callable[[str, str], ModelConfusion | None] = lambda name, version: None,
     step: Callable[[str], None] = lambda name: None,
+    audit_sample_rate: float = 0.0,
 ) -> Report:
     """The report for ``window``: the model given by ``model_version`` (default: the one with the window's
     latest record) and its verdicts; the other models in the window are listed, not counted.
-    ``model_confusion(name, version)``: that model's confusion from its card, if there is one."""
+    ``model_confusion(name, version)``: that model's confusion from its card, if there is one.
+    ``audit_sample_rate`` (the stream's ``LABELAUDIT_AUDIT_SAMPLE_RATE``): above 0, labelers' error rates from
+    shared items read only the items of the random audit sample (a second label given because the model
+    disagreed comes from an item the model picked, and would read the first labeler's rate high)."""
     since, until = _iso(window.since), _iso(window.until)
     step("models in the window")
     window_span = agg.span(store, since, until)
@@ -138,7 +143,7 @@ def build_report(
     queue = agg.relabel_queue(store, scope, top)
 
     step("labels of the shared items (SQL)")
-    shared_rates, note = _shared_estimates(store, scope, classes, pairs)
+    shared_rates, note = _shared_estimates(store, scope, classes, pairs, audit_sample_rate)
     notes += [note] if note else []
     confusion, note = _usable_confusion(model_confusion(chosen.model_name, chosen.model_version))
     notes += [note] if note else []
@@ -237,13 +242,26 @@ def _transition(cells: list[agg.Cell], classes: list[str]) -> Transition:
 
 
 def _shared_estimates(
-    store: AuditStore, scope: agg.Scope, classes: list[str], pairs: list[tuple[str, str, int, int]]
+    store: AuditStore,
+    scope: agg.Scope,
+    classes: list[str],
+    pairs: list[tuple[str, str, int, int]],
+    audit_sample_rate: float = 0.0,
 ) -> tuple[Estimates, str | None]:
     """Labelers' error rates from the items several of them labeled: Dawid–Skene's EM over the items' label
     patterns (a full matrix per labeler, so labelers who confuse the same look-alike classes are not read as
     careful), or, where a step of that EM would cost more than ``DS_MAX_WORK`` (labelers x K² for the matrices,
     the patterns' labels x K for the posteriors), the one-coin fit to the pair table; and what the page should
-    say about the latter."""
+    say about the latter and about the audit sample."""
+    bound, sampled = None, None
+    if audit_sample_rate > 0:
+        bound = audit_sample_bound(audit_sample_rate)
+        pairs = agg.pair_agreement(store, scope, bound)
+        sampled = (
+            f"Labelers' error rates from shared items read only the items of the random audit sample "
+            f"({audit_sample_rate:.0%} of the items, drawn by their ids as the stream drew them): a second label "
+            "that answers a disagreement request comes from an item the model picked."
+        )
     people = [x for x in pairs if UNKNOWN_LABELER not in x[:2]]
     labelers, k = len({a for x in people for a in x[:2]}), len(classes)
     patterns: list[tuple[tuple[tuple[str, int], ...], int]] = []
@@ -251,17 +269,18 @@ def _shared_estimates(
         index = {c: i for i, c in enumerate(classes)}
         patterns = [
             (tuple((a, index[y]) for a, y in labels), n)
-            for labels, n in agg.label_patterns(store, scope, UNKNOWN_LABELER)
+            for labels, n in agg.label_patterns(store, scope, UNKNOWN_LABELER, sample_bound=bound)
         ]
     work = labelers * k * k + sum(len(p) for p, _ in patterns) * k
     if work > DS_MAX_WORK:
-        return one_coin_estimates(people, k), (
+        fallback = (
             f"{labelers} labelers sharing items, {k} classes and the items' {len(patterns):,} distinct sets of labels "
             "are more than the report fits Dawid–Skene's full confusion matrices for in reasonable time: labelers' "
             "error rates from shared items come from their pairwise agreement (one-coin model: it reads labelers "
             "who confuse the same classes as more careful than they are)."
         )
-    return dawid_skene.from_patterns(patterns, k), None
+        return one_coin_estimates(people, k), " ".join(x for x in (sampled, fallback) if x)
+    return dawid_skene.from_patterns(patterns, k), sampled
 
 
 def _usable_confusion(confusion: ModelConfusion | None) -> tuple[ModelConfusion | None, str | None]:

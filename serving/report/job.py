@@ -21,7 +21,7 @@ from labelaudit.serving.report.render import render_html
 from labelaudit.serving.report.thumbnails import load_thumbnails
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
-STEPS = 9  # progress ticks: the build's six steps (SQL), thumbnails, figures and page, files
+STEPS = 10  # progress ticks: the build's seven steps (SQL), thumbnails, figures and page, files
 # relabel_queue.csv: the queue's fields, rank first (the page's thumbnail flag is not a column).
 QUEUE_COLUMNS = ("rank", *(name for name in QueueItem.model_fields if name not in ("rank", "thumbnail")))
 
@@ -98,9 +98,11 @@ def run_report(
     top: int = 50,
     alpha: float = 0.05,
     step: Callable[[str], None] = lambda name: None,
+    audit_sample_rate: float = 0.0,
 ) -> Written:
     """Aggregate the store for ``window`` and write the three files; returns where they are. ``model_repo``:
-    where the reported model's card is, for its confusion (labelers' error rates from one label per item)."""
+    where the reported model's card is, for its confusion (labelers' error rates from one label per item).
+    ``audit_sample_rate``: labelers' rates from shared items read the random audit sample's items only."""
     if store_url.startswith("sqlite:///") and not Path(store_url.removeprefix("sqlite:///")).is_file():
         raise ReportError(f"no audit store at {store_url.removeprefix('sqlite:///')}")
     if images is not None and not images.exists():
@@ -119,6 +121,7 @@ def run_report(
             alpha=alpha,
             model_confusion=card_confusion(model_repo),
             step=step,
+            audit_sample_rate=audit_sample_rate,
         )
     finally:
         store.close()

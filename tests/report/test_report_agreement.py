@@ -142,3 +142,45 @@ def test_too_many_labelers_and_classes_for_full_matrices_fall_back_to_the_one_co
         assert row.estimated_error.source == "agreement"
         assert row.estimated_error.rate == pytest.approx(one_coin[row.labeler_id])
     assert any("one-coin" in note and "5 labelers sharing items, 4 classes" in note for note in r.notes), r.notes
+
+
+def test_with_the_audit_sample_rate_relabel_answers_do_not_bias_the_rates(tmp_path):
+    """Items the stream drew for the audit sample get two more labels at random; items whose first label the
+    model disagreed with get one more (a relabel request's answer). Read together, the answers make every first
+    labeler look wrong more often than it is; with the sample's rate the report reads the sampled items only."""
+    from labelaudit.serving.core.relabel import in_audit_sample
+
+    rng = np.random.default_rng(3)
+    error = {"a": 0.1, "b": 0.25, "c": 0.15, "d": 0.3}
+    records, wrong = [], {x: [] for x in error}
+    for i in range(2_400):
+        item, truth = f"r{i}", int(rng.integers(4))
+        p = {c: 0.1 for c in CLASSES} | {CLASSES[truth]: 0.7}  # the model is right: a wrong label disagrees
+        first, *others = rng.permutation(sorted(error))
+        labelers = [first, *others[:2]] if in_audit_sample(item, 0.3) else [first]
+        for j, who in enumerate(labelers):
+            said = truth if rng.random() >= error[who] else int((truth + rng.integers(1, 4)) % 4)
+            if j == 0 and len(labelers) == 1 and said != truth:
+                labelers.append(others[0])  # the relabel request's answer
+            wrong[who].append(said != truth)
+            records.append(record(item, who, CLASSES[said], CLASSES[truth], p, flag=said != truth, score=0.5))
+    realised = {x: float(np.mean(w)) for x, w in wrong.items()}
+    mae = {}
+    for rate in (0.0, 0.3):
+        store = open_store(fill(f"sqlite:///{tmp_path / f'{rate}.db'}", records))
+        try:
+            r = build_report(
+                store,
+                window=night_window(NIGHT),
+                store_kind="sqlite",
+                classes=CLASSES,
+                class_source="t",
+                audit_sample_rate=rate,
+            )
+        finally:
+            store.close()
+        rows = {x.labeler_id: x.estimated_error for x in r.labelers}
+        assert all(rows[x].source == "agreement" for x in error)
+        mae[rate] = np.mean([abs(rows[x].rate - realised[x]) for x in error])
+        assert any("audit sample" in note for note in r.notes) == (rate > 0)
+    assert mae[0.3] < 0.03 and mae[0.0] > mae[0.3] + 0.03, mae

@@ -110,3 +110,20 @@ def test_since_and_until_name_the_folder(tmp_path):
         (tmp_path / "r" / "2026-11-20T0000--2026-11-22T0000" / "report.json").read_text()
     )
     assert report.headline.labels == 18  # both nights of version 1
+
+
+def test_the_audit_sample_rate_comes_from_the_streams_setting_or_the_option(tmp_path, monkeypatch):
+    """The report reads LABELAUDIT_AUDIT_SAMPLE_RATE, as the stream that drew the sample does; the option wins."""
+    store = fill(f"sqlite:///{tmp_path / 'audit.db'}", KNOWN)
+
+    def notes(folder: str, *args: str) -> list[str]:
+        run_report(store, tmp_path / folder, "--date", "2026-11-21", *args)
+        return Report.model_validate_json((tmp_path / folder / "2026-11-21" / "report.json").read_text()).notes
+
+    assert not any("audit sample" in n for n in notes("plain"))
+    monkeypatch.setenv("LABELAUDIT_AUDIT_SAMPLE_RATE", "0.25")
+    assert any("random audit sample (25% of the items" in n for n in notes("env"))
+    assert any("(10% of the items" in n for n in notes("option", "--audit-sample-rate", "0.1"))
+    assert not any("audit sample" in n for n in notes("off", "--audit-sample-rate", "0"))
+    result = CliRunner().invoke(app, ["report", "--store-url", store, "--audit-sample-rate", "1.5"])
+    assert result.exit_code == 2 and "audit-sample-rate" in result.output

@@ -131,3 +131,36 @@ def test_label_patterns_are_the_shared_items_named_labels(tmp_path, postgres_url
             assert all(len(p) <= 2 for p, _ in first_two)
         finally:
             store.close()
+
+
+def test_the_stores_draw_the_audit_sample_as_the_stream_does(tmp_path, postgres_url):
+    """The audit sample's draw in SQL (SHA-256's first 60 bits of the item id) is the stream's own, in both
+    stores, for ASCII and non-ASCII ids; the pattern query then reads only the sampled items."""
+    import psycopg
+
+    from labelaudit.serving.core.relabel import audit_draw, audit_sample_bound, in_audit_sample
+    from labelaudit.serving.report import aggregate as agg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    ids = [f"item-{i}" for i in range(200)] + ["ärger-1", "猫-2", "x" * 200]
+    records = [record(i, who, "cat", "cat", {"cat": 0.9}) for i in ids for who in ("anna", "ben")]
+    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(postgres_url.rsplit("/", 1)[0] + f"/{name}", records)]
+    sampled = sum(in_audit_sample(i, 0.3) for i in ids)
+    assert 30 < sampled < 95
+    for url in urls:
+        store = open_store(url)
+        try:
+            rows = store.select(f"SELECT item_id, {store.audit_draw_sql('item_id')} FROM audit_records")
+            assert {(str(i), int(d)) for i, d in rows} == {(i, audit_draw(i)) for i in ids}
+            window = night_window(NIGHT)
+            span = agg.span(store, window.since.isoformat(), window.until.isoformat())
+            scope = agg.Scope(span, "m", "1")
+            bound = audit_sample_bound(0.3)
+            assert agg.label_patterns(store, scope, "", sample_bound=bound) == [
+                ((("anna", "cat"), ("ben", "cat")), sampled)
+            ]
+            assert agg.pair_agreement(store, scope, bound) == [("anna", "ben", sampled, sampled)]
+        finally:
+            store.close()
