@@ -786,7 +786,8 @@ def report_scale_table(result: dict) -> str:
     if not rows:
         return ""
     lines = [
-        "| store | records in store | scope | records in window | what | seconds | of which SQL | peak RSS MB | load 1m |",
+        "| store | records in store | scope | records in window | what | seconds | of which building (SQL, statistics) "
+        "| peak RSS MB | load 1m |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
