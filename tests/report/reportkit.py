@@ -87,3 +87,17 @@ def fill(url: str, records: list[AuditRecord]) -> str:
     finally:
         store.close()
     return url
+
+
+def report_of(url: str, night: date = NIGHT, **kw):
+    """The report of ``night`` over the store at ``url``, with ``build_report``'s other options ``kw``."""
+    from labelaudit.serving.report.build import build_report
+    from labelaudit.serving.report.job import night_window
+
+    store = open_store(url)
+    try:
+        return build_report(
+            store, window=night_window(night), store_kind="test", classes=CLASSES, class_source="test", **kw
+        )
+    finally:
+        store.close()

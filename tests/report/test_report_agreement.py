@@ -13,7 +13,7 @@ from labelaudit.agreement import above_pool, estimate
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import night_window
-from tests.report.reportkit import CLASSES, NIGHT, fill, record
+from tests.report.reportkit import CLASSES, NIGHT, fill, record, report_of
 
 
 def simulated_pairs(accuracy: dict[str, float], items: int, k: int, seed: int = 0):
@@ -105,12 +105,9 @@ def look_alike_stream(items: int = 1_500, seed: int = 7):
     return records, {a: float(np.mean(w)) for a, w in wrong.items()}, pairs
 
 
-def night_report(tmp_path, records):
-    store = open_store(fill(f"sqlite:///{tmp_path / 'a.db'}", records))
-    try:
-        return build_report(store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t")
-    finally:
-        store.close()
+def night_report(tmp_path, records, db: str = "a", **options):
+    """NIGHT's report of ``records`` in a fresh SQLite store ``db``, with ``build_report``'s ``options``."""
+    return report_of(fill(f"sqlite:///{tmp_path / f'{db}.db'}", records), **options)
 
 
 def test_the_report_reads_look_alike_confusers_with_full_matrices(tmp_path):
@@ -167,18 +164,7 @@ def test_with_the_audit_sample_rate_relabel_answers_do_not_bias_the_rates(tmp_pa
     realised = {x: float(np.mean(w)) for x, w in wrong.items()}
     mae = {}
     for rate in (0.0, 0.3):
-        store = open_store(fill(f"sqlite:///{tmp_path / f'{rate}.db'}", records))
-        try:
-            r = build_report(
-                store,
-                window=night_window(NIGHT),
-                store_kind="sqlite",
-                classes=CLASSES,
-                class_source="t",
-                audit_sample_rate=rate,
-            )
-        finally:
-            store.close()
+        r = night_report(tmp_path, records, db=str(rate), audit_sample_rate=rate)
         rows = {x.labeler_id: x.estimated_error for x in r.labelers}
         assert all(rows[x].source == "agreement" for x in error)
         mae[rate] = np.mean([abs(rows[x].rate - realised[x]) for x in error])

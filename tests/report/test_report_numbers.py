@@ -11,17 +11,7 @@ import pytest
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import night_window
-from tests.report.reportkit import CAT, CLASSES, KNOWN, NIGHT, fill, record
-
-
-def report_of(url: str, night: date = NIGHT, **kw):
-    store = open_store(url)
-    try:
-        return build_report(
-            store, window=night_window(night), store_kind="test", classes=CLASSES, class_source="test", **kw
-        )
-    finally:
-        store.close()
+from tests.report.reportkit import CAT, CLASSES, KNOWN, NIGHT, fill, record, report_of
 
 
 def test_headline(known_store):
