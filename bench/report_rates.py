@@ -133,10 +133,10 @@ def main() -> None:
             "all_nights": (span_window(start, start + timedelta(days=args.nights)), set(range(args.nights))),
         }
         for scope, (window, nights) in scopes.items():
-            truth = {a: w / n for a, (w, n) in true_error_rates(stream, nights).items()}
+            errors = true_error_rates(stream, nights)
+            truth, noisy = {a: w / n for a, (w, n) in errors.items()}, truly_noisy(errors)
             with LoadSampler() as load:
                 found = estimates(url, window, classes)
-            noisy = truly_noisy(true_error_rates(stream, nights))
             for estimator, (rates, flagged, seconds) in found.items():
                 ids = sorted(a for a in rates if a in truth)
                 estimate, true = np.array([rates[a] for a in ids]), np.array([truth[a] for a in ids])

@@ -85,7 +85,7 @@ def _fit(
         # one-coin matrix (its accuracy on the diagonal, the rest spread evenly): a full matrix where its labels
         # show one, a coin where a class has few of them
         weighted = (q[image] * row_weight[:, None]).ravel()
-        tally = np.bincount(said_true, weights=weighted, minlength=n_labelers * k * k).astype(float)
+        tally = np.bincount(said_true, weights=weighted, minlength=n_labelers * k * k).astype(float, copy=False)
         accuracy = np.nan_to_num(1.0 - error)[:, None, None]
         coin = accuracy * np.eye(k) + (1.0 - accuracy) / max(k - 1, 1) * (1.0 - np.eye(k))
         counts = PSEUDO_COUNT + tally.reshape(n_labelers, k, k).transpose(0, 2, 1) + PRIOR_STRENGTH * coin
