@@ -114,6 +114,34 @@ class StreamOutcome:
     seconds: float
 
 
+def _consume(env: dict[str, str], messages: int, log_path: Path, progress: Callable[[], None]) -> float:
+    """``labelaudit consume`` as a process until it has audited ``messages`` new ones; its seconds."""
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labelaudit", "consume", "--max-messages", str(messages)],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    while proc.poll() is None:
+        progress()
+        time.sleep(0.5)
+    if proc.returncode != 0:
+        raise DemoError(f"the consumer failed; see {log_path}")
+    progress()
+    return time.monotonic() - started
+
+
+def _consumer_env(bootstrap: str, repo: Path, store_url: str) -> dict[str, str]:
+    return dict(
+        os.environ,
+        LABELAUDIT_MODEL_REPO=str(repo),
+        LABELAUDIT_STORE_URL=store_url,
+        LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+    )
+
+
 def stream_task_b(
     bootstrap: str, repo: Path, manifest: Path, store_url: str, log_path: Path, on_progress: Callable[[int, int], None]
 ) -> StreamOutcome:
@@ -124,28 +152,10 @@ def stream_task_b(
     settings = Settings(kafka_bootstrap_servers=bootstrap)
     messages = list(image_messages(manifest, split="train", by_uri=False, limit=None))
     sent = produce(settings, messages, partitions=4)
-    env = dict(
-        os.environ,
-        LABELAUDIT_MODEL_REPO=str(repo),
-        LABELAUDIT_STORE_URL=store_url,
-        LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-    )
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "labelaudit", "consume", "--max-messages", str(sent)],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
     store_path = store_url.removeprefix("sqlite:///")
-    while proc.poll() is None:
-        on_progress(_count(store_path), sent)
-        time.sleep(0.5)
-    if proc.returncode != 0:
-        raise DemoError(f"the consumer failed; see {log_path}")
-    on_progress(_count(store_path), sent)
-    seconds = time.monotonic() - started
+    seconds = _consume(
+        _consumer_env(bootstrap, repo, store_url), sent, log_path, lambda: on_progress(_count(store_path), sent)
+    )
 
     truth = {}
     for line in manifest.read_text().splitlines():
@@ -164,6 +174,75 @@ def stream_task_b(
         truly_wrong_flagged=sum(truth.get(i, False) for i in flagged),
         truly_wrong=sum(truth.values()),
         seconds=seconds,
+    )
+
+
+@dataclass
+class Answered:
+    answered: int
+    changed: int  # answers that gave the model's label
+    changed_right: int  # of those, answers that are the true class (the simulation knows)
+    reviewer_error: float
+
+
+REVIEWER, REVIEWER_ERROR = "reviewer", 0.05  # the demo's careful second pair of eyes, and how often it errs
+
+
+def answer_requests(
+    bootstrap: str, repo: Path, manifest: Path, store_url: str, log_path: Path, *, budget: int, seed: int
+) -> Answered:
+    """What a relabel tool does with a QA budget: read the relabel topic, take the ``budget`` disagreement
+    requests with the highest scores, have a reviewer label each item again (the simulation's true class,
+    another class ``REVIEWER_ERROR`` of the time) and send the answers to ``images`` naming their requests
+    (``answers``); the consumer audits them and the store keeps them for the report."""
+    import random
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from labelaudit.produce import image_messages, produce
+    from labelaudit.serving.settings import Settings
+
+    settings = Settings(kafka_bootstrap_servers=bootstrap)
+    reader = KafkaConsumer(**settings.kafka_client_config(), enable_auto_commit=False)
+    partitions = [
+        TopicPartition(settings.kafka_relabel_topic, p)
+        for p in reader.partitions_for_topic(settings.kafka_relabel_topic) or ()
+    ]
+    requests: dict[str, dict] = {}
+    if partitions:
+        reader.assign(partitions)
+        reader.seek_to_beginning(*partitions)
+        end, deadline = reader.end_offsets(partitions), time.monotonic() + 60
+        while any(reader.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
+            for batch in reader.poll(timeout_ms=500).values():
+                for record in batch:
+                    request = json.loads(record.value)
+                    if request["reason"] == "disagreement":
+                        requests[request["request_id"]] = request  # a redelivery has the same id
+    reader.close()
+    chosen = sorted(requests.values(), key=lambda r: -r["score"])[:budget]
+
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    truth = {r["item_id"]: r["true_label"] for r in rows if r["split"] == "train"}
+    classes = sorted(set(truth.values()))
+    images = {m.item_id: m for m in image_messages(manifest, split="train", by_uri=False, limit=None)}
+    rng = random.Random(seed)
+    answers = []
+    for r in chosen:
+        label = truth[r["item_id"]]
+        if rng.random() < REVIEWER_ERROR:
+            label = rng.choice([c for c in classes if c != label])
+        update = {"label": label, "labeler_id": REVIEWER, "answers": r["request_id"]}
+        answers.append(images[r["item_id"]].model_copy(update=update))
+    if answers:
+        produce(settings, answers, partitions=4)
+        _consume(_consumer_env(bootstrap, repo, store_url), len(answers), log_path, lambda: None)
+    changed = [(a, r) for a, r in zip(answers, chosen, strict=True) if a.label == r["predicted_label"]]
+    return Answered(
+        answered=len(answers),
+        changed=len(changed),
+        changed_right=sum(a.label == truth[a.item_id] for a, _ in changed),
+        reviewer_error=REVIEWER_ERROR,
     )
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labelaudit.schemas.fields import Identifier
+from labelaudit.schemas.fields import Identifier, RequestId, answer_problem
 
 Source = Literal["http", "kafka"]
 """The transport an audit record came through."""
+
+RelabelReason = Literal["disagreement", "audit_sample"]
+"""Why a relabel request was sent (``RelabelRequest.reason``)."""
 
 
 class Verdict(BaseModel):
@@ -48,12 +51,40 @@ class AuditRecord(ModelVerdict):
     created_at: datetime
 
 
+class RelabelAnswer(BaseModel):
+    """A label that answers a relabel request, stored beside its audit record (``relabel_answers``) in the same
+    transaction: the report measures how often the second person agreed with the model, and keeps answers to
+    disagreement requests (items the model picked) out of the labelers' error rates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    reason: RelabelReason = Field(description="The answered request's reason, read off its id.")
+    item_id: str
+    labeler_id: str
+    label: str
+    created_at: datetime
+
+
+ANSWERS_DESCRIPTION = (
+    "The request_id of the relabel request this label answers (a relabel tool sets it). Such a label is audited "
+    "like any other, asks for no relabel itself, and is kept in relabel_answers for the report."
+)
+
+
 class AuditFields(BaseModel):
     """The human side of ``POST /v1/audit``, the same in both of its forms."""
 
     item_id: Identifier
     labeler_id: Identifier
     label: Identifier = Field(description="The human label, one of the model's classes.")
+    answers: RequestId | None = Field(default=None, description=ANSWERS_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def answers_its_item(self) -> AuditFields:
+        if (problem := answer_problem(self.item_id, self.answers)) is not None:
+            raise ValueError(problem)
+        return self
 
 
 class AuditRequest(AuditFields):

@@ -46,3 +46,15 @@ class NoControlCharacters:
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200), NoControlCharacters()]
 """An item id, labeler id or label: 1 to 200 characters, no control characters."""
+
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=1000), NoControlCharacters()]
+"""A relabel request's ``request_id`` as a label names it: three identifiers joined by ``/`` fit."""
+
+
+def answer_problem(item_id: str, answers: str | None) -> str | None:
+    """Why ``answers`` cannot be the request a label on ``item_id`` answers, or None. A request id starts with
+    its item's id and a ``/`` (``RelabelRequest.request_id``): an answer naming another item's request is a
+    tool's mix-up, refused rather than counted against the wrong label."""
+    if answers is not None and not answers.startswith(f"{item_id}/"):
+        return f"answers {answers!r} is not a request about item {item_id!r} (a request id starts with its item id and '/')"
+    return None

@@ -61,7 +61,9 @@ class PreviousNights(_Model):
 class Headline(_Model):
     records: int = Field(description="Audit records of the reported model in the window (unlabeled included).")
     images_audited: int = Field(description="Distinct items.")
-    labels: int = Field(description="Records that carry a human label.")
+    labels: int = Field(
+        description="Records that carry a human label (not those answering disagreement requests: relabel_answers)."
+    )
     unlabeled: int
     multi_labeled_items: int = Field(description="Items with labels from two or more labelers.")
     disagreement: Rate = Field(description="Labels that differ from their truth estimate.")
@@ -161,6 +163,35 @@ class Consensus(_Model):
     model_weight: float = Field(description="c in score(k) = votes(k) + c * p_model(k).")
 
 
+class AnswerRow(_Model):
+    """Answers to the relabel requests about one labeler's labels (the questioned labeler)."""
+
+    labeler_id: str
+    answered: int = Field(description="Answers stored in the window to requests about this labeler's labels.")
+    model: int = Field(description="Of those, answers that give the model's label: the label was changed.")
+    kept: int = Field(description="Answers that give this labeler's label again: the model was questioned.")
+    other: int = Field(description="Answers that give neither.")
+    changed: Rate = Field(description="model of answered: how often a second look sided with the model.")
+
+
+class RelabelAnswers(_Model):
+    """Labels that answer relabel requests (``answers`` on the stream or ``/v1/audit``), stored in the window.
+    Answers to disagreement requests measure the relabel queue; they are kept out of the labelers' numbers
+    above (the model picked their items), though each still votes in its item's consensus."""
+
+    answered: int = Field(default=0, description="Answers to disagreement requests about this model's labels.")
+    precision: Rate = Field(
+        default_factory=lambda: Rate(k=0, n=0, rate=None, low=None, high=None),
+        description="Of those, answers that give the model's label: the queue's precision, as the second "
+        "person sees it.",
+    )
+    per_labeler: list[AnswerRow] = Field(default_factory=list)
+    audit_sample: int = Field(default=0, description="Answers to audit-sample requests (counted above as labels).")
+    other_models: int = Field(
+        default=0, description="Answers to disagreement requests about other models' labels, or to requests not found."
+    )
+
+
 class Report(_Model):
     schema_: Literal["labelaudit.report.v1"] = Field(default=REPORT_SCHEMA, alias="schema")
     generated_at: datetime
@@ -177,5 +208,6 @@ class Report(_Model):
     labelers: list[LabelerRow]
     flag_test: FlagTest
     relabel_queue: list[QueueItem]
+    relabel_answers: RelabelAnswers = Field(default_factory=RelabelAnswers)
     trends: list[NightRow]
     notes: list[str] = Field(description="Plain statements about what is missing or thin (empty night, ...).")

@@ -13,11 +13,10 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labelaudit.schemas.audit import ModelVerdict
-from labelaudit.schemas.fields import Identifier
+from labelaudit.schemas.audit import ANSWERS_DESCRIPTION, ModelVerdict, RelabelReason
+from labelaudit.schemas.fields import Identifier, RequestId, answer_problem
 
 IMAGE_SCHEMA: Final = "labelaudit.image.v1"
-RelabelReason = Literal["disagreement", "audit_sample"]
 RELABEL_SCHEMA: Final = "labelaudit.relabel.v1"
 
 # Headers added to a dead letter (values are UTF-8): why it failed and where it came from.
@@ -55,6 +54,7 @@ class ImageMessage(BaseModel):
     label: Identifier | None = Field(default=None, description="The human label.")
     labeler_id: Identifier | None = None
     sent_at: datetime | None = None
+    answers: RequestId | None = Field(default=None, description=ANSWERS_DESCRIPTION)
 
     @model_validator(mode="after")
     def one_image(self) -> ImageMessage:
@@ -62,6 +62,10 @@ class ImageMessage(BaseModel):
             raise ValueError("give exactly one of image_b64 and image_uri")
         if self.labeler_id is not None and self.label is None:
             raise ValueError("labeler_id without a label")
+        if self.answers is not None and self.label is None:
+            raise ValueError("answers without a label: an answer to a relabel request is a label")
+        if (problem := answer_problem(self.item_id, self.answers)) is not None:
+            raise ValueError(problem)
         return self
 
 
@@ -72,7 +76,8 @@ class RelabelRequest(ModelVerdict):
     schema_: Literal["labelaudit.relabel.v1"] = Field(default=RELABEL_SCHEMA, alias="schema")
     request_id: str = Field(
         description="item_id/labeler_id/model_version for a disagreement; item_id/audit-sample/model_version for "
-        "an audit sample (one request per item, whichever of its labels asked): the same on every redelivery."
+        "an audit sample (one request per item, whichever of its labels asked): the same on every redelivery. "
+        "The answer, a label on the images topic or POST /v1/audit, names it in its answers field."
     )
     reason: RelabelReason = Field(
         default="disagreement",

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
 from labelaudit.ports import free_port
+from tests.databases import new_database
 from tests.stream.streamkit import run_script
 from tests.trainkit import TASK_A_PREPROCESS, one_torch_thread, train_raw_classifier_a
 
@@ -71,13 +71,7 @@ def store_url(request, tmp_path) -> str:
     """Each test gets an empty store of each kind."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
-    import psycopg
-
-    base = request.getfixturevalue("postgres_url")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return base.rsplit("/", 1)[0] + f"/{name}"
+    return new_database(request.getfixturevalue("postgres_url"))
 
 
 # -- classifier A as teams have it: a torchvision or a timm network, trained a moment on task A ---------

@@ -147,7 +147,13 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     train_rows = [r for r in rows if r["split"] == "train"]
     with sqlite3.connect(tmp_path / "demo" / "audit.db") as conn:
         by_source = dict(conn.execute("SELECT source, COUNT(*) FROM audit_records GROUP BY source").fetchall())
-    assert by_source == {"kafka": len(train_rows), "http": 3}
+        answers = conn.execute("SELECT reason, labeler_id, COUNT(*) FROM relabel_answers GROUP BY 1, 2").fetchall()
+    # the reviewer answered the QA budget's top disagreement requests (fewer where there are fewer)
+    [(reason, reviewer, answered)] = answers
+    assert (reason, reviewer) == ("disagreement", "reviewer") and 0 < answered <= 300
+    assert by_source == {"kafka": len(train_rows) + answered, "http": 3}
     assert f"streamed {len(train_rows):,} labeled images" in result.stdout
+    assert f"a reviewer answered the {answered:,} highest-scoring relabel requests" in result.stdout
     [html] = (tmp_path / "demo" / "reports").glob("*/report.html")
-    assert "labeler-5" in html.read_text()
+    page = html.read_text()
+    assert "labeler-5" in page and f"{answered:,} answers to disagreement requests" in page

@@ -37,6 +37,13 @@ def demo(
             "trained on task A from scratch at 3 channels."
         ),
     ] = "cnn_small",
+    qa_budget: Annotated[
+        int,
+        typer.Option(
+            help="Relabel requests a simulated reviewer answers, highest scores first, naming each request "
+            "(the report's 'Relabel requests answered'); 0: none."
+        ),
+    ] = 300,
 ) -> None:
     """The whole job on real data: build task A/B, train classifier A, fine-tune on noisy task B, export
     to ONNX and a Triton repository, serve it, stream task B's labeled images through a real Kafka broker
@@ -97,9 +104,20 @@ def demo(
                 out / "consumer.log",
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
+            progress.update(task, description="a reviewer answers the top relabel requests", total=None)
+            answered = online.answer_requests(
+                bootstrap,
+                repo,
+                data_dir / "task_b.jsonl",
+                store_url,
+                out / "consumer-answers.log",
+                budget=qa_budget,
+                seed=seed,
+            )
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise fail(exc) from exc
     _print_stream(outcome, out, store_url)
+    _print_answers(answered)
     console.rule("the report: labelaudit report")
     from labelaudit.serving.report.job import span_window
 
@@ -135,6 +153,17 @@ def _print_stream(outcome, out: Path, store_url: str) -> None:
         f"relabel requests: {outcome.disagreements:,}; {precision:.0%} of them are truly wrong labels "
         f"(the simulation knows), and they catch {recall:.0%} of the {outcome.truly_wrong:,} wrong labels\n"
         f"audit store: {store_url}\nlogs: {out / 'gateway.log'}, {out / 'consumer.log'}"
+    )
+
+
+def _print_answers(answered) -> None:
+    if not answered.answered:
+        return
+    console.print(
+        f"a reviewer answered the {answered.answered:,} highest-scoring relabel requests (each answer names its "
+        f"request): {answered.changed:,} ({answered.changed / answered.answered:.0%}) gave the model's label, "
+        f"and {answered.changed_right / max(1, answered.changed):.0%} of those are the true class (the reviewer "
+        f"errs {answered.reviewer_error:.0%} of the time)"
     )
 
 

@@ -12,10 +12,10 @@ from typing import cast
 import numpy as np
 
 from labelaudit.errors import LabelAuditError
-from labelaudit.schemas.audit import AuditRecord, Source
+from labelaudit.schemas.audit import AuditRecord, RelabelAnswer, Source
 from labelaudit.serving.core.inference import InferenceCore
 from labelaudit.serving.core.policy import DisagreementPolicy, Policy
-from labelaudit.serving.core.relabel import RelabelPublisher
+from labelaudit.serving.core.relabel import RelabelPublisher, request_reason
 from labelaudit.serving.core.store import AuditStore
 
 
@@ -33,6 +33,7 @@ class AuditItem:
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    answers: str | None = None  # the relabel request this label answers (checked by the schemas), or None
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,9 @@ class Auditor:
         labeled = labels >= 0
         labelers = [items[n].labeler_id or "" for n in good]
         flags, scores, predicted = self.policy.judge_batch(probs, np.where(labeled, labels, 0), labelers)
-        flags, scores = flags & labeled, np.where(labeled, scores, 0.0)
+        # an answer to a relabel request is the second opinion: scored, never itself a relabel request
+        answering = np.array([items[n].answers is not None for n in good])
+        flags, scores = flags & labeled & ~answering, np.where(labeled, scores, 0.0)
         now = datetime.now(UTC)
         model = self.core.model
         records = [
@@ -145,10 +148,22 @@ class Auditor:
             )
             for row, n in enumerate(good)
         ]
+        answers = [
+            RelabelAnswer(
+                request_id=answered,
+                reason=request_reason(items[n].item_id, answered),
+                item_id=items[n].item_id,
+                labeler_id=items[n].labeler_id,
+                label=cast(str, items[n].label),  # the schemas refuse an answer without a label
+                created_at=now,
+            )
+            for n in good
+            if (answered := items[n].answers) is not None
+        ]
         async with stages.write:
-            new = await asyncio.to_thread(self.store.write, records)
-        if self.relabels is not None:
-            await self.relabels.publish(records)
+            new = await asyncio.to_thread(self.store.write, records, answers)
+        if self.relabels is not None:  # an answer is the second opinion: it asks for none itself
+            await self.relabels.publish([r for r, n in zip(records, good, strict=True) if items[n].answers is None])
         for row, n in enumerate(good):
             outcomes[n] = (records[row], new[row])
         return cast(list[Outcome], outcomes)

@@ -19,8 +19,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 from labelaudit.errors import Unavailable
-from labelaudit.schemas.audit import AuditRecord, ModelVerdict
-from labelaudit.schemas.stream import RelabelReason, RelabelRequest
+from labelaudit.schemas.audit import AuditRecord, ModelVerdict, RelabelReason
+from labelaudit.schemas.stream import RelabelRequest
 
 if TYPE_CHECKING:
     from labelaudit.serving.settings import Settings
@@ -54,6 +54,15 @@ def in_audit_sample(item_id: str, rate: float) -> bool:
     return audit_draw(item_id) < audit_sample_bound(rate)
 
 
+AUDIT_SAMPLE_PART = "audit-sample"  # the middle part of an audit-sample request's id, where a labeler id goes
+
+
+def request_reason(item_id: str, request_id: str) -> RelabelReason:
+    """The reason of the request ``request_id`` about ``item_id``, read off the id's form (``relabel_requests``):
+    ``item/audit-sample/version`` for the audit sample, ``item/labeler/version`` for a disagreement."""
+    return "audit_sample" if request_id.startswith(f"{item_id}/{AUDIT_SAMPLE_PART}/") else "disagreement"
+
+
 def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> list[tuple[bytes, bytes]]:
     """(key, value) messages for the relabel topic, keyed by item id: a request where the verdict disagrees,
     and one for a second opinion where the labeled item is in the audit sample (``in_audit_sample``). The
@@ -63,7 +72,7 @@ def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> lis
     if record.disagrees:
         requests.append(("disagreement", f"{record.item_id}/{record.labeler_id}/{record.model_version}"))
     if record.human_label is not None and in_audit_sample(record.item_id, audit_sample_rate):
-        requests.append(("audit_sample", f"{record.item_id}/audit-sample/{record.model_version}"))
+        requests.append(("audit_sample", f"{record.item_id}/{AUDIT_SAMPLE_PART}/{record.model_version}"))
     fields = {name: getattr(record, name) for name in ModelVerdict.model_fields}
     return [
         (

@@ -16,14 +16,14 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args, get_origin
 
 from labelaudit.errors import StoreUnavailable
-from labelaudit.schemas.audit import AuditRecord
+from labelaudit.schemas.audit import AuditRecord, RelabelAnswer
 from labelaudit.serving.core.relabel import audit_draw
 
 if TYPE_CHECKING:
@@ -59,6 +59,28 @@ def _column_type(annotation: object) -> tuple[type, bool]:
     return cast(type, get_origin(base) or base), nullable  # the record's fields are all of plain types
 
 
+def answers_schema(dialect: str) -> str:
+    """The ``relabel_answers`` table (``RelabelAnswer``): one row per (request, answering labeler), so a
+    redelivered answer is stored once. A table of its own, not a column of ``audit_records``: a store made
+    before it gains it with ``CREATE TABLE IF NOT EXISTS``, and an answer from the labeler whose label was
+    questioned (the same item, labeler and model as the audited label) is kept although its verdict is not new."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS relabel_answers (\n    {PRIMARY_KEY[dialect]},\n"
+        "    request_id TEXT NOT NULL,\n    reason TEXT NOT NULL,\n    item_id TEXT NOT NULL,\n"
+        "    labeler_id TEXT NOT NULL,\n    label TEXT NOT NULL,\n    created_at TEXT NOT NULL,\n"
+        "    UNIQUE (request_id, labeler_id)\n);\n"
+        "CREATE INDEX IF NOT EXISTS relabel_answers_item ON relabel_answers (item_id, labeler_id);\n"
+        "CREATE INDEX IF NOT EXISTS relabel_answers_created ON relabel_answers (created_at);\n"
+    )
+
+
+ANSWER_COLUMNS = ("request_id", "reason", "item_id", "labeler_id", "label", "created_at")
+
+
+def _answer_row(a: RelabelAnswer) -> tuple[object, ...]:
+    return (a.request_id, a.reason, a.item_id, a.labeler_id, a.label, a.created_at.isoformat())
+
+
 def table_schema(dialect: str) -> str:
     """The audit table's DDL in ``dialect`` (sqlite or postgresql), derived from ``AuditRecord``."""
     columns = [PRIMARY_KEY[dialect]]
@@ -69,7 +91,7 @@ def table_schema(dialect: str) -> str:
     return (
         "CREATE TABLE IF NOT EXISTS audit_records (\n    " + ",\n    ".join(columns) + "\n);\n"
         "CREATE INDEX IF NOT EXISTS audit_records_created ON audit_records (created_at);\n"
-    )
+    ) + answers_schema(dialect)
 
 
 _values = operator.attrgetter(*FIELDS)
@@ -92,7 +114,11 @@ def _row(r: AuditRecord) -> list[object]:
 
 
 class AuditStore(Protocol):
-    def write(self, records: list[AuditRecord]) -> list[bool]: ...
+    def write(self, records: list[AuditRecord], answers: Sequence[RelabelAnswer] = ()) -> list[bool]:
+        """``records`` and the relabel ``answers`` among them in one transaction, durable when this returns;
+        True where the record was new (a repeated answer is ignored like a repeated record)."""
+        ...
+
     def ready(self) -> bool: ...
     def count(self) -> int: ...
     def select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]: ...
@@ -124,10 +150,14 @@ class SqliteStore:
                     raise
                 time.sleep(0.05)
 
-    def write(self, records: list[AuditRecord]) -> list[bool]:
-        """All records in one transaction, durable when this returns; True where the record was new."""
+    def write(self, records: list[AuditRecord], answers: Sequence[RelabelAnswer] = ()) -> list[bool]:
+        """All records (and answers) in one transaction, durable when this returns; True where the record was new."""
         placeholders = ", ".join("?" for _ in COLUMNS)
         sql = f"INSERT OR IGNORE INTO audit_records ({', '.join(COLUMNS)}) VALUES ({placeholders})"
+        answer_sql = (
+            f"INSERT OR IGNORE INTO relabel_answers ({', '.join(ANSWER_COLUMNS)})"
+            f" VALUES ({', '.join('?' for _ in ANSWER_COLUMNS)})"
+        )
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")  # waits out another writer up to the busy timeout
@@ -135,6 +165,8 @@ class SqliteStore:
                 raise StoreUnavailable(f"SQLite store: {exc}") from exc
             try:
                 new = [self._conn.execute(sql, _row(r)).rowcount == 1 for r in records]
+                if answers:
+                    self._conn.executemany(answer_sql, [_answer_row(a) for a in answers])
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 self._conn.execute("ROLLBACK")
@@ -215,8 +247,8 @@ class PostgresStore:
                 f"PostgreSQL store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
 
-    def write(self, records: list[AuditRecord]) -> list[bool]:
-        """All records in one INSERT and one transaction; True where the record was new."""
+    def write(self, records: list[AuditRecord], answers: Sequence[RelabelAnswer] = ()) -> list[bool]:
+        """All records in one INSERT (the answers in a second) and one transaction; True where the record was new."""
         if not records:
             return []
         row = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
@@ -225,8 +257,15 @@ class PostgresStore:
             "ON CONFLICT (item_id, labeler_id, model_version) DO NOTHING RETURNING item_id, labeler_id, model_version"
         )
         params = [value for r in records for value in _row(r)]
+        answer_row = "(" + ", ".join(["%s"] * len(ANSWER_COLUMNS)) + ")"
+        answer_sql = (
+            f"INSERT INTO relabel_answers ({', '.join(ANSWER_COLUMNS)}) VALUES {', '.join([answer_row] * len(answers))}"
+            " ON CONFLICT (request_id, labeler_id) DO NOTHING"
+        )
         with self._connection() as conn:
             inserted = set(conn.execute(sql, params).fetchall())
+            if answers:
+                conn.execute(answer_sql, [value for a in answers for value in _answer_row(a)])
         new = []
         for r in records:  # the first of two identical keys in one batch is the new one
             key = (r.item_id, r.labeler_id, r.model_version)

@@ -79,10 +79,18 @@ def audit_item_from_body(content_type: str, body: bytes) -> AuditItem:
     if content_type.startswith("application/json"):
         parsed = parse_json(AuditRequest, body)
         image = image_from_base64(parsed.image, where="image")
-        return AuditItem(item_id=parsed.item_id, labeler_id=parsed.labeler_id, label=parsed.label, image=image)
+        return AuditItem(
+            item_id=parsed.item_id,
+            labeler_id=parsed.labeler_id,
+            label=parsed.label,
+            image=image,
+            answers=parsed.answers,
+        )
     if content_type.startswith("multipart/form-data"):
         form = parse_form(body, content_type, max_parts=12)
         fields = text_fields(form, ["item_id", "labeler_id", "label"])
+        if answers := form.text("answers"):  # empty: none, as in a web form
+            fields["answers"] = answers
         image_part = {"image": upload[0].data} if (upload := form.files("image")) else {}
         form_fields = parse_fields(AuditForm, {**fields, **image_part})
         return AuditItem(
@@ -90,6 +98,7 @@ def audit_item_from_body(content_type: str, body: bytes) -> AuditItem:
             labeler_id=form_fields.labeler_id,
             label=form_fields.label,
             image=form_fields.image,
+            answers=form_fields.answers,
         )
     raise UnsupportedMediaType(content_type)
 
@@ -152,7 +161,9 @@ def build_v1_router(handlers: V1Handlers, auth: Sequence[Depends]) -> APIRouter:
     async def audit(request: Request) -> Response:
         """Classify one image, judge its human label, record the verdict (the same policy and store as
         the Kafka consumer). A repeat of (item_id, labeler_id, model version) answers with recorded=false. With
-        ``http_publish_relabels`` on, a disagreement's relabel request is on the relabel topic before the answer."""
+        ``http_publish_relabels`` on, a disagreement's relabel request is on the relabel topic before the answer.
+        With ``answers`` (a relabel request's ``request_id``) the label is also kept as that request's answer
+        and asks for no relabel itself."""
         body = await body_of(request)
         return await handlers.audit(request.app.state, request.headers.get("content-type", ""), body)
 

@@ -29,7 +29,7 @@ _TRUTH_CTE = """
 WITH labeled AS (
     SELECT item_id, labeler_id, human_label, predicted_label, label_probability, predicted_probability,
            disagrees, model_name, model_version, substr(created_at, 1, 10) AS night,
-           COUNT(*) OVER (PARTITION BY item_id, model_name, model_version) AS copies
+           COUNT(*) OVER (PARTITION BY item_id, model_name, model_version) AS copies, {answer} AS answer
     FROM audit_records
     WHERE {window} AND human_label IS NOT NULL{model_filter}
 ),
@@ -52,7 +52,7 @@ tally AS (
 ),
 judged AS (
     SELECT s.labeler_id, s.human_label, s.predicted_label, s.disagrees, s.night, s.model_name, s.model_version,
-           t.label,
+           s.answer, t.label,
            ROW_NUMBER() OVER (
                PARTITION BY s.item_id, s.labeler_id, s.model_name, s.model_version
                ORDER BY CAST(t.votes AS DOUBLE PRECISION) - CASE WHEN t.label = s.human_label THEN 1 ELSE 0 END
@@ -63,12 +63,22 @@ judged AS (
 ),
 truth AS (
     SELECT labeler_id, human_label, predicted_label, disagrees, night, model_name, model_version,
-           predicted_label AS truth_label, 0 AS multi
+           predicted_label AS truth_label, 0 AS multi, answer
     FROM labeled WHERE copies = 1
     UNION ALL
-    SELECT labeler_id, human_label, predicted_label, disagrees, night, model_name, model_version, label, 1
+    SELECT labeler_id, human_label, predicted_label, disagrees, night, model_name, model_version, label, 1, answer
     FROM judged WHERE r = 1
 )"""
+
+# A label that answers a disagreement request (``relabel_answers``): the model picked its item, so it is a
+# second opinion on a hard image, not a sample of its labeler's work. It still votes in the consensus of the
+# label it answers; it is kept out of its own labeler's numbers. ``{t}`` qualifies the audit row's columns.
+_ANSWER = (
+    "EXISTS (SELECT 1 FROM relabel_answers ra WHERE ra.item_id = {t}item_id AND ra.labeler_id = {t}labeler_id"
+    " AND ra.reason = 'disagreement'"
+    # the questioned label itself, where its own labeler answered (then its verdict was not new)
+    " AND ra.request_id <> {t}item_id || '/' || {t}labeler_id || '/' || {t}model_version)"
+)
 
 
 @dataclass(frozen=True)
@@ -98,14 +108,34 @@ def span(store: AuditStore, since: str, until: str) -> Span:
 
 @dataclass(frozen=True)
 class Scope:
-    """A window and one model."""
+    """A window and one model; ``answers``: whether the store holds answers to disagreement requests (then
+    the queries that measure labelers leave those labels out: ``not_an_answer``)."""
 
     span: Span
     model_name: str
     model_version: str
+    answers: bool = False
 
     def params(self) -> tuple:
         return (*self.span.params(), self.model_name, self.model_version)
+
+    def is_answer(self, t: str = "") -> str:
+        """SQL: 1 where the audit row (columns qualified by ``t``) answers a disagreement request, else 0."""
+        return f"CASE WHEN {_ANSWER.format(t=t)} THEN 1 ELSE 0 END" if self.answers else "0"
+
+    def not_an_answer(self, t: str = "") -> str:
+        return not_an_answer(self.answers, t)
+
+
+def not_an_answer(answers: bool, t: str = "") -> str:
+    """An ``AND`` condition keeping the audit rows (columns qualified by ``t``) that answer no disagreement
+    request; "" where the store holds no such answers (``has_disagreement_answers``)."""
+    return f" AND NOT {_ANSWER.format(t=t)}" if answers else ""
+
+
+def has_disagreement_answers(store: AuditStore) -> bool:
+    """Whether any stored label answers a disagreement request (an index lookup on an empty table otherwise)."""
+    return bool(store.select("SELECT 1 FROM relabel_answers WHERE reason = 'disagreement' LIMIT 1"))
 
 
 @dataclass(frozen=True)
@@ -177,7 +207,8 @@ def multi_labeled_items(store: AuditStore, scope: Scope) -> int:
 
 def pair_agreement(store: AuditStore, scope: Scope, sample_bound: int | None = None) -> list[tuple[str, str, int, int]]:
     """(labeler a, labeler b, items where they agree, items they share) with a < b: the pair table.
-    ``sample_bound``: only the items of the random audit sample (``relabel.audit_sample_bound``).
+    ``sample_bound``: only the items of the random audit sample (``relabel.audit_sample_bound``). Labels
+    that answer disagreement requests stay out (``Scope.not_an_answer``): they share the items the model picked.
 
     A self-join on the item; the unique index (item_id, labeler_id, model_version) serves the lookups.
     """
@@ -186,6 +217,7 @@ def pair_agreement(store: AuditStore, scope: Scope, sample_bound: int | None = N
         return f" AND {Span.sql(t)} AND {t}human_label IS NOT NULL AND {t}model_name = ? AND {t}model_version = ?"
 
     sample = "" if sample_bound is None else f" AND {store.audit_draw_sql('a.item_id')} < ?"
+    answers = scope.not_an_answer("a.") + scope.not_an_answer("b.")
     sql = (
         "SELECT a.labeler_id, b.labeler_id, SUM(CASE WHEN a.human_label = b.human_label THEN 1 ELSE 0 END), COUNT(*)"
         " FROM audit_records a JOIN audit_records b ON b.item_id = a.item_id AND b.model_version = a.model_version"
@@ -193,6 +225,7 @@ def pair_agreement(store: AuditStore, scope: Scope, sample_bound: int | None = N
         + window("a.")
         + window("b.")
         + sample
+        + answers
         + " GROUP BY a.labeler_id, b.labeler_id"
     )
     rows = store.select(sql, scope.params() + scope.params() + (() if sample_bound is None else (sample_bound,)))
@@ -217,7 +250,8 @@ def label_patterns(
     pivots them (``group_concat`` cannot be ordered in the SQLite Python ships). Labels without a labeler id
     (``unknown``) are not a person and stay out. An item with more than ``max_labels`` named labels is read
     with its first ``max_labels``. ``sample_bound``: only the items of the random audit sample
-    (``relabel.audit_sample_bound``), whose second labels were asked for at random.
+    (``relabel.audit_sample_bound``), whose second labels were asked for at random. Labels that answer
+    disagreement requests stay out (``Scope.not_an_answer``).
     """
     columns = ", ".join(
         f"MAX(CASE WHEN pos = {i} THEN labeler_id END) AS a{i}, MAX(CASE WHEN pos = {i} THEN human_label END) AS y{i}"
@@ -230,6 +264,7 @@ def label_patterns(
         " COUNT(*) OVER (PARTITION BY item_id) AS copies"
         f" FROM audit_records WHERE {Span.sql()} AND human_label IS NOT NULL AND labeler_id <> ?"
         + _MODEL_FILTER
+        + scope.not_an_answer("audit_records.")
         + ("" if sample_bound is None else f" AND {store.audit_draw_sql('item_id')} < ?")
         + f"), items AS (SELECT {columns} FROM named WHERE copies > 1 GROUP BY item_id)"
         f" SELECT {pattern}, COUNT(*) FROM items GROUP BY {pattern}"
@@ -257,32 +292,74 @@ def model_weight(agreement: float | None, k: int) -> float:
 
 
 def cells(store: AuditStore, scope: Scope, weight: float) -> list[Cell]:
+    """The labels' cells; a label answering a disagreement request votes in its item's consensus but is not
+    one of its labeler's labels here (``Scope.is_answer``): ``relabel_outcomes`` reports it."""
     sql = (
-        _TRUTH_CTE.format(window=Span.sql(), model_filter=_MODEL_FILTER)
+        _TRUTH_CTE.format(window=Span.sql(), model_filter=_MODEL_FILTER, answer=scope.is_answer("audit_records."))
         + _CONSENSUS_CTE
         + (
             "\nSELECT labeler_id, truth_label, human_label, predicted_label, COUNT(*), SUM(disagrees), SUM(multi)"
-            " FROM truth GROUP BY labeler_id, truth_label, human_label, predicted_label"
+            " FROM truth WHERE answer = 0 GROUP BY labeler_id, truth_label, human_label, predicted_label"
         )
     )
     rows = store.select(sql, (*scope.params(), weight))
     return [Cell(str(a), str(t), str(h), str(p), _int(n), _int(r), _int(m)) for a, t, h, p, n, r, m in rows]
 
 
-def nights(store: AuditStore, window: Span) -> list[Night]:
+def nights(store: AuditStore, window: Span, answers: bool = False) -> list[Night]:
     """Per night and model: records (unlabeled too), labels, labels unlike the model's, relabel requests.
 
-    One scan, no consensus: the trend compares nights on the measure that means the same every night.
+    One scan, no consensus: the trend compares nights on the measure that means the same every night. With
+    ``answers`` (``has_disagreement_answers``) the labels answering disagreement requests are not counted.
     """
     rows = store.select(
         "SELECT substr(created_at, 1, 10), model_name, model_version, COUNT(*),"
         " SUM(CASE WHEN human_label IS NOT NULL THEN 1 ELSE 0 END),"
         " SUM(CASE WHEN human_label <> predicted_label THEN 1 ELSE 0 END), SUM(disagrees)"
-        f" FROM audit_records WHERE {Span.sql()} GROUP BY substr(created_at, 1, 10), model_name, model_version",
+        f" FROM audit_records WHERE {Span.sql()}{not_an_answer(answers, 'audit_records.')}"
+        " GROUP BY substr(created_at, 1, 10), model_name, model_version",
         window.params(),
     )
     out = [Night(str(d), n, v, _int(c), _int(k), _int(x), _int(r)) for d, n, v, c, k, x, r in rows]
     return sorted(out, key=lambda x: (x.night, x.model_name, x.model_version))
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Answers in the window to one labeler's questioned labels: the second label is the model's label, the
+    first label again, or neither."""
+
+    labeler_id: str
+    model: int
+    label: int
+    answered: int
+
+
+def relabel_outcomes(store: AuditStore, scope: Scope) -> list[Outcomes]:
+    """Per labeler whose label the model questioned: the answers (stored in the window) to those requests.
+
+    An answer finds its request's record by the request id's form (``item/labeler/version``, built in SQL):
+    the item's few records come from the unique index.
+    """
+    sql = (
+        "SELECT a.labeler_id, SUM(CASE WHEN ra.label = a.predicted_label THEN 1 ELSE 0 END),"
+        " SUM(CASE WHEN ra.label = a.human_label AND ra.label <> a.predicted_label THEN 1 ELSE 0 END), COUNT(*)"
+        " FROM relabel_answers ra JOIN audit_records a ON a.item_id = ra.item_id"
+        " AND ra.request_id = a.item_id || '/' || a.labeler_id || '/' || a.model_version"
+        " WHERE ra.reason = 'disagreement' AND ra.created_at >= ? AND ra.created_at < ?"
+        " AND a.model_name = ? AND a.model_version = ? GROUP BY a.labeler_id"
+    )
+    rows = store.select(sql, (scope.span.since, scope.span.until, scope.model_name, scope.model_version))
+    return sorted((Outcomes(str(a), _int(m), _int(k), _int(n)) for a, m, k, n in rows), key=lambda o: o.labeler_id)
+
+
+def answers_in_window(store: AuditStore, window: Span) -> dict[str, int]:
+    """Answers stored in the window, per request reason (whatever model they answer)."""
+    rows = store.select(
+        "SELECT reason, COUNT(*) FROM relabel_answers WHERE created_at >= ? AND created_at < ? GROUP BY reason",
+        (window.since, window.until),
+    )
+    return {str(reason): _int(n) for reason, n in rows}
 
 
 def relabel_queue(store: AuditStore, scope: Scope, top: int) -> list[QueueItem]:

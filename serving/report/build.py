@@ -15,6 +15,7 @@ from labelaudit.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.agreement import estimate as one_coin_estimates
 from labelaudit.deconvolve import MAX_CLASSES, ErrorRate, ModelConfusion, error_rates, labeler_tables
 from labelaudit.schemas.report import (
+    AnswerRow,
     ClassRow,
     Confusion,
     Consensus,
@@ -26,6 +27,7 @@ from labelaudit.schemas.report import (
     NightRow,
     PreviousNights,
     Rate,
+    RelabelAnswers,
     Report,
     Transition,
     Window,
@@ -100,13 +102,14 @@ def build_report(
         ModelSeen(model_name=n, model_version=v, records=c) for n, v, c, _ in agg.models_in_window(store, window_span)
     ]
     chosen = next((m for m in seen if model_version in (None, m.model_version)), None)
+    answers = agg.has_disagreement_answers(store)
     notes: list[str] = []
     first_night = _midnight(window.since.date() - timedelta(days=nights_back))
     if chosen is None:
         notes.append(_empty_note(window, seen, model_version))
-        trends = [_night_row(n) for n in agg.nights(store, agg.span(store, _iso(first_night), until))]
+        trends = [_night_row(n) for n in agg.nights(store, agg.span(store, _iso(first_night), until), answers)]
         return _empty_report(window, store_kind, classes or [], class_source, seen, notes, alpha, trends)
-    scope = agg.Scope(window_span, chosen.model_name, chosen.model_version)
+    scope = agg.Scope(window_span, chosen.model_name, chosen.model_version, answers)
     others = [m for m in seen if m != chosen]
     if others:
         notes.append(
@@ -138,9 +141,10 @@ def build_report(
         classes = [*classes, *extra]
 
     step("trends (SQL)")
-    nights = agg.nights(store, agg.span(store, _iso(first_night), until))
-    step("relabel queue (SQL)")
+    nights = agg.nights(store, agg.span(store, _iso(first_night), until), answers)
+    step("relabel queue and its answers (SQL)")
     queue = agg.relabel_queue(store, scope, top)
+    relabel_answers = _relabel_answers(agg.relabel_outcomes(store, scope), agg.answers_in_window(store, window_span))
 
     step("labels of the shared items (SQL)")
     shared_rates, note = _shared_estimates(store, scope, classes, pairs, audit_sample_rate)
@@ -166,8 +170,31 @@ def build_report(
         labelers=labelers,
         flag_test=flag,
         relabel_queue=queue,
+        relabel_answers=relabel_answers,
         trends=[_night_row(n) for n in nights],
         notes=notes,
+    )
+
+
+def _relabel_answers(outcomes: list[agg.Outcomes], in_window: dict[str, int]) -> RelabelAnswers:
+    rows = [
+        AnswerRow(
+            labeler_id=o.labeler_id,
+            answered=o.answered,
+            model=o.model,
+            kept=o.label,
+            other=o.answered - o.model - o.label,
+            changed=rate(o.model, o.answered),
+        )
+        for o in outcomes
+    ]
+    answered = sum(o.answered for o in outcomes)
+    return RelabelAnswers(
+        answered=answered,
+        precision=rate(sum(o.model for o in outcomes), answered),
+        per_labeler=rows,
+        audit_sample=in_window.get("audit_sample", 0),
+        other_models=in_window.get("disagreement", 0) - answered,
     )
 
 

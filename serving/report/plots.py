@@ -9,7 +9,7 @@ import io
 import numpy as np
 from matplotlib.figure import Figure
 
-from labelaudit.schemas.report import ClassRow, Confusion, LabelerRow, NightRow, Rate
+from labelaudit.schemas.report import AnswerRow, ClassRow, Confusion, LabelerRow, NightRow, Rate
 
 FLAG, OK, POOL = "#c0392b", "#2c6fbb", "#7f8c8d"
 MAX_TRANSITIONS = 12  # small multiples shown on the page; report.json holds every labeler's matrix
@@ -56,6 +56,19 @@ def class_rates(rows: list[ClassRow], pooled: Rate) -> str:
         ax.axvline(100 * pooled.rate, color=POOL, ls="--", lw=1, label=f"all labels {100 * pooled.rate:.1f}%")
         _legend_below(ax)
     ax.set_title("Disagreement by human label", fontsize=10)
+    return _uri(fig)
+
+
+def answer_rates(rows: list[AnswerRow], pooled: Rate) -> str:
+    """Per questioned labeler: how often a second look gave the model's label."""
+    fig = Figure(figsize=(6.4, 0.32 * len(rows) + 1.2))
+    ax = fig.subplots()
+    _rate_dots(ax, [r.labeler_id or "(none)" for r in rows], [r.changed for r in rows], [OK] * len(rows))
+    if pooled.rate is not None:
+        ax.axvline(100 * pooled.rate, color=POOL, ls="--", lw=1, label=f"all answers {100 * pooled.rate:.1f}%")
+        _legend_below(ax)
+    ax.set_xlabel("answers giving the model's label (%), 95% Wilson interval")
+    ax.set_title("Relabel requests answered: did the second look side with the model?", fontsize=10)
     return _uri(fig)
 
 

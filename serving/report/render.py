@@ -225,6 +225,45 @@ def _queue(report: Report, thumbs: dict[str, str]) -> str:
     return out + _table(head, rows)
 
 
+def _answers(report: Report) -> str:
+    a = report.relabel_answers
+    out = "<h2>Relabel requests answered</h2>"
+    if a.answered == 0:
+        out += (
+            '<p class="missing">No answers to this model\'s relabel requests in this window: a relabel tool names the '
+            "request a label answers (<code>answers</code>, the request's <code>request_id</code>) to measure the "
+            "queue here.</p>"
+        )
+    else:
+        out += (
+            f"<p>{a.answered:,} answers to disagreement requests: {pct(a.precision)} gave the model's label "
+            f"(95% CI {interval(a.precision)}), the queue's precision as the second person sees it. These labels "
+            "vote in their items' consensus above but are not counted as their labelers' labels: the model picked "
+            "their items.</p>"
+        )
+        out += _figure(plots.answer_rates(a.per_labeler, a.precision), "answers siding with the model per labeler")
+        rows = [
+            [
+                escape(r.labeler_id or "(none)"),
+                f"{r.answered:,}",
+                f"{r.model:,}",
+                f"{r.kept:,}",
+                f"{r.other:,}",
+                pct(r.changed),
+                interval(r.changed),
+            ]
+            for r in a.per_labeler
+        ]
+        head = ["questioned labeler", "answered", "model's label", "same label", "other", "changed", "95% CI"]
+        out += _table(head, rows)
+    extra = []
+    if a.audit_sample:
+        extra.append(f"{a.audit_sample:,} answers to audit-sample requests (counted as labels above)")
+    if a.other_models:
+        extra.append(f"{a.other_models:,} answers to requests about other models' labels or requests not found")
+    return out + (f'<p class="missing">Also in this window: {"; ".join(extra)}.</p>' if extra else "")
+
+
 def _trends(report: Report) -> str:
     out = "<h2>Trends over the last nights</h2>"
     if not report.trends:
@@ -288,6 +327,7 @@ def render_html(report: Report, thumbs: dict[str, str]) -> str:
             _classes(report),
             _labelers(report),
             _queue(report, thumbs),
+            _answers(report),
             _trends(report),
             _method(report),
         ]

@@ -182,14 +182,15 @@ class StreamConsumer:
         outcomes = await self._runtime.auditor.audit_each(items, source="kafka", stages=self._stages) if items else []
         relabels: list[tuple[bytes, bytes]] = []
         audited, new = 0, 0
-        for record, outcome in zip(item_records, outcomes, strict=True):
+        for record, item, outcome in zip(item_records, items, outcomes, strict=True):
             if isinstance(outcome, LabelAuditError):
                 dead.append((record, outcome))
                 continue
             verdict, is_new = outcome
             audited, new = audited + 1, new + int(is_new)
-            # also when not new: the crash may have come before the produce
-            relabels += relabel_requests(verdict, self.settings.audit_sample_rate)
+            if item.answers is None:  # an answer to a relabel request asks for no relabel itself
+                # also when not new: the crash may have come before the produce
+                relabels += relabel_requests(verdict, self.settings.audit_sample_rate)
         return BatchResult(records, relabels, dead, audited, new)
 
     async def _audit_resilient(self, records: list[Record]) -> BatchResult:

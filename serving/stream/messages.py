@@ -116,6 +116,7 @@ def parse_record(record: Record, *, max_message_bytes: int, max_image_bytes: int
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
+        answers=message.answers,
     )
 
 

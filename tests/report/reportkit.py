@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
-from labelaudit.schemas.audit import AuditRecord
+from labelaudit.schemas.audit import AuditRecord, RelabelAnswer
 from labelaudit.serving.core.store import open_store
 
 CLASSES = ["cat", "dog", "fox", "owl"]  # owl is never seen
@@ -80,10 +81,10 @@ KNOWN = [
 ]
 
 
-def fill(url: str, records: list[AuditRecord]) -> str:
+def fill(url: str, records: list[AuditRecord], answers: Sequence[RelabelAnswer] = ()) -> str:
     store = open_store(url)
     try:
-        store.write(records)
+        store.write(records, answers)
     finally:
         store.close()
     return url

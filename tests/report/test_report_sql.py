@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import night_window
+from tests.databases import new_database
 from tests.report.reportkit import CLASSES, KNOWN, NIGHT, fill, record
 
 
@@ -75,13 +75,8 @@ def store_count(url: str) -> int:
 
 
 def test_sqlite_and_postgres_give_the_same_report(tmp_path, postgres_url):
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
     records = KNOWN + synthetic(600, seed=1)
-    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(postgres_url.rsplit("/", 1)[0] + f"/{name}", records)]
+    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(new_database(postgres_url), records)]
     reports = []
     for url in urls:
         store = open_store(url)
@@ -97,13 +92,8 @@ def test_sqlite_and_postgres_give_the_same_report(tmp_path, postgres_url):
 def test_label_patterns_are_the_shared_items_named_labels(tmp_path, postgres_url):
     """The pattern query (Dawid-Skene's input) in both stores: an item's labels from named labelers, items that
     carry the same set counted together, another model version's and a nameless labeler's labels left out."""
-    import psycopg
-
     from labelaudit.serving.report import aggregate as agg
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
     extra = [
         *(record("m5", who, "dog", "dog", {"dog": 0.9}) for who in ("cleo", "anna", "ben")),  # m4's set again
         record("u1", "", "cat", "cat", {"cat": 0.9}),  # one named label and one without a name: no pattern
@@ -111,7 +101,7 @@ def test_label_patterns_are_the_shared_items_named_labels(tmp_path, postgres_url
         record("m1", "zoe", "owl", "cat", {"cat": 0.9}, version="2"),  # another model version
     ]
     records = KNOWN + extra
-    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(postgres_url.rsplit("/", 1)[0] + f"/{name}", records)]
+    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(new_database(postgres_url), records)]
     expected = [
         ((("anna", "cat"), ("ben", "cat"), ("cleo", "dog")), 1),  # m1
         ((("anna", "dog"), ("ben", "dog"), ("cleo", "dog")), 2),  # m4, m5
@@ -136,17 +126,12 @@ def test_label_patterns_are_the_shared_items_named_labels(tmp_path, postgres_url
 def test_the_stores_draw_the_audit_sample_as_the_stream_does(tmp_path, postgres_url):
     """The audit sample's draw in SQL (SHA-256's first 60 bits of the item id) is the stream's own, in both
     stores, for ASCII and non-ASCII ids; the pattern query then reads only the sampled items."""
-    import psycopg
-
     from labelaudit.serving.core.relabel import audit_draw, audit_sample_bound, in_audit_sample
     from labelaudit.serving.report import aggregate as agg
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
     ids = [f"item-{i}" for i in range(200)] + ["ärger-1", "猫-2", "x" * 200]
     records = [record(i, who, "cat", "cat", {"cat": 0.9}) for i in ids for who in ("anna", "ben")]
-    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(postgres_url.rsplit("/", 1)[0] + f"/{name}", records)]
+    urls = [fill(f"sqlite:///{tmp_path / 'a.db'}", records), fill(new_database(postgres_url), records)]
     sampled = sum(in_audit_sample(i, 0.3) for i in ids)
     assert 30 < sampled < 95
     for url in urls:

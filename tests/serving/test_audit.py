@@ -94,14 +94,67 @@ def test_multipart_audit_and_the_stored_verdict_match_the_answer(client, labeled
         ({"json": {"item_id": "x", "labeler_id": "l", "label": "coat", "image": "aGVsbG8="}}, 400, "not_an_image"),
         ({"data": {"item_id": "x", "label": "coat"}, "files": {"image": ("a", b"x")}}, 422, "invalid_request"),
         ({"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        (
+            {"json": {"item_id": "x", "labeler_id": "l", "label": "coat", "image": "aGk=", "answers": "y/l/1"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            {
+                "data": {"item_id": "x", "labeler_id": "l", "label": "coat", "answers": "x/\x1b/1"},
+                "files": {"image": ("a", b"x")},
+            },
+            422,
+            "invalid_request",
+        ),
     ],
-    ids=["unknown-label", "no-image", "bad-base64", "not-an-image", "missing-field", "text-plain"],
+    ids=[
+        "unknown-label",
+        "no-image",
+        "bad-base64",
+        "not-an-image",
+        "missing-field",
+        "text-plain",
+        "answers-another-item",
+        "answers-control-character",
+    ],
 )
 def test_bad_audit_requests_are_4xx_and_write_nothing(client, store_path, kwargs, status, reason):
     response = client.post("/v1/audit", **kwargs)
     assert response.status_code == status, response.text
     assert response.json()["error"] == reason
     assert SqliteStore(store_path).count() == 0
+
+
+def test_a_relabel_answer_is_audited_kept_as_the_answer_and_never_flagged(client, labeled, store_path):
+    """Two reviewers answer a request about an item with the class the model finds least likely: as a plain
+    label that is a confident disagreement; as an answer it is a verdict like any other, kept in relabel_answers
+    with its request's reason, and never itself a relabel request."""
+    row = labeled[0]
+    ranked = client.post("/v1/classify", json={"images": [{"data": _json(row)["image"]}], "top_k": 100}).json()
+    unlikely = ranked["results"][0]["top"][-1]["label"]
+    plain = client.post("/v1/audit", json=_json(row, label=unlikely)).json()
+    assert plain["disagrees"] is True  # the control: this label is flagged when it answers nothing
+    request_id = f"{row['item_id']}/{row['labeler_id']}/{plain['model_version']}"
+    answers = {}
+    for labeler, form in (("reviewer", "json"), ("second-reviewer", "multipart")):
+        if form == "json":
+            response = client.post("/v1/audit", json=_json(row, labeler_id=labeler, label=unlikely, answers=request_id))
+        else:
+            data = {"item_id": row["item_id"], "labeler_id": labeler, "label": unlikely, "answers": request_id}
+            response = client.post("/v1/audit", data=data, files={"image": ("x.png", row["bytes"], "image/png")})
+        assert response.status_code == 200, response.text
+        answers[labeler] = response.json()
+    again = client.post("/v1/audit", json=_json(row, labeler_id="reviewer", label=unlikely, answers=request_id))
+    assert again.json()["recorded"] is False  # a redelivered answer: stored once
+    assert [a["disagrees"] for a in answers.values()] == [False, False]
+    with sqlite3.connect(store_path) as db:
+        stored = db.execute("SELECT request_id, reason, item_id, labeler_id, label FROM relabel_answers").fetchall()
+        flags = dict(db.execute("SELECT labeler_id, disagrees FROM audit_records").fetchall())
+    assert sorted(stored) == [
+        (request_id, "disagreement", row["item_id"], labeler, unlikely) for labeler in ("reviewer", "second-reviewer")
+    ]
+    assert flags == {row["labeler_id"]: 1, "reviewer": 0, "second-reviewer": 0}
 
 
 def _record(item: str, labeler: str = "l", version: str = "1") -> AuditRecord:

@@ -17,9 +17,9 @@ class SlowStore:
     def __init__(self, inner, delay_s: float):
         self.inner, self.delay_s = inner, delay_s
 
-    def write(self, records):
+    def write(self, records, answers=()):
         time.sleep(self.delay_s)
-        return self.inner.write(records)
+        return self.inner.write(records, answers)
 
     def count(self):
         return self.inner.count()

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from labelaudit.produce import produce
-from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC, IMAGE_SCHEMA
+from labelaudit.schemas.stream import DLQ_ERROR, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC, IMAGE_SCHEMA
 from tests.stream.streamkit import (
     counts,
     good_messages,
@@ -205,3 +205,42 @@ def test_a_random_audit_sample_gets_second_opinion_requests_beside_the_disagreem
     assert 0.1 * n < len(sampled) < 0.3 * n
     assert by_reason["audit_sample"] == sampled  # agreeing labels too: drawn at random, not by the model
     assert all(r["labeler_id"] and r["human_label"] for r in requests if r["reason"] == "audit_sample")
+
+
+def test_relabel_answers_are_kept_with_their_requests_and_ask_for_nothing(stream, tiny_data):
+    """A relabel tool answers every request of a first pass (disagreements with the model's label, audit-sample
+    items with the first label again), each answer delivered twice, plus one answer naming another item's
+    request: the answers are stored once each with their request's reason, ask for no relabel themselves, and
+    the mix-up goes to the DLQ with its cause."""
+    n = 200
+    messages = good_messages(tiny_data, n)
+    produce(stream.settings(), messages, partitions=2)
+    proc = stream.start_consumer("--max-messages", str(n), LABELAUDIT_AUDIT_SAMPLE_RATE="0.2")
+    assert stream.wait(proc) == 0, stream.consumer_log(0)
+    requests = [json.loads(r.value) for r in stream.read_topic(stream.relabel_topic)]
+    assert {r["reason"] for r in requests} == {"disagreement", "audit_sample"}
+
+    by_item = {m.item_id: m for m in messages}
+    answers, expected = [], set()
+    for r in requests:
+        label = r["predicted_label"] if r["reason"] == "disagreement" else r["human_label"]
+        update = {"labeler_id": "reviewer", "label": label, "answers": r["request_id"], "sent_at": None}
+        answers.append(by_item[r["item_id"]].model_copy(update=update))
+        expected.add((r["request_id"], r["reason"], r["item_id"], "reviewer", label))
+    mixed_up = messages[0].model_copy(update={"labeler_id": "reviewer", "answers": f"{messages[1].item_id}/x/1"})
+    produce(stream.settings(), [*answers, *answers, mixed_up], partitions=2)
+    proc = stream.start_consumer("--max-messages", str(2 * len(answers) + 1), LABELAUDIT_AUDIT_SAMPLE_RATE="0.2")
+    assert stream.wait(proc) == 0, stream.consumer_log(1)
+
+    stored = store_query(stream.store_url, "SELECT request_id, reason, item_id, labeler_id, label FROM relabel_answers")
+    assert sorted(stored) == sorted(expected)
+    [(reviewed, flagged)] = store_query(
+        stream.store_url,
+        "SELECT COUNT(*), COALESCE(SUM(disagrees), 0) FROM audit_records WHERE labeler_id = 'reviewer'",
+    )
+    assert (reviewed, flagged) == (len({r["item_id"] for r in requests}), 0)  # one verdict per item, none flagged
+    assert len(stream.read_topic(stream.relabel_topic)) == len(requests)  # the answers asked for nothing
+    [dead] = stream.read_topic(stream.dlq_topic)
+    headers = dict(dead.headers)
+    assert headers[DLQ_REASON].decode() == "invalid_message"
+    assert "not a request about item" in headers[DLQ_ERROR].decode()

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from typing import get_args
 
-from labelaudit.schemas.audit import AuditRecord
-from labelaudit.serving.core.store import COLUMNS, open_store
+import pytest
+
+from labelaudit.schemas.audit import AuditRecord, RelabelAnswer
+from labelaudit.serving.core.store import COLUMNS, answers_schema, open_store, table_schema
 
 
 def verdict(item: str, labeler: str = "anna", version: str = "1", label: str | None = "coat") -> AuditRecord:
@@ -110,3 +113,54 @@ def test_the_table_is_the_records_fields_and_a_record_reads_back_whole(store_url
         assert AuditRecord(**back) == record
     finally:
         store.close()
+
+
+def answer_to(item: str, labeler: str = "reviewer") -> RelabelAnswer:
+    return RelabelAnswer(
+        request_id=f"{item}/anna/1",
+        reason="disagreement",
+        item_id=item,
+        labeler_id=labeler,
+        label="shirt",
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_answers_are_written_with_their_records_in_one_transaction(store_url):
+    store = open_store(store_url)
+    try:
+        assert store.write([verdict("a", labeler="reviewer")], [answer_to("a")]) == [True]
+        # a redelivery: the record and the answer are both already there
+        assert store.write([verdict("a", labeler="reviewer")], [answer_to("a")]) == [False]
+        # a record the database refuses fails the whole batch: the answers are not kept either
+        broken = verdict("b", labeler="reviewer").model_copy(update={"predicted_label": {"not": "text"}})
+        with pytest.raises(Exception, match="(?i)adapt|bind|type"):
+            store.write([verdict("c", labeler="reviewer"), broken], [answer_to("c"), answer_to("b")])
+        assert store.select("SELECT item_id, labeler_id FROM relabel_answers") == [("a", "reviewer")]
+        assert store.count() == 1
+    finally:
+        store.close()
+
+
+def test_a_store_made_before_relabel_answers_gains_the_table(store_url):
+    """A store whose audit table predates relabel_answers opens, keeps its records and takes answers."""
+    dialect = "sqlite" if store_url.startswith("sqlite") else "postgresql"
+    old_schema = table_schema(dialect).replace(answers_schema(dialect), "")
+    assert "relabel_answers" not in old_schema
+    if dialect == "sqlite":
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            conn.executescript(old_schema)
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute(old_schema)
+    old = open_store(store_url)  # opened by this version: the answers table is made beside the old one
+    try:
+        assert old.write([verdict("a")]) == [True]
+        assert old.write([verdict("a", labeler="reviewer")], [answer_to("a")]) == [True]
+        assert old.select("SELECT request_id, reason, label FROM relabel_answers") == [
+            ("a/anna/1", "disagreement", "shirt")
+        ]
+    finally:
+        old.close()
