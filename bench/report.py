@@ -166,9 +166,9 @@ class Restamp:
     def __init__(self, stores, when: dict[str, datetime]):
         self.stores, self.when = stores, when
 
-    def write(self, records):
+    def write(self, records, answers=()):
         records = [r.model_copy(update={"created_at": self.when[r.item_id]}) for r in records]
-        new = [s.write(records) for s in self.stores]
+        new = [s.write(records, answers) for s in self.stores]
         return new[0]
 
 
@@ -541,6 +541,52 @@ def _comparable(report) -> dict:
     return report.model_dump(mode="json", exclude={"generated_at", "store"})
 
 
+def answer_disagreements(store_url: str, share: float, seed: int = 0) -> int:
+    """A reviewer answers ``share`` of the store's relabel requests with the model's label, each answer naming
+    its request (an answer record beside the questioned one, and its ``relabel_answers`` row); how many."""
+    from labelaudit.schemas.audit import AuditRecord, RelabelAnswer
+    from labelaudit.serving.core.store import COLUMNS, open_store
+
+    rng = np.random.default_rng([seed, 11])
+    store = open_store(store_url)
+    questioned = store.select(f"SELECT {', '.join(COLUMNS)} FROM audit_records WHERE disagrees = 1 ORDER BY id")
+    picked = [row for row in questioned if rng.random() < share]
+    for start in range(0, len(picked), 2_000):
+        records, answers = [], []
+        for row in picked[start : start + 2_000]:
+            r = dict(zip(AuditRecord.model_fields, row, strict=True))
+            when = datetime.fromisoformat(r["created_at"]) + timedelta(seconds=1)
+            reviewer = f"labeler-{(int(r['labeler_id'].rsplit('-', 1)[1]) + 1) % 50:02d}"
+            request_id = f"{r['item_id']}/{r['labeler_id']}/{r['model_version']}"
+            records.append(
+                AuditRecord.model_construct(
+                    **r
+                    | {
+                        "labeler_id": reviewer,
+                        "human_label": r["predicted_label"],
+                        "label_probability": r["predicted_probability"],
+                        "score": 0.0,
+                        "disagrees": False,
+                        "probabilities": json.loads(r["probabilities"]),
+                        "created_at": when,
+                    }
+                )
+            )
+            answers.append(
+                RelabelAnswer(
+                    request_id=request_id,
+                    reason="disagreement",
+                    item_id=r["item_id"],
+                    labeler_id=reviewer,
+                    label=r["predicted_label"],
+                    created_at=when,
+                )
+            )
+        store.write(records, answers)
+    store.close()
+    return len(picked)
+
+
 def scale(args, pg_base: str, record) -> None:
     from labelaudit.training.datasets.fashion_mnist import CLASSES
 
@@ -559,23 +605,33 @@ def scale(args, pg_base: str, record) -> None:
         t = time.perf_counter()
         n = fill_synthetic(url, args.scale_records, args.nights, list(CLASSES))
         console.print(f"{store}: {n:,} synthetic records written in {time.perf_counter() - t:.0f}s")
-        for scope, since in (("last_night", last), ("all_nights", start)):
-            for what in ("report", "fetch_all"):
-                with LoadSampler() as load:  # other work on the machine slows both modes
-                    m = measure_in_child(url, since.isoformat(), end.isoformat(), what, WORK / "report-scale" / store)
-                record(
-                    kind="scale",
-                    mode=what,
-                    scope=scope,
-                    store=store,
-                    records=n,
-                    labelers=50,
-                    spearman_vs_true_error=None,
-                    flagged=None,
-                    truly_noisy=None,
-                    **m,
-                    **load.summary(),
-                )
+        answered = 0
+        for modes in (("report", "fetch_all"), ("report",)):  # the second time with relabel answers in the store
+            if answered == 0 and len(modes) == 1:
+                t = time.perf_counter()
+                answered = answer_disagreements(url, args.scale_answers)
+                n += answered
+                console.print(f"{store}: {answered:,} relabel answers written in {time.perf_counter() - t:.0f}s")
+            for scope, since in (("last_night", last), ("all_nights", start)):
+                for what in modes:
+                    with LoadSampler() as load:  # other work on the machine slows both modes
+                        m = measure_in_child(
+                            url, since.isoformat(), end.isoformat(), what, WORK / "report-scale" / store
+                        )
+                    record(
+                        kind="scale",
+                        mode=what,
+                        scope=scope,
+                        store=store,
+                        records=n,
+                        relabel_answers=answered,
+                        labelers=50,
+                        spearman_vs_true_error=None,
+                        flagged=None,
+                        truly_noisy=None,
+                        **m,
+                        **load.summary(),
+                    )
 
 
 def kept_rows(name: str, *, skipped: set[str]) -> list[dict]:
@@ -601,6 +657,9 @@ def main() -> None:
     ap.add_argument("--epochs-b", type=int, default=60, help="task B's schedule: issue 17's protocol's")
     ap.add_argument("--method", default="auto", help="task B's training method (auto: what `labelaudit train` picks)")
     ap.add_argument("--scale-records", type=int, default=1_000_000)
+    ap.add_argument(
+        "--scale-answers", type=float, default=0.5, help="share of the scale store's relabel requests answered"
+    )
     ap.add_argument("--skip", choices=["quality", "scale"], nargs="*", default=[])
     ap.add_argument("--name", default="report")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)

@@ -786,15 +786,16 @@ def report_scale_table(result: dict) -> str:
     if not rows:
         return ""
     lines = [
-        "| store | records in store | scope | records in window | what | seconds | of which building (SQL, statistics) "
-        "| peak RSS MB | load 1m |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| store | records in store | relabel answers | scope | records in window | what | seconds "
+        "| of which building (SQL, statistics) | peak RSS MB | load 1m |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         what = "the report" if r["mode"] == "report" else "fetch the records into Python (baseline)"
         sql = f"{r['sql_seconds']:.1f}" if r["mode"] == "report" else "-"
+        answers = f"{r['relabel_answers']:,}" if "relabel_answers" in r else "-"
         lines.append(
-            f"| {r['store']} | {r['records']:,} | {r['scope']} | {r['window_records']:,} | {what} | "
+            f"| {r['store']} | {r['records']:,} | {answers} | {r['scope']} | {r['window_records']:,} | {what} | "
             f"{r['seconds']:.1f} | {sql} | {r['peak_rss_mb']:.0f} | {r.get('loadavg_1m_mean', '-')} |"
         )
     return (
