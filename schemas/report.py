@@ -143,6 +143,8 @@ class QueueItem(Verdict):
     other_labels: int = Field(description="Labels from other labelers on this item in the window.")
     agreeing_labels: int = Field(description="Of those, how many give the same label as this one.")
     created_at: str
+    answers: int = Field(default=0, description="Answers to this request stored so far (relabel_answers).")
+    answer: str | None = Field(default=None, description="One answer's label (the first alphabetically), if any.")
     thumbnail: bool = Field(description="Whether the page shows the image (found through --images).")
 
 

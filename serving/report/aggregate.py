@@ -363,15 +363,21 @@ def answers_in_window(store: AuditStore, window: Span) -> dict[str, int]:
 
 
 def relabel_queue(store: AuditStore, scope: Scope, top: int) -> list[QueueItem]:
-    """The policy's relabel requests, ``ORDER BY score DESC LIMIT top``, with the item's other labels."""
+    """The policy's relabel requests, ``ORDER BY score DESC LIMIT top``, with the item's other labels and the
+    answers to each request stored so far."""
     other = (
         "SELECT COUNT(*) FROM audit_records o WHERE o.item_id = q.item_id AND o.model_name = q.model_name"
         " AND o.model_version = q.model_version AND o.labeler_id <> q.labeler_id AND o.human_label IS NOT NULL"
         " AND o.created_at >= ? AND o.created_at < ?"  # the unique index finds the item's few rows: no id range
     )
+    answered = (  # the request's answers, found by its id's form (``relabel.relabel_requests``)
+        "FROM relabel_answers ra WHERE ra.item_id = q.item_id"
+        " AND ra.request_id = q.item_id || '/' || q.labeler_id || '/' || q.model_version"
+    )
     verdict = [*Verdict.model_fields, "created_at"]
     sql = (
-        f"SELECT {', '.join('q.' + c for c in verdict)}, ({other}), ({other} AND o.human_label = q.human_label)"
+        f"SELECT {', '.join('q.' + c for c in verdict)}, ({other}), ({other} AND o.human_label = q.human_label),"
+        f" (SELECT COUNT(*) {answered}), (SELECT MIN(ra.label) {answered})"
         f" FROM (SELECT {', '.join(verdict)}, model_name, model_version FROM audit_records"
         f" WHERE {Span.sql()}" + _MODEL_FILTER + " AND disagrees = 1"
         " ORDER BY score DESC, item_id, labeler_id LIMIT ?) q ORDER BY q.score DESC, q.item_id, q.labeler_id"
@@ -381,9 +387,11 @@ def relabel_queue(store: AuditStore, scope: Scope, top: int) -> list[QueueItem]:
     return [
         QueueItem(
             rank=rank,
-            **dict(zip(verdict, row[:-2], strict=True)),
-            other_labels=_int(row[-2]),
-            agreeing_labels=_int(row[-1]),
+            **dict(zip(verdict, row[:-4], strict=True)),
+            other_labels=_int(row[-4]),
+            agreeing_labels=_int(row[-3]),
+            answers=_int(row[-2]),
+            answer=row[-1],
             thumbnail=False,
         )
         for rank, row in enumerate(rows, start=1)

@@ -202,6 +202,7 @@ def _queue(report: Report, thumbs: dict[str, str]) -> str:
                 lp,
                 f"{q.score:.3f}",
                 f"{q.agreeing_labels}/{q.other_labels}",
+                "–" if q.answer is None else escape(q.answer) + (f" (+{q.answers - 1})" if q.answers > 1 else ""),
             ]
         )
     missing = sum(not q.thumbnail for q in report.relabel_queue)
@@ -221,6 +222,7 @@ def _queue(report: Report, thumbs: dict[str, str]) -> str:
         "p(human)",
         "score",
         "others agreeing",
+        "answered",
     ]
     return out + _table(head, rows)
 

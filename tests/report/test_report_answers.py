@@ -77,6 +77,14 @@ def test_the_report_measures_the_answers_and_keeps_them_out_of_the_labelers_numb
     # the answers' own labels are not pairs: s1 is the only item two labelers shared at random
     assert r.consensus.labeler_pairs == 1
 
+    # the queue says which requests are answered, and with what
+    assert {q.item_id: (q.answers, q.answer) for q in r.relabel_queue} == {
+        "q1": (1, "dog"),
+        "q2": (1, "fox"),
+        "q3": (1, "fox"),
+        "q4": (0, None),
+    }
+
     page = render_html(r, {})
     assert "3 answers to disagreement requests: 33.3% gave the model's label" in page
     assert "1 answers to audit-sample requests" in page and "1 answers to requests about other models" in page
