@@ -154,6 +154,7 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     assert by_source == {"kafka": len(train_rows) + answered, "http": 3}
     assert f"streamed {len(train_rows):,} labeled images" in result.stdout
     assert f"a reviewer answered the {answered:,} highest-scoring relabel requests" in result.stdout
+    assert f"({answered:,} answered: " in result.stdout  # the report's line
     [html] = (tmp_path / "demo" / "reports").glob("*/report.html")
     page = html.read_text()
     assert "labeler-5" in page and f"{answered:,} answers to disagreement requests" in page

@@ -57,11 +57,16 @@ def write_report(
             audit_sample_rate=settings.audit_sample_rate,
         )
         progress.update(task, completed=STEPS, info="done")
-    h = written.report.headline
+    h, answers = written.report.headline, written.report.relabel_answers
     rate = "-" if h.disagreement.rate is None else f"{h.disagreement.rate:.1%}"
+    answered = (
+        f" ({answers.answered:,} answered: {answers.precision.rate:.0%} gave the model's label)"
+        if answers.answered and answers.precision.rate is not None
+        else ""
+    )
     console.print(
-        f"{h.images_audited:,} images audited, disagreement {rate}, {h.relabel_requests:,} relabel requests, "
-        f"flagged labelers: {', '.join(written.report.flag_test.flagged) or 'none'}\n"
+        f"{h.images_audited:,} images audited, disagreement {rate}, {h.relabel_requests:,} relabel requests"
+        f"{answered}, flagged labelers: {', '.join(written.report.flag_test.flagged) or 'none'}\n"
         f"report: {written.html}\n        {written.json}\n        {written.csv}"
     )
     for note in written.report.notes:
