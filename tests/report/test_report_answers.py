@@ -30,8 +30,8 @@ def answer(request_id: str, labeler: str, label: str, at: str = "2026-11-21T12:0
     )
 
 
-# Requests about anna's q1 and q2 and ben's q3 are answered; ben's q4 is not. Each answer is also a label
-# (its own audit record, never flagged). s1 is in the audit sample, answered by ben; q5's request was about
+# Requests about anna's q1 and q2 and ben's q3 are answered by others, ben's q4 by ben himself. Each answer by
+# another labeler is also a label (its own audit record, never flagged). s1 is in the audit sample, answered by ben; q5's request was about
 # model version 2's verdict.
 RECORDS = [
     record("q1", "anna", "cat", "dog", CAT_DOG, flag=True, score=0.8),
@@ -49,6 +49,7 @@ ANSWERS = [
     answer("q1/anna/1", "ben", "dog"),
     answer("q2/anna/1", "cleo", "fox"),
     answer("q3/ben/1", "anna", "fox"),
+    answer("q4/ben/1", "ben", "cat"),  # ben looks again at his own label: its verdict is the old one, not new
     answer("s1/audit-sample/1", "ben", "cat"),
     answer("q5/anna/2", "ben", "dog"),
 ]
@@ -64,11 +65,12 @@ def test_the_report_measures_the_answers_and_keeps_them_out_of_the_labelers_numb
     r = reports[0]
 
     a = r.relabel_answers
-    assert (a.answered, a.precision.k, a.precision.n, a.audit_sample, a.other_models) == (3, 1, 3, 1, 1)
+    assert (a.answered, a.precision.k, a.precision.n, a.audit_sample, a.other_models) == (4, 2, 4, 1, 1)
     rows = {x.labeler_id: (x.answered, x.model, x.kept, x.other) for x in a.per_labeler}
-    assert rows == {"anna": (2, 1, 1, 0), "ben": (1, 0, 0, 1)}
+    assert rows == {"anna": (2, 1, 1, 0), "ben": (2, 1, 0, 1)}
 
-    # anna: q1, q2, s1 (her answer on q3 is not her label); ben: q3, q4 and his audit-sample answer on s1
+    # anna: q1, q2, s1 (her answer on q3 is not her label); ben: q3, q4 (his own, questioned, label) and his
+    # audit-sample answer on s1
     labelers = {x.labeler_id: x for x in r.labelers}
     assert {k: x.labels for k, x in labelers.items()} == {"anna": 3, "ben": 3}
     assert r.headline.labels == 6 and r.headline.relabel_requests == 4
@@ -82,11 +84,11 @@ def test_the_report_measures_the_answers_and_keeps_them_out_of_the_labelers_numb
         "q1": (1, "dog"),
         "q2": (1, "fox"),
         "q3": (1, "fox"),
-        "q4": (0, None),
+        "q4": (1, "cat"),
     }
 
     page = render_html(r, {})
-    assert "3 answers to disagreement requests: 33.3% gave the model's label" in page
+    assert "4 answers to disagreement requests: 50.0% gave the model's label" in page
     assert "1 answers to audit-sample requests" in page and "1 answers to requests about other models" in page
 
 

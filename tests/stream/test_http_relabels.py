@@ -95,6 +95,31 @@ def test_the_gateway_asks_a_second_opinion_on_its_audit_sample_even_where_the_mo
     assert {r["reason"] for r in requests} == {"audit_sample"}
 
 
+def test_an_answer_to_a_request_publishes_nothing_even_where_the_model_disagrees(stream, tiny_data):
+    """Every item is in the audit sample and every label one the model finds least likely: the first labels ask
+    for a relabel twice each; the reviewer's answers, the same labels naming the requests, ask for nothing."""
+    settings = _publishing(stream, audit_sample_rate=1.0)
+    image = _test_image(tiny_data)
+    with TestClient(create_app(settings)) as client:
+        unlikely = _labels_by_probability(client, image)[-1]
+        first = [_audit(client, image, f"item-{i}", unlikely) for i in range(3)]
+        asked = {json.loads(m.value)["request_id"] for m in stream.read_topic(stream.relabel_topic)}
+        body = {"labeler_id": "reviewer", "label": unlikely, "image": base64.b64encode(image).decode()}
+        answers = [
+            client.post("/v1/audit", json=body | {"item_id": f"item-{i}", "answers": f"item-{i}/anna/1"})
+            for i in range(3)
+        ]
+    assert all(r.json()["disagrees"] for r in first), [r.text for r in first]
+    assert asked == {f"item-{i}/{who}/1" for i in range(3) for who in ("anna", "audit-sample")}
+    assert [(a.status_code, a.json()["disagrees"]) for a in answers] == [(200, False)] * 3
+    assert len(stream.read_topic(stream.relabel_topic)) == 6  # nothing more
+    store = open_store(stream.store_url)
+    try:
+        assert len(store.select("SELECT request_id FROM relabel_answers")) == 3
+    finally:
+        store.close()
+
+
 def test_a_broker_that_is_away_is_a_503_and_the_retry_publishes(stream, tiny_data):
     url = stream.store_url
     image = _test_image(tiny_data)
