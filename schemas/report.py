@@ -166,12 +166,13 @@ class Consensus(_Model):
 
 
 class AnswerRow(_Model):
-    """Answers to the relabel requests about one labeler's labels (the questioned labeler)."""
+    """Answers to the relabel requests of one group: the labels of one questioned labeler, or the labels the
+    model questioned in favour of one class."""
 
-    labeler_id: str
-    answered: int = Field(description="Answers stored in the window to requests about this labeler's labels.")
+    group: str = Field(description="The questioned labeler, or the model's label (per_class).")
+    answered: int = Field(description="Answers stored in the window to the group's requests.")
     model: int = Field(description="Of those, answers that give the model's label: the label was changed.")
-    kept: int = Field(description="Answers that give this labeler's label again: the model was questioned.")
+    kept: int = Field(description="Answers that give the questioned label again: the model was wrong to ask.")
     other: int = Field(description="Answers that give neither.")
     changed: Rate = Field(description="model of answered: how often a second look sided with the model.")
 
@@ -187,7 +188,12 @@ class RelabelAnswers(_Model):
         description="Of those, answers that give the model's label: the queue's precision, as the second "
         "person sees it.",
     )
-    per_labeler: list[AnswerRow] = Field(default_factory=list)
+    per_labeler: list[AnswerRow] = Field(default_factory=list, description="By questioned labeler.")
+    per_class: list[AnswerRow] = Field(
+        default_factory=list,
+        description="By the model's label: where the queue is often wrong, the model's doubts about that class "
+        "are least worth a reviewer's time.",
+    )
     audit_sample: int = Field(default=0, description="Answers to audit-sample requests (counted above as labels).")
     other_models: int = Field(
         default=0, description="Answers to disagreement requests about other models' labels, or to requests not found."

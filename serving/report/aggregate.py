@@ -326,31 +326,35 @@ def nights(store: AuditStore, window: Span, answers: bool = False) -> list[Night
 
 @dataclass(frozen=True)
 class Outcomes:
-    """Answers in the window to one labeler's questioned labels: the second label is the model's label, the
-    first label again, or neither."""
+    """Answers in the window to the requests about one labeler's labels where the model said one class: the
+    second label is the model's label, the first label again, or neither."""
 
     labeler_id: str
+    predicted: str
     model: int
     label: int
     answered: int
 
 
 def relabel_outcomes(store: AuditStore, scope: Scope) -> list[Outcomes]:
-    """Per labeler whose label the model questioned: the answers (stored in the window) to those requests.
+    """Per questioned labeler and model's label: the answers (stored in the window) to those requests.
 
     An answer finds its request's record by the request id's form (``item/labeler/version``, built in SQL):
     the item's few records come from the unique index.
     """
     sql = (
-        "SELECT a.labeler_id, SUM(CASE WHEN ra.label = a.predicted_label THEN 1 ELSE 0 END),"
+        "SELECT a.labeler_id, a.predicted_label, SUM(CASE WHEN ra.label = a.predicted_label THEN 1 ELSE 0 END),"
         " SUM(CASE WHEN ra.label = a.human_label AND ra.label <> a.predicted_label THEN 1 ELSE 0 END), COUNT(*)"
         " FROM relabel_answers ra JOIN audit_records a ON a.item_id = ra.item_id"
         " AND ra.request_id = a.item_id || '/' || a.labeler_id || '/' || a.model_version"
         " WHERE ra.reason = 'disagreement' AND ra.created_at >= ? AND ra.created_at < ?"
-        " AND a.model_name = ? AND a.model_version = ? GROUP BY a.labeler_id"
+        " AND a.model_name = ? AND a.model_version = ? GROUP BY a.labeler_id, a.predicted_label"
     )
     rows = store.select(sql, (scope.span.since, scope.span.until, scope.model_name, scope.model_version))
-    return sorted((Outcomes(str(a), _int(m), _int(k), _int(n)) for a, m, k, n in rows), key=lambda o: o.labeler_id)
+    return sorted(
+        (Outcomes(str(a), str(p), _int(m), _int(k), _int(n)) for a, p, m, k, n in rows),
+        key=lambda o: (o.labeler_id, o.predicted),
+    )
 
 
 def answers_in_window(store: AuditStore, window: Span) -> dict[str, int]:

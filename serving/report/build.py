@@ -144,7 +144,9 @@ def build_report(
     nights = agg.nights(store, agg.span(store, _iso(first_night), until), answers)
     step("relabel queue and its answers (SQL)")
     queue = agg.relabel_queue(store, scope, top)
-    relabel_answers = _relabel_answers(agg.relabel_outcomes(store, scope), agg.answers_in_window(store, window_span))
+    relabel_answers = _relabel_answers(
+        agg.relabel_outcomes(store, scope), agg.answers_in_window(store, window_span), classes
+    )
 
     step("labels of the shared items (SQL)")
     shared_rates, note = _shared_estimates(store, scope, classes, pairs, audit_sample_rate)
@@ -176,23 +178,24 @@ def build_report(
     )
 
 
-def _relabel_answers(outcomes: list[agg.Outcomes], in_window: dict[str, int]) -> RelabelAnswers:
-    rows = [
-        AnswerRow(
-            labeler_id=o.labeler_id,
-            answered=o.answered,
-            model=o.model,
-            kept=o.label,
-            other=o.answered - o.model - o.label,
-            changed=rate(o.model, o.answered),
-        )
-        for o in outcomes
-    ]
+def _relabel_answers(outcomes: list[agg.Outcomes], in_window: dict[str, int], classes: list[str]) -> RelabelAnswers:
+    def rows(key: Callable[[agg.Outcomes], str], order: list[str]) -> list[AnswerRow]:
+        counts: dict[str, list[int]] = {}
+        for o in outcomes:
+            c = counts.setdefault(key(o), [0, 0, 0])
+            c[0], c[1], c[2] = c[0] + o.answered, c[1] + o.model, c[2] + o.label
+        rank = {name: i for i, name in enumerate(order)}
+        return [
+            AnswerRow(group=g, answered=n, model=m, kept=k, other=n - m - k, changed=rate(m, n))
+            for g, (n, m, k) in sorted(counts.items(), key=lambda x: (rank.get(x[0], len(rank)), x[0]))
+        ]
+
     answered = sum(o.answered for o in outcomes)
     return RelabelAnswers(
         answered=answered,
         precision=rate(sum(o.model for o in outcomes), answered),
-        per_labeler=rows,
+        per_labeler=rows(lambda o: o.labeler_id, []),
+        per_class=rows(lambda o: o.predicted, classes),
         audit_sample=in_window.get("audit_sample", 0),
         other_models=in_window.get("disagreement", 0) - answered,
     )

@@ -63,7 +63,7 @@ def answer_rates(rows: list[AnswerRow], pooled: Rate) -> str:
     """Per questioned labeler: how often a second look gave the model's label."""
     fig = Figure(figsize=(6.4, 0.32 * len(rows) + 1.2))
     ax = fig.subplots()
-    _rate_dots(ax, [r.labeler_id or "(none)" for r in rows], [r.changed for r in rows], [OK] * len(rows))
+    _rate_dots(ax, [r.group or "(none)" for r in rows], [r.changed for r in rows], [OK] * len(rows))
     if pooled.rate is not None:
         ax.axvline(100 * pooled.rate, color=POOL, ls="--", lw=1, label=f"all answers {100 * pooled.rate:.1f}%")
         _legend_below(ax)

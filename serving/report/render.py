@@ -244,20 +244,21 @@ def _answers(report: Report) -> str:
             "their items.</p>"
         )
         out += _figure(plots.answer_rates(a.per_labeler, a.precision), "answers siding with the model per labeler")
-        rows = [
-            [
-                escape(r.labeler_id or "(none)"),
-                f"{r.answered:,}",
-                f"{r.model:,}",
-                f"{r.kept:,}",
-                f"{r.other:,}",
-                pct(r.changed),
-                interval(r.changed),
+        head = ["answered", "model's label", "same label", "other", "changed", "95% CI"]
+        for title, rows in (("questioned labeler", a.per_labeler), ("model's label", a.per_class)):
+            cells = [
+                [
+                    escape(r.group or "(none)"),
+                    f"{r.answered:,}",
+                    f"{r.model:,}",
+                    f"{r.kept:,}",
+                    f"{r.other:,}",
+                    pct(r.changed),
+                    interval(r.changed),
+                ]
+                for r in rows
             ]
-            for r in a.per_labeler
-        ]
-        head = ["questioned labeler", "answered", "model's label", "same label", "other", "changed", "95% CI"]
-        out += _table(head, rows)
+            out += _table([title, *head], cells)
     extra = []
     if a.audit_sample:
         extra.append(f"{a.audit_sample:,} answers to audit-sample requests (counted as labels above)")

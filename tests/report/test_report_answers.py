@@ -66,8 +66,13 @@ def test_the_report_measures_the_answers_and_keeps_them_out_of_the_labelers_numb
 
     a = r.relabel_answers
     assert (a.answered, a.precision.k, a.precision.n, a.audit_sample, a.other_models) == (4, 2, 4, 1, 1)
-    rows = {x.labeler_id: (x.answered, x.model, x.kept, x.other) for x in a.per_labeler}
+    rows = {x.group: (x.answered, x.model, x.kept, x.other) for x in a.per_labeler}
     assert rows == {"anna": (2, 1, 1, 0), "ben": (2, 1, 0, 1)}
+    # by the model's label: it said dog on q1 (changed) and q3 (neither), cat on q2 (kept) and q4 (changed)
+    assert [(x.group, x.answered, x.model, x.kept, x.other) for x in a.per_class] == [
+        ("cat", 2, 1, 1, 0),
+        ("dog", 2, 1, 0, 1),
+    ]
 
     # anna: q1, q2, s1 (her answer on q3 is not her label); ben: q3, q4 (his own, questioned, label) and his
     # audit-sample answer on s1
@@ -89,6 +94,8 @@ def test_the_report_measures_the_answers_and_keeps_them_out_of_the_labelers_numb
 
     page = render_html(r, {})
     assert "4 answers to disagreement requests: 50.0% gave the model's label" in page
+    section = page[page.index("<h2>Relabel requests answered") : page.index("<h2>Trends")]
+    assert section.count("<table>") == 2 and "questioned labeler" in section
     assert "1 answers to audit-sample requests" in page and "1 answers to requests about other models" in page
 
 
