@@ -244,7 +244,7 @@ def _answers(report: Report) -> str:
             "their items.</p>"
         )
         out += _figure(plots.answer_rates(a.per_labeler, a.precision), "answers siding with the model per labeler")
-        head = ["answered", "model's label", "same label", "other", "changed", "95% CI"]
+        head = ["answered", "gave the model's label", "gave the same label", "gave another", "changed", "95% CI"]
         for title, rows in (("questioned labeler", a.per_labeler), ("model's label", a.per_class)):
             cells = [
                 [
