@@ -163,7 +163,7 @@ class Auditor:
         async with stages.write:
             new = await asyncio.to_thread(self.store.write, records, answers)
         if self.relabels is not None:  # an answer is the second opinion: it asks for none itself
-            await self.relabels.publish([r for r, n in zip(records, good, strict=True) if items[n].answers is None])
+            await self.relabels.publish([r for r, a in zip(records, answering, strict=True) if not a])
         for row, n in enumerate(good):
             outcomes[n] = (records[row], new[row])
         return cast(list[Outcome], outcomes)

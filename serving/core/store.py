@@ -75,6 +75,10 @@ def answers_schema(dialect: str) -> str:
 
 
 ANSWER_COLUMNS = ("request_id", "reason", "item_id", "labeler_id", "label", "created_at")
+_SQLITE_INSERT_ANSWER = (
+    f"INSERT OR IGNORE INTO relabel_answers ({', '.join(ANSWER_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in ANSWER_COLUMNS)})"
+)
 
 
 def _answer_row(a: RelabelAnswer) -> tuple[object, ...]:
@@ -154,10 +158,6 @@ class SqliteStore:
         """All records (and answers) in one transaction, durable when this returns; True where the record was new."""
         placeholders = ", ".join("?" for _ in COLUMNS)
         sql = f"INSERT OR IGNORE INTO audit_records ({', '.join(COLUMNS)}) VALUES ({placeholders})"
-        answer_sql = (
-            f"INSERT OR IGNORE INTO relabel_answers ({', '.join(ANSWER_COLUMNS)})"
-            f" VALUES ({', '.join('?' for _ in ANSWER_COLUMNS)})"
-        )
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")  # waits out another writer up to the busy timeout
@@ -166,7 +166,7 @@ class SqliteStore:
             try:
                 new = [self._conn.execute(sql, _row(r)).rowcount == 1 for r in records]
                 if answers:
-                    self._conn.executemany(answer_sql, [_answer_row(a) for a in answers])
+                    self._conn.executemany(_SQLITE_INSERT_ANSWER, [_answer_row(a) for a in answers])
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 self._conn.execute("ROLLBACK")
@@ -257,15 +257,15 @@ class PostgresStore:
             "ON CONFLICT (item_id, labeler_id, model_version) DO NOTHING RETURNING item_id, labeler_id, model_version"
         )
         params = [value for r in records for value in _row(r)]
-        answer_row = "(" + ", ".join(["%s"] * len(ANSWER_COLUMNS)) + ")"
-        answer_sql = (
-            f"INSERT INTO relabel_answers ({', '.join(ANSWER_COLUMNS)}) VALUES {', '.join([answer_row] * len(answers))}"
-            " ON CONFLICT (request_id, labeler_id) DO NOTHING"
-        )
         with self._connection() as conn:
             inserted = set(conn.execute(sql, params).fetchall())
             if answers:
-                conn.execute(answer_sql, [value for a in answers for value in _answer_row(a)])
+                answer_row = "(" + ", ".join(["%s"] * len(ANSWER_COLUMNS)) + ")"
+                conn.execute(
+                    f"INSERT INTO relabel_answers ({', '.join(ANSWER_COLUMNS)})"
+                    f" VALUES {', '.join([answer_row] * len(answers))} ON CONFLICT (request_id, labeler_id) DO NOTHING",
+                    [value for a in answers for value in _answer_row(a)],
+                )
         new = []
         for r in records:  # the first of two identical keys in one batch is the new one
             key = (r.item_id, r.labeler_id, r.model_version)

@@ -70,6 +70,13 @@ truth AS (
     FROM judged WHERE r = 1
 )"""
 
+
+def _request_id(t: str) -> str:
+    """SQL: the id of the disagreement request about the audit row (columns qualified by ``t``), in the form
+    ``relabel.relabel_requests`` gives it (``item/labeler/version``): how an answer finds its request."""
+    return f"{t}item_id || '/' || {t}labeler_id || '/' || {t}model_version"
+
+
 # A label that answers a disagreement request (``relabel_answers``): the model picked its item, so it is a
 # second opinion on a hard image, not a sample of its labeler's work. It still votes in the consensus of the
 # label it answers; it is kept out of its own labeler's numbers. ``{t}`` qualifies the audit row's columns.
@@ -77,7 +84,7 @@ _ANSWER = (
     "EXISTS (SELECT 1 FROM relabel_answers ra WHERE ra.item_id = {t}item_id AND ra.labeler_id = {t}labeler_id"
     " AND ra.reason = 'disagreement'"
     # the questioned label itself, where its own labeler answered (then its verdict was not new)
-    " AND ra.request_id <> {t}item_id || '/' || {t}labeler_id || '/' || {t}model_version)"
+    " AND ra.request_id <> {request_id})"
 )
 
 
@@ -121,7 +128,7 @@ class Scope:
 
     def is_answer(self, t: str = "") -> str:
         """SQL: 1 where the audit row (columns qualified by ``t``) answers a disagreement request, else 0."""
-        return f"CASE WHEN {_ANSWER.format(t=t)} THEN 1 ELSE 0 END" if self.answers else "0"
+        return f"CASE WHEN {_ANSWER.format(t=t, request_id=_request_id(t))} THEN 1 ELSE 0 END" if self.answers else "0"
 
     def not_an_answer(self, t: str = "") -> str:
         return not_an_answer(self.answers, t)
@@ -130,7 +137,7 @@ class Scope:
 def not_an_answer(answers: bool, t: str = "") -> str:
     """An ``AND`` condition keeping the audit rows (columns qualified by ``t``) that answer no disagreement
     request; "" where the store holds no such answers (``has_disagreement_answers``)."""
-    return f" AND NOT {_ANSWER.format(t=t)}" if answers else ""
+    return f" AND NOT {_ANSWER.format(t=t, request_id=_request_id(t))}" if answers else ""
 
 
 def has_disagreement_answers(store: AuditStore) -> bool:
@@ -346,7 +353,7 @@ def relabel_outcomes(store: AuditStore, scope: Scope) -> list[Outcomes]:
         "SELECT a.labeler_id, a.predicted_label, SUM(CASE WHEN ra.label = a.predicted_label THEN 1 ELSE 0 END),"
         " SUM(CASE WHEN ra.label = a.human_label AND ra.label <> a.predicted_label THEN 1 ELSE 0 END), COUNT(*)"
         " FROM relabel_answers ra JOIN audit_records a ON a.item_id = ra.item_id"
-        " AND ra.request_id = a.item_id || '/' || a.labeler_id || '/' || a.model_version"
+        f" AND ra.request_id = {_request_id('a.')}"
         " WHERE ra.reason = 'disagreement' AND ra.created_at >= ? AND ra.created_at < ?"
         " AND a.model_name = ? AND a.model_version = ? GROUP BY a.labeler_id, a.predicted_label"
     )
@@ -374,10 +381,7 @@ def relabel_queue(store: AuditStore, scope: Scope, top: int) -> list[QueueItem]:
         " AND o.model_version = q.model_version AND o.labeler_id <> q.labeler_id AND o.human_label IS NOT NULL"
         " AND o.created_at >= ? AND o.created_at < ?"  # the unique index finds the item's few rows: no id range
     )
-    answered = (  # the request's answers, found by its id's form (``relabel.relabel_requests``)
-        "FROM relabel_answers ra WHERE ra.item_id = q.item_id"
-        " AND ra.request_id = q.item_id || '/' || q.labeler_id || '/' || q.model_version"
-    )
+    answered = f"FROM relabel_answers ra WHERE ra.item_id = q.item_id AND ra.request_id = {_request_id('q.')}"
     verdict = [*Verdict.model_fields, "created_at"]
     sql = (
         f"SELECT {', '.join('q.' + c for c in verdict)}, ({other}), ({other} AND o.human_label = q.human_label),"
