@@ -403,6 +403,48 @@ def report_rates_table(result: dict) -> str:
     )
 
 
+def report_audit_table(result: dict) -> str:
+    """bench/report_audit.py: one label per item, the report's rates before and after a reviewer answers the audit
+    sample, mean over seeds."""
+    names = {
+        "model": "the model's deconvolved disagreement (no answers)",
+        "audit": "the report now: audit answers, the model as predictor",
+        "answers_alone": "the answers' share of changed labels alone",
+    }
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in result["rows"]:
+        cells[(r["scope"], r["audit_rate"], r["reviewer_error"], r["estimator"])].append(r)
+    lines = [
+        "| window | audit sample | reviewer errs | estimator | answers per run | mean abs error | Spearman (min) "
+        "| Spearman >= 0.9 | true rate in the 95% interval |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (scope, share, wrong, estimator), rows in sorted(
+        cells.items(), key=lambda kv: (kv[0][0] != "last_night", kv[0][1], kv[0][2] or 0, list(names).index(kv[0][3]))
+    ):
+        rho = [r["spearman_vs_true_error"] for r in rows]
+        with_interval = [r for r in rows if r.get("intervals_hold") is not None]
+        held = f"{sum(r['intervals_hold'] for r in with_interval)} of {sum(r['labelers'] for r in with_interval)}"
+        answers = [r["answers"] for r in rows if r.get("answers") is not None]
+        lines.append(
+            f"| {scope.replace('_', ' ')} | {share:.0%} | {'–' if wrong is None else f'{wrong:.0%}'} | "
+            f"{names[estimator]} | {f'{np.mean(answers):,.0f}' if answers else '–'} | "
+            f"{np.mean([r['mean_abs_error'] for r in rows]):.3f} | {np.mean(rho):.2f} ({min(rho):.1f}) | "
+            f"{sum(x >= 0.9 - 1e-9 for x in rho)} of {len(rho)} | {held if with_interval else '–'} |"
+        )
+    c = result["config"]
+    return captioned(
+        f"The nightly report's per-labeler error rates with one label per item (bench/report.py's stream: "
+        f"{c['noise']:.0%} noise, the recipe's five labelers, {c['stream_images']:,} items over {c['nights']} nights, "
+        "task B trained with --method auto), before and after a reviewer answers every request of the random audit "
+        "sample (the stream's own draw by item id) with the true class, or at the reviewer's error rate another "
+        "class. Answers per run: the labelers' labels in the window with an answer. A labeler needs 20 answers for "
+        "an audit estimate; with fewer it keeps the model's.",
+        result,
+        lines,
+    )
+
+
 def label_errors_table(result: dict) -> str:
     cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for row in result["rows"]:
@@ -1273,6 +1315,11 @@ def update_docs() -> None:
             "report_rates",
             "The report's labeler rates from shared items (`bench/report_rates.py`)",
             report_rates_table,
+        ),
+        (
+            "report_audit",
+            "The report's labeler rates from the audit sample's answers (`bench/report_audit.py`)",
+            report_audit_table,
         ),
         (
             "train_conditional",

@@ -58,16 +58,14 @@ def _prepare_confusion(counts: np.ndarray) -> np.ndarray:
     return counts / counts.sum(-1, keepdims=True)
 
 
-def fit(tables: np.ndarray, confusion: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
-    """EM for each labeler's (π, T) with the model's confusion fixed.
-
-    ``tables`` (B, K, J) counts of (model's label, human label), J >= K (columns past K: labels outside the
-    model's classes); ``confusion`` (B, K, K) row-stochastic. Returns (B,) error rates.
-    """
+def _em(tables: np.ndarray, confusion: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM for each labeler's (π, T) with the model's confusion fixed: (π (B, K), T (B, K, J), the expected
+    (true class, human label) counts (B, K, J) of the last E step)."""
     b, k, j = tables.shape
     pi = np.full((b, k), 1.0 / k)
     t = np.full((b, k, j), (1 - START_DIAGONAL) / max(1, j - 1))
     t[:, np.arange(k), np.arange(k)] = START_DIAGONAL
+    joint = np.zeros_like(t)
     for _ in range(iterations):
         modelled = np.einsum("bik,bi,bij->bkj", confusion, pi, t)  # (B, K_pred, J)
         w = np.divide(tables, modelled, out=np.zeros_like(tables), where=modelled > 0)
@@ -75,8 +73,35 @@ def fit(tables: np.ndarray, confusion: np.ndarray, iterations: int = ITERATIONS)
         pi = joint.sum(2) / np.maximum(joint.sum((1, 2))[:, None], 1e-300)
         smoothed = joint + PSEUDO_COUNT
         t = smoothed / smoothed.sum(2, keepdims=True)
+    return pi, t, joint
+
+
+def fit(tables: np.ndarray, confusion: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
+    """EM for each labeler's (π, T) with the model's confusion fixed.
+
+    ``tables`` (B, K, J) counts of (model's label, human label), J >= K (columns past K: labels outside the
+    model's classes); ``confusion`` (B, K, K) row-stochastic. Returns (B,) error rates.
+    """
+    k = tables.shape[1]
+    _, _, joint = _em(tables, confusion, iterations)
     total = np.maximum(joint.sum((1, 2)), 1e-300)
     return 1.0 - np.trace(joint[:, :, :k], axis1=1, axis2=2) / total
+
+
+def cell_errors(table: np.ndarray, confusion: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
+    """(K, J): for each cell of one labeler's table, the chance that its label is wrong given the model's label
+    ``k`` and the human label ``j``, under the fitted (π, T): ``1 − π_j C[j, k] T[j, j] / Σ_i π_i C[i, k] T[i, j]``
+    (1 for labels outside the model's classes). Its mean over the labeler's labels is ``fit``'s error rate.
+    ``table`` (K, J) counts; ``confusion`` (K, K) counts of (true class, model's label) on held-out images."""
+    table = np.asarray(table, dtype=float)
+    c = _prepare_confusion(np.asarray(confusion, dtype=float))
+    k = c.shape[0]
+    pi, t, _ = _em(table[None], c[None], iterations)
+    modelled = np.einsum("ik,i,ij->kj", c, pi[0], t[0])  # (K_pred, J)
+    right = (pi[0][:, None] * np.diagonal(t[0])[:, None] * c).T  # (K_pred, K): π_j C[j, k] T[j, j] at [k, j]
+    out = np.ones_like(table)
+    out[:, :k] = 1.0 - np.divide(right, modelled[:, :k], out=np.zeros_like(right), where=modelled[:, :k] > 0)
+    return np.clip(out, 0.0, 1.0)
 
 
 def error_rates(
@@ -124,14 +149,15 @@ class ModelConfusion:
 
 
 def labeler_tables(
-    cells: Iterable[tuple[str, Hashable, Hashable, int]], classes: Sequence[Hashable]
+    cells: Iterable[tuple[str, Hashable, Hashable, int]], classes: Sequence[Hashable], humans: Iterable[Hashable] = ()
 ) -> dict[str, np.ndarray]:
     """(labeler, model's label, human label, labels) rows -> labeler -> (K, J) counts in ``classes``' order,
-    human labels outside ``classes`` in extra columns (J >= K). Rows whose model label is not in
-    ``classes`` (another model's) are left out."""
+    human labels outside ``classes`` in extra columns (J >= K; ``humans``: more labels that get a column, so
+    tables of a subset of the labels line up with the whole's). Rows whose model label is not in ``classes``
+    (another model's) are left out."""
     cells = list(cells)
     index = {c: i for i, c in enumerate(classes)}
-    extra = sorted({human for _, _, human, _ in cells} - index.keys(), key=str)
+    extra = sorted(({human for _, _, human, _ in cells} | set(humans)) - index.keys(), key=str)
     column = index | {c: len(classes) + i for i, c in enumerate(extra)}
     tables: dict[str, np.ndarray] = {}
     for labeler, predicted, human, n in cells:

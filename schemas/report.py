@@ -103,12 +103,15 @@ class ErrorEstimate(_Model):
     labeler shares too few items, ``model`` (its disagreement with the model, deconvolved with the model's
     confusion measured on clean held-out images, from the model card; bootstrap interval); without a card
     that has one, ``disagreement`` (its disagreement rate and Wilson interval, which also counts the
-    model's own mistakes)."""
+    model's own mistakes). ``audit`` (between the first two: a labeler sharing too few items but with enough of
+    its labels in the random audit sample answered by someone else): the answers' mismatches, with the model's
+    chance that each label is wrong as a predictor (prediction-powered inference; normal interval)."""
 
     rate: float | None
     low: float | None
     high: float | None
-    source: Literal["agreement", "model", "disagreement"]
+    source: Literal["agreement", "audit", "model", "disagreement"]
+    answers: int | None = Field(default=None, description="For source audit: the labeler's labels with an answer.")
 
 
 class LabelerRow(_Model):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from labelaudit.schemas.audit import Verdict
 from labelaudit.schemas.report import QueueItem
+from labelaudit.serving.core.relabel import AUDIT_SAMPLE_PART
 from labelaudit.serving.core.store import AuditStore
 
 _MODEL_FILTER = " AND model_name = ? AND model_version = ?"
@@ -362,6 +363,37 @@ def relabel_outcomes(store: AuditStore, scope: Scope) -> list[Outcomes]:
         (Outcomes(str(a), str(p), _int(m), _int(k), _int(n)) for a, p, m, k, n in rows),
         key=lambda o: (o.labeler_id, o.predicted),
     )
+
+
+@dataclass(frozen=True)
+class Audited:
+    """A labeler's labels in one (model's label, human label) cell that an audit-sample answer by someone else
+    gave again (``agreed``) or changed (``differed``)."""
+
+    labeler_id: str
+    predicted: str
+    human: str
+    agreed: int
+    differed: int
+
+
+def audited_labels(store: AuditStore, scope: Scope) -> list[Audited]:
+    """The scope's labels on items whose audit-sample request (the one the label's model version asked,
+    ``item/audit-sample/version``) another person answered, per labeler and cell; answers to disagreement
+    requests are not labels here, as in ``cells``. An item answered twice counts twice."""
+    sql = (
+        "SELECT a.labeler_id, a.predicted_label, a.human_label,"
+        " SUM(CASE WHEN ra.label = a.human_label THEN 1 ELSE 0 END), SUM(CASE WHEN ra.label <> a.human_label"
+        " THEN 1 ELSE 0 END) FROM audit_records a JOIN relabel_answers ra ON ra.item_id = a.item_id"
+        f" AND ra.request_id = a.item_id || '/{AUDIT_SAMPLE_PART}/' || a.model_version"
+        f" WHERE {Span.sql('a.')} AND a.human_label IS NOT NULL AND a.model_name = ? AND a.model_version = ?"
+        " AND ra.reason = 'audit_sample' AND ra.labeler_id <> a.labeler_id"
+        + scope.not_an_answer("a.")
+        + " GROUP BY a.labeler_id, a.predicted_label, a.human_label"
+    )
+    rows = store.select(sql, scope.params())
+    found = (Audited(str(a), str(p), str(h), _int(k), _int(d)) for a, p, h, k, d in rows)
+    return sorted(found, key=lambda x: (x.labeler_id, x.predicted, x.human))
 
 
 def answers_in_window(store: AuditStore, window: Span) -> dict[str, int]:

@@ -13,7 +13,9 @@ import numpy as np
 from labelaudit import dawid_skene
 from labelaudit.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.agreement import estimate as one_coin_estimates
-from labelaudit.deconvolve import MAX_CLASSES, ErrorRate, ModelConfusion, error_rates, labeler_tables
+from labelaudit.audited import AuditedRate
+from labelaudit.audited import error_rate as audited_rate
+from labelaudit.deconvolve import MAX_CLASSES, ErrorRate, ModelConfusion, cell_errors, error_rates, labeler_tables
 from labelaudit.schemas.report import (
     AnswerRow,
     ClassRow,
@@ -154,7 +156,9 @@ def build_report(
     confusion, note = _usable_confusion(model_confusion(chosen.model_name, chosen.model_version))
     notes += [note] if note else []
     model_errors = _model_errors(cells, confusion)
-    labelers, flag = _labelers(cells, classes, alpha, shared_rates, model_errors)
+    step("audit-sample answers (SQL)")
+    audit_errors = _audit_errors(cells, agg.audited_labels(store, scope), confusion, classes)
+    labelers, flag = _labelers(cells, classes, alpha, shared_rates, model_errors, audit_errors)
     headline = _headline(totals, cells, nights, chosen, window, multi_items)
     notes += _notes(totals, cells, headline, labelers, nights_back)
     return Report(
@@ -342,8 +346,41 @@ def _model_errors(cells: list[agg.Cell], confusion: ModelConfusion | None) -> di
     return error_rates(labeler_tables(rows, confusion.classes), confusion.counts)
 
 
+def _audit_errors(
+    cells: list[agg.Cell], audited: list[agg.Audited], confusion: ModelConfusion | None, classes: list[str]
+) -> dict[str, AuditedRate]:
+    """Each labeler's error rate from the audit sample's answers on its labels, with the model's chance that a
+    label is wrong as the predictor (``labelaudit.audited``): its cell of the deconvolution where the card has
+    the model's confusion, else 1 where the label differs from the model's. Labelers with too few answers are
+    left out."""
+    if not audited:
+        return {}
+    known = confusion.classes if confusion is not None else classes
+    humans = {c.human for c in cells} | {x.human for x in audited}
+    everything = labeler_tables([(c.labeler_id, c.predicted, c.human, c.labels) for c in cells], known, humans)
+    agreed = labeler_tables([(x.labeler_id, x.predicted, x.human, x.agreed) for x in audited], known, humans)
+    differed = labeler_tables([(x.labeler_id, x.predicted, x.human, x.differed) for x in audited], known, humans)
+    out = {}
+    for labeler in agreed.keys() & everything.keys():
+        table = everything[labeler]
+        if confusion is not None:
+            f = cell_errors(table, confusion.counts)
+        else:
+            f = np.ones_like(table)
+            np.fill_diagonal(f[:, : len(known)], 0.0)
+        found = audited_rate(table, agreed[labeler], differed[labeler], f)
+        if found is not None:
+            out[labeler] = found
+    return out
+
+
 def _labelers(
-    cells: list[agg.Cell], classes: list[str], alpha: float, est: Estimates, model_errors: dict[str, ErrorRate]
+    cells: list[agg.Cell],
+    classes: list[str],
+    alpha: float,
+    est: Estimates,
+    model_errors: dict[str, ErrorRate],
+    audit_errors: dict[str, AuditedRate],
 ) -> tuple[list[LabelerRow], FlagTest]:
     mine: dict[str, list[agg.Cell]] = defaultdict(list)
     for c in cells:
@@ -361,7 +398,7 @@ def _labelers(
                 labels=n,
                 multi_labeled=sum(c.multi_labeled for c in mine[a]),
                 disagreement=rate(k, n),
-                estimated_error=_estimated_error(rate(k, n), est, i, model_errors.get(a)),
+                estimated_error=_estimated_error(rate(k, n), est, i, audit_errors.get(a), model_errors.get(a)),
                 relabel_requests=sum(c.relabel_requests for c in mine[a]),
                 test=flag.test.get(a),
                 p_value=flag.p.get(a),
@@ -433,12 +470,17 @@ def _flag_p_values(
     return p, test
 
 
-def _estimated_error(disagreement: Rate, est: Estimates, i: int | None, model: ErrorRate | None) -> ErrorEstimate:
-    """Agreement with other labelers where identified, else the model-deconvolved rate, else disagreement."""
+def _estimated_error(
+    disagreement: Rate, est: Estimates, i: int | None, audit: AuditedRate | None, model: ErrorRate | None
+) -> ErrorEstimate:
+    """Agreement with other labelers where identified, else the audit sample's answers (with the model as
+    predictor), else the model-deconvolved rate, else disagreement."""
     if i is not None and not np.isnan(est.error[i]):
         return ErrorEstimate(
             rate=float(est.error[i]), low=float(est.low[i]), high=float(est.high[i]), source="agreement"
         )
+    if audit is not None:
+        return ErrorEstimate(rate=audit.rate, low=audit.low, high=audit.high, source="audit", answers=audit.answers)
     if model is not None:
         return ErrorEstimate(rate=model.rate, low=model.low, high=model.high, source="model")
     return ErrorEstimate(rate=disagreement.rate, low=disagreement.low, high=disagreement.high, source="disagreement")

@@ -21,7 +21,7 @@ from labelaudit.serving.report.render import render_html
 from labelaudit.serving.report.thumbnails import load_thumbnails
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
-STEPS = 10  # progress ticks: the build's seven steps (SQL), thumbnails, figures and page, files
+STEPS = 11  # progress ticks: the build's eight steps (SQL), thumbnails, figures and page, files
 # relabel_queue.csv: the queue's fields, rank first (the page's thumbnail flag is not a column).
 QUEUE_COLUMNS = ("rank", *(name for name in QueueItem.model_fields if name not in ("rank", "thumbnail")))
 

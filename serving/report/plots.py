@@ -101,8 +101,9 @@ def confusion_heatmap(confusion: Confusion) -> str:
 
 
 ESTIMATES = (  # the labeler's estimated error rate, by where it comes from: (source, colour, legend)
-    ("agreement", "#e67e22", "agreement between labelers"),
-    ("model", "#8e44ad", "disagreement with the model, less the model's measured mistakes"),
+    ("agreement", "#e67e22", "agreement between labelers, bootstrap"),
+    ("audit", "#16a085", "audit-sample answers, the model as predictor"),
+    ("model", "#8e44ad", "disagreement with the model, less the model's measured mistakes, bootstrap"),
 )
 
 
@@ -129,7 +130,7 @@ def labeler_rates(rows: list[LabelerRow], pooled: Rate) -> str:
                 color=colour,
                 capsize=2,
                 markersize=4,
-                label=f"estimated error rate ({how}, bootstrap)",
+                label=f"estimated error rate ({how})",
             )
     if pooled.rate is not None:
         ax.axvline(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from html import escape
 
-from labelaudit.schemas.report import LabelerRow, Rate, Report
+from labelaudit.schemas.report import ErrorEstimate, LabelerRow, Rate, Report
 from labelaudit.serving.report import plots
 
 CSS = """
@@ -112,6 +112,10 @@ def _classes(report: Report) -> str:
     return out + _figure(plots.confusion_heatmap(report.confusion), "confusion matrix, human label vs model")
 
 
+def _source(e: ErrorEstimate) -> str:
+    return f"audit of {e.answers:,}" if e.source == "audit" and e.answers is not None else e.source
+
+
 def _labeler_row(r: LabelerRow) -> list[str]:
     p = "–" if r.p_adjusted is None else f"{r.p_adjusted:.2g}"
     flag = '<span class="flagmark">flagged</span>' if r.flagged else ""
@@ -120,7 +124,7 @@ def _labeler_row(r: LabelerRow) -> list[str]:
     est = (
         "–"
         if e.rate is None or e.low is None or e.high is None
-        else f"{100 * e.rate:.1f}% ({100 * e.low:.1f}–{100 * e.high:.1f}%, {e.source})"
+        else f"{100 * e.rate:.1f}% ({100 * e.low:.1f}–{100 * e.high:.1f}%, {_source(e)})"
     )
     return [
         escape(r.labeler_id or "(no labeler id)"),
@@ -310,7 +314,12 @@ def _method(report: Report) -> str:
         "posterior per item, fitted by EM, so people who share the same confusions are not read as careful; above "
         "100 classes, the one-coin model fitted to the labelers' pairwise agreement; 95% interval from a bootstrap "
         "of the shared items). No model is involved, so it also sees the mistakes a labeler shares with "
-        "the model. Elsewhere, given the model card (<code>--model-repo</code>), it comes from the labeler's "
+        "the model. Where it shares too few but at least 20 of its labels are in the random audit sample and "
+        "someone else answered their requests, it comes from those answers (their share of changed labels, with "
+        "the model's chance that each of the labeler's labels is wrong as a predictor that narrows the interval "
+        "without biasing the rate: prediction-powered inference; normal 95% interval; the answer is taken as "
+        "the truth, so a reviewer's own mistakes read as the labeler's). "
+        "Elsewhere, given the model card (<code>--model-repo</code>), it comes from the labeler's "
         "disagreement with the model, less the model's own mistakes as measured on clean held-out images (its "
         "confusion in the card; Dawid–Skene EM with the model as an annotator of known confusion; 95% interval "
         "from a bootstrap of both). That assumes the labeler and the model err independently given the true "
