@@ -128,7 +128,7 @@ def run_seed(args, seed: int, record) -> None:
         args.size, seed, args.noise, args.stream_images, (args.epochs_a, args.epochs_b), args.method
     )
     stream = simulate_stream(data, noise=args.noise, seed=seed, multi=0.0, nights=args.nights)
-    work = WORK / f"report-audit-seed{seed}"
+    work = WORK / f"report-audit-{data.name}-{repo.name}"  # the stream's data and the model that audited it
     base = work / "base.db"
     if not base.exists():  # the Auditor's verdicts depend only on the model and the stream: kept between runs
         work.mkdir(parents=True, exist_ok=True)
@@ -204,6 +204,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.size, args.seeds, args.stream_images, args.epochs_a, args.epochs_b = "tiny", [0], 2_000, 3, 4
+        args.name = "report_audit_quick" if args.name == "report_audit" else args.name
     config = vars(args) | {"reviewer": "answers every audit-sample request; wrong answers uniform over the others"}
     device = f"2-core CPU ({cpu_name()}); SQLite {__import__('sqlite3').sqlite_version}"
     rows: list[dict] = []
