@@ -133,19 +133,28 @@ def _consume(env: dict[str, str], messages: int, log_path: Path, progress: Calla
     return time.monotonic() - started
 
 
-def _consumer_env(bootstrap: str, repo: Path, store_url: str) -> dict[str, str]:
+def _consumer_env(bootstrap: str, repo: Path, store_url: str, audit_sample_rate: float) -> dict[str, str]:
     return dict(
         os.environ,
         LABELAUDIT_MODEL_REPO=str(repo),
         LABELAUDIT_STORE_URL=store_url,
         LABELAUDIT_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        LABELAUDIT_AUDIT_SAMPLE_RATE=str(audit_sample_rate),
     )
 
 
 def stream_task_b(
-    bootstrap: str, repo: Path, manifest: Path, store_url: str, log_path: Path, on_progress: Callable[[int, int], None]
+    bootstrap: str,
+    repo: Path,
+    manifest: Path,
+    store_url: str,
+    log_path: Path,
+    on_progress: Callable[[int, int], None],
+    *,
+    audit_sample_rate: float = 0.0,
 ) -> StreamOutcome:
-    """Produce task B's labeled training images, consume them into the store, score against the truth."""
+    """Produce task B's labeled training images, consume them into the store (asking a second opinion on
+    ``audit_sample_rate`` of the items), score against the truth."""
     from labelaudit.produce import image_messages, produce
     from labelaudit.serving.settings import Settings
 
@@ -153,9 +162,8 @@ def stream_task_b(
     messages = list(image_messages(manifest, split="train", by_uri=False, limit=None))
     sent = produce(settings, messages, partitions=4)
     store_path = store_url.removeprefix("sqlite:///")
-    seconds = _consume(
-        _consumer_env(bootstrap, repo, store_url), sent, log_path, lambda: on_progress(_count(store_path), sent)
-    )
+    env = _consumer_env(bootstrap, repo, store_url, audit_sample_rate)
+    seconds = _consume(env, sent, log_path, lambda: on_progress(_count(store_path), sent))
 
     truth = {}
     for line in manifest.read_text().splitlines():
@@ -179,30 +187,77 @@ def stream_task_b(
 
 @dataclass
 class Answered:
-    answered: int
+    answered: int  # disagreement requests answered
     changed: int  # answers that gave the model's label
     changed_right: int  # of those, answers that are the true class (the simulation knows)
     reviewer_error: float
+    audit_sample: int = 0  # audit-sample requests answered
+    audit_changed: int = 0  # of those, answers unlike the first label
 
 
 REVIEWER, REVIEWER_ERROR = "reviewer", 0.05  # the demo's careful second pair of eyes, and how often it errs
 
 
 def answer_requests(
-    bootstrap: str, repo: Path, manifest: Path, store_url: str, log_path: Path, *, budget: int, seed: int
+    bootstrap: str,
+    repo: Path,
+    manifest: Path,
+    store_url: str,
+    log_path: Path,
+    *,
+    budget: int,
+    seed: int,
+    audit_sample_rate: float = 0.0,
 ) -> Answered:
-    """What a relabel tool does with a QA budget: read the relabel topic, take the ``budget`` disagreement
-    requests with the highest scores, have a reviewer label each item again (the simulation's true class,
-    another class ``REVIEWER_ERROR`` of the time) and send the answers to ``images`` naming their requests
-    (``answers``); the consumer audits them and the store keeps them for the report."""
+    """What a relabel tool does with a QA budget: read the relabel topic, take every audit-sample request (the
+    random second opinions) and the ``budget`` disagreement requests with the highest scores about other items,
+    have a reviewer label each item again (the simulation's true class, another class ``REVIEWER_ERROR`` of the
+    time) and send the answers to ``images`` naming their requests (``answers``); the consumer audits them and
+    the store keeps them for the report."""
     import random
-
-    from kafka import KafkaConsumer, TopicPartition
 
     from labelaudit.produce import image_messages, produce
     from labelaudit.serving.settings import Settings
 
     settings = Settings(kafka_bootstrap_servers=bootstrap)
+    requests = _relabel_requests(settings)  # a redelivery has the same id
+    sampled = [r for r in requests.values() if r["reason"] == "audit_sample"]
+    asked = {r["item_id"] for r in sampled}  # one answer per item: the random sample's comes first
+    doubted = [r for r in requests.values() if r["reason"] == "disagreement" and r["item_id"] not in asked]
+    chosen = sorted(doubted, key=lambda r: -r["score"])[:budget]
+
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    truth = {r["item_id"]: r["true_label"] for r in rows if r["split"] == "train"}
+    classes = sorted(set(truth.values()))
+    images = {m.item_id: m for m in image_messages(manifest, split="train", by_uri=False, limit=None)}
+    rng = random.Random(seed)
+    answers = []
+    for r in [*sampled, *chosen]:
+        label = truth[r["item_id"]]
+        if rng.random() < REVIEWER_ERROR:
+            label = rng.choice([c for c in classes if c != label])
+        update = {"label": label, "labeler_id": REVIEWER, "answers": r["request_id"]}
+        answers.append(images[r["item_id"]].model_copy(update=update))
+    if answers:
+        produce(settings, answers, partitions=4)
+        env = _consumer_env(bootstrap, repo, store_url, audit_sample_rate)
+        _consume(env, len(answers), log_path, lambda: None)
+    to_sample, to_doubts = answers[: len(sampled)], answers[len(sampled) :]
+    changed = [(a, r) for a, r in zip(to_doubts, chosen, strict=True) if a.label == r["predicted_label"]]
+    return Answered(
+        answered=len(to_doubts),
+        changed=len(changed),
+        changed_right=sum(a.label == truth[a.item_id] for a, _ in changed),
+        reviewer_error=REVIEWER_ERROR,
+        audit_sample=len(to_sample),
+        audit_changed=sum(a.label != r["human_label"] for a, r in zip(to_sample, sampled, strict=True)),
+    )
+
+
+def _relabel_requests(settings) -> dict[str, dict]:
+    """Every request on the relabel topic so far, by ``request_id``."""
+    from kafka import KafkaConsumer, TopicPartition
+
     reader = KafkaConsumer(**settings.kafka_client_config(), enable_auto_commit=False)
     partitions = [
         TopicPartition(settings.kafka_relabel_topic, p)
@@ -217,33 +272,9 @@ def answer_requests(
             for batch in reader.poll(timeout_ms=500).values():
                 for record in batch:
                     request = json.loads(record.value)
-                    if request["reason"] == "disagreement":
-                        requests[request["request_id"]] = request  # a redelivery has the same id
+                    requests[request["request_id"]] = request
     reader.close()
-    chosen = sorted(requests.values(), key=lambda r: -r["score"])[:budget]
-
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    truth = {r["item_id"]: r["true_label"] for r in rows if r["split"] == "train"}
-    classes = sorted(set(truth.values()))
-    images = {m.item_id: m for m in image_messages(manifest, split="train", by_uri=False, limit=None)}
-    rng = random.Random(seed)
-    answers = []
-    for r in chosen:
-        label = truth[r["item_id"]]
-        if rng.random() < REVIEWER_ERROR:
-            label = rng.choice([c for c in classes if c != label])
-        update = {"label": label, "labeler_id": REVIEWER, "answers": r["request_id"]}
-        answers.append(images[r["item_id"]].model_copy(update=update))
-    if answers:
-        produce(settings, answers, partitions=4)
-        _consume(_consumer_env(bootstrap, repo, store_url), len(answers), log_path, lambda: None)
-    changed = [(a, r) for a, r in zip(answers, chosen, strict=True) if a.label == r["predicted_label"]]
-    return Answered(
-        answered=len(answers),
-        changed=len(changed),
-        changed_right=sum(a.label == truth[a.item_id] for a, _ in changed),
-        reviewer_error=REVIEWER_ERROR,
-    )
+    return requests
 
 
 def _count(store_path: str) -> int:

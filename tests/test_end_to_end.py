@@ -15,6 +15,7 @@ import pytest
 
 from labelaudit.imaging.preprocess import load_image, preprocess
 from labelaudit.schemas.model_card import ModelCard
+from labelaudit.serving.core.relabel import in_audit_sample
 from labelaudit.training.methods.auto import CHOICES
 
 pytestmark = pytest.mark.slow
@@ -128,7 +129,7 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     stream through a real broker into the store."""
     import sqlite3
 
-    result = ok(cli("demo", "--out", str(tmp_path / "demo"), "--size", "tiny"))
+    result = ok(cli("demo", "--out", str(tmp_path / "demo"), "--size", "tiny", "--audit-sample-rate", "0.2"))
     assert (tmp_path / "demo" / "model_repository" / "labelaudit" / "1" / "model.onnx").is_file()
     for text in (
         "classifier A, untouched",
@@ -148,13 +149,23 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     with sqlite3.connect(tmp_path / "demo" / "audit.db") as conn:
         by_source = dict(conn.execute("SELECT source, COUNT(*) FROM audit_records GROUP BY source").fetchall())
         answers = conn.execute("SELECT reason, labeler_id, COUNT(*) FROM relabel_answers GROUP BY 1, 2").fetchall()
-    # the reviewer answered the QA budget's top disagreement requests (fewer where there are fewer)
-    [(reason, reviewer, answered)] = answers
-    assert (reason, reviewer) == ("disagreement", "reviewer") and 0 < answered <= 300
-    assert by_source == {"kafka": len(train_rows) + answered, "http": 3}
+    # the reviewer answered the whole audit sample (a fifth of the items, drawn by id) and the QA budget's top
+    # disagreement requests about other items (fewer where there are fewer)
+    by_reason = {reason: (reviewer, n) for reason, reviewer, n in answers}
+    (reviewer, sampled), (reviewer_too, answered) = by_reason["audit_sample"], by_reason["disagreement"]
+    assert reviewer == reviewer_too == "reviewer" and 0 < answered <= 300
+    assert sampled == sum(in_audit_sample(r["item_id"], 0.2) for r in train_rows)
+    assert by_source == {"kafka": len(train_rows) + sampled + answered, "http": 3}
     assert f"streamed {len(train_rows):,} labeled images" in result.stdout
+    assert f"answered the {sampled:,} audit-sample requests" in result.stdout
     assert f"a reviewer answered the {answered:,} highest-scoring relabel requests" in result.stdout
     assert f"({answered:,} answered: " in result.stdout  # the report's line
     [html] = (tmp_path / "demo" / "reports").glob("*/report.html")
     page = html.read_text()
     assert "labeler-5" in page and f"{answered:,} answers to disagreement requests" in page
+    # the labelers with enough answered labels are read from the answers, on the page and on the terminal
+    report = json.loads((html.parent / "report.json").read_text())
+    estimates = {r["labeler_id"]: r["estimated_error"] for r in report["labelers"]}
+    assert estimates["labeler-1"]["source"] == "audit" and estimates["labeler-1"]["answers"] >= 20
+    assert f"audit of {estimates['labeler-1']['answers']:,}" in page
+    assert "audit of" in result.stdout and "estimated error rate" in result.stdout

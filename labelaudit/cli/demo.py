@@ -44,6 +44,15 @@ def demo(
             "(the report's 'Relabel requests answered'); 0: none."
         ),
     ] = 300,
+    audit_sample_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of the items, drawn by id, the stream asks a second opinion on; the simulated reviewer "
+            "answers them all (the report's labeler error rates then come from those answers); 0: none.",
+        ),
+    ] = 0.05,
 ) -> None:
     """The whole job on real data: build task A/B, train classifier A, fine-tune on noisy task B, export
     to ONNX and a Triton repository, serve it, stream task B's labeled images through a real Kafka broker
@@ -103,8 +112,9 @@ def demo(
                 store_url,
                 out / "consumer.log",
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                audit_sample_rate=audit_sample_rate,
             )
-            progress.update(task, description="a reviewer answers the top relabel requests", total=None)
+            progress.update(task, description="a reviewer answers relabel requests", total=None)
             answered = online.answer_requests(
                 bootstrap,
                 repo,
@@ -113,6 +123,7 @@ def demo(
                 out / "consumer-answers.log",
                 budget=qa_budget,
                 seed=seed,
+                audit_sample_rate=audit_sample_rate,
             )
     except (LabelAuditError, ValueError, FileNotFoundError) as exc:
         raise fail(exc) from exc
@@ -157,14 +168,19 @@ def _print_stream(outcome, out: Path, store_url: str) -> None:
 
 
 def _print_answers(answered) -> None:
-    if not answered.answered:
-        return
-    console.print(
-        f"a reviewer answered the {answered.answered:,} highest-scoring relabel requests (each answer names its "
-        f"request): {answered.changed:,} ({answered.changed / answered.answered:.0%}) gave the model's label, "
-        f"and {answered.changed_right / max(1, answered.changed):.0%} of those are the true class (the reviewer "
-        f"errs {answered.reviewer_error:.0%} of the time)"
-    )
+    if answered.audit_sample:
+        console.print(
+            f"a reviewer (who errs {answered.reviewer_error:.0%} of the time) answered the {answered.audit_sample:,} "
+            f"audit-sample requests, items drawn at random: {answered.audit_changed:,} "
+            f"({answered.audit_changed / answered.audit_sample:.0%}) of the first labels changed"
+        )
+    if answered.answered:
+        console.print(
+            f"a reviewer answered the {answered.answered:,} highest-scoring relabel requests (each answer names "
+            f"its request): {answered.changed:,} ({answered.changed / answered.answered:.0%}) gave the model's "
+            f"label, and {answered.changed_right / max(1, answered.changed):.0%} of those are the true class (the "
+            f"reviewer errs {answered.reviewer_error:.0%} of the time)"
+        )
 
 
 def _print_summary(meta, exported) -> None:

@@ -12,7 +12,7 @@ from labelaudit.cli.common import console, fail, progress_bars, settings_with
 from labelaudit.errors import LabelAuditError
 
 if TYPE_CHECKING:
-    from labelaudit.schemas.report import Window
+    from labelaudit.schemas.report import LabelerRow, Window
 
 
 def write_report(
@@ -66,11 +66,45 @@ def write_report(
     )
     console.print(
         f"{h.images_audited:,} images audited, disagreement {rate}, {h.relabel_requests:,} relabel requests"
-        f"{answered}, flagged labelers: {', '.join(written.report.flag_test.flagged) or 'none'}\n"
-        f"report: {written.html}\n        {written.json}\n        {written.csv}"
+        f"{answered}, flagged labelers: {', '.join(written.report.flag_test.flagged) or 'none'}"
     )
+    _print_labelers(written.report.labelers)
+    console.print(f"report: {written.html}\n        {written.json}\n        {written.csv}")
     for note in written.report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+TERMINAL_LABELERS = 20  # the terminal's table stops here (the page has them all)
+
+
+def _print_labelers(rows: list[LabelerRow]) -> None:
+    """The labelers with the most labels: their disagreement, estimated error rate and where it comes from."""
+    from rich.table import Table
+
+    from labelaudit.serving.report.render import estimate_source
+
+    if not rows:
+        return
+    shown = rows[:TERMINAL_LABELERS]
+    more = f" ({len(rows) - len(shown):,} more on the page)" if len(rows) > len(shown) else ""
+    table = Table(title=f"labelers: disagreement with the model, estimated error rate{more}")
+    for col in ("labeler", "labels", "disagrees", "error", "95% CI"):
+        table.add_column(col)
+    table.add_column("from", no_wrap=True)  # "disagreement" whole: it says the rate counts the model's mistakes
+    table.add_column("flag")
+    for r in shown:
+        e = r.estimated_error
+        known = e.rate is not None and e.low is not None and e.high is not None
+        table.add_row(
+            r.labeler_id or "(no id)",
+            f"{r.labels:,}",
+            "-" if r.disagreement.rate is None else f"{r.disagreement.rate:.3f}",
+            f"{e.rate:.3f}" if known else "-",
+            f"{e.low:.3f}-{e.high:.3f}" if known else "-",
+            estimate_source(e),
+            "yes" if r.flagged else "",
+        )
+    console.print(table)
 
 
 def report(

@@ -112,7 +112,8 @@ def _classes(report: Report) -> str:
     return out + _figure(plots.confusion_heatmap(report.confusion), "confusion matrix, human label vs model")
 
 
-def _source(e: ErrorEstimate) -> str:
+def estimate_source(e: ErrorEstimate) -> str:
+    """Where a labeler's estimated error rate comes from, as the page and the terminal say it."""
     return f"audit of {e.answers:,}" if e.source == "audit" and e.answers is not None else e.source
 
 
@@ -124,7 +125,7 @@ def _labeler_row(r: LabelerRow) -> list[str]:
     est = (
         "–"
         if e.rate is None or e.low is None or e.high is None
-        else f"{100 * e.rate:.1f}% ({100 * e.low:.1f}–{100 * e.high:.1f}%, {_source(e)})"
+        else f"{100 * e.rate:.1f}% ({100 * e.low:.1f}–{100 * e.high:.1f}%, {estimate_source(e)})"
     )
     return [
         escape(r.labeler_id or "(no labeler id)"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from labelaudit.cli import app
 from labelaudit.schemas.report import Report
+from labelaudit.serving.report.render import estimate_source
 from tests.report.reportkit import KNOWN, fill
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -46,9 +48,10 @@ def browser():
     driver.quit()
 
 
-def run_report(store: str, out: Path, *args: str) -> None:
+def run_report(store: str, out: Path, *args: str) -> str:
     result = CliRunner().invoke(app, ["report", "--store-url", store, "--out", str(out), *args])
     assert result.exit_code == 0, result.output
+    return result.output
 
 
 def open_page(browser, html: Path) -> tuple[list[dict], list[list], np.ndarray]:
@@ -66,10 +69,16 @@ def test_report_files_and_page(tmp_path, browser):
     for item in ("m2", "i2"):  # two of the queue's six items have images; the rest are said to have none
         pixels = (np.indices((28, 28)).sum(0) * 4 % 256).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(folder / f"{item}.png")
-    run_report(store, tmp_path / "reports", "--date", "2026-11-21", "--images", str(folder))
+    output = run_report(store, tmp_path / "reports", "--date", "2026-11-21", "--images", str(folder))
 
     night = tmp_path / "reports" / "2026-11-21"
     report = Report.model_validate_json((night / "report.json").read_text())
+    # the terminal's table: every labeler with its estimate's source
+    assert "labelers: disagreement with the model, estimated error rate" in output
+    sources = [estimate_source(row.estimated_error) for row in report.labelers]
+    assert set(sources) == {"disagreement"}  # no card, and too few shared items for agreement
+    for row, source in zip(report.labelers, sources, strict=True):
+        assert re.search(rf"{re.escape(row.labeler_id or '(no id)')}\s.*\s{source}\s", output), output
     assert report.headline.labels == 16 and report.model.model_version == "1"
     queue = list(csv.DictReader((night / "relabel_queue.csv").open()))
     assert [q["item_id"] for q in queue] == [q.item_id for q in report.relabel_queue] and len(queue) == 6
