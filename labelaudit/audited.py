@@ -21,8 +21,8 @@ normal, ``λ² var(f)/N + var(e − λ f)/n``, clipped to [0, 1]; where the answ
 labels there is no spread to measure, and the interval is the Wilson interval of the answers alone.
 
 The answer is taken as the truth: a reviewer who errs at rate ``r`` reads every labeler up to ``r`` high (a
-mismatch is either's mistake). Glossary: ``N`` the labeler's labels, ``n`` those with an answer; tables are
-(model's label, human label) counts as in ``deconvolve.labeler_tables``.
+mismatch is either's mistake). Glossary: ``N`` the labeler's labels, ``n`` those with an answer; a cell is
+one (model's label, human label) pair of the labeler's, as in ``deconvolve.labeler_tables``.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ class AuditedRate:
 
 
 def error_rate(labels: np.ndarray, agreed: np.ndarray, differed: np.ndarray, f: np.ndarray) -> AuditedRate | None:
-    """One labeler's rate. ``labels`` (K, J): all its labels' counts; ``agreed`` and ``differed`` (K, J): those
-    whose answer gave the same label, and another; ``f`` (K, J): the model's chance that a label in the cell is
-    wrong. None with fewer than ``MIN_ANSWERS`` answers."""
+    """One labeler's rate, over its cells (any shape, the same for all four; a cell is a (model's label, human
+    label) pair, say): ``labels`` all its labels' counts; ``agreed`` and ``differed`` those whose answer gave
+    the same label, and another; ``f`` the model's chance that a label in the cell is wrong. None with fewer
+    than ``MIN_ANSWERS`` answers."""
     labels, agreed, differed, f = (np.asarray(x, dtype=float) for x in (labels, agreed, differed, f))
     big_n, n = labels.sum(), agreed.sum() + differed.sum()
     if n < MIN_ANSWERS or big_n == 0:

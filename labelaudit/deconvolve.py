@@ -139,6 +139,20 @@ def error_rates(
     return out
 
 
+def wrong_chances(cells: Sequence[tuple[Hashable, Hashable, float]], confusion: ModelConfusion) -> np.ndarray:
+    """One labeler's (model's label, human label, labels) cells -> (len(cells),) each cell's chance that its
+    label is wrong (``cell_errors`` on the labeler's table; 1 for human labels outside the model's classes, and
+    1 where the label differs from a model label outside them)."""
+    index = {c: i for i, c in enumerate(confusion.classes)}
+    table = labeler_tables([("", p, h, n) for p, h, n in cells], confusion.classes).get("")
+    if table is None:  # no cell with a model label the card knows
+        return np.array([float(p != h) for p, h, _ in cells])
+    extra = sorted({h for _, h, _ in cells} - index.keys(), key=str)
+    column = index | {c: len(index) + i for i, c in enumerate(extra)}
+    f = cell_errors(table, confusion.counts)
+    return np.array([f[index[p], column[h]] if p in index else float(p != h) for p, h, _ in cells])
+
+
 @dataclass(frozen=True)
 class ModelConfusion:
     """The served model's confusion from its card: ``counts`` (K, K) of (true class, model's label)."""
@@ -149,15 +163,14 @@ class ModelConfusion:
 
 
 def labeler_tables(
-    cells: Iterable[tuple[str, Hashable, Hashable, int]], classes: Sequence[Hashable], humans: Iterable[Hashable] = ()
+    cells: Iterable[tuple[str, Hashable, Hashable, float]], classes: Sequence[Hashable]
 ) -> dict[str, np.ndarray]:
     """(labeler, model's label, human label, labels) rows -> labeler -> (K, J) counts in ``classes``' order,
-    human labels outside ``classes`` in extra columns (J >= K; ``humans``: more labels that get a column, so
-    tables of a subset of the labels line up with the whole's). Rows whose model label is not in ``classes``
-    (another model's) are left out."""
+    human labels outside ``classes`` in extra columns (J >= K, sorted). Rows whose model label is not in
+    ``classes`` (another model's) are left out."""
     cells = list(cells)
     index = {c: i for i, c in enumerate(classes)}
-    extra = sorted(({human for _, _, human, _ in cells} | set(humans)) - index.keys(), key=str)
+    extra = sorted({human for _, _, human, _ in cells} - index.keys(), key=str)
     column = index | {c: len(classes) + i for i, c in enumerate(extra)}
     tables: dict[str, np.ndarray] = {}
     for labeler, predicted, human, n in cells:

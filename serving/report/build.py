@@ -15,7 +15,14 @@ from labelaudit.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.agreement import estimate as one_coin_estimates
 from labelaudit.audited import AuditedRate
 from labelaudit.audited import error_rate as audited_rate
-from labelaudit.deconvolve import MAX_CLASSES, ErrorRate, ModelConfusion, cell_errors, error_rates, labeler_tables
+from labelaudit.deconvolve import (
+    MAX_CLASSES,
+    ErrorRate,
+    ModelConfusion,
+    error_rates,
+    labeler_tables,
+    wrong_chances,
+)
 from labelaudit.schemas.report import (
     AnswerRow,
     ClassRow,
@@ -157,7 +164,7 @@ def build_report(
     notes += [note] if note else []
     model_errors = _model_errors(cells, confusion)
     step("audit-sample answers (SQL)")
-    audit_errors = _audit_errors(cells, agg.audited_labels(store, scope), confusion, classes)
+    audit_errors = _audit_errors(cells, agg.audited_labels(store, scope), confusion)
     labelers, flag = _labelers(cells, classes, alpha, shared_rates, model_errors, audit_errors)
     headline = _headline(totals, cells, nights, chosen, window, multi_items)
     notes += _notes(totals, cells, headline, labelers, nights_back)
@@ -347,28 +354,28 @@ def _model_errors(cells: list[agg.Cell], confusion: ModelConfusion | None) -> di
 
 
 def _audit_errors(
-    cells: list[agg.Cell], audited: list[agg.Audited], confusion: ModelConfusion | None, classes: list[str]
+    cells: list[agg.Cell], audited: list[agg.Audited], confusion: ModelConfusion | None
 ) -> dict[str, AuditedRate]:
     """Each labeler's error rate from the audit sample's answers on its labels, with the model's chance that a
     label is wrong as the predictor (``labelaudit.audited``): its cell of the deconvolution where the card has
     the model's confusion, else 1 where the label differs from the model's. Labelers with too few answers are
-    left out."""
-    if not audited:
-        return {}
-    known = confusion.classes if confusion is not None else classes
-    humans = {c.human for c in cells} | {x.human for x in audited}
-    everything = labeler_tables([(c.labeler_id, c.predicted, c.human, c.labels) for c in cells], known, humans)
-    agreed = labeler_tables([(x.labeler_id, x.predicted, x.human, x.agreed) for x in audited], known, humans)
-    differed = labeler_tables([(x.labeler_id, x.predicted, x.human, x.differed) for x in audited], known, humans)
+    left out. Per distinct (model's label, human label) cell, never a K x K table: any number of classes."""
+    counts: defaultdict[str, dict[tuple[str, str], list[int]]] = defaultdict(dict)  # labels, agreed, differed
+    for x in audited:
+        c = counts[x.labeler_id].setdefault((x.predicted, x.human), [0, 0, 0])
+        c[1], c[2] = c[1] + x.agreed, c[2] + x.differed
+    for cell in cells:
+        if cell.labeler_id in counts:
+            counts[cell.labeler_id].setdefault((cell.predicted, cell.human), [0, 0, 0])[0] += cell.labels
     out = {}
-    for labeler in agreed.keys() & everything.keys():
-        table = everything[labeler]
+    for labeler, by_cell in counts.items():
+        keys = list(by_cell)
+        n = np.array([by_cell[k] for k in keys], dtype=float)  # (cells, 3)
         if confusion is not None:
-            f = cell_errors(table, confusion.counts)
+            f = wrong_chances([(p, h, labels) for (p, h), labels in zip(keys, n[:, 0], strict=True)], confusion)
         else:
-            f = np.ones_like(table)
-            np.fill_diagonal(f[:, : len(known)], 0.0)
-        found = audited_rate(table, agreed[labeler], differed[labeler], f)
+            f = np.array([float(p != h) for p, h in keys])
+        found = audited_rate(n[:, 0], n[:, 1], n[:, 2], f)
         if found is not None:
             out[labeler] = found
     return out
@@ -480,10 +487,20 @@ def _estimated_error(
             rate=float(est.error[i]), low=float(est.low[i]), high=float(est.high[i]), source="agreement"
         )
     if audit is not None:
-        return ErrorEstimate(rate=audit.rate, low=audit.low, high=audit.high, source="audit", answers=audit.answers)
+        low, high = _binomial_floor(audit.rate, audit.low, audit.high, disagreement.n)
+        return ErrorEstimate(rate=audit.rate, low=low, high=high, source="audit", answers=audit.answers)
     if model is not None:
-        return ErrorEstimate(rate=model.rate, low=model.low, high=model.high, source="model")
+        low, high = _binomial_floor(model.rate, model.low, model.high, disagreement.n)
+        return ErrorEstimate(rate=model.rate, low=low, high=high, source="model")
     return ErrorEstimate(rate=disagreement.rate, low=disagreement.low, high=disagreement.high, source="disagreement")
+
+
+def _binomial_floor(rate: float, low: float, high: float, n: int) -> tuple[float, float]:
+    """The interval widened, where it is narrower, to the Wilson interval of ``rate`` over the labeler's ``n``
+    labels: however well the model's part is known, n labels cannot pin an error rate down more closely than
+    that (a bootstrap of three labels that all agree with the model is a point; three labels are not)."""
+    floor = wilson(rate * n, n)
+    return (low, high) if floor is None else (min(low, floor[0]), max(high, floor[1]))
 
 
 def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> str | None:

@@ -13,8 +13,9 @@ from scipy.stats import hypergeom
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """The Wilson score interval of the proportion ``k / n``; None when ``n`` is 0.
+def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of the proportion ``k / n``; None when ``n`` is 0. (``k`` may be a rate times
+    ``n``: an estimated count.)
 
     Unlike the normal (Wald) interval it stays inside [0, 1] and does not collapse to a point at 0 or n,
     which matters for a labeler with a handful of labels.

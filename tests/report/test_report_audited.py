@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from labelaudit.audited import MIN_ANSWERS, error_rate
-from labelaudit.deconvolve import ModelConfusion, cell_errors, fit
+from labelaudit.deconvolve import ModelConfusion, cell_errors, fit, wrong_chances
 from labelaudit.schemas.audit import RelabelAnswer
 from labelaudit.serving.report.render import render_html
 from labelaudit.serving.report.stats import wilson
@@ -180,3 +180,13 @@ def test_without_a_card_the_audit_answers_still_give_the_rate(tmp_path):
     hider = next(x.estimated_error for x in report.labelers if x.labeler_id == "hider")
     assert (hider.source, hider.answers) == ("audit", 60)
     assert hider.rate == pytest.approx(12 / 60)  # it never disagrees with the model: the predictor is flat
+
+
+def test_wrong_chances_are_the_tables_cells_and_outsiders_are_wrong():
+    cells = [("cat", "cat", 50.0), ("cat", "dog", 10.0), ("dog", "dog", 30.0), ("dog", "zebra", 5.0)]
+    got = wrong_chances(cells, CONFUSION)
+    table = np.zeros((4, 5))
+    table[0, 0], table[0, 1], table[1, 1], table[1, 4] = 50, 10, 30, 5
+    f = cell_errors(table, CONFUSION.counts)
+    assert got.tolist() == pytest.approx([f[0, 0], f[0, 1], f[1, 1], 1.0])
+    assert got[0] < got[1]  # a label the model agrees with is less likely wrong

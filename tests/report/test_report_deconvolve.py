@@ -11,6 +11,7 @@ from labelaudit.deconvolve import MAX_CLASSES, ModelConfusion, error_rates, fit,
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.build import build_report
 from labelaudit.serving.report.job import card_confusion, night_window
+from labelaudit.serving.report.stats import wilson
 from tests.report.reportkit import CLASSES, NIGHT, fill, record
 
 
@@ -185,3 +186,30 @@ def test_a_model_with_too_many_classes_keeps_disagreement_rates_and_says_so(tmp_
         store.close()
     assert {x.estimated_error.source for x in r.labelers} == {"disagreement"}
     assert any(f"more than the {MAX_CLASSES}" in note for note in r.notes)
+
+
+def test_a_handful_of_labels_gets_an_interval_as_wide_as_a_handful_allows(tmp_path):
+    """Three labels that all agree with the model: every bootstrap replicate is the same table, so the bootstrap
+    alone says 0.000-0.000; the report's interval is at least the Wilson interval of three labels."""
+    records = [record(f"h{i}", "hal", c, c, {c: 0.8}) for i, c in enumerate(CLASSES[:3])]
+    url = fill(f"sqlite:///{tmp_path / 'h.db'}", records)
+    card = ModelConfusion(CLASSES, np.array([[80, 10, 10, 0], [10, 80, 10, 0], [10, 10, 80, 0], [0, 0, 0, 1]]), "v")
+    raw = error_rates(labeler_tables([("hal", c, c, 1) for c in CLASSES[:3]], CLASSES), card.counts)["hal"]
+    assert raw.high - raw.low < 0.05  # the bootstrap's own interval
+    store = open_store(url)
+    try:
+        r = build_report(
+            store,
+            window=night_window(NIGHT),
+            store_kind="sqlite",
+            classes=CLASSES,
+            class_source="t",
+            model_confusion=lambda name, version: card,
+        )
+    finally:
+        store.close()
+    [hal] = r.labelers
+    e = hal.estimated_error
+    assert e.source == "model" and e.rate == pytest.approx(raw.rate)
+    floor = wilson(raw.rate * 3, 3)
+    assert floor is not None and e.low <= floor[0] + 1e-12 and e.high >= floor[1] - 1e-12 and e.high > 0.5
