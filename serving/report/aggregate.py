@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from labelaudit.schemas.audit import Verdict
+from labelaudit.schemas.audit import RelabelReason, Verdict
 from labelaudit.schemas.report import QueueItem
 from labelaudit.serving.core.relabel import AUDIT_SAMPLE_PART
 from labelaudit.serving.core.store import AuditStore
@@ -137,13 +137,14 @@ class Scope:
 
 def not_an_answer(answers: bool, t: str = "") -> str:
     """An ``AND`` condition keeping the audit rows (columns qualified by ``t``) that answer no disagreement
-    request; "" where the store holds no such answers (``has_disagreement_answers``)."""
+    request; "" where the store holds no such answers (``has_answers(store, "disagreement")``)."""
     return f" AND NOT {_ANSWER.format(t=t, request_id=_request_id(t))}" if answers else ""
 
 
-def has_disagreement_answers(store: AuditStore) -> bool:
-    """Whether any stored label answers a disagreement request (an index lookup on an empty table otherwise)."""
-    return bool(store.select("SELECT 1 FROM relabel_answers WHERE reason = 'disagreement' LIMIT 1"))
+def has_answers(store: AuditStore, reason: RelabelReason) -> bool:
+    """Whether any stored label answers a request for ``reason`` (the queries that read answers are skipped
+    where none does: most stores have none)."""
+    return bool(store.select("SELECT 1 FROM relabel_answers WHERE reason = ? LIMIT 1", (reason,)))
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def nights(store: AuditStore, window: Span, answers: bool = False) -> list[Night
     """Per night and model: records (unlabeled too), labels, labels unlike the model's, relabel requests.
 
     One scan, no consensus: the trend compares nights on the measure that means the same every night. With
-    ``answers`` (``has_disagreement_answers``) the labels answering disagreement requests are not counted.
+    ``answers`` (``has_answers(store, "disagreement")``) the labels answering disagreement requests are not counted.
     """
     rows = store.select(
         "SELECT substr(created_at, 1, 10), model_name, model_version, COUNT(*),"

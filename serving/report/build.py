@@ -111,7 +111,7 @@ def build_report(
         ModelSeen(model_name=n, model_version=v, records=c) for n, v, c, _ in agg.models_in_window(store, window_span)
     ]
     chosen = next((m for m in seen if model_version in (None, m.model_version)), None)
-    answers = agg.has_disagreement_answers(store)
+    answers = agg.has_answers(store, "disagreement")
     notes: list[str] = []
     first_night = _midnight(window.since.date() - timedelta(days=nights_back))
     if chosen is None:
@@ -164,7 +164,8 @@ def build_report(
     notes += [note] if note else []
     model_errors = _model_errors(cells, confusion)
     step("audit-sample answers (SQL)")
-    audit_errors = _audit_errors(cells, agg.audited_labels(store, scope), confusion)
+    audited = agg.audited_labels(store, scope) if agg.has_answers(store, "audit_sample") else []
+    audit_errors = _audit_errors(cells, audited, confusion)
     labelers, flag = _labelers(cells, classes, alpha, shared_rates, model_errors, audit_errors)
     headline = _headline(totals, cells, nights, chosen, window, multi_items)
     notes += _notes(totals, cells, headline, labelers, nights_back)
