@@ -228,6 +228,7 @@ def answer_requests(
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     truth = {r["item_id"]: r["true_label"] for r in rows if r["split"] == "train"}
+    first = {(r["item_id"], r.get("labeler_id")): r.get("label") for r in rows if r["split"] == "train"}
     classes = sorted(set(truth.values()))
     images = {m.item_id: m for m in image_messages(manifest, split="train", by_uri=False, limit=None)}
     rng = random.Random(seed)
@@ -250,7 +251,10 @@ def answer_requests(
         changed_right=sum(a.label == truth[a.item_id] for a, _ in changed),
         reviewer_error=REVIEWER_ERROR,
         audit_sample=len(to_sample),
-        audit_changed=sum(a.label != r["human_label"] for a, r in zip(to_sample, sampled, strict=True)),
+        # the request is blind (no first label in it): the manifest has the label it asked about
+        audit_changed=sum(
+            a.label != first[r["item_id"], r["labeler_id"]] for a, r in zip(to_sample, sampled, strict=True)
+        ),
     )
 
 

@@ -18,7 +18,7 @@ RelabelReason = Literal["disagreement", "audit_sample"]
 
 class Verdict(BaseModel):
     """The model's verdict on one human label: what every view of it (the stored record, the HTTP answer,
-    the relabel request, the report's queue) shows, named and typed once here."""
+    a disagreement's relabel request, the report's queue) shows, named and typed once here."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 

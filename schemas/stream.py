@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labelaudit.schemas.audit import ANSWERS_DESCRIPTION, ModelVerdict, RelabelReason
+from labelaudit.schemas.audit import ANSWERS_DESCRIPTION, RelabelReason
 from labelaudit.schemas.fields import Identifier, RequestId, answer_problem
 
 IMAGE_SCHEMA: Final = "labelaudit.image.v1"
@@ -69,10 +69,26 @@ class ImageMessage(BaseModel):
         return self
 
 
-class RelabelRequest(ModelVerdict):
-    """A human label the model confidently disagrees with, please look at this item again; or (``reason``
-    ``audit_sample``) an item drawn at random for a second opinion, please have another labeler label it."""
+BLIND = ("human_label", "label_probability", "predicted_label", "predicted_probability", "score")
 
+
+class RelabelRequest(BaseModel):
+    """A human label the model confidently disagrees with, please look at this item again; or (``reason``
+    ``audit_sample``) an item drawn at random for a second opinion, please have another labeler label it.
+
+    The verdict's fields (``ModelVerdict``), except that an audit-sample request is blind: the fields in
+    ``BLIND`` (the first label, the model's label, their probabilities and the score) are null, so that no
+    tool can show them. A second opinion that has seen the first label or the model's leans toward it, and the
+    report's labeler error rates, read off these answers, would lean low with it (docs/report.md, "With the
+    audit sample answered"). Not a ``ModelVerdict`` for that reason: its verdict fields may be null."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    item_id: str
+    labeler_id: str = Field(description="Who gave the label in question; empty when the image came without one.")
+    policy: str
+    model_name: str
+    model_version: str
     schema_: Literal["labelaudit.relabel.v1"] = Field(default=RELABEL_SCHEMA, alias="schema")
     request_id: str = Field(
         description="item_id/labeler_id/model_version for a disagreement; item_id/audit-sample/model_version for "
@@ -85,6 +101,18 @@ class RelabelRequest(ModelVerdict):
         "the random audit sample (LABELAUDIT_AUDIT_SAMPLE_RATE); ask someone other than labeler_id, without "
         "showing the label, so that the report can measure every labeler from items shared at random.",
     )
-    human_label: str
-    label_probability: float
+    human_label: str | None = Field(description="The label in question; null on an audit-sample request (blind).")
+    label_probability: float | None = Field(description="The model's probability of it; null when blind.")
+    predicted_label: str | None = Field(description="The model's label; null when blind.")
+    predicted_probability: float | None = Field(description="Its probability; null when blind.")
+    score: float | None = Field(description="Disagreement score in [0, 1]; null when blind.")
     created_at: datetime
+
+    @model_validator(mode="after")
+    def blind_exactly_for_the_audit_sample(self) -> RelabelRequest:
+        missing = [name for name in BLIND if getattr(self, name) is None]
+        if self.reason == "audit_sample" and len(missing) < len(BLIND):
+            raise ValueError(f"an audit-sample request is blind: {', '.join(sorted(set(BLIND) - set(missing)))} set")
+        if self.reason == "disagreement" and missing:
+            raise ValueError(f"a disagreement request needs {', '.join(missing)}")
+        return self

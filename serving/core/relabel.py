@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from labelaudit.errors import Unavailable
 from labelaudit.schemas.audit import AuditRecord, ModelVerdict, RelabelReason
-from labelaudit.schemas.stream import RelabelRequest
+from labelaudit.schemas.stream import BLIND, RelabelRequest
 
 if TYPE_CHECKING:
     from labelaudit.serving.settings import Settings
@@ -65,20 +65,25 @@ def request_reason(item_id: str, request_id: str) -> RelabelReason:
 
 def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> list[tuple[bytes, bytes]]:
     """(key, value) messages for the relabel topic, keyed by item id: a request where the verdict disagrees,
-    and one for a second opinion where the labeled item is in the audit sample (``in_audit_sample``). The
-    second has one ``request_id`` per item and model version, whichever label asked: a reader dedupes it as it
-    dedupes a redelivery, and the second opinion's own label asks nothing new."""
+    and one for a second opinion where the labeled item is in the audit sample (``in_audit_sample``; blind:
+    no label, no model label, no score). The second has one ``request_id`` per item and model version,
+    whichever label asked: a reader dedupes it as it dedupes a redelivery, and the second opinion's own label
+    asks nothing new."""
     requests: list[tuple[RelabelReason, str]] = []
     if record.disagrees:
         requests.append(("disagreement", f"{record.item_id}/{record.labeler_id}/{record.model_version}"))
     if record.human_label is not None and in_audit_sample(record.item_id, audit_sample_rate):
         requests.append(("audit_sample", f"{record.item_id}/{AUDIT_SAMPLE_PART}/{record.model_version}"))
     fields = {name: getattr(record, name) for name in ModelVerdict.model_fields}
+    blind = fields | dict.fromkeys(BLIND)  # a second opinion must not see the first, nor the model's
     return [
         (
             record.item_id.encode(),
             RelabelRequest.model_construct(  # built from a validated record: no second validation
-                request_id=request_id, reason=reason, created_at=record.created_at, **fields
+                request_id=request_id,
+                reason=reason,
+                created_at=record.created_at,
+                **(blind if reason == "audit_sample" else fields),
             )
             .model_dump_json(by_alias=True)
             .encode(),

@@ -204,7 +204,9 @@ def test_a_random_audit_sample_gets_second_opinion_requests_beside_the_disagreem
     sampled = {f"{item}/audit-sample/{version}" for item, version in rows if in_audit_sample(item, 0.2)}
     assert 0.1 * n < len(sampled) < 0.3 * n
     assert by_reason["audit_sample"] == sampled  # agreeing labels too: drawn at random, not by the model
-    assert all(r["labeler_id"] and r["human_label"] for r in requests if r["reason"] == "audit_sample")
+    blind = ("human_label", "label_probability", "predicted_label", "predicted_probability", "score")
+    samples = [r for r in requests if r["reason"] == "audit_sample"]
+    assert all(r["labeler_id"] and all(r[name] is None for name in blind) for r in samples)  # who, but not what
 
 
 def test_relabel_answers_are_kept_with_their_requests_and_ask_for_nothing(stream, tiny_data):
@@ -223,7 +225,8 @@ def test_relabel_answers_are_kept_with_their_requests_and_ask_for_nothing(stream
     by_item = {m.item_id: m for m in messages}
     answers, expected = [], set()
     for r in requests:
-        label = r["predicted_label"] if r["reason"] == "disagreement" else r["human_label"]
+        # an audit-sample request is blind: the tool answers with the label the message had
+        label = r["predicted_label"] if r["reason"] == "disagreement" else by_item[r["item_id"]].label
         update = {"labeler_id": "reviewer", "label": label, "answers": r["request_id"], "sent_at": None}
         answers.append(by_item[r["item_id"]].model_copy(update=update))
         expected.add((r["request_id"], r["reason"], r["item_id"], "reviewer", label))

@@ -171,10 +171,14 @@ def test_an_item_in_the_audit_sample_asks_once_for_a_second_opinion_whichever_la
     sample = RelabelRequest.model_validate_json(value)
     assert key == item.encode() and sample.reason == "audit_sample"
     assert sample.request_id == f"{item}/audit-sample/1" and sample.labeler_id == "anna"
+    # blind: the second person sees neither the first label nor the model's
+    blind = ("human_label", "label_probability", "predicted_label", "predicted_probability", "score")
+    assert all(json.loads(value)[name] is None for name in blind)
     # ben's label (the second opinion, here disagreeing): its own disagreement request and the same sample request
     reasons = {RelabelRequest.model_validate_json(v).reason: RelabelRequest.model_validate_json(v) for _, v in second}
     assert reasons["disagreement"].request_id == f"{item}/ben/1"
     assert reasons["audit_sample"].request_id == sample.request_id
+    assert reasons["disagreement"].human_label is not None and reasons["disagreement"].score is not None
     unlabeled = _verdict(item, "", disagrees=False, human_label=None, label_probability=None)
     assert relabel_requests(unlabeled, audit_sample_rate=1.0) == []  # no label, nothing to second-guess
 
@@ -188,3 +192,26 @@ def test_control_characters_in_ids_and_labels_are_dead_letters(field, char):
         parse_record(record(body(**{field: f"b{char}1"}), key=None), **LIMITS)
     assert info.value.reason == "invalid_message"
     assert f"{field}: control character U+{ord(char):04X} at position 1" in str(info.value)
+
+
+def test_a_relabel_request_is_blind_exactly_when_it_asks_for_a_second_opinion():
+    fields = dict(
+        item_id="b-1",
+        labeler_id="anna",
+        policy="p",
+        model_name="m",
+        model_version="1",
+        created_at="2026-11-21T00:00:00Z",
+    )
+    seen = dict(human_label="cat", label_probability=0.1, predicted_label="dog", predicted_probability=0.8, score=0.7)
+    RelabelRequest(request_id="b-1/anna/1", reason="disagreement", **fields, **seen)
+    RelabelRequest(request_id="b-1/audit-sample/1", reason="audit_sample", **fields, **dict.fromkeys(seen))
+    with pytest.raises(ValueError, match="an audit-sample request is blind: human_label set"):
+        RelabelRequest(
+            request_id="b-1/audit-sample/1",
+            reason="audit_sample",
+            **fields,
+            **(dict.fromkeys(seen) | {"human_label": "cat"}),
+        )
+    with pytest.raises(ValueError, match="a disagreement request needs score"):
+        RelabelRequest(request_id="b-1/anna/1", reason="disagreement", **fields, **(seen | {"score": None}))
