@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -26,6 +29,42 @@ from labelaudit.training.checkpoint import load_checkpoint
 from labelaudit.training.transition import confusion_counts, labeler_error_rates
 
 console = Console()
+
+
+@dataclass
+class CardInputs:
+    """What the card's labeler rates read, as training computes them: a checkpoint's labels for the manifest's
+    untrusted labeled training rows (``predicted``), its confusion on the clean val split, the rows' labels and
+    labelers."""
+
+    meta: Any
+    manifest: Any
+    train: np.ndarray
+    k: int
+    predicted: np.ndarray
+    confusion: np.ndarray
+    labels: np.ndarray
+    who: np.ndarray
+
+    @staticmethod
+    def of(checkpoint: Path, manifest: Path) -> CardInputs:
+        meta = load_checkpoint(checkpoint)[1]
+        m = read_manifest(manifest, classes=meta.classes)
+        k = len(meta.classes)
+        train = np.flatnonzero((m.splits == "train") & ~m.trusted & (m.labels >= 0))
+        val = np.flatnonzero(m.splits == "val")
+        probs = checkpoint_probs(checkpoint, manifest, np.r_[train, val])
+        confusion = confusion_counts(m.labels[val], probs[len(train) :].argmax(1), k)
+        return CardInputs(
+            meta,
+            m,
+            train,
+            k,
+            probs[: len(train)].argmax(1),
+            confusion,
+            m.labels[train],
+            m.labeler_ids[train].astype(str),
+        )
 
 
 def one_coin(labels: np.ndarray, who: np.ndarray, image: np.ndarray, k: int) -> dict[str, float]:
@@ -58,16 +97,9 @@ def main() -> None:
         if not checkpoint.exists():
             console.print(f"[yellow]seed {seed}: no run in {run}; bench/train_noise.py --multi trains it")
             continue
-        meta = load_checkpoint(checkpoint)[1]
-        m = read_manifest(data / "task_b.jsonl", classes=meta.classes)
-        k = len(meta.classes)
-        train = np.flatnonzero((m.splits == "train") & ~m.trusted & (m.labels >= 0))
-        val = np.flatnonzero(m.splits == "val")
-        probs = checkpoint_probs(checkpoint, data / "task_b.jsonl", np.r_[train, val])
-        predicted = probs[: len(train)].argmax(1)
-        confusion = confusion_counts(m.labels[val], probs[len(train) :].argmax(1), k)
-        labels, who = m.labels[train], m.labeler_ids[train].astype(str)
-        image = np.unique(m.item_ids[train], return_inverse=True)[1]
+        c = CardInputs.of(checkpoint, data / "task_b.jsonl")
+        meta, k, predicted, confusion, labels, who = c.meta, c.k, c.predicted, c.confusion, c.labels, c.who
+        image = np.unique(c.manifest.item_ids[c.train], return_inverse=True)[1]
         shared = dawid_skene.estimate(labels, who, image, k)
         estimates = {  # "card": what the card says now (Dawid-Skene where identified, else the model's)
             "model": {a: r.rate for a, r in labeler_error_rates(predicted, labels, who, confusion).items()},

@@ -429,7 +429,6 @@ def quality(args, pg_base: str, record) -> None:
 
 def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, share: float) -> None:
     """One simulated stream (``share`` of its items with three labels) through the Auditor, then the report."""
-    from labelaudit.serving.report.job import night_window, span_window
     from labelaudit.training.datasets.fashion_mnist import CLASSES
 
     classes = list(CLASSES)
@@ -443,12 +442,7 @@ def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, s
     audited = asyncio.run(audit_stream(stream, repo, list(urls.values()), classes))
     console.print(f"seed {seed}, multi {share}: {audited:,} labels audited into sqlite and postgres")
     _copy_multi(urls["sqlite"], multi_url, [i for i, m in zip(stream.item_ids, multi, strict=True) if m])
-    last = FIRST_NIGHT + timedelta(days=args.nights - 1)
-    start = datetime.combine(FIRST_NIGHT, datetime.min.time(), UTC)
-    scopes = {
-        "last_night": (night_window(last), {args.nights - 1}),
-        "all_nights": (span_window(start, start + timedelta(days=args.nights)), set(range(args.nights))),
-    }
+    scopes = report_scopes(args.nights)
     card = json.loads((repo / "labelaudit" / "model_card.json").read_text())
     common = dict(
         kind="quality",
@@ -479,6 +473,17 @@ def quality_run(args, pg_base: str, record, data: Path, repo: Path, seed: int, s
             continue
         for row in _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common, repo):
             record(**row)
+
+
+def report_scopes(nights: int) -> dict:
+    """The windows a stream of ``nights`` is reported over: ``{name: (window, the nights in it)}``."""
+    from labelaudit.serving.report.job import night_window, span_window
+
+    start = datetime.combine(FIRST_NIGHT, datetime.min.time(), UTC)
+    return {
+        "last_night": (night_window(FIRST_NIGHT + timedelta(days=nights - 1)), {nights - 1}),
+        "all_nights": (span_window(start, start + timedelta(days=nights)), set(range(nights))),
+    }
 
 
 def _multi_rows(stream, multi, nights, multi_url, window, work, classes, scope, common, repo) -> list[dict]:

@@ -20,7 +20,7 @@ import argparse
 import asyncio
 import json
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from rich.console import Console
@@ -28,12 +28,12 @@ from rich.progress import track
 
 from bench.common import WORK, LoadSampler, cpu_name, git_commit, write_results
 from bench.report import (
-    FIRST_NIGHT,
     Stream,
     audit_stream,
     compare,
     prepare_model,
     report_json,
+    report_scopes,
     simulate_stream,
     true_error_rates,
 )
@@ -120,7 +120,6 @@ def interval_holds(report, errors: dict[str, tuple[int, int]]) -> int:
 
 
 def run_seed(args, seed: int, record) -> None:
-    from labelaudit.serving.report.job import night_window, span_window
     from labelaudit.training.datasets.fashion_mnist import CLASSES
 
     classes = list(CLASSES)
@@ -137,12 +136,7 @@ def run_seed(args, seed: int, record) -> None:
         audited = asyncio.run(audit_stream(stream, repo, [f"sqlite:///{partial}"], classes))
         partial.rename(base)
         console.print(f"seed {seed}: {audited:,} labels audited")
-    last = FIRST_NIGHT + timedelta(days=args.nights - 1)
-    start = datetime.combine(FIRST_NIGHT, datetime.min.time(), UTC)
-    scopes = {
-        "last_night": (night_window(last), {args.nights - 1}),
-        "all_nights": (span_window(start, start + timedelta(days=args.nights)), set(range(args.nights))),
-    }
+    scopes = report_scopes(args.nights)
     card = json.loads((repo / "labelaudit" / "model_card.json").read_text())
     common = dict(kind="audit", seed=seed, noise=args.noise, model_test_acc=card["metrics"].get("test_acc"))
     for scope, (window, nights) in scopes.items():

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labelaudit.serving.report.stats import Z95, wilson
+from labelaudit.intervals import Z95, wilson
 
 MIN_ANSWERS = 20  # answers on a labeler's labels before they say anything about its rate
 

@@ -106,18 +106,20 @@ class ParityResult(BaseModel):
 
 class LabelerErrorRate(BaseModel):
     """A labeler's estimated error rate with its 95% interval: from its disagreement with the model
-    (``labelaudit.deconvolve``), or, where images carry several labels, from those images' labels
-    (Dawid–Skene over them, ``labelaudit.dawid_skene``)."""
+    (``labelaudit.deconvolve``), from a QA pass's checks of its images (``labelaudit.audited``), or, where
+    images carry several labels, from those images' labels (Dawid–Skene over them, ``labelaudit.dawid_skene``)."""
 
     rate: float
     low: float
     high: float
     disagreement: float = Field(description="Its raw disagreement with the model's label, for comparison.")
-    source: Literal["model", "agreement"] = Field(
+    source: Literal["model", "audit", "agreement"] = Field(
         default="model",
-        description="model: deconvolved disagreement with the model; agreement: from the other labelers' labels on "
-        "the same images (Dawid-Skene).",
+        description="model: deconvolved disagreement with the model; audit: from the checked (trusted) labels of its "
+        "images, the model as predictor; agreement: from the other labelers' labels on the same images "
+        "(Dawid-Skene).",
     )
+    answers: int | None = Field(default=None, description="For source audit: its labels whose image was checked.")
 
 
 class ModelMetrics(BaseModel):

@@ -691,6 +691,7 @@ def _describe(trainer, manifest, arch, init_name, cfg, device, ranks, history, s
         data.labeler_ids[data.train_rows[untrusted]],
         confusion,
         items=None if data.items is None else data.items.of_row[data.train_rows[untrusted]],
+        checked=None if data.items is None else data.items.checked[data.train_rows[untrusted]],
     )
     final_t = history[-1].transition_matrix if history else None
     metrics = ModelMetrics(

@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from labelaudit import dawid_skene
-from labelaudit.deconvolve import MAX_CLASSES, error_rates, labeler_tables
+from labelaudit.audited import AuditedRate
+from labelaudit.audited import error_rate as audited_rate
+from labelaudit.deconvolve import MAX_CLASSES, cell_errors, error_rates, labeler_tables
 from labelaudit.schemas.model_card import LabelerErrorRate
-from labelaudit.training.items import pooled
+from labelaudit.training.items import NO_CHECK, pooled
 
 EPS = 1e-8
 
@@ -146,12 +148,17 @@ def labeler_error_rates(
     labeler_ids: np.ndarray,
     confusion: np.ndarray,
     items: np.ndarray | None = None,
+    checked: np.ndarray | None = None,
 ) -> dict[str, LabelerErrorRate]:
     """Each labeler's error rate on its training rows: its disagreement with the model's label less the
     model's measured mistakes (``labelaudit.deconvolve``). (N,) predicted and given labels, labeler ids;
-    ``confusion`` (K, K) counts on held-out rows. With ``items`` (N,) (images with several labels), a
-    labeler whose rate the labels of those images identify (Dawid–Skene over them alone,
-    ``labelaudit.dawid_skene``) gets that rate instead: it does not share the model's blind spot."""
+    ``confusion`` (K, K) counts on held-out rows. With ``checked`` (N,) (the checked label of the row's image
+    from a QA pass, ``NO_CHECK`` where none), a labeler with at least ``audited.MIN_ANSWERS`` checked labels
+    gets its rate from those checks instead, the model's guess narrowing the interval (``labelaudit.audited``:
+    the checks see the mistakes the model shares; they must be a random sample of its images). With ``items``
+    (N,) (images with several labels), a labeler whose rate the labels of those images identify (Dawid–Skene
+    over them alone, ``labelaudit.dawid_skene``) gets that rate before either: it does not share the model's
+    blind spot either, and reads every shared image."""
     k = confusion.shape[0]
     if k > MAX_CLASSES:  # the deconvolution's cost grows as K^3: the card leaves the rates out
         return {}
@@ -167,10 +174,34 @@ def labeler_error_rates(
         )
         for a, r in sorted(rates.items())
     }
+    if checked is not None:
+        for a, found in _checked_rates(predicted, labels, labeler_ids, confusion, checked).items():
+            update = {"rate": round(found.rate, 4), "low": round(found.low, 4), "high": round(found.high, 4)}
+            out[a] = out[a].model_copy(update=update | {"source": "audit", "answers": found.answers})
     if items is not None:
         shared = dawid_skene.estimate(labels, labeler_ids, items, k)
         for a, rate, low, high in zip(shared.labelers, shared.error, shared.low, shared.high, strict=True):
             if a in out and np.isfinite(rate):
                 update = {"rate": round(float(rate), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
-                out[a] = out[a].model_copy(update=update | {"source": "agreement"})
+                out[a] = out[a].model_copy(update=update | {"source": "agreement", "answers": None})
+    return out
+
+
+def _checked_rates(
+    predicted: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, confusion: np.ndarray, checked: np.ndarray
+) -> dict[str, AuditedRate]:
+    """Per labeler with enough checked labels: its rate from the checks, the model's cell errors as predictor."""
+    k = confusion.shape[0]
+    out = {}
+    for a in sorted({str(x) for x in labeler_ids}):
+        mine = labeler_ids == a
+        table, agreed, differed = (np.zeros((k, k)) for _ in range(3))
+        np.add.at(table, (predicted[mine], labels[mine]), 1)
+        seen = mine & (checked != NO_CHECK)
+        same = seen & (checked == labels)
+        np.add.at(agreed, (predicted[same], labels[same]), 1)
+        np.add.at(differed, (predicted[seen & ~same], labels[seen & ~same]), 1)
+        found = audited_rate(table, agreed, differed, cell_errors(table, confusion))
+        if found is not None:
+            out[a] = found
     return out

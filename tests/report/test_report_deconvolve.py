@@ -108,13 +108,11 @@ def single_label_store(tmp_path, rng) -> str:
     return fill(f"sqlite:///{tmp_path / 's.db'}", records)
 
 
-def test_the_report_uses_the_models_confusion_for_single_labeled_labelers(tmp_path):
-    url = single_label_store(tmp_path, np.random.default_rng(3))
-    confusion = np.array([[80, 10, 10, 0], [10, 80, 10, 0], [10, 10, 80, 0], [0, 0, 0, 1]])
-    card = ModelConfusion(CLASSES, confusion, "val split")
+def report_with_card(url: str, card: ModelConfusion | None):
+    """The night's report of the store at ``url``, the model's confusion from ``card``."""
     store = open_store(url)
     try:
-        with_card = build_report(
+        return build_report(
             store,
             window=night_window(NIGHT),
             store_kind="sqlite",
@@ -122,11 +120,15 @@ def test_the_report_uses_the_models_confusion_for_single_labeled_labelers(tmp_pa
             class_source="t",
             model_confusion=lambda name, version: card,
         )
-        without = build_report(
-            store, window=night_window(NIGHT), store_kind="sqlite", classes=CLASSES, class_source="t"
-        )
     finally:
         store.close()
+
+
+def test_the_report_uses_the_models_confusion_for_single_labeled_labelers(tmp_path):
+    url = single_label_store(tmp_path, np.random.default_rng(3))
+    confusion = np.array([[80, 10, 10, 0], [10, 80, 10, 0], [10, 10, 80, 0], [0, 0, 0, 1]])
+    card = ModelConfusion(CLASSES, confusion, "val split")
+    with_card, without = report_with_card(url, card), report_with_card(url, None)
     rows = {r.labeler_id: r for r in with_card.labelers}
     assert {r.estimated_error.source for r in rows.values()} == {"model"}
     assert rows["ada"].estimated_error.rate == pytest.approx(0.05, abs=0.05)
@@ -172,18 +174,7 @@ def test_a_model_with_too_many_classes_keeps_disagreement_rates_and_says_so(tmp_
     url = single_label_store(tmp_path, np.random.default_rng(4))
     many = [f"c{i}" for i in range(MAX_CLASSES + 1)]
     card = ModelConfusion(many, np.eye(len(many)) * 10, "val split")
-    store = open_store(url)
-    try:
-        r = build_report(
-            store,
-            window=night_window(NIGHT),
-            store_kind="sqlite",
-            classes=CLASSES,
-            class_source="t",
-            model_confusion=lambda name, version: card,
-        )
-    finally:
-        store.close()
+    r = report_with_card(url, card)
     assert {x.estimated_error.source for x in r.labelers} == {"disagreement"}
     assert any(f"more than the {MAX_CLASSES}" in note for note in r.notes)
 
@@ -196,18 +187,7 @@ def test_a_handful_of_labels_gets_an_interval_as_wide_as_a_handful_allows(tmp_pa
     card = ModelConfusion(CLASSES, np.array([[80, 10, 10, 0], [10, 80, 10, 0], [10, 10, 80, 0], [0, 0, 0, 1]]), "v")
     raw = error_rates(labeler_tables([("hal", c, c, 1) for c in CLASSES[:3]], CLASSES), card.counts)["hal"]
     assert raw.high - raw.low < 0.05  # the bootstrap's own interval
-    store = open_store(url)
-    try:
-        r = build_report(
-            store,
-            window=night_window(NIGHT),
-            store_kind="sqlite",
-            classes=CLASSES,
-            class_source="t",
-            model_confusion=lambda name, version: card,
-        )
-    finally:
-        store.close()
+    r = report_with_card(url, card)
     [hal] = r.labelers
     e = hal.estimated_error
     assert e.source == "model" and e.rate == pytest.approx(raw.rate)

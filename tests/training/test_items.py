@@ -207,6 +207,34 @@ def test_the_cards_error_rate_comes_from_agreement_where_images_carry_several_la
         assert together[careful].disagreement == alone[careful].disagreement  # the raw figure stays the model's
 
 
+def test_the_cards_error_rate_comes_from_a_qa_sample_of_a_labelers_own_images():
+    """One label per image, and a QA pass that checked a random fifth of the images: each labeler's rate comes
+    from its checked labels (the model's guess narrowing it), the instance labeler's included, whose mistakes
+    the model shares; labelers with fewer than 20 checked labels keep the model's rate."""
+    image, who, labels, probs, truth = _instance_labeler(multi=False)
+    predicted = probs.argmax(1)
+    confusion = np.zeros((K, K), dtype=np.int64)
+    np.add.at(confusion, (truth[image], predicted), 1)
+    checked = np.full(len(image), NO_CHECK)
+    qa = np.random.default_rng(5).random(len(image)) < 0.2
+    checked[qa] = truth[image[qa]]
+
+    alone = labeler_error_rates(predicted, labels, who, confusion)
+    audited = labeler_error_rates(predicted, labels, who, confusion, checked=checked)
+    for labeler in ("instance", "careful-1", "careful-2"):
+        realised = _realised(who, labels, truth[image], labeler)
+        rate = audited[labeler]
+        assert rate.source == "audit" and rate.answers == int((qa & (who == labeler)).sum())
+        assert rate.low <= realised <= rate.high and abs(rate.rate - realised) < 0.08, (labeler, rate, realised)
+        assert rate.disagreement == alone[labeler].disagreement
+    realised = _realised(who, labels, truth[image], "instance")
+    assert alone["instance"].rate < realised - 0.2 < audited["instance"].rate - 0.1  # the blind spot, then not
+
+    few = np.where(who == "careful-1", NO_CHECK, checked)  # careful-1's checks withdrawn
+    few[np.flatnonzero(who == "careful-1")[:10]] = truth[image[who == "careful-1"]][:10]
+    assert labeler_error_rates(predicted, labels, who, confusion, checked=few)["careful-1"].source == "model"
+
+
 def test_crossfit_folds_hold_every_label_of_an_image_out_together(monkeypatch):
     from labelaudit.training.methods import METHODS
     from labelaudit.training.student import crossfit_probabilities
