@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from labelaudit import dawid_skene
-from labelaudit.audited import AuditedRate
+from labelaudit.audited import MIN_ANSWERS, AuditedRate
 from labelaudit.audited import error_rate as audited_rate
 from labelaudit.deconvolve import MAX_CLASSES, cell_errors, error_rates, labeler_tables
 from labelaudit.schemas.model_card import LabelerErrorRate
@@ -195,9 +195,11 @@ def _checked_rates(
     out = {}
     for a in sorted({str(x) for x in labeler_ids}):
         mine = labeler_ids == a
+        seen = mine & (checked != NO_CHECK)
+        if seen.sum() < MIN_ANSWERS:  # too few checks to say anything: no EM for the predictor
+            continue
         table, agreed, differed = (np.zeros((k, k)) for _ in range(3))
         np.add.at(table, (predicted[mine], labels[mine]), 1)
-        seen = mine & (checked != NO_CHECK)
         same = seen & (checked == labels)
         np.add.at(agreed, (predicted[same], labels[same]), 1)
         np.add.at(differed, (predicted[seen & ~same], labels[seen & ~same]), 1)
