@@ -17,7 +17,15 @@ SIZES = {  # per_task, val_size, test_size
 
 
 def build_data(
-    out: Path, *, noise: float, seed: int, size: str, trusted_fraction: float, unlabeled: int = 0, multi: float = 0.0
+    out: Path,
+    *,
+    noise: float,
+    seed: int,
+    size: str,
+    trusted_fraction: float,
+    unlabeled: int = 0,
+    multi: float = 0.0,
+    qa: float = 0.0,
 ) -> None:
     """Write the two tasks with a progress bar and say where they are; ``ValueError`` or ``FileNotFoundError``
     (no Fashion-MNIST package) says why not."""
@@ -38,6 +46,7 @@ def build_data(
             trusted_fraction=trusted_fraction,
             unlabeled=unlabeled,
             multi=multi,
+            qa=qa,
             progress=lambda n: progress.update(task, advance=n),
         )
     console.print(
@@ -63,11 +72,25 @@ def data(
         float,
         typer.Option(help="Share of task B's labeled training images that get two more labels from other labelers."),
     ] = 0.0,
+    qa: Annotated[
+        float,
+        typer.Option(
+            help="Share of task B's labeled training images a QA pass checks (a trusted row with the true label "
+            "beside the labeler's): the model card reads each labeler's error rate off its checked images."
+        ),
+    ] = 0.0,
 ) -> None:
     """Build task A and task B from Debian's Fashion-MNIST, with simulated noisy labelers."""
     try:
         build_data(
-            out, noise=noise, seed=seed, size=size, trusted_fraction=trusted_fraction, unlabeled=unlabeled, multi=multi
+            out,
+            noise=noise,
+            seed=seed,
+            size=size,
+            trusted_fraction=trusted_fraction,
+            unlabeled=unlabeled,
+            multi=multi,
+            qa=qa,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise fail(exc) from exc

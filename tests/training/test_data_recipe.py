@@ -50,7 +50,7 @@ def test_manifests_parse_with_the_trusted_set_required(built):
     assert a.classes == b.classes == list(fm.CLASSES)  # from classes.txt, in the recipe's order
     assert len(a.records) == 600 and len(b.records) == 600 + 200
     expected = {"task_a": 600, "task_b_train": 500, "trusted": 10, "task_b_val": 100, "task_b_test": 200}
-    assert report.counts == expected | {"task_b_unlabeled": 0, "task_b_more_labels": 0}
+    assert report.counts == expected | {"task_b_unlabeled": 0, "task_b_more_labels": 0, "task_b_qa_checked": 0}
     assert b.mask(split="val").sum() == 100 and b.mask(split="test").sum() == 200
     assert a.mask(split="val").sum() == 100 and not a.mask(trusted=True).any()
 
@@ -153,6 +153,7 @@ def test_build_refuses_impossible_sizes(tmp_path):
         (dict(trusted_fraction=-0.01), "trusted_fraction -0.01"),
         (dict(unlabeled=-5), "unlabeled -5: the number of images without a label must be >= 0"),
         (dict(multi=1.5), "multi 1.5: the share of images with two more labels must be in \\[0, 1\\]"),
+        (dict(qa=-0.1), "qa -0.1: the share of labeled images a QA pass checks must be in \\[0, 1\\]"),
     ],
 )
 def test_build_refuses_settings_outside_their_range_saying_which(tmp_path, bad, says):
@@ -205,6 +206,30 @@ def test_multi_gives_a_share_of_the_images_two_more_labels_from_other_labelers(t
         mine = [r for r in labeled if r["labeler_id"] == entry["labeler_id"]]
         wrong = np.mean([r["label"] != r["true_label"] for r in mine])
         assert entry["true_error_rate"] == pytest.approx(wrong)
+
+
+def test_qa_checks_a_random_share_of_the_labeled_images_beside_their_labels(tmp_path, built):
+    report = fm.build(tmp_path, noise=NOISE, seed=0, qa=0.2, **SIZE)
+    manifest = read_manifest(report.task_b_manifest, require_trusted=True)  # a checked row beside a label is valid
+    rows = _rows(report.task_b_manifest)
+    train = [r for r in rows if r["split"] == "train"]
+    labeled = {r["item_id"] for r in train if not r["trusted"]}
+    checks = [r for r in train if r["trusted"] and r["item_id"] in labeled]
+    assert 0.1 < len(checks) / len(labeled) < 0.3 and report.counts["task_b_qa_checked"] == len(checks)
+    assert all(r["label"] == r["true_label"] and r["labeler_id"] == "qa" for r in checks)
+    # every other row is that of the build without checks, byte for byte, and in front of the checks
+    plain = _rows(built["first"][1] / "task_b.jsonl")
+    assert [r for r in rows if r not in checks] == plain
+    truth = json.loads((tmp_path / "labelers.json").read_text())
+    assert (truth["qa"], truth["qa_checked"]) == (0.2, len(checks))
+    # training reads each checked image's truth beside its labeler's label
+    from labelaudit.training.items import NO_CHECK, find_items
+
+    items = find_items(manifest.item_ids, manifest.labels, manifest.trusted)
+    assert items is not None
+    checked_items = {r["item_id"] for r in checks}
+    for row, item_id in enumerate(manifest.item_ids):
+        assert (items.checked[row] != NO_CHECK) == (item_id in checked_items or bool(manifest.trusted[row]))
 
 
 def test_camera_b_is_uint8_28x28_and_deterministic_for_a_seeded_rng():

@@ -3,6 +3,8 @@ image's truth, and agreement shows a labeler whose errors are the model's, which
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -185,6 +187,41 @@ def test_a_manifest_with_several_labels_per_image_trains_end_to_end(tiny_data, t
     assert said in note_recorder.notes, note_recorder.notes
     assert result.meta.labeler_counts["labeler-extra"] == 100
     assert sorted(seen) == at[5:]  # the student: each image's first row once, the 5 checked images not
+
+
+def test_a_qa_pass_in_the_manifest_gives_the_card_audited_labeler_rates(tiny_data, tmp_path, note_recorder):
+    """Checked rows beside 30 of one labeler's labels (a QA pass, as ``labelaudit data --qa`` writes them): a
+    whole training run's card reads that labeler's rate off the checks; the others keep the model's."""
+    import json
+
+    from labelaudit.training.train import TrainConfig, train
+
+    rows = [json.loads(line) for line in (tiny_data / "task_b.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["image"] = str(tiny_data / r["image"])
+    labeled = [r for r in rows if r["split"] == "train" and not r["trusted"]]
+    target = Counter(r["labeler_id"] for r in labeled).most_common(1)[0][0]
+    checked = [
+        r | {"labeler_id": "qa", "label": r["true_label"], "trusted": True}
+        for r in labeled
+        if r["labeler_id"] == target
+    ][:30]
+    manifest = tmp_path / "qa.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows + checked))
+
+    result = train(
+        manifest,
+        init=None,
+        out=tmp_path / "run",
+        cfg=TrainConfig(method="crowd", epochs=1, device="cpu"),
+        reporter=note_recorder,
+    )
+
+    rates = result.meta.labeler_error_rates
+    assert (rates[target].source, rates[target].answers) == ("audit", 30)
+    assert {r.source for a, r in rates.items() if a != target} == {"model"}
+    truth = [r["label"] != r["true_label"] for r in labeled if r["labeler_id"] == target]
+    assert rates[target].low <= float(np.mean(truth)) <= rates[target].high, (rates[target], np.mean(truth))
 
 
 def test_the_cards_error_rate_comes_from_agreement_where_images_carry_several_labels():

@@ -130,6 +130,7 @@ def build(
     trusted_fraction: float = 0.01,
     unlabeled: int = 0,
     multi: float = 0.0,
+    qa: float = 0.0,
     source: Path = FASHION_MNIST_DIR,
     progress=None,
 ) -> BuildReport:
@@ -138,7 +139,10 @@ def build(
     ``unlabeled``: that many more task-B training images (through camera B) without a label, from the
     Fashion-MNIST training images neither task uses (60,000 - 2 x ``per_task`` of them). ``multi``: that
     share of the labeled training images get two more labels, from two other labelers (one manifest row
-    per label); ``noise`` is the share of wrong FIRST labels, the labelers' own rates hold for every label."""
+    per label); ``noise`` is the share of wrong FIRST labels, the labelers' own rates hold for every label.
+    ``qa``: that share of the labeled training images is checked by a QA pass, drawn at random: a trusted row
+    with the true label beside the labeler's (the image's truth in training; the card's labeler rates read
+    the checks, docs/methods.md)."""
     k = len(CLASSES)
     if not 0 < per_task <= 30_000 or not 0 < val_size < per_task:
         raise ValueError("need 0 < val_size < per_task <= 30000")
@@ -148,6 +152,8 @@ def build(
         raise ValueError(f"trusted_fraction {trusted_fraction}: must be in [0, 1) (0: no trusted set)")
     if not 0 <= multi <= 1:
         raise ValueError(f"multi {multi}: the share of images with two more labels must be in [0, 1]")
+    if not 0 <= qa <= 1:
+        raise ValueError(f"qa {qa}: the share of labeled images a QA pass checks must be in [0, 1]")
     if unlabeled < 0:
         raise ValueError(f"unlabeled {unlabeled}: the number of images without a label must be >= 0")
     if unlabeled > 60_000 - 2 * per_task:
@@ -185,6 +191,8 @@ def build(
             b_y[untrusted[has]], hardness[has], confusable[has], col[has], severity, k, rng_more
         )
         more += [(int(untrusted[i]), int(col[i]), int(y)) for i, y in zip(has, drawn, strict=True)]
+    rng_qa = np.random.default_rng([seed, 13])  # its own stream too: every other row stays as it was
+    checked = untrusted[rng_qa.random(len(untrusted)) < qa]  # the QA pass's random share of the labeled images
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.txt").write_text("\n".join(CLASSES) + "\n")
@@ -219,6 +227,20 @@ def build(
                 trusted=False,
                 split="train",
                 true_label=CLASSES[b_y[i]],
+            )
+        )
+    for i in checked.tolist():
+        item = f"b-{i:05d}"
+        true = CLASSES[b_y[i]]
+        rows_b.append(
+            dict(
+                item_id=item,
+                image=f"images/task_b/{item}.png",
+                label=true,
+                labeler_id=TRUSTED_LABELER,
+                trusted=True,
+                split="train",
+                true_label=true,
             )
         )
     for i, src in enumerate(spare):
@@ -279,6 +301,8 @@ def build(
         "severity": severity,
         "multi": multi,
         "more_labels": len(more),
+        "qa": qa,
+        "qa_checked": len(checked),
         "noise_actual_all_labels": float(wrong_all.mean()),
         "labelers": [
             {
@@ -300,5 +324,6 @@ def build(
         "task_b_test": len(bt_x),
         "task_b_unlabeled": unlabeled,
         "task_b_more_labels": len(more),
+        "task_b_qa_checked": len(checked),
     }
     return BuildReport(out_dir, task_a, task_b, noise, float(wrong.mean()), severity, counts)
