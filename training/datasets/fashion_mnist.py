@@ -119,6 +119,19 @@ def _class_balanced_pick(labels: np.ndarray, fraction: float, k: int, rng: np.ra
     return np.sort(np.concatenate(picks))
 
 
+def _row(item: str, label: str, labeler_id: str, trusted: bool, split: str, true_label: str) -> dict:
+    """A labeled task-B manifest row (its image named by the item), in the recipe's key order."""
+    return dict(
+        item_id=item,
+        image=f"images/task_b/{item}.png",
+        label=label,
+        labeler_id=labeler_id,
+        trusted=trusted,
+        split=split,
+        true_label=true_label,
+    )
+
+
 def build(
     out_dir: Path,
     *,
@@ -217,32 +230,11 @@ def build(
             row = dict(label=CLASSES[noisy_of[i]], labeler_id=labeler_of[i], trusted=False, split="train")
         rows_b.append(dict(item_id=item, image=f"images/task_b/{item}.png", **row, true_label=true))
     for i, labeler, y in sorted(more):
-        item = f"b-{i:05d}"
-        rows_b.append(
-            dict(
-                item_id=item,
-                image=f"images/task_b/{item}.png",
-                label=CLASSES[y],
-                labeler_id=lab.POOL[labeler].labeler_id,
-                trusted=False,
-                split="train",
-                true_label=CLASSES[b_y[i]],
-            )
-        )
+        row = _row(f"b-{i:05d}", CLASSES[y], lab.POOL[labeler].labeler_id, False, "train", CLASSES[b_y[i]])
+        rows_b.append(row)
     for i in checked.tolist():
-        item = f"b-{i:05d}"
         true = CLASSES[b_y[i]]
-        rows_b.append(
-            dict(
-                item_id=item,
-                image=f"images/task_b/{item}.png",
-                label=true,
-                labeler_id=TRUSTED_LABELER,
-                trusted=True,
-                split="train",
-                true_label=true,
-            )
-        )
+        rows_b.append(_row(f"b-{i:05d}", true, TRUSTED_LABELER, trusted=True, split="train", true_label=true))
     for i, src in enumerate(spare):
         item = f"bu-{i:05d}"
         pixels = camera_b(train_x[src], np.random.default_rng([seed, 3, i]))
@@ -256,17 +248,7 @@ def build(
         Image.fromarray(bt_x[i], mode="L").save(images_b / f"{item}.png")
         tick(1)
         true = CLASSES[bt_y[i]]
-        rows_b.append(
-            dict(
-                item_id=item,
-                image=f"images/task_b/{item}.png",
-                label=true,
-                labeler_id=TRUSTED_LABELER,
-                trusted=False,
-                split="test",
-                true_label=true,
-            )
-        )
+        rows_b.append(_row(item, true, TRUSTED_LABELER, trusted=False, split="test", true_label=true))
 
     images_a = out_dir / "images" / "task_a"
     images_a.mkdir(parents=True, exist_ok=True)
