@@ -550,6 +550,7 @@ def answer_disagreements(store_url: str, share: float, seed: int = 0) -> int:
     """A reviewer answers ``share`` of the store's relabel requests with the model's label, each answer naming
     its request (an answer record beside the questioned one, and its ``relabel_answers`` row); how many."""
     from labelaudit.schemas.audit import AuditRecord, RelabelAnswer
+    from labelaudit.serving.core.relabel import request_id
     from labelaudit.serving.core.store import COLUMNS, open_store
 
     rng = np.random.default_rng([seed, 11])
@@ -562,7 +563,7 @@ def answer_disagreements(store_url: str, share: float, seed: int = 0) -> int:
             r = dict(zip(AuditRecord.model_fields, row, strict=True))
             when = datetime.fromisoformat(r["created_at"]) + timedelta(seconds=1)
             reviewer = f"labeler-{(int(r['labeler_id'].rsplit('-', 1)[1]) + 1) % 50:02d}"
-            request_id = f"{r['item_id']}/{r['labeler_id']}/{r['model_version']}"
+            asked = request_id(r["item_id"], r["labeler_id"], r["model_version"])
             records.append(
                 AuditRecord.model_construct(
                     **r
@@ -579,7 +580,7 @@ def answer_disagreements(store_url: str, share: float, seed: int = 0) -> int:
             )
             answers.append(
                 RelabelAnswer(
-                    request_id=request_id,
+                    request_id=asked,
                     reason="disagreement",
                     item_id=r["item_id"],
                     labeler_id=reviewer,

@@ -46,7 +46,7 @@ def answer_audit_sample(store_url: str, stream: Stream, rate: float, error: floa
     """A reviewer answers the audit sample's requests (share ``rate`` of the items, drawn by id); per labeler,
     how many of its labels got an answer that differs from the label (and ``"answers"``: how many in all)."""
     from labelaudit.schemas.audit import AuditRecord, RelabelAnswer
-    from labelaudit.serving.core.relabel import AUDIT_SAMPLE_PART, in_audit_sample
+    from labelaudit.serving.core.relabel import AUDIT_SAMPLE_PART, in_audit_sample, request_id
     from labelaudit.serving.core.store import COLUMNS, open_store
     from labelaudit.training.datasets.fashion_mnist import CLASSES
 
@@ -79,7 +79,7 @@ def answer_audit_sample(store_url: str, stream: Stream, rate: float, error: floa
         )
         answers.append(
             RelabelAnswer(
-                request_id=f"{r['item_id']}/{AUDIT_SAMPLE_PART}/{r['model_version']}",
+                request_id=request_id(r["item_id"], AUDIT_SAMPLE_PART, r["model_version"]),
                 reason="audit_sample",
                 item_id=r["item_id"],
                 labeler_id=REVIEWER,

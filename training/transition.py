@@ -175,7 +175,7 @@ def labeler_error_rates(
         for a, r in sorted(rates.items())
     }
     if checked is not None:
-        for a, found in _checked_rates(predicted, labels, labeler_ids, confusion, checked).items():
+        for a, found in _checked_rates(tables, predicted, labels, labeler_ids, confusion, checked).items():
             update = {"rate": round(found.rate, 4), "low": round(found.low, 4), "high": round(found.high, 4)}
             out[a] = out[a].model_copy(update=update | {"source": "audit", "answers": found.answers})
     if items is not None:
@@ -188,18 +188,21 @@ def labeler_error_rates(
 
 
 def _checked_rates(
-    predicted: np.ndarray, labels: np.ndarray, labeler_ids: np.ndarray, confusion: np.ndarray, checked: np.ndarray
+    tables: dict[str, np.ndarray],
+    predicted: np.ndarray,
+    labels: np.ndarray,
+    labeler_ids: np.ndarray,
+    confusion: np.ndarray,
+    checked: np.ndarray,
 ) -> dict[str, AuditedRate]:
-    """Per labeler with enough checked labels: its rate from the checks, the model's cell errors as predictor."""
-    k = confusion.shape[0]
+    """Per labeler with enough checked labels: its rate from the checks, the model's cell errors as predictor.
+    ``tables``: each labeler's (model's label, its label) counts, as ``labeler_error_rates`` built them."""
     out = {}
-    for a in sorted({str(x) for x in labeler_ids}):
-        mine = labeler_ids == a
-        seen = mine & (checked != NO_CHECK)
+    for a, table in sorted(tables.items()):
+        seen = (labeler_ids == a) & (checked != NO_CHECK)
         if seen.sum() < MIN_ANSWERS:  # too few checks to say anything: no EM for the predictor
             continue
-        table, agreed, differed = (np.zeros((k, k)) for _ in range(3))
-        np.add.at(table, (predicted[mine], labels[mine]), 1)
+        agreed, differed = np.zeros_like(table), np.zeros_like(table)
         same = seen & (checked == labels)
         np.add.at(agreed, (predicted[same], labels[same]), 1)
         np.add.at(differed, (predicted[seen & ~same], labels[seen & ~same]), 1)

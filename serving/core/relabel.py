@@ -57,6 +57,13 @@ def in_audit_sample(item_id: str, rate: float) -> bool:
 AUDIT_SAMPLE_PART = "audit-sample"  # the middle part of an audit-sample request's id, where a labeler id goes
 
 
+def request_id(item_id: str, asker: str, model_version: str) -> str:
+    """The id of the request about ``item_id`` under ``model_version``: ``asker`` is the questioned label's
+    labeler for a disagreement, ``AUDIT_SAMPLE_PART`` for the audit sample (the stores' SQL builds the same form,
+    ``report.aggregate._request_id``)."""
+    return f"{item_id}/{asker}/{model_version}"
+
+
 def request_reason(item_id: str, request_id: str) -> RelabelReason:
     """The reason of the request ``request_id`` about ``item_id``, read off the id's form (``relabel_requests``):
     ``item/audit-sample/version`` for the audit sample, ``item/labeler/version`` for a disagreement."""
@@ -71,16 +78,16 @@ def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> lis
     asks nothing new."""
     requests: list[tuple[RelabelReason, str]] = []
     if record.disagrees:
-        requests.append(("disagreement", f"{record.item_id}/{record.labeler_id}/{record.model_version}"))
+        requests.append(("disagreement", request_id(record.item_id, record.labeler_id, record.model_version)))
     if record.human_label is not None and in_audit_sample(record.item_id, audit_sample_rate):
-        requests.append(("audit_sample", f"{record.item_id}/{AUDIT_SAMPLE_PART}/{record.model_version}"))
+        requests.append(("audit_sample", request_id(record.item_id, AUDIT_SAMPLE_PART, record.model_version)))
     fields = {name: getattr(record, name) for name in ModelVerdict.model_fields}
     blind = fields | dict.fromkeys(BLIND)  # a second opinion must not see the first, nor the model's
     return [
         (
             record.item_id.encode(),
             RelabelRequest.model_construct(  # built from a validated record: no second validation
-                request_id=request_id,
+                request_id=asked,
                 reason=reason,
                 created_at=record.created_at,
                 **(blind if reason == "audit_sample" else fields),
@@ -88,7 +95,7 @@ def relabel_requests(record: AuditRecord, audit_sample_rate: float = 0.0) -> lis
             .model_dump_json(by_alias=True)
             .encode(),
         )
-        for reason, request_id in requests
+        for reason, asked in requests
     ]
 
 

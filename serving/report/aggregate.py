@@ -72,10 +72,12 @@ truth AS (
 )"""
 
 
-def _request_id(t: str) -> str:
-    """SQL: the id of the disagreement request about the audit row (columns qualified by ``t``), in the form
-    ``relabel.relabel_requests`` gives it (``item/labeler/version``): how an answer finds its request."""
-    return f"{t}item_id || '/' || {t}labeler_id || '/' || {t}model_version"
+def _request_id(t: str, asker: str | None = None) -> str:
+    """SQL: the id of a request about the audit row (columns qualified by ``t``), in ``relabel.request_id``'s form:
+    the disagreement request about its label (``item/labeler/version``), or with ``asker`` that part fixed
+    (``AUDIT_SAMPLE_PART``: the item's audit-sample request). How an answer finds its request."""
+    middle = f"{t}labeler_id" if asker is None else f"'{asker}'"
+    return f"{t}item_id || '/' || {middle} || '/' || {t}model_version"
 
 
 # A label that answers a disagreement request (``relabel_answers``): the model picked its item, so it is a
@@ -386,7 +388,7 @@ def audited_labels(store: AuditStore, scope: Scope) -> list[Audited]:
         "SELECT a.labeler_id, a.predicted_label, a.human_label,"
         " SUM(CASE WHEN ra.label = a.human_label THEN 1 ELSE 0 END), SUM(CASE WHEN ra.label <> a.human_label"
         " THEN 1 ELSE 0 END) FROM audit_records a JOIN relabel_answers ra ON ra.item_id = a.item_id"
-        f" AND ra.request_id = a.item_id || '/{AUDIT_SAMPLE_PART}/' || a.model_version"
+        f" AND ra.request_id = {_request_id('a.', AUDIT_SAMPLE_PART)}"
         f" WHERE {Span.sql('a.')} AND a.human_label IS NOT NULL AND a.model_name = ? AND a.model_version = ?"
         " AND ra.reason = 'audit_sample' AND ra.labeler_id <> a.labeler_id"
         + scope.not_an_answer("a.")

@@ -13,7 +13,7 @@ import numpy as np
 from labelaudit import dawid_skene
 from labelaudit.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.agreement import estimate as one_coin_estimates
-from labelaudit.audited import AuditedRate
+from labelaudit.audited import MIN_ANSWERS, AuditedRate
 from labelaudit.audited import error_rate as audited_rate
 from labelaudit.deconvolve import (
     MAX_CLASSES,
@@ -372,6 +372,8 @@ def _audit_errors(
     for labeler, by_cell in counts.items():
         keys = list(by_cell)
         n = np.array([by_cell[k] for k in keys], dtype=float)  # (cells, 3)
+        if n[:, 1:].sum() < MIN_ANSWERS:  # too few answers to say anything: no EM for the predictor
+            continue
         if confusion is not None:
             f = wrong_chances([(p, h, labels) for (p, h), labels in zip(keys, n[:, 0], strict=True)], confusion)
         else:
