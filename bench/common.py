@@ -143,14 +143,16 @@ def write_results(name: str, *, config: dict, rows: list[dict], device: str) -> 
 SIZES = {"tiny": (1_500, 300, 1_000), "small": (6_000, 1_000, 2_000), "full": (30_000, 2_000, 10_000)}
 
 
-def task_data(size: str, seed: int, noise: float, unlabeled: int = 0, multi: float = 0.0) -> tuple[Path, float]:
-    """One point's task A and B data, ``WORK/<size>-seed<s>-noise<n>[-unlabeled<u>][-multi<m>]`` (built on first use by
+def task_data(
+    size: str, seed: int, noise: float, unlabeled: int = 0, multi: float = 0.0, qa: float = 0.0
+) -> tuple[Path, float]:
+    """One point's task A and B data, ``WORK/<size>-seed<s>-noise<n>[-unlabeled<u>][-multi<m>][-qa<q>]`` (built on first use by
     training.datasets.fashion_mnist, then reused by every benchmark), and the noise actually drawn."""
     from labelaudit.training.datasets import fashion_mnist
 
     per_task, val_size, test_size = SIZES[size]
     name = f"{size}-seed{seed}-noise{noise}" + (f"-unlabeled{unlabeled}" if unlabeled else "")
-    data = WORK / (name + (f"-multi{multi}" if multi else ""))
+    data = WORK / (name + (f"-multi{multi}" if multi else "") + (f"-qa{qa}" if qa else ""))
     if not (data / "task_b.jsonl").exists():
         fashion_mnist.build(
             data,
@@ -161,6 +163,7 @@ def task_data(size: str, seed: int, noise: float, unlabeled: int = 0, multi: flo
             test_size=test_size,
             unlabeled=unlabeled,
             multi=multi,
+            qa=qa,
         )
     return data, json.loads((data / "labelers.json").read_text())["noise_actual"]
 

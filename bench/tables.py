@@ -178,17 +178,42 @@ def train_multi_table(result: dict) -> str:
     """bench/train_noise.py --multi: each method on task B where a share of the images carry two more labels,
     beside the same method, seed and schedule on one label per image (train_protocol.json, where it has the
     row and the same classifier A), and the model card's per-labeler error rates against the truth."""
-    single = {
-        (r["method"], r["seed"]): r for r in (_load("train_protocol") or {"rows": []})["rows"] if not r.get("multi")
-    }
+    lead = (
+        "Task B as in issue 17's protocol (60 epochs, 5,000 unlabeled images), with a share of the labeled images "
+        'given two more labels by two other labelers (`labelaudit data --multi`; docs/methods.md, "Several labels '
+        "per image\"). 'One label per image': the same method and seed in train_protocol.json (shown only where "
+        "that row started from the same classifier A); for a `separate_labels=1` row (each label of an image given an "
+        "item id of its own: the same labels, not read together), the same method on the same data read together."
+    )
+    return _beside_protocol_table(result, "multi", "labeled images with 3 labels", "one label per image", lead)
+
+
+def train_qa_table(result: dict) -> str:
+    """bench/train_noise.py --qa: each method on task B where a QA pass checked a random share of the labeled
+    images (a trusted row with the true label beside the labeler's), beside the same method, seed and schedule
+    without the checks (train_protocol.json), and the model card's per-labeler error rates against the truth."""
+    lead = (
+        "Task B as in issue 17's protocol (60 epochs, 5,000 unlabeled images, 1% trusted), with a QA pass that "
+        "checked a random share of the labeled images: each checked image gets a trusted row with its true label "
+        "beside the labeler's row (`labelaudit data --qa`; what a QA budget spent on random checks buys). "
+        "'Without the checks': the same method and seed in train_protocol.json (shown only where that row started "
+        "from the same classifier A). The card's labeler rates read the checks (source `audit`, docs/methods.md)."
+    )
+    return _beside_protocol_table(result, "qa", "labeled images checked", "without the checks", lead)
+
+
+def _beside_protocol_table(result: dict, knob: str, column: str, base_column: str, lead: str) -> str:
+    """Rows trained on the protocol's data with one more data knob (``multi``, ``qa``), each beside the same
+    method and seed in train_protocol.json when that row started from the same classifier A."""
+    single = {(r["method"], r["seed"]): r for r in (_load("train_protocol") or {"rows": []})["rows"] if not r.get(knob)}
     lines = [
-        "| seed | method | labeled images with 3 labels | clean test acc | one label per image | difference "
+        f"| seed | method | {column} | clean test acc | {base_column} | difference "
         "| card's labeler rates: MAE, Spearman | load avg |",
         "|" + " --- |" * 8,
     ]
     paired: dict[tuple[str, float], list[tuple[float, float]]] = defaultdict(list)
     together = {(r["method"], r["seed"]): r for r in result["rows"]}
-    for r in sorted(result["rows"], key=lambda r: (r["seed"], r.get("multi", 0), r["method"] != "classifier_a")):
+    for r in sorted(result["rows"], key=lambda r: (r["seed"], r.get(knob, 0), r["method"] != "classifier_a")):
         base = single.get((r["method"], r["seed"]))
         if r["method"].endswith(",separate_labels=1"):  # the same labels, not read together: held against together
             base = together.get((r["method"].removesuffix(",separate_labels=1"), r["seed"]))
@@ -200,27 +225,19 @@ def train_multi_table(result: dict) -> str:
         rates = f"{r['labeler_rates_mae']:.3f}, {r['labeler_rates_spearman']:.2f}" if "labeler_rates_mae" in r else "-"
         load = f"{r['loadavg_1m_mean']:.1f}" if "loadavg_1m_mean" in r else "-"
         lines.append(
-            f"| {r['seed']} | `{r['method']}` | {r.get('multi', 0):.0%} | {100 * r['clean_test_acc']:.2f} | {one} "
+            f"| {r['seed']} | `{r['method']}` | {r.get(knob, 0):.0%} | {100 * r['clean_test_acc']:.2f} | {one} "
             f"| {diff} | {rates} | {load} |"
         )
         if same_start and r["method"] != "classifier_a":
-            paired[(r["method"], r.get("multi", 0))].append((r["clean_test_acc"], base["clean_test_acc"]))
-    for (method, multi), pairs in paired.items():
+            paired[(r["method"], r.get(knob, 0))].append((r["clean_test_acc"], base["clean_test_acc"]))
+    for (method, share), pairs in paired.items():
         if len(pairs) > 1:
             with_, without = 100 * np.array(pairs).T
             lines.append(
-                f"| mean of {len(pairs)} | `{method}` | {multi:.0%} | {with_.mean():.2f} | {without.mean():.2f} "
+                f"| mean of {len(pairs)} | `{method}` | {share:.0%} | {with_.mean():.2f} | {without.mean():.2f} "
                 f"| {(with_ - without).mean():+.2f} | | |"
             )
-    return (
-        "Task B as in issue 17's protocol (60 epochs, 5,000 unlabeled images), with a share of the labeled images "
-        'given two more labels by two other labelers (`labelaudit data --multi`; docs/methods.md, "Several labels '
-        "per image\"). 'One label per image': the same method and seed in train_protocol.json (shown only where "
-        "that row started from the same classifier A); for a `separate_labels=1` row (each label of an image given an "
-        "item id of its own: the same labels, not read together), the same method on the same data read together. "
-        f"Device: {devices(result)}. {commits(result)}, "
-        f"{result['date']}.\n\n" + "\n".join(lines) + "\n"
-    )
+    return f"{lead} Device: {devices(result)}. {commits(result)}, {result['date']}.\n\n" + "\n".join(lines) + "\n"
 
 
 def _without(method: str, key: str) -> str:
@@ -1342,6 +1359,12 @@ def update_docs() -> None:
             "Several labels per image (`bench/train_noise.py --name train_multi --multi 0.1 --epochs-b 60 "
             "--unlabeled 5000`)",
             train_multi_table,
+        ),
+        (
+            "train_qa",
+            "A QA pass's checks as trusted rows (`bench/train_noise.py --name train_qa --qa 0.05 --epochs-b 60 "
+            "--unlabeled 5000`)",
+            train_qa_table,
         ),
         ("card_rates", "The card's labeler rates with several labels (`bench/card_rates.py`)", card_rates_table),
         ("card_audit", "The card's labeler rates with a QA pass (`bench/card_audit.py`)", card_audit_table),

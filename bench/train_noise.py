@@ -15,7 +15,9 @@ the images: what the recipe's instance labeler costs a method, ``--name train_co
 images without a label (the semi-supervised option trains on them: ``crowd:unlabeled_weight=1``; the
 other methods ignore them). ``--multi S`` gives that share of the labeled images two more labels from two
 other labelers (several labels per image: rows also score the model card's per-labeler error rates against
-the truth); its rows go to their own file (``--name train_multi``). Variants of what was tried go to their own file (``--name train_probes``),
+the truth); its rows go to their own file (``--name train_multi``). ``--qa S`` has a QA pass check that share
+of the labeled images at random (a trusted row with the true label beside the labeler's: what a QA budget
+spent on random checks adds to accuracy, ``--name train_qa``). Variants of what was tried go to their own file (``--name train_probes``),
 not the main table.
 """
 
@@ -195,6 +197,7 @@ def main() -> None:
     ap.add_argument("--name", default="train_noise")
     ap.add_argument("--unlabeled", type=int, default=0, help="task-B images without a label (data recipe)")
     ap.add_argument("--multi", type=float, default=0.0, help="share of labeled images with two more labels")
+    ap.add_argument("--qa", type=float, default=0.0, help="share of labeled images a QA pass checks (trusted rows)")
     args = ap.parse_args()
     apply_quick(args)
     methods = {spec: parse_method(spec) for spec in args.methods}
@@ -208,7 +211,7 @@ def main() -> None:
     git_commit()  # pin the commit the run started from
 
     def point(row: dict) -> tuple:
-        return row["method"], row["seed"], row["noise_requested"], row.get("multi", 0.0)
+        return row["method"], row["seed"], row["noise_requested"], row.get("multi", 0.0), row.get("qa", 0.0)
 
     def record(**row) -> None:
         rows[:] = [r for r in rows if point(r) != point(row)]  # an earlier run's measurement of this point
@@ -219,7 +222,7 @@ def main() -> None:
     for seed in args.seeds:
         classifier_a = None
         for noise in args.noise:
-            data, actual = task_data(args.size, seed, noise, args.unlabeled, args.multi)
+            data, actual = task_data(args.size, seed, noise, args.unlabeled, args.multi, args.qa)
             if classifier_a is None:  # task A is the same for every noise level of a seed
                 started = time.perf_counter()
                 a = train(
@@ -240,6 +243,7 @@ def main() -> None:
                 trusted_fraction=0.01,
                 unlabeled=args.unlabeled,
                 **({"multi": args.multi} if args.multi else {}),
+                **({"qa": args.qa} if args.qa else {}),
             )
             a_test_acc = untouched_test_acc(classifier_a, data / "task_b.jsonl")
             record(method="classifier_a", clean_test_acc=a_test_acc, epochs=0, train_images_per_s=None, **common)
