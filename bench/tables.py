@@ -433,8 +433,8 @@ def report_audit_table(result: dict) -> str:
         cells[(r["scope"], r["audit_rate"], r["reviewer_error"], r["estimator"])].append(r)
     lines = [
         "| window | audit sample | reviewer errs | estimator | answers per run | mean abs error | Spearman (min) "
-        "| Spearman >= 0.9 | true rate in the 95% interval |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Spearman >= 0.9 | true rate in the 95% interval | flagged = truly noisy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (scope, share, wrong, estimator), rows in sorted(
         cells.items(), key=lambda kv: (kv[0][0] != "last_night", kv[0][1], kv[0][2] or 0, list(names).index(kv[0][3]))
@@ -443,11 +443,13 @@ def report_audit_table(result: dict) -> str:
         with_interval = [r for r in rows if r.get("intervals_hold") is not None]
         held = f"{sum(r['intervals_hold'] for r in with_interval)} of {sum(r['labelers'] for r in with_interval)}"
         answers = [r["answers"] for r in rows if r.get("answers") is not None]
+        flags = [r["flagged_equals_truly_noisy"] for r in rows if "flagged_equals_truly_noisy" in r]
         lines.append(
             f"| {scope.replace('_', ' ')} | {share:.0%} | {'–' if wrong is None else f'{wrong:.0%}'} | "
             f"{names[estimator]} | {f'{np.mean(answers):,.0f}' if answers else '–'} | "
             f"{np.mean([r['mean_abs_error'] for r in rows]):.3f} | {np.mean(rho):.2f} ({min(rho):.1f}) | "
-            f"{sum(x >= 0.9 - 1e-9 for x in rho)} of {len(rho)} | {held if with_interval else '–'} |"
+            f"{sum(x >= 0.9 - 1e-9 for x in rho)} of {len(rho)} | {held if with_interval else '–'} | "
+            f"{f'{sum(flags)} of {len(flags)}' if flags else '–'} |"
         )
     c = result["config"]
     return captioned(
@@ -456,7 +458,10 @@ def report_audit_table(result: dict) -> str:
         "task B trained with --method auto), before and after a reviewer answers every request of the random audit "
         "sample (the stream's own draw by item id) with the true class, or at the reviewer's error rate another "
         "class. Answers per run: the labelers' labels in the window with an answer. A labeler needs 20 answers for "
-        "an audit estimate; with fewer it keeps the model's.",
+        "an audit estimate; with fewer it keeps the model's. Flagged = truly noisy: the report's flag (its test per "
+        "labeler: the audit z-test where the labeler and another in the pool have audit estimates, else Fisher's on "
+        "disagreement; the reviewer's labels are in the pool) picked exactly the labelers the simulation made noisy "
+        "(every kind but reliable).",
         result,
         lines,
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from labelaudit.intervals import Z95, wilson
 
@@ -75,3 +76,25 @@ def error_rate(labels: np.ndarray, agreed: np.ndarray, differed: np.ndarray, f: 
     low, high = np.clip([rate - Z95 * se, rate + Z95 * se], 0.0, 1.0)
     rate = float(np.clip(rate, 0.0, 1.0))
     return AuditedRate(rate, min(float(low), rate), max(float(high), rate), int(n), lam)
+
+
+def above_pool(rates: dict[str, tuple[float, float, float]], volume: dict[str, int]) -> dict[str, float]:
+    """One-sided p-value per labeler in ``rates`` (labeler -> its audit estimate's rate, low, high): is its error
+    rate above the others' pooled rate? The reference is the volume-weighted rate (``volume``: the labeler's
+    labels) of the OTHER labelers in ``rates``, as ``agreement.above_pool`` does with identified labelers; the
+    statistic's standard error adds the labeler's and the weighted others' (each from its 95% interval: the
+    answers are independent draws, one labeler's from another's). A labeler with no other is not tested."""
+    ids = [a for a in rates if volume.get(a, 0) > 0]
+    rate = np.array([rates[a][0] for a in ids])
+    se = np.array([(rates[a][2] - rates[a][1]) / (2 * Z95) for a in ids])
+    v = np.array([volume[a] for a in ids], dtype=float)
+    out = {}
+    for i, a in enumerate(ids):
+        others = np.arange(len(ids)) != i
+        if not others.any():
+            continue
+        w = v[others] / v[others].sum()
+        stat = rate[i] - (w * rate[others]).sum()
+        sd = float(np.sqrt(se[i] ** 2 + (w**2 * se[others] ** 2).sum()))
+        out[a] = float(norm.sf(stat / sd)) if sd > 0 else float(stat <= 0)
+    return out

@@ -121,7 +121,9 @@ class LabelerRow(_Model):
     disagreement: Rate
     estimated_error: ErrorEstimate
     relabel_requests: int
-    test: Literal["agreement z-test", "Fisher exact"] | None = Field(description="The flag's test; None: untested.")
+    test: Literal["agreement z-test", "audit z-test", "Fisher exact"] | None = Field(
+        description="The flag's test; None: untested."
+    )
     p_value: float | None = Field(description="One-sided, against the pooled rate of the others in good standing.")
     p_adjusted: float | None = Field(description="Holm–Bonferroni adjusted over the labelers tested in its round.")
     flagged: bool

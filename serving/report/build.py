@@ -14,6 +14,7 @@ from labelaudit import dawid_skene
 from labelaudit.agreement import MIN_PAIRS, Estimates, above_pool
 from labelaudit.agreement import estimate as one_coin_estimates
 from labelaudit.audited import MIN_ANSWERS, AuditedRate
+from labelaudit.audited import above_pool as audit_above_pool
 from labelaudit.audited import error_rate as audited_rate
 from labelaudit.deconvolve import (
     MAX_CLASSES,
@@ -74,7 +75,9 @@ def flag_test_description(alpha: float) -> str:
         f"{MIN_PAIRS} items pairwise), its error rate comes from the labels of the items it shares (Dawid–Skene's "
         "EM over them, a full confusion matrix per labeler, no model involved), and the test is one-sided: the "
         "difference to the pool's volume-weighted rate over its bootstrap standard error (the shared items "
-        "resampled; z-test). Otherwise the test is a "
+        "resampled; z-test). Otherwise, where its error rate comes from the random audit sample's answers, the "
+        "difference to the volume-weighted rate of the pool's other labelers rated that way over the standard error "
+        "of both (audit z-test). Otherwise the test is a "
         "one-sided Fisher exact test of its disagreements against the pool's other labels (which, unlike a test "
         "against the pool's rate as if it were known, counts the pool's own sampling error). A labeler is tested "
         f"only while the others in the pool hold at least {MIN_POOL_SHARE:.0%} of the window's labels. In "
@@ -396,19 +399,23 @@ def _labelers(
     for c in cells:
         mine[c.labeler_id].append(c)
     stats = {a: (sum(c.labels for c in cs if c.human != c.truth), sum(c.labels for c in cs)) for a, cs in mine.items()}
-    flag = step_down(stats, est, alpha)
     by_id = {a: i for i, a in enumerate(est.labelers)}
+    shown = {
+        a: _estimated_error(rate(k, n), est, by_id.get(a), audit_errors.get(a), model_errors.get(a))
+        for a, (k, n) in stats.items()
+    }
+    audited = {a: _interval(e) for a, e in shown.items() if e.source == "audit" and a != UNKNOWN_LABELER}
+    flag = step_down(stats, est, alpha, audited)
     rows = []
     for a in sorted(stats, key=lambda a: (-stats[a][1], a)):
         k, n = stats[a]
-        i = by_id.get(a)
         rows.append(
             LabelerRow(
                 labeler_id=a,
                 labels=n,
                 multi_labeled=sum(c.multi_labeled for c in mine[a]),
                 disagreement=rate(k, n),
-                estimated_error=_estimated_error(rate(k, n), est, i, audit_errors.get(a), model_errors.get(a)),
+                estimated_error=shown[a],
                 relabel_requests=sum(c.relabel_requests for c in mine[a]),
                 test=flag.test.get(a),
                 p_value=flag.p.get(a),
@@ -416,7 +423,7 @@ def _labelers(
                 flagged=a in flag.flagged,
                 flag_round=flag.flagged.get(a),
                 transition=_transition(mine[a], classes),
-                note=_labeler_note(a, n, a in flag.p, flag.test.get(a)),
+                note=_labeler_note(a, n, a in flag.p, flag.test.get(a), shown[a].source),
             )
         )
     flagged = [r.labeler_id for r in rows if r.flagged]
@@ -429,25 +436,33 @@ def _labelers(
 class Flags:
     p: dict[str, float] = field(default_factory=dict)  # labeler -> p-value (the round that flagged it, or the last)
     adjusted: dict[str, float] = field(default_factory=dict)  # the same, Holm-adjusted within its round
-    test: dict[str, str] = field(default_factory=dict)  # labeler -> "agreement z-test" | "Fisher exact"
+    test: dict[str, str] = field(
+        default_factory=dict
+    )  # labeler -> "agreement z-test" | "audit z-test" | "Fisher exact"
     flagged: dict[str, int] = field(default_factory=dict)  # labeler -> the round (from 1) that flagged it
     rounds: int = 0
 
 
-def step_down(stats: dict[str, tuple[int, int]], est: Estimates, alpha: float) -> Flags:
+def step_down(
+    stats: dict[str, tuple[int, int]],
+    est: Estimates,
+    alpha: float,
+    audited: dict[str, tuple[float, float, float]] | None = None,
+) -> Flags:
     """Flag labelers significantly above the pool of labelers in good standing, until none is.
 
     Round 1 tests every labeler against all the others. A labeler flagged in a round leaves the pool, and the
     labelers still in good standing are tested again against the smaller pool; the rounds stop when one flags
     nobody. Why: a spammer (or a crew that is mostly noisy) raises "the others' pooled rate" so far that
     clearly noisy labelers look ordinary next to it; the bar should be set by the labelers who pass. Within
-    a round the p-values are Holm-adjusted over the labelers tested in it.
+    a round the p-values are Holm-adjusted over the labelers tested in it. ``audited``: the labelers whose shown
+    error rate comes from the audit sample's answers (rate, low, high), tested on it (``_flag_p_values``).
     """
     out = Flags()
     standing = {a for a in stats if a != UNKNOWN_LABELER}
     while True:
         out.rounds += 1
-        p, test = _flag_p_values(stats, est, standing)
+        p, test = _flag_p_values(stats, est, standing, audited or {})
         tested = sorted(p)
         adjusted = dict(zip(tested, holm([p[a] for a in tested]), strict=True))
         out.p |= p
@@ -461,10 +476,15 @@ def step_down(stats: dict[str, tuple[int, int]], est: Estimates, alpha: float) -
 
 
 def _flag_p_values(
-    stats: dict[str, tuple[int, int]], est: Estimates, standing: set[str]
+    stats: dict[str, tuple[int, int]],
+    est: Estimates,
+    standing: set[str],
+    audited: dict[str, tuple[float, float, float]],
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Per labeler in ``standing``: the agreement z-test where its error rate is identified, else the one-sided
-    Fisher exact test of its disagreements against those of the pool's other labels.
+    """Per labeler in ``standing``: the agreement z-test where its error rate is identified; else, where its rate
+    comes from the audit sample's answers, the z-test of that rate against the pool's other audited labelers'
+    (``audited.above_pool``); else the one-sided Fisher exact test of its disagreements against those of the
+    pool's other labels. Each test needs others of its kind in the pool, else the next one is used.
     The pool: ``standing`` and the labels without a labeler id (never tested, never flagged)."""
     pool = standing | ({UNKNOWN_LABELER} & stats.keys())
     total_k = sum(stats[a][0] for a in pool)
@@ -473,6 +493,10 @@ def _flag_p_values(
     enough = {a for a in standing if total_n - stats[a][1] >= MIN_POOL_SHARE * sum(n for _, n in stats.values())}
     p = {a: q for a, q in above_pool(est, {a: n for a, (_, n) in stats.items() if a in pool}).items() if a in enough}
     test = dict.fromkeys(p, "agreement z-test")
+    volume = {a: n for a, (_, n) in stats.items()}
+    checked = audit_above_pool({a: r for a, r in audited.items() if a in pool}, volume)
+    for a in sorted(enough & checked.keys()):
+        p[a], test[a] = checked[a], "audit z-test"
     for a in sorted(enough - p.keys()):
         k, n = stats[a]
         p[a] = fisher_greater(k, n, total_k - k, total_n - n)
@@ -498,6 +522,12 @@ def _estimated_error(
     return ErrorEstimate(rate=disagreement.rate, low=disagreement.low, high=disagreement.high, source="disagreement")
 
 
+def _interval(e: ErrorEstimate) -> tuple[float, float, float]:
+    """An audit estimate's rate, low, high (always all three)."""
+    assert e.rate is not None and e.low is not None and e.high is not None
+    return e.rate, e.low, e.high
+
+
 def _binomial_floor(rate: float, low: float, high: float, n: int) -> tuple[float, float]:
     """The interval widened, where it is narrower, to the Wilson interval of ``rate`` over the labeler's ``n``
     labels: however well the model's part is known, n labels cannot pin an error rate down more closely than
@@ -506,7 +536,7 @@ def _binomial_floor(rate: float, low: float, high: float, n: int) -> tuple[float
     return (low, high) if floor is None else (min(low, floor[0]), max(high, floor[1]))
 
 
-def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> str | None:
+def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None, source: str) -> str | None:
     if labeler_id == UNKNOWN_LABELER:
         return "labels that came without a labeler id: not one person, so not tested"
     if not tested:
@@ -514,8 +544,14 @@ def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None) -> st
     notes = []
     if n < THIN:
         notes.append(f"only {n} label{'s' if n > 1 else ''}: the interval is wide and the test has little power")
-    if test == "Fisher exact":
+    if test == "Fisher exact" and source == "disagreement":
         notes.append("too few items shared with other labelers: error rate from disagreement (counts model errors too)")
+    elif test == "Fisher exact" and source == "audit":
+        notes.append("no other labeler in the pool is rated from the audit sample: flag tested on disagreement")
+    elif test == "Fisher exact":
+        notes.append(
+            "flag tested on disagreement with the model (counts the model's errors too), not on the rate shown"
+        )
     return "; ".join(notes) or None
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
-from labelaudit.audited import MIN_ANSWERS, error_rate
+from labelaudit.audited import MIN_ANSWERS, above_pool, error_rate
 from labelaudit.deconvolve import ModelConfusion, cell_errors, fit, wrong_chances
 from labelaudit.schemas.audit import RelabelAnswer
 from labelaudit.serving.report.render import render_html
-from labelaudit.serving.report.stats import wilson
+from labelaudit.serving.report.stats import Z95, wilson
 from tests.databases import new_database
 from tests.report.reportkit import CLASSES, fill, record, report_of
 
@@ -190,3 +191,69 @@ def test_wrong_chances_are_the_tables_cells_and_outsiders_are_wrong():
     f = cell_errors(table, CONFUSION.counts)
     assert got.tolist() == pytest.approx([f[0, 0], f[0, 1], f[1, 1], 1.0])
     assert got[0] < got[1]  # a label the model agrees with is less likely wrong
+
+
+def test_above_pool_is_the_z_test_of_the_rate_against_the_others_weighted_by_volume():
+    se = 0.05 / Z95  # every interval below is rate +- 0.05
+    rates = {"a": (0.30, 0.25, 0.35), "b": (0.10, 0.05, 0.15), "c": (0.20, 0.15, 0.25)}
+    got = above_pool(rates, {"a": 100, "b": 300, "c": 100, "nobody": 50})
+    pool_a = (3 * 0.10 + 0.20) / 4
+    assert got["a"] == pytest.approx(norm.sf((0.30 - pool_a) / (se * np.sqrt(1 + (3 / 4) ** 2 + (1 / 4) ** 2))))
+    pool_b = (0.30 + 0.20) / 2
+    assert got["b"] == pytest.approx(norm.sf((0.10 - pool_b) / (se * np.sqrt(1 + 2 * (1 / 2) ** 2))))
+    assert got["a"] < 0.05 < got["c"] < got["b"]
+    assert above_pool({"a": rates["a"]}, {"a": 100}) == {}  # nobody to compare with
+
+
+def _copier_stream() -> list:
+    """'copier' gives the model's label on 200 items (wrong on every fifth, where the model is: 20%, and it never
+    disagrees with the model); 'anna' and 'ben' label 200 items each, wrong on every 25th (4%), so they disagree
+    with the model wherever it errs. A reviewer ('qa') answers the audit sample: 60 of copier's items, 40 of each
+    careful labeler's."""
+    records = []
+    for who, n_answered in (("copier", 60), ("anna", 40), ("ben", 40)):
+        for i in range(200):
+            truth = SEEN[i % 3]
+            said = SEEN[(i + 1) % 3] if i % 5 == 0 else truth
+            human = said if who == "copier" else (SEEN[(i + 2) % 3] if i % 25 == 1 else truth)
+            p = {c: (0.7 if c == said else 0.15) for c in SEEN}
+            item = f"{who}{i}"
+            records.append(record(item, who, human, said, p, flag=human != said, score=0.5 * (human != said)))
+            if i < n_answered:
+                records.append(record(item, "qa", truth, said, p))
+    return records
+
+
+def test_the_flag_tests_the_audit_estimate_where_disagreement_would_flag_the_careful(tmp_path):
+    """With one label per item, disagreement with the model flags the careful labelers (the model's mistakes
+    count against them) and passes the one who copies the model; the audit sample's rates say the opposite,
+    and the flag follows them where the pool has other audited labelers."""
+    records = _copier_stream()
+    answers = [_answer(r.item_id, "1", r.human_label) for r in records if r.labeler_id == "qa"]
+    report = report_of(fill(f"sqlite:///{tmp_path / 'a.db'}", records, answers), model_confusion=lambda n, v: CONFUSION)
+    rows = {x.labeler_id: x for x in report.labelers}
+    assert {a: rows[a].estimated_error.source for a in ("copier", "anna", "ben")} == dict.fromkeys(
+        ("copier", "anna", "ben"), "audit"
+    )
+    assert rows["copier"].disagreement.rate < rows["anna"].disagreement.rate  # what Fisher's test would read
+    assert {a: rows[a].test for a in ("copier", "anna", "ben")} == dict.fromkeys(
+        ("copier", "anna", "ben"), "audit z-test"
+    )
+    assert report.flag_test.flagged == ["copier"]
+    assert rows["qa"].test == "Fisher exact"  # nobody answers for the reviewer: its rate is the model's
+    assert "not on the rate shown" in rows["qa"].note
+
+    # the only audited labeler left in the pool has no other of its kind: back to disagreement, said so
+    alone = [r for r in records if r.labeler_id not in ("anna", "ben") or r.item_id.endswith(("0", "2", "4"))]
+    kept = {r.item_id for r in alone if r.labeler_id != "qa"}
+    few = report_of(
+        fill(
+            f"sqlite:///{tmp_path / 'b.db'}",
+            [r for r in alone if r.item_id in kept],
+            [a for a in answers if a.item_id in kept],
+        ),
+        model_confusion=lambda n, v: CONFUSION,
+    )
+    sources = {x.labeler_id: (x.estimated_error.source, x.test, x.note) for x in few.labelers}
+    assert sources["copier"][:2] == ("audit", "Fisher exact")
+    assert "no other labeler in the pool is rated from the audit sample" in sources["copier"][2]
