@@ -399,6 +399,18 @@ def audited_labels(store: AuditStore, scope: Scope) -> list[Audited]:
     return sorted(found, key=lambda x: (x.labeler_id, x.predicted, x.human))
 
 
+def audit_answers_by(store: AuditStore, scope: Scope) -> dict[str, int]:
+    """Per labeler, its labels in the scope that answer their item's audit-sample request (the request of the
+    label's model version, ``item/audit-sample/version``): the second opinions it gave."""
+    sql = (
+        "SELECT a.labeler_id, COUNT(*) FROM audit_records a JOIN relabel_answers ra ON ra.item_id = a.item_id"
+        f" AND ra.labeler_id = a.labeler_id AND ra.request_id = {_request_id('a.', AUDIT_SAMPLE_PART)}"
+        f" WHERE {Span.sql('a.')} AND a.human_label IS NOT NULL AND a.model_name = ? AND a.model_version = ?"
+        " AND ra.reason = 'audit_sample' GROUP BY a.labeler_id"
+    )
+    return {str(a): _int(n) for a, n in store.select(sql, scope.params())}
+
+
 def answers_in_window(store: AuditStore, window: Span) -> dict[str, int]:
     """Answers stored in the window, per request reason (whatever model they answer)."""
     rows = store.select(

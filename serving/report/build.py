@@ -52,6 +52,10 @@ THIN = 20  # fewer labels than this: the page says the interval is wide
 # remainder smaller than that (a QA lead's few checks of trusted items, a handful of test calls) is no
 # reference for the crowd, and the step-down would otherwise flag everyone worse than it.
 MIN_POOL_SHARE = 0.10
+# A labeler at least this share of whose labels answer the random audit sample's requests is a reviewer: the flag
+# leaves it out (its answers are what the audit rates are read against; a reliable labeler at 9% would otherwise
+# be flagged against a reviewer at 0% once the reviewer holds MIN_POOL_SHARE of the labels).
+REVIEWER_SHARE = 0.5
 UNKNOWN_LABELER = ""  # records that came without a labeler id: shown, never tested (not one person)
 # Above this many numbers per step of Dawid–Skene's EM (labelers x K² + the shared items' distinct label sets'
 # labels x K) the shared-item rates come from the one-coin fit. Measured (2-core CPU, a helper's training
@@ -82,7 +86,9 @@ def flag_test_description(alpha: float) -> str:
         "against the pool's rate as if it were known, counts the pool's own sampling error). A labeler is tested "
         f"only while the others in the pool hold at least {MIN_POOL_SHARE:.0%} of the window's labels. In "
         "each round the p-values are adjusted with Holm–Bonferroni over the labelers tested, and a labeler is "
-        f"flagged where the adjusted p-value is at most {alpha:g}. Labels without a labeler id are not tested."
+        f"flagged where the adjusted p-value is at most {alpha:g}. Labels without a labeler id are not tested; nor is "
+        f"a reviewer (at least {REVIEWER_SHARE:.0%} of its labels answer the random audit sample), which is not in the "
+        "pool either."
     )
 
 
@@ -167,9 +173,11 @@ def build_report(
     notes += [note] if note else []
     model_errors = _model_errors(cells, confusion)
     step("audit-sample answers (SQL)")
-    audited = agg.audited_labels(store, scope) if agg.has_answers(store, "audit_sample") else []
+    sampled = agg.has_answers(store, "audit_sample")
+    audited = agg.audited_labels(store, scope) if sampled else []
     audit_errors = _audit_errors(cells, audited, confusion)
-    labelers, flag = _labelers(cells, classes, alpha, shared_rates, model_errors, audit_errors)
+    second_opinions = agg.audit_answers_by(store, scope) if sampled else {}
+    labelers, flag = _labelers(cells, classes, alpha, shared_rates, model_errors, audit_errors, second_opinions)
     headline = _headline(totals, cells, nights, chosen, window, multi_items)
     notes += _notes(totals, cells, headline, labelers, nights_back)
     return Report(
@@ -394,7 +402,11 @@ def _labelers(
     est: Estimates,
     model_errors: dict[str, ErrorRate],
     audit_errors: dict[str, AuditedRate],
+    second_opinions: dict[str, int] | None = None,
 ) -> tuple[list[LabelerRow], FlagTest]:
+    """The labelers' rows and the flag. ``second_opinions``: per labeler, its labels that answer the audit
+    sample's requests; a labeler for whom they are at least ``REVIEWER_SHARE`` of its labels is a reviewer, left
+    out of the flag (neither tested nor in anyone's pool: its answers are the audit rates' yardstick)."""
     mine: dict[str, list[agg.Cell]] = defaultdict(list)
     for c in cells:
         mine[c.labeler_id].append(c)
@@ -405,7 +417,9 @@ def _labelers(
         for a, (k, n) in stats.items()
     }
     audited = {a: _interval(e) for a, e in shown.items() if e.source == "audit" and a != UNKNOWN_LABELER}
-    flag = step_down(stats, est, alpha, audited)
+    given = second_opinions or {}
+    reviewers = {a for a, (_, n) in stats.items() if a != UNKNOWN_LABELER and given.get(a, 0) >= REVIEWER_SHARE * n}
+    flag = step_down({a: x for a, x in stats.items() if a not in reviewers}, est, alpha, audited)
     rows = []
     for a in sorted(stats, key=lambda a: (-stats[a][1], a)):
         k, n = stats[a]
@@ -423,7 +437,9 @@ def _labelers(
                 flagged=a in flag.flagged,
                 flag_round=flag.flagged.get(a),
                 transition=_transition(mine[a], classes),
-                note=_labeler_note(a, n, a in flag.p, flag.test.get(a), shown[a].source),
+                note=_reviewer_note(given[a], n)
+                if a in reviewers
+                else _labeler_note(a, n, a in flag.p, flag.test.get(a), shown[a].source),
             )
         )
     flagged = [r.labeler_id for r in rows if r.flagged]
@@ -534,6 +550,13 @@ def _binomial_floor(rate: float, low: float, high: float, n: int) -> tuple[float
     that (a bootstrap of three labels that all agree with the model is a point; three labels are not)."""
     floor = wilson(rate * n, n)
     return (low, high) if floor is None else (min(low, floor[0]), max(high, floor[1]))
+
+
+def _reviewer_note(answers: int, n: int) -> str:
+    return (
+        f"a reviewer: {answers:,} of its {n:,} labels answer the random audit sample, the yardstick of the others' "
+        "audit rates, so it is neither tested nor part of the flag's pool"
+    )
 
 
 def _labeler_note(labeler_id: str, n: int, tested: bool, test: str | None, source: str) -> str | None:

@@ -208,11 +208,11 @@ def test_above_pool_is_the_z_test_of_the_rate_against_the_others_weighted_by_vol
 def _copier_stream() -> list:
     """'copier' gives the model's label on 200 items (wrong on every fifth, where the model is: 20%, and it never
     disagrees with the model); 'anna' and 'ben' label 200 items each, wrong on every 25th (4%), so they disagree
-    with the model wherever it errs. A reviewer ('qa') answers the audit sample: 60 of copier's items, 40 of each
-    careful labeler's."""
+    with the model wherever it errs, as does 'cara' on 100 items nobody checks. A reviewer ('qa') answers the audit
+    sample: 60 of copier's items, 40 of each other careful labeler's."""
     records = []
-    for who, n_answered in (("copier", 60), ("anna", 40), ("ben", 40)):
-        for i in range(200):
+    for who, n_answered in (("copier", 60), ("anna", 40), ("ben", 40), ("cara", 0)):
+        for i in range(100 if who == "cara" else 200):
             truth = SEEN[i % 3]
             said = SEEN[(i + 1) % 3] if i % 5 == 0 else truth
             human = said if who == "copier" else (SEEN[(i + 2) % 3] if i % 25 == 1 else truth)
@@ -240,8 +240,11 @@ def test_the_flag_tests_the_audit_estimate_where_disagreement_would_flag_the_car
         ("copier", "anna", "ben"), "audit z-test"
     )
     assert report.flag_test.flagged == ["copier"]
-    assert rows["qa"].test == "Fisher exact"  # nobody answers for the reviewer: its rate is the model's
-    assert "not on the rate shown" in rows["qa"].note
+    assert (rows["cara"].estimated_error.source, rows["cara"].test) == ("model", "Fisher exact")
+    assert "not on the rate shown" in rows["cara"].note
+    # every label of the reviewer answers the audit sample: the yardstick, not one of the crew
+    assert (rows["qa"].test, rows["qa"].flagged) == (None, False) and "a reviewer" in rows["qa"].note
+    assert report.flag_test.tested == 4
 
     # the only audited labeler left in the pool has no other of its kind: back to disagreement, said so
     alone = [r for r in records if r.labeler_id not in ("anna", "ben") or r.item_id.endswith(("0", "2", "4"))]
@@ -257,3 +260,27 @@ def test_the_flag_tests_the_audit_estimate_where_disagreement_would_flag_the_car
     sources = {x.labeler_id: (x.estimated_error.source, x.test, x.note) for x in few.labelers}
     assert sources["copier"][:2] == ("audit", "Fisher exact")
     assert "no other labeler in the pool is rated from the audit sample" in sources["copier"][2]
+
+
+def test_a_reviewer_is_not_the_crews_yardstick_for_the_flag(tmp_path):
+    """'good' errs on 10% of 600 items, 'bad' on 60% of 300, each item labeled once; a careful reviewer answers
+    the audit sample on all of bad's. Once 'bad' is flagged, the reviewer (a quarter of the labels) would be the
+    whole pool, and 'good', worse than a reviewer who never errs, would be flagged against it."""
+    records = []
+    for who, n in (("good", 600), ("bad", 300)):
+        for i in range(n):
+            truth = SEEN[i % 3]
+            said = SEEN[(i + 1) % 3] if i % 5 == 0 else truth  # the model errs on every fifth item
+            wrong = i % 10 == 3 if who == "good" else i % 5 in (1, 2, 3)
+            human = SEEN[(i + 2) % 3] if wrong else truth
+            p = {c: (0.7 if c == said else 0.15) for c in SEEN}
+            records.append(record(f"{who}{i}", who, human, said, p, flag=human != said, score=0.5 * (human != said)))
+            if who == "bad":
+                records.append(record(f"{who}{i}", "qa", truth, said, p))
+    answers = [_answer(r.item_id, "1", r.human_label) for r in records if r.labeler_id == "qa"]
+    report = report_of(fill(f"sqlite:///{tmp_path / 'a.db'}", records, answers))
+    rows = {x.labeler_id: x for x in report.labelers}
+    assert rows["bad"].estimated_error.source == "audit" and rows["bad"].estimated_error.rate > 0.5
+    assert rows["good"].disagreement.rate > rows["qa"].disagreement.rate  # what a test against the reviewer sees
+    assert report.flag_test.flagged == ["bad"]
+    assert rows["qa"].test is None and "a reviewer: 300 of its 300 labels" in rows["qa"].note
