@@ -169,3 +169,6 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     assert estimates["labeler-1"]["source"] == "audit" and estimates["labeler-1"]["answers"] >= 20
     assert f"audit of {estimates['labeler-1']['answers']:,}" in page
     assert "audit of" in result.stdout and "estimated error rate" in result.stdout
+    # the reviewer's labels are its answers: the yardstick of the audit rates, not one of the crew to flag
+    reviewer_row = next(r for r in report["labelers"] if r["labeler_id"] == "reviewer")
+    assert reviewer_row["test"] is None and not reviewer_row["flagged"] and "a reviewer" in reviewer_row["note"]
