@@ -102,7 +102,7 @@ def _print_labelers(rows: list[LabelerRow]) -> None:
             f"{e.rate:.3f}" if known else "-",
             f"{e.low:.3f}-{e.high:.3f}" if known else "-",
             estimate_source(e),
-            "yes" if r.flagged else "",
+            "yes" if r.flagged else ("" if r.test else "-"),  # "-": not tested (the page says why)
         )
     console.print(table)
 

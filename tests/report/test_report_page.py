@@ -78,7 +78,11 @@ def test_report_files_and_page(tmp_path, browser):
     sources = [estimate_source(row.estimated_error) for row in report.labelers]
     assert set(sources) == {"disagreement"}  # no card, and too few shared items for agreement
     for row, source in zip(report.labelers, sources, strict=True):
-        assert re.search(rf"{re.escape(row.labeler_id or '(no id)')}\s.*\s{source}\s", output), output
+        flag = "yes" if row.flagged else ("" if row.test else "-")  # "-": not tested
+        assert re.search(
+            rf"{re.escape(row.labeler_id or '(no id)')}\s.*\s{source}\s+│ {re.escape(flag)}\s*│", output
+        ), output
+    assert any(row.test is None for row in report.labelers)  # the unnamed labels: a "-", not a blank
     assert report.headline.labels == 16 and report.model.model_version == "1"
     queue = list(csv.DictReader((night / "relabel_queue.csv").open()))
     assert [q["item_id"] for q in queue] == [q.item_id for q in report.relabel_queue] and len(queue) == 6
