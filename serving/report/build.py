@@ -452,9 +452,8 @@ def _labelers(
 class Flags:
     p: dict[str, float] = field(default_factory=dict)  # labeler -> p-value (the round that flagged it, or the last)
     adjusted: dict[str, float] = field(default_factory=dict)  # the same, Holm-adjusted within its round
-    test: dict[str, str] = field(
-        default_factory=dict
-    )  # labeler -> "agreement z-test" | "audit z-test" | "Fisher exact"
+    # labeler -> "agreement z-test" | "audit z-test" | "Fisher exact"
+    test: dict[str, str] = field(default_factory=dict)
     flagged: dict[str, int] = field(default_factory=dict)  # labeler -> the round (from 1) that flagged it
     rounds: int = 0
 
