@@ -27,6 +27,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     augment: str = "shift-flip"  # training.augment: none | flip | shift | shift-flip | crop-flip
     trusted_per_class: int = 0  # FasTEN: trusted samples per class per iteration; 0 = the whole set
+    # crowd, crowdmix, student rounds: at most this many trusted rows per step, cycling through the set so each is
+    # seen equally; a set no larger goes whole into every step. 0 = the whole set every step, however large
+    trusted_per_step: int = 128
     rho: float = 0.8  # FasTEN: confidence needed to correct a label
     noisy_weight: float = 0.5  # FasTEN: λ, the weight of the noisy head's loss
     trusted_trains_features: bool = True  # FasTEN: False = trusted rows train the heads only (unbiased T̂)
@@ -86,6 +89,7 @@ RANGES: dict[str, tuple[Bound, Bound | None]] = {
     "weight_decay": ((0, True), None),
     "warmup_epochs": ((0, True), None),
     "trusted_per_class": ((0, True), None),
+    "trusted_per_step": ((0, True), None),
     "rho": ((0, True), None),  # above 1: no label is ever corrected (a documented use)
     "noisy_weight": ((0, True), None),
     "min_labeler_items": ((1, True), None),

@@ -179,8 +179,9 @@ class Student(Method):
         return self.kept
 
     def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
-        """``student_trusted="half"``: the whole trusted set every step; ``"rows"``: none (they are among the rows)."""
-        return np.empty(0, dtype=np.int64) if self.trusted_as_rows else self.data.trusted_rows
+        """``student_trusted="half"``: the whole trusted set every step (up to ``trusted_per_step`` rows, cycling);
+        ``"rows"``: none (they are among the rows)."""
+        return np.empty(0, dtype=np.int64) if self.trusted_as_rows else self.trusted_cycle(rng)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, StepStats]:
         rows_t, rows_u = batch.trusted, batch.untrusted

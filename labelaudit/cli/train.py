@@ -232,6 +232,12 @@ def train(
     trusted_per_class: Annotated[
         int, typer.Option(help="FasTEN: trusted per class per step; 0 = all.")
     ] = _Defaults.trusted_per_class,
+    trusted_per_step: Annotated[
+        int,
+        typer.Option(
+            help="crowd, crowdmix, student rounds: trusted rows per step, cycling through a larger set; 0 = all."
+        ),
+    ] = _Defaults.trusted_per_step,
     rho: Annotated[float, typer.Option(help="FasTEN: confidence needed to correct a label.")] = _Defaults.rho,
     per_labeler: Annotated[
         bool, typer.Option("--per-labeler", help="FasTEN: one noisy head and T-hat per labeler.")
@@ -339,6 +345,7 @@ def train(
             workers=workers,
             memory_budget_mb=memory_budget_mb,
             trusted_per_class=trusted_per_class,
+            trusted_per_step=trusted_per_step,
             rho=rho,
             per_labeler=per_labeler,
             consistency_weight=consistency_weight,

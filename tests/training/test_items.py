@@ -213,7 +213,7 @@ def test_a_qa_pass_in_the_manifest_gives_the_card_audited_labeler_rates(tiny_dat
         manifest,
         init=None,
         out=tmp_path / "run",
-        cfg=TrainConfig(method="crowd", epochs=1, device="cpu"),
+        cfg=TrainConfig(method="crowd", epochs=1, device="cpu", trusted_per_step=8),  # the checks cycle 8 a step
         reporter=note_recorder,
     )
 

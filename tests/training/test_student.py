@@ -390,3 +390,27 @@ def test_a_student_run_saves_its_first_round_for_later_student_settings(tiny_dat
     assert not list((tmp_path / "rows").glob("*first_round*")) and not list(
         plain.checkpoint.parent.glob("*first_round*")
     )
+
+
+def test_a_trusted_set_larger_than_a_step_is_cycled_through_a_fixed_number_of_rows():
+    """crowd's and the student's trusted term: the whole set every step while it fits ``trusted_per_step`` (the
+    rng untouched, so runs with small sets are what they were); a larger set gives that many rows per step, each
+    row once per pass through it."""
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    for cap in (0, 8, 128):
+        whole = METHODS["crowd"](_trainer(data, method="crowd", trusted_per_step=cap))
+        np.testing.assert_array_equal(whole.trusted_batch(rng), data.trusted_rows)
+    assert rng.bit_generator.state == state
+
+    crowd = METHODS["crowd"](_trainer(data, method="crowd", trusted_per_step=3))
+    steps = [crowd.trusted_batch(rng) for _ in range(8)]  # 24 rows: three passes over the 8
+    assert all(len(step) == 3 for step in steps)
+    assert np.bincount(np.concatenate(steps), minlength=8).tolist() == [3] * 8
+    assert len({tuple(s) for s in steps}) > 1
+
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    student = Student(_trainer(data, trusted_per_step=3), rows, probs[rows].clone())
+    assert [len(student.trusted_batch(rng)) for _ in range(3)] == [3, 3, 3]

@@ -21,7 +21,14 @@ METHODS: dict[str, type[Method]] = {
 # and the EMA teacher's consistency on unlabeled images (training.semi). Each applies only when switched on;
 # ``doubt_threshold`` only with a method that doubts labels (``Method.doubted_rows``: crowd, crowdmix).
 STUDENT_SETTINGS = frozenset(
-    {"student_threshold", "student_labeled_threshold", "student_trusted", "student_crossfit", "mixup_alpha"}
+    {
+        "student_threshold",
+        "student_labeled_threshold",
+        "student_trusted",
+        "student_crossfit",
+        "mixup_alpha",
+        "trusted_per_step",
+    }
 )
 SEMI_SETTINGS = frozenset({"ema_decay", "semi_pool", "pseudo_threshold"})
 

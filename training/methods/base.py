@@ -92,6 +92,19 @@ class Method:
         """The trusted rows that go with every batch; none by default."""
         return np.empty(0, dtype=np.int64)
 
+    def trusted_cycle(self, rng: np.random.Generator) -> np.ndarray:
+        """The whole trusted set where it holds at most ``trusted_per_step`` rows (or that is 0); else the next
+        ``trusted_per_step`` rows of a shuffled pass through it, a new pass when one runs out, so that every
+        trusted row weighs the same over a pass and a step costs the same however large the set grows."""
+        rows, cap = self.data.trusted_rows, self.cfg.trusted_per_step
+        if cap <= 0 or len(rows) <= cap:
+            return rows
+        queue = getattr(self, "_trusted_queue", np.empty(0, dtype=np.int64))
+        while len(queue) < cap:
+            queue = np.concatenate([queue, rng.permutation(rows)])
+        self._trusted_queue = queue[cap:]
+        return queue[:cap]
+
     def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
         rows = rng.permutation(self.rows())
         for start in range(0, len(rows), self.cfg.batch_size):

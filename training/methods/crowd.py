@@ -118,7 +118,7 @@ class CrowdForward(Method):
     needs_trusted = True
     needs_noisy_labels = True
     labelers_suffice = True  # the matrices come from EM over the labelers' rows, the trusted set is only a loss term
-    settings = frozenset({"posterior_weight", "posterior_temperature", "trim_fraction"})
+    settings = frozenset({"posterior_weight", "posterior_temperature", "trim_fraction", "trusted_per_step"})
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -158,7 +158,7 @@ class CrowdForward(Method):
         return self.data.untrusted_rows
 
     def trusted_batch(self, rng: np.random.Generator) -> np.ndarray:
-        return self.data.trusted_rows  # the whole trusted set, every iteration
+        return self.trusted_cycle(rng)  # the whole trusted set every step, up to trusted_per_step rows
 
     def start_epoch(self) -> None:
         self.epoch += 1
