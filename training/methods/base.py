@@ -77,6 +77,7 @@ class Method:
         self.trainer = trainer
         self.data: TaskData = trainer.data
         self.cfg = trainer.cfg
+        self._trusted_queue = np.empty(0, dtype=np.int64)  # trusted_cycle's rows left in its current pass
 
     def prepare(self) -> None:
         """Work before the main epochs (GLC's first training run)."""
@@ -99,7 +100,7 @@ class Method:
         rows, cap = self.data.trusted_rows, self.cfg.trusted_per_step
         if cap <= 0 or len(rows) <= cap:
             return rows
-        queue = getattr(self, "_trusted_queue", np.empty(0, dtype=np.int64))
+        queue = self._trusted_queue
         while len(queue) < cap:
             queue = np.concatenate([queue, rng.permutation(rows)])
         self._trusted_queue = queue[cap:]
