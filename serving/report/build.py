@@ -506,9 +506,9 @@ def _flag_p_values(
     total_n = sum(stats[a][1] for a in pool)
     # Only against a real pool: the others must hold MIN_POOL_SHARE of the window's labels.
     enough = {a for a in standing if total_n - stats[a][1] >= MIN_POOL_SHARE * sum(n for _, n in stats.values())}
-    p = {a: q for a, q in above_pool(est, {a: n for a, (_, n) in stats.items() if a in pool}).items() if a in enough}
+    volume = {a: stats[a][1] for a in pool}
+    p = {a: q for a, q in above_pool(est, volume).items() if a in enough}
     test = dict.fromkeys(p, "agreement z-test")
-    volume = {a: n for a, (_, n) in stats.items()}
     checked = audit_above_pool({a: r for a, r in audited.items() if a in pool}, volume)
     for a in sorted(enough & checked.keys()):
         p[a], test[a] = checked[a], "audit z-test"
