@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from labelaudit.imaging.manifest import read_manifest
 from labelaudit.imaging.preprocess import load_image, preprocess
 from labelaudit.schemas.model_card import ModelCard
 from labelaudit.serving.core.relabel import in_audit_sample
@@ -172,3 +173,14 @@ def test_demo_runs_the_whole_job_and_prints_where_everything_is(tmp_path):
     # the reviewer's labels are its answers: the yardstick of the audit rates, not one of the crew to flag
     reviewer_row = next(r for r in report["labelers"] if r["labeler_id"] == "reviewer")
     assert reviewer_row["test"] is None and not reviewer_row["flagged"] and "a reviewer" in reviewer_row["note"]
+    # the next training manifest (labelaudit harvest): task B's rows with the reviewer's answers beside them, its
+    # audit-sample answers as the items' checked rows where an item had none; the trainer's reader accepts it
+    following = read_manifest(tmp_path / "demo/next/task_b.jsonl")
+    by_reviewer = following.labeler_ids == "reviewer"
+    assert by_reviewer.sum() == sampled + answered and len(following) == len(rows) + sampled + answered
+    checked_before = {r["item_id"] for r in train_rows if r["trusted"]}
+    in_sample = {r["item_id"] for r in train_rows if in_audit_sample(r["item_id"], 0.2)}
+    assert set(following.item_ids[by_reviewer & following.trusted]) == in_sample - checked_before
+    said = " ".join(result.stdout.split())  # as the console wrapped it
+    assert f"labels added: {sampled + answered:,}; new items: 0; labels changed: 0" in said
+    assert f"audit-sample answers as checked rows: {len(in_sample - checked_before):,}" in said

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from labelaudit.cli.common import console, fail, progress_bars
 from labelaudit.cli.data import build_data
+from labelaudit.cli.harvest import write_next_manifest
 from labelaudit.cli.report import write_report
 from labelaudit.cli.train import run_export, run_training
 from labelaudit.errors import LabelAuditError
@@ -56,7 +57,8 @@ def demo(
 ) -> None:
     """The whole job on real data: build task A/B, train classifier A, fine-tune on noisy task B, export
     to ONNX and a Triton repository, serve it, stream task B's labeled images through a real Kafka broker
-    into the auditing consumer, write the report, and print where everything is with the headline numbers."""
+    into the auditing consumer, write the report and the next training manifest (the reviewer's answers in it), and
+    print where everything is with the headline numbers."""
     from labelaudit import demo as online  # httpx: the dev extra, not the serving image
 
     size = size or ("full" if full else "small")
@@ -140,6 +142,9 @@ def demo(
             images=data_dir / "task_b.jsonl",
             model_repo=repo,
         )
+        console.rule("the next training set: labelaudit harvest")
+        manifest = data_dir / "task_b.jsonl"  # the stream's images are its images
+        write_next_manifest(out / "next" / "task_b.jsonl", store_url=store_url, images=manifest, manifest=manifest)
     except (LabelAuditError, ValueError) as exc:
         raise fail(exc) from exc
 

@@ -84,6 +84,15 @@ def store_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite:///") else "postgresql"
 
 
+def check_sources(store_url: str, images: Path | None) -> None:
+    """``ReportError`` for a SQLite store that is not there (opening one would create it empty) or an
+    ``--images`` that names nothing."""
+    if store_url.startswith("sqlite:///") and not Path(store_url.removeprefix("sqlite:///")).is_file():
+        raise ReportError(f"no audit store at {store_url.removeprefix('sqlite:///')}")
+    if images is not None and not images.exists():
+        raise ReportError(f"--images {images}: no such manifest or folder")
+
+
 def run_report(
     store_url: str,
     window: Window,
@@ -103,10 +112,7 @@ def run_report(
     """Aggregate the store for ``window`` and write the three files; returns where they are. ``model_repo``:
     where the reported model's card is, for its confusion (labelers' error rates from one label per item).
     ``audit_sample_rate``: labelers' rates from shared items read the random audit sample's items only."""
-    if store_url.startswith("sqlite:///") and not Path(store_url.removeprefix("sqlite:///")).is_file():
-        raise ReportError(f"no audit store at {store_url.removeprefix('sqlite:///')}")
-    if images is not None and not images.exists():
-        raise ReportError(f"--images {images}: no such manifest or folder")
+    check_sources(store_url, images)
     store = open_store(store_url)
     try:
         report = build_report(

@@ -24,13 +24,18 @@ def load_thumbnails(source: Path | None, item_ids: list[str]) -> dict[str, str]:
     """``item_id -> data:image/png;base64,...`` for the items whose image was found and decoded."""
     if source is None or not item_ids:
         return {}
-    paths = _from_manifest(source, set(item_ids)) if source.is_file() else _from_folder(source, item_ids)
     out = {}
-    for item_id, path in paths.items():
+    for item_id, path in find_images(source, item_ids).items():
         uri = thumbnail_uri(path)
         if uri is not None:
             out[item_id] = uri
     return out
+
+
+def find_images(source: Path, item_ids: list[str]) -> dict[str, Path]:
+    """``item_id -> path`` of the items whose image file ``source`` (a manifest or a folder, as above) names;
+    the file is not opened."""
+    return _from_manifest(source, set(item_ids)) if source.is_file() else _from_folder(source, item_ids)
 
 
 def thumbnail_uri(path: Path) -> str | None:
