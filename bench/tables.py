@@ -202,6 +202,46 @@ def train_qa_table(result: dict) -> str:
     return _beside_protocol_table(result, "qa", "labeled images checked", "without the checks", lead)
 
 
+def harvest_table(result: dict) -> str:
+    """bench/harvest.py: task B trained on the manifest the stream started from and on the one `labelaudit harvest`
+    wrote after a night's answers, per seed, with what each manifest holds; the mean difference from ``before``."""
+    names = {
+        "before": "before (the demo's task_b.jsonl)",
+        "after": "after harvest (audit-sample answers checked)",
+        "after_as_labels": "after harvest --checked-as label",
+    }
+    lines = [
+        "| seed | manifest | clean test acc | difference | trusted rows (right) | labels (right) | reviewer's labels "
+        "| load avg |",
+        "|" + " --- |" * 8,
+    ]
+    before = {r["seed"]: r["clean_test_acc"] for r in result["rows"] if r["variant"] == "before"}
+    differences: dict[str, list[float]] = defaultdict(list)
+    for r in sorted(result["rows"], key=lambda r: (r["seed"], list(names).index(r["variant"]))):
+        diff = "-"
+        if r["variant"] != "before" and r["seed"] in before:
+            differences[r["variant"]].append(100 * (r["clean_test_acc"] - before[r["seed"]]))
+            diff = f"{differences[r['variant']][-1]:+.2f}"
+        lines.append(
+            f"| {r['seed']} | {names[r['variant']]} | {100 * r['clean_test_acc']:.2f} | {diff} "
+            f"| {r['trusted_rows']:,} ({r['trusted_right']:.1%}) | {r['labels']:,} ({r['labels_right']:.1%}) "
+            f"| {r['reviewer_labels']:,} | {r.get('loadavg_1m_mean', 0):.1f} |"
+        )
+    for variant, found in differences.items():
+        if len(found) > 1:
+            lines.append(f"| mean of {len(found)} | {names[variant]} | | {np.mean(found):+.2f} | | | | |")
+    c = result["config"]
+    return captioned(
+        f"`labelaudit demo --size {c['size']}` streams task B's labels (40% noise, 1% trusted) through a real broker "
+        f"and consumer with a {c['audit_sample_rate']:.0%} audit sample; a simulated reviewer (5% errors) answers "
+        f"the sample and the {c['qa_budget']} highest-scoring disagreement requests; `labelaudit harvest` writes the "
+        f"next manifest. Each manifest then trains `auto` for {c['epochs_b']} epochs from the demo's classifier A "
+        "(same seed). Right: the share of rows whose label is the image's true class.",
+        result,
+        lines,
+    )
+
+
 def _beside_protocol_table(result: dict, knob: str, column: str, base_column: str, lead: str) -> str:
     """Rows trained on the protocol's data with one more data knob (``multi``, ``qa``), each beside the same
     method and seed in train_protocol.json when that row started from the same classifier A."""
@@ -1370,6 +1410,11 @@ def update_docs() -> None:
             "A QA pass's checks as trusted rows (`bench/train_noise.py --name train_qa --qa 0.05 --epochs-b 60 "
             "--unlabeled 5000`)",
             train_qa_table,
+        ),
+        (
+            "harvest",
+            "A night's relabel answers in the next training run (`bench/harvest.py`)",
+            harvest_table,
         ),
         ("card_rates", "The card's labeler rates with several labels (`bench/card_rates.py`)", card_rates_table),
         ("card_audit", "The card's labeler rates with a QA pass (`bench/card_audit.py`)", card_audit_table),
