@@ -245,7 +245,10 @@ def harvest_table(result: dict) -> str:
 def _beside_protocol_table(result: dict, knob: str, column: str, base_column: str, lead: str) -> str:
     """Rows trained on the protocol's data with one more data knob (``multi``, ``qa``), each beside the same
     method and seed in train_protocol.json when that row started from the same classifier A."""
-    single = {(r["method"], r["seed"]): r for r in (_load("train_protocol") or {"rows": []})["rows"] if not r.get(knob)}
+    protocol = (_load("train_protocol") or {"rows": []})["rows"]
+    single = {(r["method"], r["seed"]): r for r in protocol if not r.get(knob)}
+    # a protocol row from before rows named their classifier A: the classifier_a row of its seed and machine
+    a_of = {(r["seed"], r.get("device")): r["clean_test_acc"] for r in protocol if r["method"] == "classifier_a"}
     lines = [
         f"| seed | method | {column} | clean test acc | {base_column} | difference "
         "| card's labeler rates: MAE, Spearman | load avg |",
@@ -257,9 +260,8 @@ def _beside_protocol_table(result: dict, knob: str, column: str, base_column: st
         base = single.get((r["method"], r["seed"]))
         if r["method"].endswith(",separate_labels=1"):  # the same labels, not read together: held against together
             base = together.get((r["method"].removesuffix(",separate_labels=1"), r["seed"]))
-        same_start = base and base.get("classifier_a_test_acc", base["clean_test_acc"]) == r.get(
-            "classifier_a_test_acc", r["clean_test_acc"]
-        )
+        base_start = base and base.get("classifier_a_test_acc", a_of.get((base["seed"], base.get("device"))))
+        same_start = base and base_start == r.get("classifier_a_test_acc", r["clean_test_acc"])
         one = f"{100 * base['clean_test_acc']:.2f}" if same_start else "-"
         diff = f"{100 * (r['clean_test_acc'] - base['clean_test_acc']):+.2f}" if same_start else "-"
         rates = f"{r['labeler_rates_mae']:.3f}, {r['labeler_rates_spearman']:.2f}" if "labeler_rates_mae" in r else "-"
