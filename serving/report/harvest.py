@@ -2,7 +2,7 @@
 to relabel requests (``labelaudit harvest``).
 
 The store keeps every label the gateway audited and every answer the relabel tool sent back; training reads a
-manifest (docs/training.md). This turns the one into the other:
+manifest (``labelaudit.schemas.manifest``; the README, "Your own data"). This turns the one into the other:
 
 - each labeler's LATEST label of each item: an answer from the labeler whose label was questioned replaces
   that label (its correction), an answer or a label from anyone else is one more label of the item (the
