@@ -5,6 +5,7 @@ the same training on the manifest the stream started from. Writes bench/results/
 
     python -m bench.harvest --quick            # minutes: tiny data, one seed
     python -m bench.harvest --seeds 0 1 2 --epochs-b 30
+    python -m bench.harvest --seeds 1 2 --variants before after --append    # more rows beside the file's
 
 Each seed runs `labelaudit demo` once (its classifier A, its model answering the stream, its store and the
 harvested manifest, in bench/work/harvest-...), then trains `auto` for ``--epochs-b`` epochs on each variant:
@@ -25,7 +26,16 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from bench.common import WORK, LoadSampler, device_name, git_commit, trained, write_results
+from bench.common import (
+    WORK,
+    LoadSampler,
+    device_name,
+    git_commit,
+    kept_rows,
+    merged_config,
+    trained,
+    write_results,
+)
 from labelaudit.imaging.manifest import read_manifest
 from labelaudit.serving.core.store import open_store
 from labelaudit.serving.report.harvest import harvest
@@ -90,10 +100,17 @@ def main() -> None:
     ap.add_argument("--audit-sample-rate", type=float, default=0.05, help="the stream's random audit sample")
     ap.add_argument("--qa-budget", type=int, default=300, help="disagreement requests the reviewer answers")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument(
+        "--append", action="store_true", help="keep the rows of bench/results/harvest.json not measured again"
+    )
     args = ap.parse_args()
     if args.quick:
         args.size, args.seeds, args.epochs_b = "tiny", [0], 4
+    config = vars(args).copy()
     rows: list[dict] = []
+    if args.append:  # every earlier point this run does not measure again
+        rows, earlier = kept_rows("harvest", lambda r: r["seed"] in args.seeds and r["variant"] in args.variants)
+        config = merged_config(config, earlier)
     for seed in args.seeds:
         demo = WORK / f"harvest-{args.size}-seed{seed}-audit{args.audit_sample_rate}-qa{args.qa_budget}"
         console.print(f"[bold]seed {seed}: the demo's stream and answers in {demo}")
@@ -123,7 +140,7 @@ def main() -> None:
             }
             rows.append(row)
             console.print(row)
-            write_results("harvest", config=vars(args), rows=rows, device=device_name())
+            write_results("harvest", config=config, rows=rows, device=device_name())
     from bench.tables import update_docs
 
     update_docs()
