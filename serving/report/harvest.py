@@ -191,8 +191,9 @@ _TALLIED = (
 def _items_of(current: Manifest) -> dict[str, _Item]:
     """The current manifest's items, in its order, with their labels and checked rows."""
     items: dict[str, _Item] = {}
-    for row, rec in enumerate(current.records):
-        item = items.setdefault(rec.item_id, _Item(current.image_path(row).resolve(), rec.split))
+    folder = current.path.parent.resolve()  # once: the rows' images are relative to it
+    for rec in current.records:
+        item = items.setdefault(rec.item_id, _Item(folder / rec.image, rec.split))
         item.true_label = rec.true_label
         if rec.label is not None and rec.labeler_id is not None:
             item.labels[rec.labeler_id] = rec.label
@@ -248,10 +249,10 @@ def _check_rows(items: dict[str, _Item], checks: dict[str, dict[str, str]], tall
 def _write(items: dict[str, _Item], out: Path) -> int:
     """The manifest's lines, a row per label (one for an unlabeled image), images relative to ``out``'s folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = 0
+    rows, folder = 0, out.parent.resolve()
     with out.open("w") as f:
         for item_id, item in items.items():
-            image = os.path.relpath(item.image, out.parent.resolve())
+            image = os.path.relpath(item.image, folder)
             base: dict[str, object] = {"item_id": item_id, "image": image, "split": item.split}
             if item.true_label is not None:
                 base["true_label"] = item.true_label
