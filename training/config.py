@@ -53,6 +53,7 @@ class TrainConfig:
     )
     student_threshold: float = 0.5  # student rounds: rows whose target's top probability is below this sit out
     student_labeled_threshold: float = 0.0  # student rounds: the same, stricter, for the labeled rows' posteriors
+    student_unlabeled_threshold: float = 0.0  # student rounds: the same, stricter, for the unlabeled rows' guesses
     student_trusted: StudentTrusted = "half"  # student rounds: "half" = the trusted set every step, half the loss
     # (as in the first round); "rows" = the trusted rows join the student's rows, their checked labels as targets
     student_crossfit: int = 0  # first student round: 0 = targets from the first network on its own rows; F >= 2 =
@@ -107,6 +108,7 @@ RANGES: dict[str, tuple[Bound, Bound | None]] = {
     "student_rounds": ((0, True), None),
     "student_threshold": ((0, True), (1, True)),
     "student_labeled_threshold": ((0, True), (1, True)),
+    "student_unlabeled_threshold": ((0, True), (1, True)),
     "memory_budget_mb": ((0, True), None),
 }
 

@@ -22,7 +22,10 @@ Rows whose target's largest probability is below ``student_threshold`` are left 
 rows also where it is below ``student_labeled_threshold`` (when that is the stricter): a labeled row's target
 is its label read through its labeler's habits, and where that posterior is unsure the label may be an error
 the teacher shares (issue 17's probes: the instance-dependent labeler's posteriors were right less often than
-the teacher alone), while an unlabeled row's target carries no label to mislead it. The loss is
+the teacher alone), while an unlabeled row's target carries no label to mislead it; unlabeled rows also
+where it is below ``student_unlabeled_threshold`` (when that is the stricter): an unlabeled row's target is the
+teacher's guess alone, with no label to confirm it, and a stream may bring far more such images than labels. The
+loss is
 ``-Σ_i target_i log p(i | x̃)`` on the mixed batch, the targets mixed like the images, and the trusted rows
 enter it one of two ways (``student_trusted``):
 
@@ -145,7 +148,7 @@ class Student(Method):
         cfg = self.cfg
         self.bars = {
             "labeled": max(cfg.student_threshold, cfg.student_labeled_threshold),
-            "unlabeled": cfg.student_threshold,
+            "unlabeled": max(cfg.student_threshold, cfg.student_unlabeled_threshold),
         }
         keep = targets.max(1).values.cpu().numpy() >= np.where(labeled, self.bars["labeled"], self.bars["unlabeled"])
         self.threshold_waived = not keep.any()  # a weak teacher, unsure everywhere: every row rather than none

@@ -285,6 +285,13 @@ def train(
             "(stricter than --student-threshold for them); 0 = the same bar for every row.",
         ),
     ] = _Defaults.student_labeled_threshold,
+    student_unlabeled_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Student rounds: images without a label also sit out where the teacher's guess is below this "
+            "(stricter than --student-threshold for them); 0 = the same bar for every row.",
+        ),
+    ] = _Defaults.student_unlabeled_threshold,
     student_trusted: Annotated[
         str,
         typer.Option(
@@ -359,6 +366,7 @@ def train(
             student_rounds=student_rounds,
             student_threshold=student_threshold,
             student_labeled_threshold=student_labeled_threshold,
+            student_unlabeled_threshold=student_unlabeled_threshold,
             student_trusted=student_trusted,
             student_crossfit=student_crossfit,
             teacher=teacher,

@@ -91,6 +91,7 @@ def test_settings_out_of_range_are_refused_before_training_each_named():
         ("ema_decay", [0.0, 1.0], [1.1]),
         ("student_threshold", [0.0, 1.0], [1.5]),
         ("student_labeled_threshold", [0.0, 1.0], [-0.1, 1.5]),
+        ("student_unlabeled_threshold", [0.0, 1.0], [-0.1, 1.5]),
         ("min_labeler_items", [1], [0]),
     ],
 )

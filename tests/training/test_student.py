@@ -132,6 +132,27 @@ def test_a_labeled_threshold_holds_labeled_rows_to_a_stricter_bar_than_unlabeled
     )
 
 
+@pytest.mark.parametrize("unlabeled_threshold", [0.7, 0.3])
+def test_an_unlabeled_threshold_holds_unlabeled_rows_to_a_stricter_bar_than_labeled_ones(unlabeled_threshold):
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    targets = probs[rows].clone()  # every target's top is 0.55
+    targets[:3] = targets[-4:] = torch.tensor([0.8, 0.1, 0.05, 0.05])  # three labeled and four unlabeled sure ones
+    targets[3:5] = targets[-6:-4] = 1.0 / K  # two of each nobody is sure about
+    cfg = {"student_threshold": 0.5, "student_unlabeled_threshold": unlabeled_threshold}
+    student = Student(_trainer(data, **cfg), rows, targets)
+    n_l = len(data.untrusted_rows)
+    labeled_kept = np.concatenate([rows[:3], rows[5:n_l]])  # the labeled rows' bar stays 0.5
+    unlabeled_kept = rows[-4:] if unlabeled_threshold > 0.55 else np.concatenate([rows[n_l:-6], rows[-4:]])
+    np.testing.assert_array_equal(student.rows(), np.concatenate([labeled_kept, unlabeled_kept]))
+    bar = max(0.5, unlabeled_threshold)
+    assert student.describe_kept() == (
+        f"{len(labeled_kept)} of {n_l} labeled rows (target >= 0.5), "
+        f"{len(unlabeled_kept)} of {len(data.unlabeled_rows)} unlabeled rows (target >= {bar}) train"
+    )
+
+
 def test_when_no_target_reaches_the_threshold_every_row_trains_rather_than_none():
     truth, labels, ids, probs = _crowd()
     data = _task(truth, labels, ids, trusted=8)

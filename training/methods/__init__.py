@@ -24,6 +24,7 @@ STUDENT_SETTINGS = frozenset(
     {
         "student_threshold",
         "student_labeled_threshold",
+        "student_unlabeled_threshold",
         "student_trusted",
         "student_crossfit",
         "mixup_alpha",
