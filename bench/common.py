@@ -181,7 +181,9 @@ def trained(manifest: Path, *, init, out: Path, cfg, reuse: bool = False):
     checkpoint = out / "checkpoint.pt"
     if reuse and checkpoint.exists():
         meta = load_checkpoint(checkpoint)[1]
-        same_config = all(meta.config.get(k) == v for k, v in asdict(cfg).items())
+        # a setting added since that run, at its default, changed nothing it trained
+        defaults = asdict(type(cfg)())
+        same_config = all(meta.config.get(k, defaults[k]) == v for k, v in asdict(cfg).items())
         if same_config and meta.data_version == read_manifest(manifest).sha256:
             return TrainResult(checkpoint, meta, meta.metrics.history)
     return train(manifest, init=init, out=out, cfg=cfg)
