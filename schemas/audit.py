@@ -49,6 +49,12 @@ class AuditRecord(ModelVerdict):
     partition: int | None = None
     offset: int | None = None
     created_at: datetime
+    image_uri: str | None = Field(
+        default=None,
+        description="The file the stream message's image_uri named (the report's thumbnails and `labelaudit "
+        "harvest` find the image there); None for an image sent inline. The last column: stores made before it "
+        "gain it when opened.",
+    )
 
 
 class RelabelAnswer(BaseModel):

@@ -54,8 +54,8 @@ def harvest(
     images: Annotated[
         Path | None,
         typer.Option(
-            help="Where the stream's images are (the store keeps none): a JSONL manifest (item_id, image) or a "
-            "folder of <item_id>.png; items without one are left out."
+            help="Where the images sent inline are (the store keeps the file an image_uri named, no image): a JSONL "
+            "manifest (item_id, image) or a folder of <item_id>.png; new items whose image neither gives are left out."
         ),
     ] = None,
     manifest: Annotated[

@@ -118,7 +118,11 @@ def report(
     store_url: Annotated[str | None, typer.Option(help="Audit store URL (LABELAUDIT_STORE_URL).")] = None,
     out: Annotated[Path, typer.Option(help="Folder under which the dated report folder is written.")] = Path("reports"),
     images: Annotated[
-        Path | None, typer.Option(help="Thumbnails: a JSONL manifest (item_id, image) or a folder of <item_id>.png.")
+        Path | None,
+        typer.Option(
+            help="Thumbnails of images sent inline: a JSONL manifest (item_id, image) or a folder of <item_id>.png "
+            "(an image_uri's file is found from the store)."
+        ),
     ] = None,
     model_repo: Annotated[
         Path | None,

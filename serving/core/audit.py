@@ -34,6 +34,7 @@ class AuditItem:
     partition: int | None = None
     offset: int | None = None
     answers: str | None = None  # the relabel request this label answers (checked by the schemas), or None
+    image_uri: str | None = None  # where the stream message's image was read from; None when sent inline
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Auditor:
                 partition=items[n].partition,
                 offset=items[n].offset,
                 created_at=now,
+                image_uri=items[n].image_uri,
             )
             for row, n in enumerate(good)
         ]

@@ -16,7 +16,7 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +98,21 @@ def table_schema(dialect: str) -> str:
     ) + answers_schema(dialect)
 
 
+def added_columns_sql(dialect: str, existing: Collection[str]) -> list[str]:
+    """The ``ALTER TABLE`` statements that give a store made by an earlier version the audit table's columns it
+    lacks (``image_uri``, for one). A column is only ever added where it may be NULL: the rows already there
+    have no value for it."""
+    statements = []
+    for name, column in zip(FIELDS, COLUMNS, strict=True):
+        if column in existing:
+            continue
+        kind, nullable = _column_type(AuditRecord.model_fields[name].annotation)
+        if not nullable:
+            raise RuntimeError(f"the audit store's table lacks the column {column}, which cannot be added to old rows")
+        statements.append(f"ALTER TABLE audit_records ADD COLUMN {column} {SQL_TYPES[dialect][kind]}")
+    return statements
+
+
 _values = operator.attrgetter(*FIELDS)
 # The fields a column cannot hold as they are, and how each is stored.
 _STORED_AS: dict[type, Callable[[Any], object]] = {bool: int, list: json.dumps, datetime: datetime.isoformat}
@@ -148,9 +163,12 @@ class SqliteStore:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._conn.executescript(table_schema("sqlite"))
+                existing = {row[1] for row in self._conn.execute("PRAGMA table_info(audit_records)")}
+                for statement in added_columns_sql("sqlite", existing):
+                    self._conn.execute(statement)
                 break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+            except sqlite3.OperationalError as exc:  # "duplicate column": another process added it first
+                if not ("locked" in str(exc) or "duplicate column" in str(exc)) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
@@ -232,6 +250,12 @@ class PostgresStore:
             # Two processes creating the table at once would race; an advisory lock serialises them.
             conn.execute("SELECT pg_advisory_xact_lock(724716)")
             conn.execute(table_schema("postgresql"))
+            existing = conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = 'audit_records'"
+            ).fetchall()
+            for statement in added_columns_sql("postgresql", {row[0] for row in existing}):
+                conn.execute(statement)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:

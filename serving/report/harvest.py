@@ -15,8 +15,9 @@ manifest (``labelaudit.schemas.manifest``; the README, "Your own data"). This tu
   where it differs (the store's is newer), a checked row is never replaced, and an unlabeled image that got
   a label in the stream becomes a labeled one; the held-out (``val``, ``test``) items are never labeled
   from the stream;
-- the images of new items from ``images`` (a manifest or a folder of ``<item_id>.png``, as the report's
-  thumbnails find them; the store keeps no images): an item without one is left out, and counted.
+- the images of new items where the report's thumbnails find them (``thumbnails.find_images``): the file the
+  item's latest stream message named (``image_uri``), or ``images`` (a manifest or a folder of
+  ``<item_id>.png``) for images sent inline; an item without one is left out, and counted.
 
 The written manifest is read back with the trainer's own reader before ``harvest`` returns, so a manifest it
 writes is one ``labelaudit train`` accepts.
@@ -153,13 +154,15 @@ def harvest(
     checks = audit_checks(store) if checked_as == "trusted" else {}
     step("images")
     new_ids = sorted({item_id for item_id, _ in labels} - set(items))
-    found = {i: p.resolve() for i, p in (find_images(images, new_ids) if images else {}).items() if p.is_file()}
+    found = {i: p.resolve() for i, p in find_images(images, new_ids, store).items() if p.is_file()}
     tally["without_image"] = len(new_ids) - len(found)
     step("merge")
     _add_labels(items, labels, found, None if classes is None else set(classes), tally)
     _check_rows(items, checks, tally)
     if not items:
-        raise ValueError("nothing to write: no current manifest, and no label in the store whose image --images finds")
+        raise ValueError(
+            "nothing to write: no current manifest, and no label in the store whose image is found (its image_uri, --images)"
+        )
     step("write")
     rows = _write(items, out)
     if classes is not None:

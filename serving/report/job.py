@@ -129,10 +129,10 @@ def run_report(
             step=step,
             audit_sample_rate=audit_sample_rate,
         )
+        step("thumbnails")
+        thumbs = load_thumbnails(images, [q.item_id for q in report.relabel_queue], store)
     finally:
         store.close()
-    step("thumbnails")
-    thumbs = load_thumbnails(images, [q.item_id for q in report.relabel_queue])
     report.relabel_queue = [q.model_copy(update={"thumbnail": q.item_id in thumbs}) for q in report.relabel_queue]
     step("figures and page")
     html = render_html(report, thumbs)

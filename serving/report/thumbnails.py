@@ -1,4 +1,8 @@
-"""Thumbnails for the relabel queue. The audit store keeps no images, so ``--images`` says where they are:
+"""Thumbnails for the relabel queue, and where the report and ``labelaudit harvest`` find an item's image.
+
+The audit store keeps no images, only the file a stream message named (``image_uri``, file://): an item whose
+latest message sent one is found there. ``--images`` says where the others are (images sent inline, or through
+the HTTP API), and wins where it names an item's image too:
 
 - a JSONL manifest (the training format: ``item_id`` and ``image``, relative to the manifest's folder;
   task_b.jsonl works as it is), read line by line, keeping only the queue's items; or
@@ -13,29 +17,56 @@ import base64
 import io
 import json
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
+
+from labelaudit.serving.core.store import AuditStore
 
 SIZE = 64  # pixels, the longer side
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def load_thumbnails(source: Path | None, item_ids: list[str]) -> dict[str, str]:
-    """``item_id -> data:image/png;base64,...`` for the items whose image was found and decoded."""
-    if source is None or not item_ids:
-        return {}
+def load_thumbnails(source: Path | None, item_ids: list[str], store: AuditStore | None = None) -> dict[str, str]:
+    """``item_id -> data:image/png;base64,...`` for the items whose image was found (``find_images``) and decoded."""
     out = {}
-    for item_id, path in find_images(source, item_ids).items():
+    for item_id, path in find_images(source, item_ids, store).items():
         uri = thumbnail_uri(path)
         if uri is not None:
             out[item_id] = uri
     return out
 
 
-def find_images(source: Path, item_ids: list[str]) -> dict[str, Path]:
-    """``item_id -> path`` of the items whose image file ``source`` (a manifest or a folder, as above) names;
-    the file is not opened."""
-    return _from_manifest(source, set(item_ids)) if source.is_file() else _from_folder(source, item_ids)
+def find_images(source: Path | None, item_ids: list[str], store: AuditStore | None = None) -> dict[str, Path]:
+    """``item_id -> path`` of the items whose image file ``source`` (a manifest or a folder, as above) names, and
+    for the rest the file their latest stream message named in ``store``; the files are not opened."""
+    found: dict[str, Path] = {}
+    if source is not None and item_ids:
+        found = _from_manifest(source, set(item_ids)) if source.is_file() else _from_folder(source, item_ids)
+    if store is not None:
+        found = stored_images(store, [i for i in item_ids if i not in found]) | found
+    return found
+
+
+STORE_CHUNK = 500  # item ids per query: SQLite and PostgreSQL take this many parameters with room to spare
+
+
+def stored_images(store: AuditStore, item_ids: list[str]) -> dict[str, Path]:
+    """``item_id -> path`` of the local file named by each item's latest stored ``image_uri`` (a ``file://`` URI
+    or an absolute path, as the consumer reads them); items sent inline have none."""
+    found: dict[str, Path] = {}
+    for start in range(0, len(item_ids), STORE_CHUNK):
+        chunk = tuple(item_ids[start : start + STORE_CHUNK])
+        rows = store.select(
+            "SELECT item_id, image_uri FROM audit_records WHERE image_uri IS NOT NULL"
+            f" AND item_id IN ({', '.join('?' for _ in chunk)}) ORDER BY created_at, id",
+            chunk,
+        )
+        for item_id, uri in rows:  # oldest first: an item's latest message has the last word
+            parsed = urlparse(uri)
+            if parsed.scheme in ("", "file") and parsed.netloc in ("", "localhost"):
+                found[item_id] = Path(unquote(parsed.path))
+    return found
 
 
 def thumbnail_uri(path: Path) -> str | None:

@@ -117,6 +117,7 @@ def parse_record(record: Record, *, max_message_bytes: int, max_image_bytes: int
         partition=record.partition,
         offset=record.offset,
         answers=message.answers,
+        image_uri=message.image_uri,
     )
 
 

@@ -146,6 +146,24 @@ def test_without_a_current_manifest_labels_outside_its_classes_and_stale_outputs
     assert ("n1", "ben") not in _labels(with_classes.out)[0]
 
 
+def test_a_stream_that_sent_image_uris_needs_no_images_folder(tmp_path, store_url, current):
+    """The store keeps the file each message named: new items find their images there."""
+    manifest, stream = current
+    uri = {item: (stream / f"{item}.png").as_uri() for item in ("n1", "n3", "n4")}
+    records = [r.model_copy(update={"image_uri": uri.get(r.item_id)}) for r in RECORDS]  # n5 came inline
+    store = open_store(fill(store_url, records, ANSWERS))
+    try:
+        got = harvest(store, tmp_path / "next.jsonl", images=None, manifest=manifest)
+    finally:
+        store.close()
+    m = read_manifest(got.out)
+    new = {r.item_id: r.image for r in m.records if r.item_id.startswith("n")}
+    assert {item: str(m.path.parent / image) for item, image in new.items()} == {
+        item: str(stream / f"{item}.png") for item in ("n1", "n3", "n4")
+    }
+    assert got.new_items == 3 and got.without_image == 2  # n2 (no file) and n5 (sent inline, no --images)
+
+
 def test_a_broken_current_manifest_is_a_clear_error(tmp_path, current):
     manifest, stream = current
     manifest.write_text(manifest.read_text() + "{not json\n")

@@ -247,3 +247,19 @@ def test_relabel_answers_are_kept_with_their_requests_and_ask_for_nothing(stream
     headers = dict(dead.headers)
     assert headers[DLQ_REASON].decode() == "invalid_message"
     assert "not a request about item" in headers[DLQ_ERROR].decode()
+
+
+def test_an_image_uri_is_stored_with_its_record_and_an_inline_image_names_none(stream, tiny_data):
+    """The report's thumbnails and `labelaudit harvest` find a streamed image through the stored URI."""
+    from labelaudit.produce import image_messages
+
+    by_uri = list(image_messages(tiny_data / "task_b.jsonl", split=None, by_uri=True, limit=40))
+    inline = good_messages(tiny_data, 40, offset=40)
+    produce(stream.settings(), [*by_uri, *inline], partitions=2)
+    proc = stream.start_consumer("--max-messages", "80")
+    assert stream.wait(proc) == 0, stream.consumer_log(0)
+    stored = dict(store_query(stream.store_url, "SELECT item_id, image_uri FROM audit_records"))
+    assert len(stored) == 80
+    assert {m.item_id: stored[m.item_id] for m in by_uri} == {m.item_id: m.image_uri for m in by_uri}
+    assert all(m.image_uri.startswith("file:///") for m in by_uri)
+    assert all(stored[m.item_id] is None for m in inline)

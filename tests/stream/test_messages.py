@@ -51,6 +51,8 @@ def test_image_by_file_uri(tmp_path):
     path.write_bytes(b"bytes on disk")
     item = parse_record(record(body(image_b64=None, image_uri=path.as_uri())), **LIMITS)
     assert item.image == b"bytes on disk"
+    assert item.image_uri == path.as_uri()  # kept with the record: the report and harvest find the file there
+    assert parse_record(record(body()), **LIMITS).image_uri is None  # an inline image names no file
 
 
 @pytest.mark.parametrize(

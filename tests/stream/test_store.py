@@ -11,7 +11,7 @@ from typing import get_args
 import pytest
 
 from labelaudit.schemas.audit import AuditRecord, RelabelAnswer
-from labelaudit.serving.core.store import COLUMNS, answers_schema, open_store, table_schema
+from labelaudit.serving.core.store import COLUMNS, _row, answers_schema, open_store, table_schema
 
 
 def verdict(item: str, labeler: str = "anna", version: str = "1", label: str | None = "coat") -> AuditRecord:
@@ -164,3 +164,62 @@ def test_a_store_made_before_relabel_answers_gains_the_table(store_url):
         ]
     finally:
         old.close()
+
+
+def _without_image_uri(schema: str) -> str:
+    """The audit table as versions before ``image_uri`` made it."""
+    old = schema.replace("    image_uri TEXT,\n", "")
+    assert "image_uri" not in old and old != schema
+    return old
+
+
+def _old_store(store_url: str) -> None:
+    """A store made before ``image_uri``, holding one record (item ``old``)."""
+    dialect = "sqlite" if store_url.startswith("sqlite") else "postgresql"
+    old_columns = [c for c in COLUMNS if c != "image_uri"]
+    values = _row(verdict("old"))[: len(old_columns)]  # image_uri is the last column
+    insert = f"INSERT INTO audit_records ({', '.join(old_columns)}) VALUES "
+    if dialect == "sqlite":
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as conn:
+            conn.executescript(_without_image_uri(table_schema(dialect)))
+            conn.execute(insert + f"({', '.join('?' for _ in values)})", values)
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute(_without_image_uri(table_schema(dialect)))
+            conn.execute(insert + f"({', '.join('%s' for _ in values)})", values)
+
+
+def test_a_store_made_before_image_uri_gains_the_column_and_keeps_its_records(store_url):
+    _old_store(store_url)
+    store = open_store(store_url)  # this version adds the column the old table lacks
+    try:
+        assert store.select("SELECT item_id, image_uri FROM audit_records") == [("old", None)]
+        record = verdict("new").model_copy(update={"image_uri": "file:///data/new.png"})
+        assert store.write([record, verdict("old")]) == [True, False]
+        assert store.select("SELECT item_id, image_uri FROM audit_records ORDER BY id") == [
+            ("old", None),
+            ("new", "file:///data/new.png"),
+        ]
+    finally:
+        store.close()
+    again = open_store(store_url)  # a second open finds the column there and adds nothing
+    try:
+        assert again.count() == 2
+    finally:
+        again.close()
+
+
+def test_many_processes_can_open_one_old_sqlite_file_at_once(tmp_path):
+    """Consumers started together on a store made before image_uri each find the column missing; one adds it,
+    the others must not fail on 'duplicate column'."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        for trial in range(10):
+            path = tmp_path / f"old-{trial}.db"
+            _old_store(f"sqlite:///{path}")
+            outcomes = pool.starmap(_open_and_write, [(str(path), w) for w in range(6)])
+            assert outcomes == ["ok"] * 6, outcomes
+            assert open_store(f"sqlite:///{path}").count() == 7
