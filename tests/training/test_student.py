@@ -111,45 +111,27 @@ def test_rows_whose_target_is_unsure_sit_the_round_out():
     assert set(student.trusted_batch(np.random.default_rng(0)).tolist()) == set(data.trusted_rows.tolist())
 
 
-@pytest.mark.parametrize("labeled_threshold", [0.7, 0.3])
-def test_a_labeled_threshold_holds_labeled_rows_to_a_stricter_bar_than_unlabeled_ones(labeled_threshold):
+@pytest.mark.parametrize("kind", ["labeled", "unlabeled"])
+@pytest.mark.parametrize("threshold", [0.7, 0.3])
+def test_a_threshold_for_one_kind_of_row_holds_it_to_a_stricter_bar_than_the_other(kind, threshold):
+    """``student_labeled_threshold`` and ``student_unlabeled_threshold``: the other kind's bar stays
+    ``student_threshold``; one below it changes nothing."""
     truth, labels, ids, probs = _crowd()
     data = _task(truth, labels, ids, trusted=8)
     rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
     targets = probs[rows].clone()  # every target's top is 0.55
     targets[:3] = targets[-4:] = torch.tensor([0.8, 0.1, 0.05, 0.05])  # three labeled and four unlabeled sure ones
     targets[3:5] = targets[-6:-4] = 1.0 / K  # two of each nobody is sure about
-    cfg = {"student_threshold": 0.5, "student_labeled_threshold": labeled_threshold}
-    student = Student(_trainer(data, **cfg), rows, targets)
+    student = Student(_trainer(data, student_threshold=0.5, **{f"student_{kind}_threshold": threshold}), rows, targets)
     n_l = len(data.untrusted_rows)
-    unlabeled_kept = np.concatenate([rows[n_l:-6], rows[-4:]])  # the unlabeled rows' bar stays 0.5
-    labeled_kept = rows[:3] if labeled_threshold > 0.55 else np.concatenate([rows[:3], rows[5:n_l]])  # 0.3: 0.5
-    np.testing.assert_array_equal(student.rows(), np.concatenate([labeled_kept, unlabeled_kept]))
-    bar = max(0.5, labeled_threshold)
+    kept = {"labeled": np.concatenate([rows[:3], rows[5:n_l]]), "unlabeled": np.concatenate([rows[n_l:-6], rows[-4:]])}
+    bars = {"labeled": 0.5, "unlabeled": 0.5}
+    if threshold > 0.55:  # only the sure ones clear it
+        kept[kind], bars[kind] = (rows[:3] if kind == "labeled" else rows[-4:]), threshold
+    np.testing.assert_array_equal(student.rows(), np.concatenate([kept["labeled"], kept["unlabeled"]]))
     assert student.describe_kept() == (
-        f"{len(labeled_kept)} of {n_l} labeled rows (target >= {bar}), "
-        f"{len(unlabeled_kept)} of {len(data.unlabeled_rows)} unlabeled rows (target >= 0.5) train"
-    )
-
-
-@pytest.mark.parametrize("unlabeled_threshold", [0.7, 0.3])
-def test_an_unlabeled_threshold_holds_unlabeled_rows_to_a_stricter_bar_than_labeled_ones(unlabeled_threshold):
-    truth, labels, ids, probs = _crowd()
-    data = _task(truth, labels, ids, trusted=8)
-    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
-    targets = probs[rows].clone()  # every target's top is 0.55
-    targets[:3] = targets[-4:] = torch.tensor([0.8, 0.1, 0.05, 0.05])  # three labeled and four unlabeled sure ones
-    targets[3:5] = targets[-6:-4] = 1.0 / K  # two of each nobody is sure about
-    cfg = {"student_threshold": 0.5, "student_unlabeled_threshold": unlabeled_threshold}
-    student = Student(_trainer(data, **cfg), rows, targets)
-    n_l = len(data.untrusted_rows)
-    labeled_kept = np.concatenate([rows[:3], rows[5:n_l]])  # the labeled rows' bar stays 0.5
-    unlabeled_kept = rows[-4:] if unlabeled_threshold > 0.55 else np.concatenate([rows[n_l:-6], rows[-4:]])
-    np.testing.assert_array_equal(student.rows(), np.concatenate([labeled_kept, unlabeled_kept]))
-    bar = max(0.5, unlabeled_threshold)
-    assert student.describe_kept() == (
-        f"{len(labeled_kept)} of {n_l} labeled rows (target >= 0.5), "
-        f"{len(unlabeled_kept)} of {len(data.unlabeled_rows)} unlabeled rows (target >= {bar}) train"
+        f"{len(kept['labeled'])} of {n_l} labeled rows (target >= {bars['labeled']}), "
+        f"{len(kept['unlabeled'])} of {len(data.unlabeled_rows)} unlabeled rows (target >= {bars['unlabeled']}) train"
     )
 
 
