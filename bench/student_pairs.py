@@ -56,7 +56,8 @@ def main() -> None:
     add_grid_args(ap)
     ap.add_argument("--first", default="crowdmix:mixup_alpha=0.3", help="the first round (a train_noise spec)")
     ap.add_argument("--variants", nargs="+", default=["base", "student_trusted=rows"])
-    ap.add_argument("--student-seeds", type=int, default=3, help="student rounds per variant, seeds 0..N-1")
+    ap.add_argument("--student-seeds", type=int, default=3, help="student rounds per variant, seeds S..S+N-1")
+    ap.add_argument("--first-student-seed", type=int, default=0, help="S: more seeds for variants already measured")
     ap.add_argument("--unlabeled", type=int, default=5000, help="task-B images without a label (data recipe)")
     ap.add_argument("--name", default="student_pairs")
     ap.add_argument("--arch", default="cnn_small")
@@ -112,7 +113,7 @@ def main() -> None:
                 **common,
             )
             for spec, settings in variants.items():
-                for student_seed in range(args.student_seeds):
+                for student_seed in range(args.first_student_seed, args.first_student_seed + args.student_seeds):
                     cfg = TrainConfig(
                         method=first,
                         epochs=args.epochs_b,
