@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Final, Literal
+from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +27,21 @@ DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET = "labelaudit.dlq.topic", "labelaudit.dlq.p
 # Set when the DLQ could not take the record whole: the original value's size in bytes; the value and key
 # carried are their first bytes (the original stays at topic/partition/offset while the topic keeps it).
 DLQ_TRUNCATED = "labelaudit.dlq.truncated"
+
+
+def image_uri_path(uri: str) -> str:
+    """The local absolute path an ``image_uri`` names: a ``file://`` URI (host empty or ``localhost``) or a plain
+    absolute path. ValueError, naming the cause and not the path, for anything else. The file is not touched:
+    the consumer reads it (``serving.stream.messages``), the report finds thumbnails and harvest finds images there."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        raise ValueError(f"image_uri scheme {parsed.scheme!r} is not supported; use file://")
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError("image_uri names another host; only local files are read")
+    path = unquote(parsed.path)
+    if not os.path.isabs(path):
+        raise ValueError("image_uri must be an absolute path")
+    return path
 
 
 class ImageMessage(BaseModel):

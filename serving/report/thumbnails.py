@@ -17,10 +17,10 @@ import base64
 import io
 import json
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
+from labelaudit.schemas.stream import image_uri_path
 from labelaudit.serving.core.store import AuditStore
 
 SIZE = 64  # pixels, the longer side
@@ -63,9 +63,10 @@ def stored_images(store: AuditStore, item_ids: list[str]) -> dict[str, Path]:
             chunk,
         )
         for item_id, uri in rows:  # oldest first: an item's latest message has the last word
-            parsed = urlparse(uri)
-            if parsed.scheme in ("", "file") and parsed.netloc in ("", "localhost"):
-                found[item_id] = Path(unquote(parsed.path))
+            try:
+                found[item_id] = Path(image_uri_path(uri))
+            except ValueError:  # not a local file: the consumer never read it, so no thumbnail either
+                continue
     return found
 
 

@@ -8,7 +8,6 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
-from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
 
@@ -22,6 +21,7 @@ from labelaudit.schemas.stream import (
     DLQ_TRUNCATED,
     IMAGE_SCHEMA,
     ImageMessage,
+    image_uri_path,
 )
 from labelaudit.serving.core.audit import AuditItem
 from labelaudit.serving.core.payload import image_from_base64
@@ -57,14 +57,10 @@ def read_image_uri(uri: str, max_bytes: int) -> bytes:
     (``/dev/zero``) or a FIFO has no size to check and an endless or blocking read. The errors name the
     cause, not the path (they travel in the DLQ's headers).
     """
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file"):
-        raise BadMessage(f"image_uri scheme {parsed.scheme!r} is not supported; use file://", reason="unsupported_uri")
-    if parsed.netloc not in ("", "localhost"):
-        raise BadMessage("image_uri names another host; only local files are read", reason="unsupported_uri")
-    path = unquote(parsed.path)
-    if not os.path.isabs(path):
-        raise BadMessage("image_uri must be an absolute path", reason="unsupported_uri")
+    try:
+        path = image_uri_path(uri)
+    except ValueError as exc:
+        raise BadMessage(str(exc), reason="unsupported_uri") from exc
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for a regular file.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -74,10 +74,12 @@ def test_from_the_store_where_the_stream_named_the_file_and_images_wins(tmp_path
         record("plain", "anna", "cat", "cat", CAT).model_copy(update={"image_uri": str(tmp_path / "disk/stored.png")}),
         record("inline", "anna", "cat", "cat", CAT),  # sent as image_b64: no file
         record("remote", "anna", "cat", "cat", CAT).model_copy(update={"image_uri": "file://elsewhere/x.png"}),
+        # a relative path names no file the consumer could have read: never resolved against the report's folder
+        record("relative", "anna", "cat", "cat", CAT).model_copy(update={"image_uri": "disk/stored.png"}),
     ]
     store = open_store(fill(store_url, records))
     try:
-        ids = ["moved", "given", "plain", "inline", "remote", "never"]
+        ids = ["moved", "given", "plain", "inline", "remote", "relative", "never"]
         assert find_images(None, ids, store) == {
             "moved": tmp_path / "disk/new.png",
             "given": tmp_path / "disk/given.png",

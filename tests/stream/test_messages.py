@@ -12,7 +12,14 @@ import pytest
 
 from labelaudit.errors import LabelAuditError
 from labelaudit.schemas.audit import AuditRecord
-from labelaudit.schemas.stream import DLQ_OFFSET, DLQ_REASON, DLQ_TRUNCATED, IMAGE_SCHEMA, RelabelRequest
+from labelaudit.schemas.stream import (
+    DLQ_OFFSET,
+    DLQ_REASON,
+    DLQ_TRUNCATED,
+    IMAGE_SCHEMA,
+    RelabelRequest,
+    image_uri_path,
+)
 from labelaudit.serving.core.relabel import in_audit_sample, relabel_requests
 from labelaudit.serving.stream.messages import BadMessage, dead_letter, parse_record, read_image_uri
 
@@ -124,6 +131,32 @@ def test_an_image_uri_is_read_up_to_its_limit(tmp_path):
         with pytest.raises(BadMessage) as info:
             read_image_uri(uri, 100)
         assert info.value.reason == "unsupported_uri"
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("file:///data/a%20b.png", "/data/a b.png"),  # a URI's escapes are undone
+        ("file://localhost/data/a.png", "/data/a.png"),
+        ("/data/a.png", "/data/a.png"),  # a plain absolute path, as producers may send
+    ],
+)
+def test_an_image_uri_names_a_local_absolute_path(uri, path):
+    assert image_uri_path(uri) == path
+
+
+@pytest.mark.parametrize(
+    ("uri", "cause"),
+    [
+        ("https://example.com/a.png", "scheme 'https' is not supported"),
+        ("file://otherhost/a.png", "another host"),
+        ("relative/a.png", "absolute path"),
+        ("file:relative/a.png", "absolute path"),
+    ],
+)
+def test_an_image_uri_that_names_no_local_absolute_path_says_why(uri, cause):
+    with pytest.raises(ValueError, match=cause):
+        image_uri_path(uri)
 
 
 def _verdict(item_id: str = "b-1", labeler_id: str = "anna", disagrees: bool = True, **more) -> AuditRecord:
