@@ -58,6 +58,7 @@ from labelaudit.training.transition import labeler_transition_matrices
 
 if TYPE_CHECKING:
     from labelaudit.schemas.model_card import EpochMetrics
+    from labelaudit.training.config import TrainConfig
     from labelaudit.training.train import Trainer
 
 STUDENT_EM_STEPS = 50  # Dawid-Skene steps behind the targets' labeler matrices
@@ -137,6 +138,14 @@ def crossfit_probabilities(
     return probs_l, probs_x, history
 
 
+def student_bars(cfg: TrainConfig) -> dict[str, float]:
+    """The top target probability a row needs to train in a student round, by kind: labeled, unlabeled."""
+    return {
+        "labeled": max(cfg.student_threshold, cfg.student_labeled_threshold),
+        "unlabeled": max(cfg.student_threshold, cfg.student_unlabeled_threshold),
+    }
+
+
 class Student(Method):
     """One student round over ``rows`` with their ``targets`` (N_rows, K) (``teacher_targets``)."""
 
@@ -146,19 +155,26 @@ class Student(Method):
         super().__init__(trainer)
         labeled = ~np.isin(rows, self.data.unlabeled_rows)  # the untrusted rows, targets from their labels
         cfg = self.cfg
-        self.bars = {
-            "labeled": max(cfg.student_threshold, cfg.student_labeled_threshold),
-            "unlabeled": max(cfg.student_threshold, cfg.student_unlabeled_threshold),
-        }
-        keep = targets.max(1).values.cpu().numpy() >= np.where(labeled, self.bars["labeled"], self.bars["unlabeled"])
-        self.threshold_waived = not keep.any()  # a weak teacher, unsure everywhere: every row rather than none
-        keep |= self.threshold_waived
-        self.kept = rows[keep]
+        self.bars = student_bars(cfg)
+        bar = np.where(labeled, self.bars["labeled"], self.bars["unlabeled"])
+        keep = targets.max(1).values.cpu().numpy() >= bar
+        # A weak teacher, unsure everywhere: every row rather than none, except the kinds held to a bar of 1 (an
+        # explicit "only certain targets", such as no unlabeled rows at all: never waived).
+        self.threshold_waived = not keep.any()
+        if self.threshold_waived:
+            keep = bar < 1
         self.counts = {"labeled": (int((keep & labeled).sum()), int(labeled.sum()))}
         self.counts["unlabeled"] = (int((keep & ~labeled).sum()), int((~labeled).sum()))
+        self.kept = rows[keep]
         self.targets = torch.zeros(len(self.data.labels), self.data.k, device=targets.device)  # (N, K) by row
         self.targets[torch.as_tensor(rows, device=targets.device)] = targets
         self.trusted_as_rows = cfg.student_trusted == "rows" and len(self.data.trusted_rows) > 0
+        if not len(self.kept) and not self.trusted_as_rows:
+            raise ValueError(
+                f"student round: no row can train: {self._below()}, and a bar of 1 is never waived; lower "
+                "student_labeled_threshold or student_unlabeled_threshold, or train the trusted rows as rows "
+                "(student_trusted=rows)"
+            )
         if self.trusted_as_rows:  # their checked labels, one-hot, among the other rows' targets
             trusted = torch.as_tensor(self.data.trusted_rows, device=targets.device)
             checked = self.data.labels[torch.as_tensor(self.data.trusted_rows, device=self.data.labels.device)]
@@ -168,14 +184,22 @@ class Student(Method):
 
     def describe_kept(self) -> str:
         """Which rows train, for the run's output: ``4277 of 4950 labeled rows (target >= 0.8), ...``."""
-        bars = self.bars
-        if self.threshold_waived:
-            below = " or ".join(f"{kind} >= {bars[kind]}" for kind, (_, n) in self.counts.items() if n)
-            return f"no row's target reaches its bar ({below}), so every row trains"
-        parts = [f"{kept} of {n} {kind} rows (target >= {bars[kind]})" for kind, (kept, n) in self.counts.items() if n]
-        if self.trusted_as_rows:
-            parts.append(f"the {len(self.data.trusted_rows)} trusted rows (their checked labels)")
-        return ", ".join(parts) + " train"
+        kinds = {kind: counts for kind, counts in self.counts.items() if counts[1]}
+        trusted = (
+            [f"the {len(self.data.trusted_rows)} trusted rows (their checked labels)"] if self.trusted_as_rows else []
+        )
+        if self.threshold_waived:  # every row of the kinds whose bar is below 1
+            waived = [kind for kind, (kept, _) in kinds.items() if kept]
+            who = ["every row"] if len(waived) == len(kinds) else [f"every {kind} row" for kind in waived]
+            who += trusted
+            verb = "trains" if len(who) == 1 and who[0].startswith("every") else "train"
+            return f"{self._below()}, so {' and '.join(who)} {verb}"
+        parts = [f"{kept} of {n} {kind} rows (target >= {self.bars[kind]})" for kind, (kept, n) in kinds.items()]
+        return ", ".join(parts + trusted) + " train"
+
+    def _below(self) -> str:
+        below = " or ".join(f"{kind} >= {self.bars[kind]}" for kind, (_, n) in self.counts.items() if n)
+        return f"no row's target reaches its bar ({below})"
 
     def rows(self) -> np.ndarray:
         """The labeled and unlabeled rows whose target is sure enough (their targets, not their labels)."""

@@ -37,7 +37,7 @@ from labelaudit.training.methods.base import Batch, labelers_with_matrices
 from labelaudit.training.methods.fasten import labeler_groups
 from labelaudit.training.networks import TwoHeadNet
 from labelaudit.training.semi import EmaTeacher
-from labelaudit.training.student import Student, crossfit_probabilities, teacher_targets
+from labelaudit.training.student import Student, crossfit_probabilities, student_bars, teacher_targets
 from labelaudit.training.transition import (
     confusion_counts,
     labeler_error_rates,
@@ -469,6 +469,16 @@ def _check_rows_for(manifest: Manifest, method_cls: type[Method], cfg: TrainConf
         raise ManifestError(
             f"{manifest.path.name}: student_rounds needs rows to train the student on (labeled by labelers, or "
             "without a label); every training row is trusted"
+        )
+    bars = student_bars(cfg)
+    kinds = {"labeled": labeled & ~trusted, "unlabeled": ~labeled}
+    present = [kind for kind, rows in kinds.items() if rows.any()]
+    if cfg.student_rounds and cfg.student_trusted != "rows" and present and all(bars[k] >= 1 for k in present):
+        held = " and ".join(f"{kind} rows (bar {bars[kind]})" for kind in present)
+        raise ManifestError(
+            f"{manifest.path.name}: the student round would train on no row: its {held} are held to a bar of 1, "
+            "only targets the teacher is certain of; lower the bar, or train the trusted rows as rows "
+            "(student_trusted=rows)"
         )
     if not method_cls.needs_trusted or trusted.any():
         return

@@ -289,7 +289,7 @@ def train(
         float,
         typer.Option(
             help="Student rounds: images without a label also sit out where the teacher's guess is below this "
-            "(stricter than --student-threshold for them); 0 = the same bar for every row.",
+            "(stricter than --student-threshold for them); 0 = the same bar for every row; 1 = none of them.",
         ),
     ] = _Defaults.student_unlabeled_threshold,
     student_trusted: Annotated[

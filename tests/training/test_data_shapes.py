@@ -5,6 +5,7 @@ trains ``ce``, and a student round learns the images without a label from the te
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,18 @@ def test_a_student_round_needs_rows_beside_the_trusted_ones(tiny_data, tmp_path)
     manifest = _variant(tiny_data, tmp_path, keep_unlabeled=False)
     with pytest.raises(ManifestError, match="student_rounds needs rows to train the student on"):
         train(manifest, init=None, out=tmp_path / "r", cfg=TrainConfig(method="ce", student_rounds=1, device="cpu"))
+
+
+def test_a_student_round_whose_every_row_is_held_to_a_bar_of_1_is_refused_before_training(tiny_data, tmp_path):
+    """Trusted and unlabeled rows only, the unlabeled ones kept out (bar 1): nothing for the student but the trusted
+    set, said before the first round trains; with the trusted rows as the student's rows it runs."""
+    manifest = _variant(tiny_data, tmp_path, keep_unlabeled=True)
+    cfg = TrainConfig(method="ce", epochs=1, device="cpu", student_rounds=1, student_unlabeled_threshold=1.0)
+    with pytest.raises(ManifestError, match=r"would train on no row: its unlabeled rows \(bar 1.0\) are held"):
+        train(manifest, init=None, out=tmp_path / "refused", cfg=cfg)
+    assert not (tmp_path / "refused").exists()  # refused before anything trained
+    rows = train(manifest, init=None, out=tmp_path / "rows", cfg=replace(cfg, student_trusted="rows"))
+    assert len(rows.history) == 2
 
 
 def test_a_manifest_without_labeled_training_rows_is_refused(tiny_data, tmp_path):

@@ -417,3 +417,25 @@ def test_a_trusted_set_larger_than_a_step_is_cycled_through_a_fixed_number_of_ro
     rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
     student = Student(_trainer(data, trusted_per_step=3), rows, probs[rows].clone())
     assert [len(student.trusted_batch(rng)) for _ in range(3)] == [3, 3, 3]
+
+
+def test_a_bar_of_1_is_never_waived():
+    """No target reaches its bar: the labeled rows (bar 0.9) all train, the unlabeled ones held to 1 stay out; with
+    every kind at 1 no row trains, and the round says so instead of training the trusted set alone."""
+    truth, labels, ids, probs = _crowd()
+    data = _task(truth, labels, ids, trusted=8)
+    rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
+    student = Student(_trainer(data, student_threshold=0.9, student_unlabeled_threshold=1.0), rows, probs[rows])
+    assert student.threshold_waived
+    np.testing.assert_array_equal(student.rows(), data.untrusted_rows)
+    assert student.describe_kept() == (
+        "no row's target reaches its bar (labeled >= 0.9 or unlabeled >= 1.0), so every labeled row trains"
+    )
+    with pytest.raises(ValueError, match=r"no row can train: .*\(labeled >= 1.0 or unlabeled >= 1.0\)"):
+        Student(_trainer(data, student_threshold=1.0), rows, probs[rows])
+    as_rows = Student(_trainer(data, student_threshold=1.0, student_trusted="rows"), rows, probs[rows])
+    np.testing.assert_array_equal(as_rows.rows(), data.trusted_rows)
+    assert as_rows.describe_kept() == (
+        "no row's target reaches its bar (labeled >= 1.0 or unlabeled >= 1.0), so the 8 trusted rows (their checked "
+        "labels) train"
+    )
