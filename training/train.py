@@ -470,16 +470,17 @@ def _check_rows_for(manifest: Manifest, method_cls: type[Method], cfg: TrainConf
             f"{manifest.path.name}: student_rounds needs rows to train the student on (labeled by labelers, or "
             "without a label); every training row is trusted"
         )
-    bars = student_bars(cfg)
-    kinds = {"labeled": labeled & ~trusted, "unlabeled": ~labeled}
-    present = [kind for kind, rows in kinds.items() if rows.any()]
-    if cfg.student_rounds and cfg.student_trusted != "rows" and present and all(bars[k] >= 1 for k in present):
-        held = " and ".join(f"{kind} rows (bar {bars[kind]})" for kind in present)
-        raise ManifestError(
-            f"{manifest.path.name}: the student round would train on no row: its {held} are held to a bar of 1, "
-            "only targets the teacher is certain of; lower the bar, or train the trusted rows as rows "
-            "(student_trusted=rows)"
-        )
+    if cfg.student_rounds and cfg.student_trusted != "rows":
+        bars = student_bars(cfg)
+        kinds = {"labeled": labeled & ~trusted, "unlabeled": ~labeled}
+        present = [kind for kind, rows in kinds.items() if rows.any()]
+        if present and all(bars[k] >= 1 for k in present):
+            held = " and ".join(f"{kind} rows (bar {bars[kind]})" for kind in present)
+            raise ManifestError(
+                f"{manifest.path.name}: the student round would train on no row: its {held} are held to a bar of "
+                "1, only targets the teacher is certain of; lower the bar, or train the trusted rows as rows "
+                "(student_trusted=rows)"
+            )
     if not method_cls.needs_trusted or trusted.any():
         return
     where = f'{manifest.path.name}: no trusted training rows ("trusted": true, "split": "train")'
