@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import torch
 from rich.console import Console
 
 from bench.common import (
@@ -27,6 +31,7 @@ from bench.common import (
     LoadSampler,
     add_grid_args,
     apply_quick,
+    checkpoint_probs,
     device_name,
     git_commit,
     kept_rows,
@@ -36,7 +41,11 @@ from bench.common import (
     write_results,
 )
 from bench.train_noise import BENCH_KEYS, parse_method
-from labelaudit.training.train import TrainConfig, train
+from labelaudit.imaging.manifest import read_manifest
+from labelaudit.training.checkpoint import load_checkpoint
+from labelaudit.training.config import TrainConfig
+from labelaudit.training.student import teacher_targets
+from labelaudit.training.train import train
 
 console = Console()
 
@@ -51,11 +60,64 @@ def variant_settings(spec: str) -> dict:
     return settings
 
 
+def target_diagnostics(checkpoint: Path, manifest: Path, min_labeler_items: int) -> dict:
+    """How often the student's targets from this teacher are right, against the recipe's true classes: per
+    labeler, the share of its rows whose label is right (``label``), whose teacher argmax is (``teacher``),
+    whose target (the class posterior through the labeler's EM matrix, ``training.student.teacher_targets``)
+    is (``target``), and the accuracy the EM believes the labeler has (``em_label``: mean posterior of the given
+    label); for the images without a label, ``teacher`` (their target is the teacher's guess). Row counts in
+    ``rows``. It shows where the targets fall short of the truth the oracle trains on. Each row is read as an
+    image of its own (one label per image, as in issue 17's protocol)."""
+    meta = load_checkpoint(checkpoint)[1]
+    m = read_manifest(manifest, classes=meta.classes)
+    untrusted = np.flatnonzero(m.mask(split="train", trusted=False, labeled=True))
+    unlabeled = np.flatnonzero(m.mask(split="train", labeled=False))
+    probs = [torch.from_numpy(checkpoint_probs(checkpoint, manifest, r)) for r in (untrusted, unlabeled)]
+    data = SimpleNamespace(  # the fields of TaskData that teacher_targets reads
+        untrusted_rows=untrusted,
+        unlabeled_rows=unlabeled,
+        labels=torch.as_tensor(m.labels),
+        labeler_ids=m.labeler_ids,
+        items=None,
+        k=len(m.classes),
+    )
+    trainer = SimpleNamespace(data=data, cfg=TrainConfig(min_labeler_items=min_labeler_items))
+    rows, targets = teacher_targets(trainer, teacher=(probs[0], probs[1]))  # untrusted rows first, as given
+    truth = m.true_labels()
+    n_l = len(untrusted)
+    given = torch.as_tensor(m.labels[untrusted])
+    label_right = m.labels[untrusted] == truth[untrusted]
+    teacher_right = probs[0].argmax(1).numpy() == truth[untrusted]
+    target_right = targets[:n_l].argmax(1).numpy() == truth[rows[:n_l]]
+    em_label = targets[np.arange(n_l), given].numpy()  # the posterior of each row's own label
+
+    def summary(mask: np.ndarray) -> dict:
+        return {"rows": int(mask.sum())} | {
+            name: round(float(values[mask].mean()), 4)
+            for name, values in (
+                ("label", label_right),
+                ("teacher", teacher_right),
+                ("target", target_right),
+                ("em_label", em_label),
+            )
+        }
+
+    ids = m.labeler_ids[untrusted].astype(str)
+    out = {name or "(no labeler id)": summary(ids == name) for name in sorted(set(ids))}
+    out["all labeled"] = summary(np.ones(n_l, dtype=bool))
+    if len(unlabeled):
+        guessed = probs[1].argmax(1).numpy() == truth[unlabeled]
+        out["unlabeled"] = {"rows": len(unlabeled), "teacher": round(float(guessed.mean()), 4)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_grid_args(ap)
     ap.add_argument("--first", default="crowdmix:mixup_alpha=0.3", help="the first round (a train_noise spec)")
-    ap.add_argument("--variants", nargs="+", default=["base", "student_trusted=rows"])
+    ap.add_argument(
+        "--variants", nargs="*", default=["base", "student_trusted=rows"], help="none: the teacher row alone"
+    )
     ap.add_argument("--student-seeds", type=int, default=3, help="student rounds per variant, seeds S..S+N-1")
     ap.add_argument("--first-student-seed", type=int, default=0, help="S: more seeds for variants already measured")
     ap.add_argument("--unlabeled", type=int, default=5000, help="task-B images without a label (data recipe)")
@@ -110,6 +172,7 @@ def main() -> None:
                 clean_test_acc=teacher.meta.metrics.test_acc,
                 val_acc=teacher.meta.metrics.val_acc,
                 classifier_a_test_acc=teacher.meta.metrics.initial_test_acc,
+                targets=target_diagnostics(teacher.checkpoint, manifest, cfg.min_labeler_items),
                 **common,
             )
             for spec, settings in variants.items():

@@ -170,7 +170,35 @@ def student_pairs_table(result: dict) -> str:
             lines.append(f"| {seed} | `{variant}` | {len(values)} | {values.mean():.2f}{sd} | {paired} | {load} |")
     return (
         "Each seed's first round is trained once and saved; every student round starts from it (`--teacher`), "
-        "so a paired difference carries the student's run-to-run variation only.\n\n" + "\n".join(lines) + "\n"
+        "so a paired difference carries the student's run-to-run variation only.\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + student_targets_table(rows)
+    )
+
+
+def student_targets_table(rows: list[dict]) -> str:
+    """The teacher rows' ``targets`` (``bench.student_pairs.target_diagnostics``): per seed and labeler, how
+    often the label, the teacher's argmax and the student's target are right, and the EM's belief of the
+    labeler's accuracy. Empty when no teacher row has them."""
+    teachers = [r for r in rows if r["variant"] == "teacher" and r.get("targets")]
+    if not teachers:
+        return ""
+    lines = [
+        "| seed | rows of | rows | label right | teacher right | target right | EM's belief: label right |",
+        "|" + " --- |" * 7,
+    ]
+    for r in sorted(teachers, key=lambda r: r["seed"]):
+        for group, d in r["targets"].items():
+            cells = [f"{100 * d[k]:.1f}" if k in d else "-" for k in ("label", "teacher", "target", "em_label")]
+            lines.append(f"| {r['seed']} | {group} | {d['rows']} | " + " | ".join(cells) + " |")
+    return (
+        "\nThe student's targets, against the recipe's true classes (`target_diagnostics`): for each labeler's rows, "
+        "how often its label, the teacher's argmax, and the target (the class posterior through the labeler's EM "
+        "matrix, before the student's thresholds) are right, and how often the EM believes the label is right (the "
+        "mean posterior of the given label); the images without a label take the teacher's guess as their target.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
