@@ -30,6 +30,8 @@ class TrainConfig:
     # crowd, crowdmix, student rounds: at most this many trusted rows per step, cycling through the set so each is
     # seen equally; a set no larger goes whole into every step. 0 = the whole set every step, however large
     trusted_per_step: int = 128
+    # crowd, crowdmix, student rounds with student_trusted="half": the trusted rows' share of each step's loss
+    trusted_weight: float = 0.5
     rho: float = 0.8  # FasTEN: confidence needed to correct a label
     noisy_weight: float = 0.5  # FasTEN: λ, the weight of the noisy head's loss
     trusted_trains_features: bool = True  # FasTEN: False = trusted rows train the heads only (unbiased T̂)
@@ -91,6 +93,7 @@ RANGES: dict[str, tuple[Bound, Bound | None]] = {
     "warmup_epochs": ((0, True), None),
     "trusted_per_class": ((0, True), None),
     "trusted_per_step": ((0, True), None),
+    "trusted_weight": ((0, True), (1, False)),
     "rho": ((0, True), None),  # above 1: no label is ever corrected (a documented use)
     "noisy_weight": ((0, True), None),
     "min_labeler_items": ((1, True), None),

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from labelaudit.training.items import NO_CHECK, row_items, with_checks
-from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_half
+from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_share
 from labelaudit.training.methods.crowd import class_posterior, posterior_term
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
 from labelaudit.training.mixup import Mixup
@@ -216,5 +216,5 @@ class Student(Method):
         logits, lam, partner = self.mixup.logits(self.trainer, batch)
         q = self.targets[torch.as_tensor(rows_u, device=self.targets.device)]
         soft = posterior_term(logits[n_t:], self.mixup.mix(q, lam, partner)).mean()
-        loss = trusted_half(logits[:n_t], self.data.labels[rows_t], soft)
+        loss = trusted_share(logits[:n_t], self.data.labels[rows_t], soft, self.cfg.trusted_weight)
         return loss, StepStats(loss=loss.item(), seen=len(rows_u))

@@ -272,6 +272,13 @@ def train(
         float,
         typer.Option(help="crowd, crowdmix: share of each batch's largest untrusted losses left out; 0 = off."),
     ] = _Defaults.trim_fraction,
+    trusted_weight: Annotated[
+        float,
+        typer.Option(
+            help="crowd, crowdmix, student rounds (--student-trusted half): the trusted rows' share of each step's "
+            "loss; the other rows get the rest."
+        ),
+    ] = _Defaults.trusted_weight,
     student_rounds: Annotated[
         int, typer.Option(help="Train again from classifier A on the last network's posterior targets, N times.")
     ] = _Defaults.student_rounds,
@@ -361,6 +368,7 @@ def train(
             mentormix_gamma=mentormix_gamma,
             posterior_weight=posterior_weight,
             trim_fraction=trim_fraction,
+            trusted_weight=trusted_weight,
             unlabeled_weight=unlabeled_weight,
             semi_pool=semi_pool,
             student_rounds=student_rounds,

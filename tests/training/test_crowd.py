@@ -247,6 +247,26 @@ def test_a_trimmed_batch_loses_its_largest_untrusted_losses_and_keeps_the_truste
     assert not torch.isclose(kept.mean(), nll.mean())  # the case does tell trimmed from untrimmed
 
 
+@pytest.mark.parametrize("weight", [0.1, 0.0])
+def test_trusted_weight_is_the_trusted_rows_share_of_the_loss(weight):
+    data = _task()
+    batch = Batch(untrusted=np.array([8, 9, 10, 11]), trusted=data.trusted_rows)
+    method = _method(data, CrowdForward, trusted_weight=weight, epochs=1)
+    method.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
+    method.trainer.net.eval()
+
+    loss, _ = method.loss(batch)
+
+    with torch.no_grad():
+        logits = method.trainer.net(data.images.x[np.concatenate([batch.trusted, batch.untrusted])])
+        ce = F.cross_entropy(logits[:8], data.labels[batch.trusted])
+        p = torch.softmax(logits[8:], 1)
+        t_rows = [method.t[0] if i % 2 == 0 else method.t[1] for i in range(4)]  # ann, bob, ...
+        nll = torch.stack([-torch.log(p[i] @ t_rows[i][:, data.labels[r]]) for i, r in enumerate(batch.untrusted)])
+    torch.testing.assert_close(loss.detach(), weight * ce + (1 - weight) * nll.mean(), rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(ce, nll.mean())  # the case does tell the shares apart
+
+
 def test_trim_fraction_must_leave_something():
     with pytest.raises(ValueError, match="trim_fraction"):
         _check_config(TrainConfig(trim_fraction=1.0))

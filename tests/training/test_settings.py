@@ -85,6 +85,7 @@ def test_settings_out_of_range_are_refused_before_training_each_named():
         ("lr", [1e-6, 1.0], [0.0, -1.0]),
         ("momentum", [0.0, 0.99], [1.0, -0.1]),
         ("trim_fraction", [0.0, 0.99], [1.0, -0.1]),
+        ("trusted_weight", [0.0, 0.9], [1.0, -0.1]),
         ("mentormix_gamma", [0.01, 1.0], [0.0, 1.1]),
         ("posterior_temperature", [0.1, 2.0], [0.0]),
         ("rho", [0.0, 1.01], [-0.1]),  # above 1: never correct a label (a documented use)

@@ -148,11 +148,12 @@ def test_when_no_target_reaches_the_threshold_every_row_trains_rather_than_none(
     )
 
 
-def test_student_loss_is_half_trusted_ce_and_half_soft_ce_to_the_mixed_targets():
+@pytest.mark.parametrize("weight", [0.5, 0.1])
+def test_student_loss_is_the_trusted_share_of_ce_and_the_rest_soft_ce_to_the_mixed_targets(weight):
     truth, labels, ids, probs = _crowd()
     data = _task(truth, labels, ids, trusted=8)
     rows = np.concatenate([data.untrusted_rows, data.unlabeled_rows])
-    student = Student(_trainer(data, mixup_alpha=1.0), rows, probs[rows])
+    student = Student(_trainer(data, mixup_alpha=1.0, trusted_weight=weight), rows, probs[rows])
     lam, partner = 0.3, torch.tensor([2, 0, 1])
     student.mixup.draw = lambda n, device: (lam, partner)
     rows_u = np.array([data.untrusted_rows[0], data.untrusted_rows[-1], data.unlabeled_rows[0]])
@@ -168,7 +169,8 @@ def test_student_loss_is_half_trusted_ce_and_half_soft_ce_to_the_mixed_targets()
         q = probs[rows_u]
         target = lam * q + (1 - lam) * q[partner]
         soft = -(target * torch.log_softmax(logits[len(rows_t) :], 1)).sum(1).mean()
-    torch.testing.assert_close(loss.detach(), 0.5 * ce + 0.5 * soft, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss.detach(), weight * ce + (1 - weight) * soft, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(ce, soft)  # the case does tell the shares apart
 
 
 def test_without_a_trusted_set_the_loss_is_the_soft_ce_alone():

@@ -29,6 +29,7 @@ STUDENT_SETTINGS = frozenset(
         "student_crossfit",
         "mixup_alpha",
         "trusted_per_step",
+        "trusted_weight",
     }
 )
 SEMI_SETTINGS = frozenset({"ema_decay", "semi_pool", "pseudo_threshold"})

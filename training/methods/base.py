@@ -47,13 +47,16 @@ def labelers_with_matrices(labeler_ids: np.ndarray, rows: np.ndarray, min_items:
     return [str(i) for i, c in zip(ids, counts, strict=True) if i and c >= min_items]
 
 
-def trusted_half(logits_t: torch.Tensor, labels_t: torch.Tensor, untrusted_loss: torch.Tensor) -> torch.Tensor:
-    """Half cross-entropy on the trusted rows' ``logits_t`` (B_t, K), half ``untrusted_loss`` (a scalar):
-    the split the trusted-set methods share. With no trusted rows (``crowd`` on its labelers alone, a student
-    round without a trusted set) the untrusted loss is the whole loss."""
+def trusted_share(
+    logits_t: torch.Tensor, labels_t: torch.Tensor, untrusted_loss: torch.Tensor, weight: float = 0.5
+) -> torch.Tensor:
+    """``weight`` · cross-entropy on the trusted rows' ``logits_t`` (B_t, K) + (1 − ``weight``) ·
+    ``untrusted_loss`` (a scalar): the split the trusted-set methods share, half and half by default. With no
+    trusted rows (``crowd`` on its labelers alone, a student round without a trusted set) the untrusted loss
+    is the whole loss."""
     if len(labels_t) == 0:
         return untrusted_loss
-    return 0.5 * F.cross_entropy(logits_t, labels_t) + 0.5 * untrusted_loss
+    return weight * F.cross_entropy(logits_t, labels_t) + (1 - weight) * untrusted_loss
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from labelaudit.training.items import pooled, row_items, with_checks
-from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_half
+from labelaudit.training.methods.base import Batch, Method, StepStats, trusted_share
 from labelaudit.training.methods.fasten import POOLED_GROUP, labeler_groups
 from labelaudit.training.mixup import Mixup
 from labelaudit.training.transition import forward_corrected_nll, mixed_forward_nll
@@ -118,7 +118,9 @@ class CrowdForward(Method):
     needs_trusted = True
     needs_noisy_labels = True
     labelers_suffice = True  # the matrices come from EM over the labelers' rows, the trusted set is only a loss term
-    settings = frozenset({"posterior_weight", "posterior_temperature", "trim_fraction", "trusted_per_step"})
+    settings = frozenset(
+        {"posterior_weight", "posterior_temperature", "trim_fraction", "trusted_per_step", "trusted_weight"}
+    )
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -192,11 +194,13 @@ class CrowdForward(Method):
     ) -> torch.Tensor:
         """The loss from the batch's ``logits`` (B_t + B_u, K), trusted rows first, their labels ``y_t``, and
         the untrusted rows' per-image losses ``untrusted`` (B_u,): blended toward the posterior ``targets()``
-        (B_u, K) with ``posterior_weight``, the largest left out (``trim_fraction``), and the trusted half."""
+        (B_u, K) with ``posterior_weight``, the largest left out (``trim_fraction``), and the trusted rows' share
+        (``trusted_weight``)."""
         n_t, w = len(y_t), self.cfg.posterior_weight
         if w > 0:  # toward the labeler-aware posterior, fixed for the epoch
             untrusted = (1 - w) * untrusted + w * posterior_term(logits[n_t:], targets())
-        return trusted_half(logits[:n_t], y_t, small_loss_mean(untrusted, self.trim_now()))
+        untrusted = small_loss_mean(untrusted, self.trim_now())
+        return trusted_share(logits[:n_t], y_t, untrusted, self.cfg.trusted_weight)
 
     def transition(self) -> np.ndarray | None:
         """The labelers' matrices pooled by their item counts. (K, K)"""
