@@ -225,24 +225,32 @@ def test_trimming_starts_at_nothing_and_reaches_its_fraction_over_a_fifth_of_the
     assert shares == pytest.approx([0.0, 0.15, 0.3, 0.3])
 
 
+def _by_hand(method: CrowdForward, data: TaskData, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trusted rows' cross-entropy and each untrusted row's forward-corrected NLL, computed by hand with
+    fixed matrices (ann's the identity, bob's 0.7 on the diagonal), the network in eval mode."""
+    method.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
+    method.trainer.net.eval()
+    n_t = len(batch.trusted)
+    with torch.no_grad():
+        logits = method.trainer.net(data.images.x[np.concatenate([batch.trusted, batch.untrusted])])
+        ce = F.cross_entropy(logits[:n_t], data.labels[batch.trusted])
+        p = torch.softmax(logits[n_t:], 1)
+        t_rows = [method.t[i % 2] for i in range(len(batch.untrusted))]  # ann, bob, ...
+        nll = torch.stack([-torch.log(p[i] @ t_rows[i][:, data.labels[r]]) for i, r in enumerate(batch.untrusted)])
+    return ce, nll
+
+
 @pytest.mark.parametrize("kind", [CrowdForward, CrowdMix])
 def test_a_trimmed_batch_loses_its_largest_untrusted_losses_and_keeps_the_trusted_half(kind):
     data = _task()
     batch = Batch(untrusted=np.array([8, 9, 10, 11, 12, 13, 14, 15]), trusted=data.trusted_rows)
     method = _method(data, kind, mixup_alpha=0.0, trim_fraction=0.25, epochs=1)  # ramp: 1 epoch
     method.epoch = 2  # past the ramp: a quarter of the batch left out
-    method.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
-    method.trainer.net.eval()
+    ce, nll = _by_hand(method, data, batch)
 
     loss, _ = method.loss(batch)
 
-    with torch.no_grad():
-        logits = method.trainer.net(data.images.x[np.concatenate([batch.trusted, batch.untrusted])])
-        ce = F.cross_entropy(logits[:8], data.labels[batch.trusted])
-        p = torch.softmax(logits[8:], 1)
-        t_rows = [method.t[0] if i % 2 == 0 else method.t[1] for i in range(8)]  # ann, bob, ...
-        nll = torch.stack([-torch.log(p[i] @ t_rows[i][:, data.labels[r]]) for i, r in enumerate(batch.untrusted)])
-        kept = torch.sort(nll).values[:6]  # the two largest of eight left out
+    kept = torch.sort(nll).values[:6]  # the two largest of eight left out
     torch.testing.assert_close(loss.detach(), 0.5 * ce + 0.5 * kept.mean(), rtol=1e-5, atol=1e-6)
     assert not torch.isclose(kept.mean(), nll.mean())  # the case does tell trimmed from untrimmed
 
@@ -252,17 +260,10 @@ def test_trusted_weight_is_the_trusted_rows_share_of_the_loss(weight):
     data = _task()
     batch = Batch(untrusted=np.array([8, 9, 10, 11]), trusted=data.trusted_rows)
     method = _method(data, CrowdForward, trusted_weight=weight, epochs=1)
-    method.t = torch.stack([torch.eye(K), torch.full((K, K), 0.1).fill_diagonal_(0.7), torch.eye(K)])
-    method.trainer.net.eval()
+    ce, nll = _by_hand(method, data, batch)
 
     loss, _ = method.loss(batch)
 
-    with torch.no_grad():
-        logits = method.trainer.net(data.images.x[np.concatenate([batch.trusted, batch.untrusted])])
-        ce = F.cross_entropy(logits[:8], data.labels[batch.trusted])
-        p = torch.softmax(logits[8:], 1)
-        t_rows = [method.t[0] if i % 2 == 0 else method.t[1] for i in range(4)]  # ann, bob, ...
-        nll = torch.stack([-torch.log(p[i] @ t_rows[i][:, data.labels[r]]) for i, r in enumerate(batch.untrusted)])
     torch.testing.assert_close(loss.detach(), weight * ce + (1 - weight) * nll.mean(), rtol=1e-5, atol=1e-6)
     assert not torch.isclose(ce, nll.mean())  # the case does tell the shares apart
 
