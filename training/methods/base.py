@@ -48,10 +48,10 @@ def labelers_with_matrices(labeler_ids: np.ndarray, rows: np.ndarray, min_items:
 
 
 def trusted_share(
-    logits_t: torch.Tensor, labels_t: torch.Tensor, untrusted_loss: torch.Tensor, weight: float = 0.5
+    logits_t: torch.Tensor, labels_t: torch.Tensor, untrusted_loss: torch.Tensor, weight: float
 ) -> torch.Tensor:
     """``weight`` · cross-entropy on the trusted rows' ``logits_t`` (B_t, K) + (1 − ``weight``) ·
-    ``untrusted_loss`` (a scalar): the split the trusted-set methods share, half and half by default. With no
+    ``untrusted_loss`` (a scalar): the split the trusted-set methods share (``trusted_weight``). With no
     trusted rows (``crowd`` on its labelers alone, a student round without a trusted set) the untrusted loss
     is the whole loss."""
     if len(labels_t) == 0:
